@@ -1,0 +1,102 @@
+# Makefile - builds ./vgg_dist (both backends in one binary) and the tests, out of tree in build/.
+#   make                 release build          make debug   -O0 -g with ASan/UBSan on host code
+#   make test            all tests              make bench   CPU benchmark beside PyTorch
+#   make run             set up and train       make clean
+# Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), MPI_HOME, NVCC, MPICC, DEBUG=1, SANITIZE=1,
+# CUDA=0 (build without the CUDA backend).
+
+CUDA_HOME ?= /usr/local/cuda
+CUDA_ARCH ?= 80 90
+NVCC ?= $(CUDA_HOME)/bin/nvcc
+MPICC ?= mpicc
+BUILD ?= build
+PY_TORCH ?= /usr/bin/python3
+
+ifeq ($(DEBUG),1)
+  OPT := -O0 -g
+  SANITIZE ?= 1
+else
+  OPT := -O3 -g
+endif
+SAN :=
+ifeq ($(SANITIZE),1)
+  SAN := -fsanitize=address,undefined -fno-omit-frame-pointer
+endif
+
+# ---- detection (printed once per make invocation) ------------------------------------------
+HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
+ifeq ($(HAVE_MPI),0)
+  $(error mpicc not found: install Open MPI (apt-get install openmpi-bin libopenmpi-dev) or set MPICC)
+endif
+HAVE_OPENBLAS := $(shell test -e /usr/include/x86_64-linux-gnu/cblas.h -o -e /usr/include/cblas.h -o -e /usr/include/openblas/cblas.h && echo 1 || echo 0)
+ifeq ($(HAVE_OPENBLAS),0)
+  $(error OpenBLAS not found: apt-get install libopenblas-dev)
+endif
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(shell test -x $(NVCC) && test -e $(CUDA_HOME)/include/cudnn.h && test -e $(CUDA_HOME)/include/nccl.h && echo 1 || echo 0)
+endif
+CUDNN_INC ?= $(CUDA_HOME)/include
+NCCL_INC ?= $(CUDA_HOME)/include
+CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+$(info vgg_dist build: MPI=$(shell $(MPICC) -showme:version 2>/dev/null | head -c 40) OpenBLAS=yes CUDA=$(CUDA) (CUDA_HOME=$(CUDA_HOME), arch $(CUDA_ARCH)) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE))
+
+CC := $(MPICC)
+WARN := -Wall -Wextra -Wno-unused-parameter
+CFLAGS := -std=gnu11 $(OPT) $(WARN) -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
+LDLIBS := -lopenblas -lm
+LDFLAGS := -fopenmp $(SAN)
+
+HOST_SRC := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) \
+            $(wildcard kernels/cpu/*.c) $(wildcard comm/*.c)
+CU_SRC :=
+ifeq ($(CUDA),1)
+  CU_SRC := $(wildcard kernels/cuda/*.cu)
+  HOST_SRC += $(wildcard kernels/cuda/*.c)
+  CFLAGS += -DVGG_HAVE_CUDA -I$(CUDA_HOME)/include
+  GENCODE := $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+  NVFLAGS := -std=c++17 -O3 -g -lineinfo $(GENCODE) -Isrc -Ikernels -Icomm -I$(CUDNN_INC) \
+             -I$(NCCL_INC) -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
+             -Werror=all-warnings -DVGG_HAVE_CUDA
+  LDFLAGS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR)
+  LDLIBS += -lcudnn -lcublasLt -lcublas -lnccl -lcudart -lstdc++
+else
+  HOST_SRC += $(wildcard kernels/nocuda/*.c)
+endif
+
+OBJ := $(HOST_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+TEST_SRC := $(wildcard tests/*.c)
+TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+
+.PHONY: all debug test test-unit test-mpi bench run clean
+all: vgg_dist
+
+vgg_dist: $(BUILD)/src/main.o $(OBJ)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/test_unit: $(TEST_OBJ) $(OBJ)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c $< -o $@
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c $< -o $@
+
+debug:
+	$(MAKE) DEBUG=1 BUILD=build/debug vgg_dist
+
+test: vgg_dist $(BUILD)/test_unit
+	tests/run_all.sh $(BUILD)/test_unit ./vgg_dist
+
+bench: vgg_dist
+	scripts/bench_cpu.sh
+
+run:
+	scripts/run.sh
+
+clean:
+	rm -rf build vgg_dist
+
+-include $(OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d

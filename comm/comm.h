@@ -1,0 +1,57 @@
+// comm.h - the communicator interface the trainer calls. Only comm/ includes mpi.h or nccl.h.
+//
+// comm_init starts MPI, learns rank / world / local rank (ranks on the same node, from
+// MPI_Comm_split_type) and installs the abort hook, so any fatal error on any rank ends the
+// whole job (MPI_Abort) instead of hanging it. Small control messages (decisions, metrics) go
+// over MPI on host memory.
+//
+// Gradient averaging: the loss gradient is already scaled by 1 / global batch on every rank,
+// so averaging over the global batch is a SUM of the ranks' flat gradient buffers. A grad_sync
+// reduces that buffer in buckets (contiguous ranges), each started as soon as backward has
+// finished its layers, non-blocking, and waited for once before the optimizer step.
+// Implementations: MPI on host buffers (the CPU backend), NCCL on device buffers (CUDA).
+#ifndef VGG_COMM_H
+#define VGG_COMM_H
+
+#include <stddef.h>
+
+#include "backend.h"
+
+typedef struct comm comm;
+
+comm *comm_init(int *argc, char ***argv);
+void comm_finalize(comm *c); // accepts NULL
+int comm_rank(const comm *c);
+int comm_world(const comm *c);
+int comm_local_rank(const comm *c);
+int comm_local_size(const comm *c);
+void comm_barrier(comm *c);
+// Host-memory collectives for control data.
+void comm_bcast(comm *c, void *h_buf, size_t bytes, int root);
+void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count);
+void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count);
+// End every rank with `code` (never returns).
+void comm_abort(comm *c, int code);
+
+typedef struct grad_sync grad_sync;
+typedef enum { GRAD_SYNC_MPI = 0, GRAD_SYNC_NCCL = 1 } grad_sync_kind;
+// grads: the flat fp32 gradient buffer (backend memory) of `count` elements.
+// timeout_s: NCCL only, how long a collective may stay unfinished before the job is aborted.
+grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
+                            int bf16_wire, double timeout_s);
+void grad_sync_free(grad_sync *g);
+// Start summing grads[offset, offset + count) over all ranks (in place, non-blocking).
+void grad_sync_start(grad_sync *g, size_t offset, size_t count);
+// Let started reductions progress (called between backward layers); never blocks.
+void grad_sync_poll(grad_sync *g);
+// Block (host or, on a device, the compute stream) until every started reduction is done.
+void grad_sync_wait(grad_sync *g);
+
+// Bucket plan: given the end offsets of the parameter tensors in backward order (the order
+// their gradients become final), cut contiguous buckets of at least `bucket_count` elements at
+// tensor boundaries. Writes each bucket's [begin, end) into begins/ends, returns their number.
+// tensor_begin/tensor_end: (n) ranges of the tensors, listed in the order backward finishes them.
+int comm_plan_buckets(size_t *begins, size_t *ends, int max_buckets, const size_t *tensor_begin,
+                      const size_t *tensor_end, int n, size_t bucket_count);
+
+#endif

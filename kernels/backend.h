@@ -1,0 +1,139 @@
+// backend.h - the compute interface both backends implement (an ops table).
+//
+// The model and the trainer (src/) call only these functions; they never dereference backend
+// memory. Pointers returned by ops->alloc are "backend memory" (host memory on the CPU
+// backend, device memory on CUDA); every tensor argument below is backend memory unless its
+// name starts with h_.
+//
+// Layouts (fixed; checkpoints and the PyTorch golden tests depend on them):
+//   activations          NHWC, (N, H, W, C); the flatten before the first FC is (h, w, c) order
+//   conv weight          (K, 3, 3, C)   ("KRSC"; PyTorch's is (K, C, 3, 3))
+//   linear weight        (out, in)      (as PyTorch)
+//   biases               (K) / (out)
+// Activations and activation gradients are elements of backend->act_bytes bytes each (4 for
+// fp32; a bf16 backend uses 2). Parameters, gradients and Adam state are always fp32.
+// Parameter gradients are written (not accumulated): each parameter is used once per step.
+// Every op takes its sizes last; N may be 0 (a rank with no samples in a short final batch),
+// in which case outputs of size 0 are untouched and weight gradients are set to zero.
+#ifndef VGG_BACKEND_H
+#define VGG_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct backend backend;
+
+// Batch assembly from the uint8 dataset: for i < n, image h_ids[i] of `images` (records of
+// 3072 bytes: R, G, B planes of 32x32) is converted to float in [0, 1], flipped horizontally
+// when augment && rng_uniform(seed, RNG_STREAM_FLIP, epoch, h_ids[i], 0) < flip_p, resized
+// bilinearly to size x size (torchvision Resize, antialias off, align_corners=False; a copy
+// when size == 32), normalised per channel ((v - mean[c]) / std[c]) and written to x in NHWC.
+typedef struct prep_params {
+  int size;
+  int augment;
+  float flip_p;
+  uint64_t seed;
+  uint32_t epoch;
+  float mean[3], std[3];
+} prep_params;
+
+// One Adam/AdamW step with PyTorch semantics over a flat buffer:
+//   Adam:  g += wd * p;  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+//          p -= lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+//   AdamW: p *= 1 - lr * wd first, then the same update with g unmodified.
+typedef struct adam_params {
+  float lr, beta1, beta2, eps, weight_decay;
+  int step; // t, 1-based
+  int decoupled;
+} adam_params;
+
+// Dropout mask key: unit j of sample ids[n] is kept iff
+// rng_dropout_keep(seed, layer, step, ids[n], j, p); kept units are scaled by 1 / (1 - p).
+typedef struct dropout_key {
+  uint64_t seed;
+  uint32_t layer;
+  uint32_t step;
+} dropout_key;
+
+typedef struct backend_ops {
+  const char *name;
+  void (*destroy)(backend *b);
+
+  // Memory. alloc returns zero-filled memory and aborts with a clear message when it cannot.
+  void *(*alloc)(backend *b, size_t bytes);
+  void (*release)(backend *b, void *p);
+  void (*upload)(backend *b, void *dst, const void *h_src, size_t bytes);
+  void (*download)(backend *b, void *h_dst, const void *src, size_t bytes);
+  void (*zero)(backend *b, void *p, size_t bytes);
+  void (*sync)(backend *b);
+  // The flat fp32 parameter buffer (so a reduced-precision backend can keep a shadow copy;
+  // refreshed by adam and by this call after parameters were uploaded).
+  void (*set_params)(backend *b, const float *params, size_t count);
+
+  // x (n, size, size, 3) act type; labels (n) int32; ids (n) int32 copy of h_ids.
+  void (*prep_batch)(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
+                     const uint8_t *image_labels, const int32_t *h_ids, int n,
+                     const prep_params *p);
+
+  // y = act(conv3x3_pad1(x, w) + bias); x (N,H,W,C), w (K,3,3,C), y (N,H,W,K).
+  void (*conv_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                   int H, int W, int C, int K, int relu);
+  // dy (N,H,W,K) is the gradient of the layer's output y; with relu it is overwritten by the
+  // gradient of the pre-activation. Writes dw, db, and dx (N,H,W,C) unless dx == NULL.
+  void (*conv_bwd)(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+
+  // 2x2 max-pool, stride 2 (H, W even). y (N,H/2,W/2,C); argmax (N,H/2,W/2,C) int32 index
+  // into x's plane for the CPU backend (a backend may leave it unused and recompute from x, y).
+  void (*maxpool_fwd)(backend *b, void *y, int32_t *argmax, const void *x, int N, int H, int W,
+                      int C);
+  void (*maxpool_bwd)(backend *b, void *dx, const void *dy, const int32_t *argmax, const void *x,
+                      const void *y, int N, int H, int W, int C);
+
+  // y (N,out) = act(x (N,in) w^T + bias), w (out, in).
+  void (*linear_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                     int in, int out, int relu);
+  void (*linear_bwd)(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                     const float *w, const void *y, int N, int in, int out, int relu);
+
+  // y (N, D) = x * mask / (1 - p) (see dropout_key); dx = dy * mask / (1 - p).
+  void (*dropout_fwd)(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+                      float p, dropout_key key);
+  void (*dropout_bwd)(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+                      float p, dropout_key key);
+
+  // Softmax cross-entropy over logits (N, classes). stats[0] += sum of per-sample losses,
+  // stats[1] += number of samples whose argmax (first maximum) equals the label.
+  // Unless dlogits == NULL: dlogits = (softmax - onehot) * grad_scale.
+  void (*xent)(backend *b, void *dlogits, double *stats, const void *logits,
+               const int32_t *labels, int N, int classes, float grad_scale);
+
+  void (*adam)(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
+               const adam_params *p);
+
+  // The backend's compute stream (cudaStream_t) for a device communicator; NULL on the CPU.
+  void *(*stream)(backend *b);
+} backend_ops;
+
+struct backend {
+  const backend_ops *ops;
+  size_t act_bytes; // bytes per activation element
+  void *impl;       // the implementation's context
+};
+
+// The CPU reference backend (OpenBLAS sgemm; `threads` OpenBLAS threads, 0 = leave default).
+backend *backend_cpu_create(int threads);
+// The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
+backend *backend_cuda_create(int device, int precision, int cuda_graphs);
+// Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
+int backend_cuda_device_count(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

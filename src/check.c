@@ -1,0 +1,77 @@
+// check.c - the one place that reports fatal errors and ends the job (see check.h).
+#include "check.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static fatal_hook_fn abort_hook;
+static int my_rank = -1;
+
+void check_set_abort_hook(fatal_hook_fn hook) { abort_hook = hook; }
+void check_set_rank(int rank) { my_rank = rank; }
+
+int check_rank(void) {
+  if (my_rank >= 0) return my_rank;
+  // Before MPI_Init: the launchers export the rank (Open MPI, MPICH/PMI, Slurm).
+  const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
+  for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+    const char *v = getenv(vars[i]);
+    if (v && *v) return atoi(v);
+  }
+  return 0;
+}
+
+void check_fail(int code, const char *file, int line, const char *fmt, ...) {
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof(msg), fmt, ap);
+  va_end(ap);
+  char host[64] = "?";
+  gethostname(host, sizeof(host) - 1);
+  if (file)
+    fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_rank(), host, file, line, msg);
+  else if (check_rank() == 0 || abort_hook == NULL)
+    fprintf(stderr, "vgg_dist: error: %s\n", msg);
+  else
+    fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", check_rank(), msg);
+  fflush(stderr);
+  if (abort_hook) abort_hook(code);
+  exit(code);
+}
+
+void *xmalloc_at(size_t bytes, const char *file, int line) {
+  void *p = malloc(bytes ? bytes : 1);
+  if (!p) check_fail(1, file, line, "out of memory allocating %zu bytes", bytes);
+  return p;
+}
+
+void *xcalloc_at(size_t count, size_t size, const char *file, int line) {
+  void *p = calloc(count ? count : 1, size ? size : 1);
+  if (!p) check_fail(1, file, line, "out of memory allocating %zu x %zu bytes", count, size);
+  return p;
+}
+
+FILE *xfopen_at(const char *path, const char *mode, const char *file, int line) {
+  FILE *f = fopen(path, mode);
+  if (!f) check_fail(1, file, line, "cannot open %s: %s", path, strerror(errno));
+  return f;
+}
+
+void xfread_at(void *dst, size_t bytes, FILE *f, const char *path, const char *file, int line) {
+  if (bytes && fread(dst, 1, bytes, f) != bytes)
+    check_fail(1, file, line, "short read of %zu bytes from %s: %s", bytes, path,
+               ferror(f) ? strerror(errno) : "unexpected end of file");
+}
+
+void xfwrite_at(const void *src, size_t bytes, FILE *f, const char *path, const char *file,
+                int line) {
+  if (bytes && fwrite(src, 1, bytes, f) != bytes)
+    check_fail(1, file, line, "write of %zu bytes to %s failed: %s", bytes, path, strerror(errno));
+}
+
+void xfclose_at(FILE *f, const char *path, const char *file, int line) {
+  if (f && fclose(f) != 0)
+    check_fail(1, file, line, "closing %s failed: %s", path, strerror(errno));
+}

@@ -1,0 +1,82 @@
+// test_main.c - runs every TEST registered by the linked test files; prints "N passed, N failed".
+// Usage: test_unit [substring]  (only tests whose name contains substring)
+#include "test.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_TESTS 512
+static struct {
+  const char *name;
+  test_fn fn;
+} tests[MAX_TESTS];
+static int n_tests, current_failed;
+
+void test_register(const char *name, test_fn fn) {
+  if (n_tests == MAX_TESTS) {
+    fprintf(stderr, "too many tests\n");
+    exit(1);
+  }
+  tests[n_tests].name = name;
+  tests[n_tests].fn = fn;
+  n_tests++;
+}
+
+void test_fail(const char *file, int line, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fprintf(stderr, "    FAIL %s:%d: ", file, line);
+  vfprintf(stderr, fmt, ap);
+  fprintf(stderr, "\n");
+  va_end(ap);
+  current_failed = 1;
+}
+
+int test_failed_now(void) { return current_failed; }
+
+const char *test_real_data_dir(void) {
+  static const char *candidates[] = {"../shared/data/cifar-10-subset-bin",
+                                     "../../shared/data/cifar-10-subset-bin"};
+  const char *env = getenv("VGG_REAL_DATA");
+  if (env && *env) return access(env, R_OK) == 0 ? env : NULL;
+  for (size_t i = 0; i < sizeof(candidates) / sizeof(candidates[0]); i++)
+    if (access(candidates[i], R_OK) == 0) return candidates[i];
+  return NULL;
+}
+
+const char *test_tmp_dir(void) {
+  static char dir[256];
+  if (!dir[0]) {
+    const char *base = getenv("TMPDIR");
+    snprintf(dir, sizeof(dir), "%s/vgg_test_XXXXXX", base && *base ? base : "/tmp");
+    if (!mkdtemp(dir)) {
+      perror("mkdtemp");
+      exit(1);
+    }
+  }
+  return dir;
+}
+
+
+int main(int argc, char **argv) {
+  setvbuf(stdout, NULL, _IOLBF, 0);
+  const char *filter = argc > 1 ? argv[1] : NULL;
+  int passed = 0, failed = 0;
+  for (int i = 0; i < n_tests; i++) {
+    if (filter && !strstr(tests[i].name, filter)) continue;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    current_failed = 0;
+    tests[i].fn();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    printf("%s %s (%.2fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, s);
+    if (current_failed) failed++; else passed++;
+  }
+  printf("%d passed, %d failed\n", passed, failed);
+  return failed ? 1 : 0;
+}
