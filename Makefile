@@ -47,11 +47,11 @@ LDLIBS := -lopenblas -lm
 LDFLAGS := -fopenmp $(SAN)
 
 HOST_SRC := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) \
-            $(wildcard kernels/cpu/*.c) $(wildcard comm/*.c)
+            $(wildcard kernels/cpu/*.c) comm/comm_mpi.c
 CU_SRC :=
 ifeq ($(CUDA),1)
   CU_SRC := $(wildcard kernels/cuda/*.cu)
-  HOST_SRC += $(wildcard kernels/cuda/*.c)
+  HOST_SRC += $(wildcard kernels/cuda/*.c) comm/comm_nccl.c
   CFLAGS += -DVGG_HAVE_CUDA -I$(CUDA_HOME)/include
   GENCODE := $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
   NVFLAGS := -std=c++17 -O3 -g -lineinfo $(GENCODE) -Isrc -Ikernels -Icomm -I$(CUDNN_INC) \
@@ -76,6 +76,9 @@ vgg_dist: $(BUILD)/src/main.o $(OBJ)
 $(BUILD)/test_unit: $(TEST_OBJ) $(OBJ)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+$(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o $(BUILD)/src/check.o
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -87,8 +90,8 @@ $(BUILD)/%.cu.o: %.cu
 debug:
 	$(MAKE) DEBUG=1 BUILD=build/debug vgg_dist
 
-test: vgg_dist $(BUILD)/test_unit
-	tests/run_all.sh $(BUILD)/test_unit ./vgg_dist
+test: vgg_dist $(BUILD)/test_unit $(BUILD)/gen_cifar
+	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./vgg_dist
 
 bench: vgg_dist
 	scripts/bench_cpu.sh

@@ -47,11 +47,4 @@ void grad_sync_poll(grad_sync *g);
 // Block (host or, on a device, the compute stream) until every started reduction is done.
 void grad_sync_wait(grad_sync *g);
 
-// Bucket plan: given the end offsets of the parameter tensors in backward order (the order
-// their gradients become final), cut contiguous buckets of at least `bucket_count` elements at
-// tensor boundaries. Writes each bucket's [begin, end) into begins/ends, returns their number.
-// tensor_begin/tensor_end: (n) ranges of the tensors, listed in the order backward finishes them.
-int comm_plan_buckets(size_t *begins, size_t *ends, int max_buckets, const size_t *tensor_begin,
-                      const size_t *tensor_end, int n, size_t bucket_count);
-
 #endif

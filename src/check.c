@@ -32,9 +32,9 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   gethostname(host, sizeof(host) - 1);
   if (file)
     fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_rank(), host, file, line, msg);
-  else if (check_rank() == 0 || abort_hook == NULL)
+  else if (check_rank() == 0)
     fprintf(stderr, "vgg_dist: error: %s\n", msg);
-  else
+  else if (abort_hook) // before MPI is up every rank sees the same bad input: rank 0 says it
     fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", check_rank(), msg);
   fflush(stderr);
   if (abort_hook) abort_hook(code);

@@ -14,6 +14,9 @@ int test_failed_now(void);
 // Path of the real CIFAR-10 subset if present (else NULL), and a scratch directory.
 const char *test_real_data_dir(void);
 const char *test_tmp_dir(void);
+// Runs fn(arg) in a forked child (for code that exits on bad input); returns the child's exit
+// status (128 + signal if killed) and its stderr (up to len - 1 bytes) in err.
+int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len);
 
 #define TEST(name)                                                                        \
   static void test_##name(void);                                                          \

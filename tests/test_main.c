@@ -7,6 +7,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #define MAX_TESTS 512
@@ -61,6 +63,41 @@ const char *test_tmp_dir(void) {
   return dir;
 }
 
+
+int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    perror("pipe");
+    exit(1);
+  }
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(1);
+  }
+  if (pid == 0) {
+    close(fds[0]);
+    dup2(fds[1], STDERR_FILENO);
+    int devnull = open("/dev/null", O_WRONLY);
+    if (devnull >= 0) dup2(devnull, STDOUT_FILENO);
+    fn(arg);
+    _exit(0);
+  }
+  close(fds[1]);
+  size_t got = 0;
+  ssize_t n;
+  char sink[256];
+  while ((n = read(fds[0], got + 1 < len ? err + got : sink,
+                   got + 1 < len ? len - 1 - got : sizeof(sink))) > 0)
+    if (got + 1 < len) got += (size_t)n;
+  if (len) err[got] = 0;
+  close(fds[0]);
+  int status = 0;
+  waitpid(pid, &status, 0);
+  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}
 
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);

@@ -16,4 +16,40 @@ void cpu_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const ui
 // floats between consecutive pixels (3 for interleaved NHWC output).
 void cpu_resize_plane(float *dst, int stride, const uint8_t *src, int size, int flip);
 
+// ---- internals of the CPU backend (backend_cpu.c, conv.c) ----------------------------------
+
+#include <stddef.h>
+
+// The CPU backend's context (backend->impl). The conv workspace is grown on demand and only
+// the first step of training ever grows it, so steady-state steps never allocate.
+typedef struct cpu_ctx {
+  int threads;      // OpenMP threads for our own loops (the OpenBLAS count when threads > 0)
+  float *ws;        // im2col / col2im workspace
+  size_t ws_floats; // its capacity in floats
+  size_t conv_budget; // im2col chunk budget in floats (CPU_CONV_BUDGET; tests shrink it)
+  double *red;      // per-thread partial sums for bias gradients (deterministic reduction)
+  size_t red_doubles;
+} cpu_ctx;
+
+// Default im2col chunk budget in floats (16 MiB): gemms of >= 1700 rows even at C = 256, and
+// small enough to stay near the last-level cache between im2col and the gemm that reads it.
+#define CPU_CONV_BUDGET ((size_t)1 << 22)
+
+// Returns ctx->ws with room for at least `floats` floats (grows, never shrinks).
+float *cpu_workspace(cpu_ctx *ctx, size_t floats);
+// Returns ctx->red with room for at least `doubles` doubles.
+double *cpu_reduction(cpu_ctx *ctx, size_t doubles);
+
+// Bias gradient db (cols) = column sums of dy (rows, cols), accumulated in double in a fixed
+// order (deterministic for a given thread count). With relu, dy is first overwritten by the
+// pre-activation gradient dy * (y > 0).
+void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
+                   int relu);
+
+// 3x3 pad-1 convolution via im2col + sgemm, batched in chunks of pixels (conv.c).
+void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                  int H, int W, int C, int K, int relu);
+void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                  const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+
 #endif

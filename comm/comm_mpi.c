@@ -1,0 +1,141 @@
+// comm_mpi.c - MPI start-up, control collectives, the job-wide abort hook, and the host-memory
+// gradient reducer (non-blocking MPI_Iallreduce per bucket) used with the CPU backend.
+#include <stdlib.h>
+#include <string.h>
+
+#include "comm_internal.h"
+
+static MPI_Comm abort_comm = MPI_COMM_NULL;
+
+// Installed into check.c: any fatal error on any rank ends every rank (never a hang).
+static void comm_abort_hook(int code) {
+  int up = 0, down = 0;
+  MPI_Initialized(&up);
+  MPI_Finalized(&down);
+  if (up && !down) MPI_Abort(abort_comm != MPI_COMM_NULL ? abort_comm : MPI_COMM_WORLD, code);
+  exit(code);
+}
+
+comm *comm_init(int *argc, char ***argv) {
+  int provided = 0;
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  comm *c = xcalloc(1, sizeof(comm));
+  c->world = MPI_COMM_WORLD;
+  abort_comm = c->world;
+  check_set_abort_hook(comm_abort_hook);
+  // Errors come back as codes (checked by MPI_CHECK) instead of MPI's default abort.
+  MPI_CHECK(MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN));
+  MPI_CHECK(MPI_Comm_rank(c->world, &c->rank));
+  MPI_CHECK(MPI_Comm_size(c->world, &c->size));
+  check_set_rank(c->rank);
+  MPI_CHECK(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node));
+  MPI_CHECK(MPI_Comm_rank(c->node, &c->local_rank));
+  MPI_CHECK(MPI_Comm_size(c->node, &c->local_size));
+  return c;
+}
+
+void comm_finalize(comm *c) {
+  if (!c) return;
+  MPI_CHECK(MPI_Comm_free(&c->node));
+  check_set_abort_hook(NULL);
+  abort_comm = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Finalize());
+  free(c);
+}
+
+int comm_rank(const comm *c) { return c->rank; }
+int comm_world(const comm *c) { return c->size; }
+int comm_local_rank(const comm *c) { return c->local_rank; }
+int comm_local_size(const comm *c) { return c->local_size; }
+void comm_barrier(comm *c) { MPI_CHECK(MPI_Barrier(c->world)); }
+
+void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
+  if (bytes > (size_t)INT32_MAX) FATAL("broadcast of %zu bytes is too large", bytes);
+  MPI_CHECK(MPI_Bcast(h_buf, (int)bytes, MPI_BYTE, root, c->world));
+}
+
+void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, MPI_SUM, c->world));
+}
+
+void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {
+  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, MPI_MAX, c->world));
+}
+
+void comm_abort(comm *c, int code) {
+  MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
+  exit(code);
+}
+
+// ---- host gradient reducer --------------------------------------------------------------------
+
+#define MAX_PENDING 128
+
+typedef struct mpi_sync {
+  grad_sync base;
+  MPI_Request req[MAX_PENDING];
+  int n_req;
+} mpi_sync;
+
+static void mpi_start(grad_sync *g, size_t offset, size_t count) {
+  mpi_sync *s = (mpi_sync *)g;
+  if (offset + count > g->count)
+    FATAL("gradient bucket [%zu, %zu) outside the %zu-element buffer", offset, offset + count, g->count);
+  if (g->c->size == 1) return;
+  // Chunks of at most 2^30 elements: MPI counts are int.
+  for (size_t done = 0; done < count;) {
+    size_t n = count - done < ((size_t)1 << 30) ? count - done : ((size_t)1 << 30);
+    if (s->n_req == MAX_PENDING) FATAL("more than %d gradient reductions in flight", MAX_PENDING);
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, g->grads + offset + done, (int)n, MPI_FLOAT, MPI_SUM,
+                             g->c->world, &s->req[s->n_req++]));
+    done += n;
+  }
+}
+
+static void mpi_poll(grad_sync *g) {
+  mpi_sync *s = (mpi_sync *)g;
+  int flag = 0;
+  // Drives MPI's progress engine so reductions advance while backward computes.
+  if (s->n_req) MPI_CHECK(MPI_Testall(s->n_req, s->req, &flag, MPI_STATUSES_IGNORE));
+}
+
+static void mpi_wait(grad_sync *g) {
+  mpi_sync *s = (mpi_sync *)g;
+  if (s->n_req) MPI_CHECK(MPI_Waitall(s->n_req, s->req, MPI_STATUSES_IGNORE));
+  s->n_req = 0;
+}
+
+static void mpi_destroy(grad_sync *g) {
+  mpi_wait(g);
+  free(g);
+}
+
+static const grad_sync_ops mpi_sync_ops = {mpi_start, mpi_poll, mpi_wait, mpi_destroy};
+
+grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
+                            int bf16_wire, double timeout_s) {
+  grad_sync *g;
+  if (kind == GRAD_SYNC_NCCL) {
+#ifdef VGG_HAVE_CUDA
+    g = grad_sync_nccl_create(c, b, grads, count, bf16_wire, timeout_s);
+#else
+    FATAL("this build has no CUDA/NCCL support");
+#endif
+  } else {
+    if (b->ops->stream(b) != NULL) FATAL("the MPI gradient reducer needs host memory (CPU backend)");
+    g = xcalloc(1, sizeof(mpi_sync));
+    g->ops = &mpi_sync_ops;
+  }
+  g->c = c;
+  g->b = b;
+  g->grads = grads;
+  g->count = count;
+  return g;
+}
+
+void grad_sync_free(grad_sync *g) {
+  if (g) g->ops->destroy(g);
+}
+void grad_sync_start(grad_sync *g, size_t offset, size_t count) { g->ops->start(g, offset, count); }
+void grad_sync_poll(grad_sync *g) { g->ops->poll(g); }
+void grad_sync_wait(grad_sync *g) { g->ops->wait(g); }

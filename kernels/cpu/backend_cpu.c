@@ -1,0 +1,391 @@
+// backend_cpu.c - the CPU reference backend: fp32 on the host, OpenBLAS for every matrix
+// product, OpenMP for the elementwise loops. It is the numerical reference the CUDA backend
+// and the PyTorch golden tests are compared against, so each op follows PyTorch's formula
+// (and its order of floating-point operations where that is cheap to match).
+//
+// Owns: the backend struct and its cpu_ctx (thread count, conv workspace, reduction buffer).
+// Convolutions live in conv.c, batch assembly in prep.c. All memory is plain host memory:
+// upload/download are memcpy and sync is a no-op.
+#include "cpu/cpu_backend.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check.h"
+#include "rng.h"
+
+// ---- context and memory --------------------------------------------------------------------
+
+float *cpu_workspace(cpu_ctx *ctx, size_t floats) {
+  if (floats > ctx->ws_floats) {
+    free(ctx->ws);
+    ctx->ws = NULL;
+    if (posix_memalign((void **)&ctx->ws, 64, floats * sizeof(float)) != 0)
+      FATAL("out of memory allocating a %zu-byte conv workspace", floats * sizeof(float));
+    ctx->ws_floats = floats;
+  }
+  return ctx->ws;
+}
+
+double *cpu_reduction(cpu_ctx *ctx, size_t doubles) {
+  if (doubles > ctx->red_doubles) {
+    free(ctx->red);
+    ctx->red = xmalloc(doubles * sizeof(double));
+    ctx->red_doubles = doubles;
+  }
+  return ctx->red;
+}
+
+static void cpu_destroy(backend *b) {
+  if (!b) return;
+  cpu_ctx *ctx = b->impl;
+  if (ctx) {
+    free(ctx->red);
+    free(ctx->ws);
+    free(ctx);
+  }
+  free(b);
+}
+
+static void *cpu_alloc(backend *b, size_t bytes) {
+  // 64-byte alignment (a cache line, an AVX-512 vector); rounded so the size is a multiple.
+  size_t padded = (bytes + 63) & ~(size_t)63;
+  void *p = NULL;
+  if (posix_memalign(&p, 64, padded ? padded : 64) != 0)
+    FATAL("out of host memory allocating %zu bytes", bytes);
+  memset(p, 0, padded);
+  return p;
+}
+
+static void cpu_release(backend *b, void *p) { free(p); }
+
+static void cpu_upload(backend *b, void *dst, const void *h_src, size_t bytes) {
+  if (bytes) memcpy(dst, h_src, bytes);
+}
+
+static void cpu_download(backend *b, void *h_dst, const void *src, size_t bytes) {
+  if (bytes) memcpy(h_dst, src, bytes);
+}
+
+static void cpu_zero(backend *b, void *p, size_t bytes) {
+  if (bytes) memset(p, 0, bytes);
+}
+
+static void cpu_sync(backend *b) {}
+
+// The CPU backend computes in fp32 directly on the trainer's parameter buffer: no shadow copy.
+static void cpu_set_params(backend *b, const float *params, size_t count) {}
+
+static void *cpu_stream(backend *b) { return NULL; }
+
+// ---- shared helpers ------------------------------------------------------------------------
+
+void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
+                   int relu) {
+  int nt = rows * (size_t)cols >= 65536 ? ctx->threads : 1;
+  double *part = cpu_reduction(ctx, (size_t)nt * cols);
+  memset(part, 0, (size_t)nt * cols * sizeof(double));
+#pragma omp parallel num_threads(nt)
+  {
+    // Fixed row ranges per thread id and a fixed order of the final sum: deterministic.
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    double *acc = part + (size_t)t * cols;
+    size_t lo = rows * t / T, hi = rows * (t + 1) / T;
+    for (size_t i = lo; i < hi; i++) {
+      float *g = dy + i * cols;
+      if (relu) {
+        const float *yi = y + i * cols;
+        for (int k = 0; k < cols; k++) {
+          if (!(yi[k] > 0.0f)) g[k] = 0.0f;
+          acc[k] += g[k];
+        }
+      } else {
+        for (int k = 0; k < cols; k++) acc[k] += g[k];
+      }
+    }
+  }
+  for (int k = 0; k < cols; k++) {
+    double s = 0.0;
+    for (int t = 0; t < nt; t++) s += part[(size_t)t * cols + k];
+    db[k] = (float)s;
+  }
+}
+
+// y (rows, cols) = act(y + bias) in place; bias may be NULL.
+static void bias_act(cpu_ctx *ctx, float *y, const float *bias, size_t rows, int cols, int relu) {
+  if (!bias && !relu) return;
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * cols > 16384)
+  for (size_t i = 0; i < rows; i++) {
+    float *yi = y + i * cols;
+    for (int k = 0; k < cols; k++) {
+      float v = yi[k] + (bias ? bias[k] : 0.0f);
+      yi[k] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
+    }
+  }
+}
+
+// ---- max-pool 2x2, stride 2 ----------------------------------------------------------------
+// argmax holds h * W + w, the index into the sample's (H, W) plane as PyTorch's
+// max_pool2d_with_indices. Ties keep the first maximum in the scan order (0,0), (0,1), (1,0),
+// (1,1); a NaN wins (PyTorch's `val > max || isnan(val)`).
+
+static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x_, int N, int H,
+                            int W, int C) {
+  cpu_ctx *ctx = b->impl;
+  float *y = y_;
+  const float *x = x_;
+  if (H % 2 || W % 2) FATAL("maxpool_fwd: H = %d and W = %d must be even", H, W);
+  const int Ho = H / 2, Wo = W / 2;
+  const long rows = (long)N * Ho;
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * W * C > 16384)
+  for (long r = 0; r < rows; r++) {
+    long n = r / Ho;
+    int ho = (int)(r % Ho);
+    for (int wo = 0; wo < Wo; wo++) {
+      const float *tap[4];
+      int32_t idx[4];
+      for (int t = 0; t < 4; t++) {
+        int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
+        tap[t] = x + ((size_t)(n * H + h) * W + w) * C;
+        idx[t] = h * W + w;
+      }
+      float *yo = y + ((size_t)r * Wo + wo) * C;
+      int32_t *ao = argmax + ((size_t)r * Wo + wo) * C;
+      for (int c = 0; c < C; c++) {
+        float best = tap[0][c];
+        int32_t bi = idx[0];
+        for (int t = 1; t < 4; t++) {
+          float v = tap[t][c];
+          if (v > best || isnan(v)) {
+            best = v;
+            bi = idx[t];
+          }
+        }
+        yo[c] = best;
+        ao[c] = bi;
+      }
+    }
+  }
+}
+
+static void cpu_maxpool_bwd(backend *b, void *dx_, const void *dy_, const int32_t *argmax,
+                            const void *x, const void *y, int N, int H, int W, int C) {
+  cpu_ctx *ctx = b->impl;
+  float *dx = dx_;
+  const float *dy = dy_;
+  if (H % 2 || W % 2) FATAL("maxpool_bwd: H = %d and W = %d must be even", H, W);
+  const int Ho = H / 2, Wo = W / 2;
+  const long rows = (long)N * Ho;
+  // Windows do not overlap and tile x exactly, so every dx element is written once: no memset.
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * W * C > 16384)
+  for (long r = 0; r < rows; r++) {
+    long n = r / Ho;
+    int ho = (int)(r % Ho);
+    for (int wo = 0; wo < Wo; wo++) {
+      float *tap[4];
+      int32_t idx[4];
+      for (int t = 0; t < 4; t++) {
+        int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
+        tap[t] = dx + ((size_t)(n * H + h) * W + w) * C;
+        idx[t] = h * W + w;
+      }
+      const float *go = dy + ((size_t)r * Wo + wo) * C;
+      const int32_t *ao = argmax + ((size_t)r * Wo + wo) * C;
+      for (int c = 0; c < C; c++)
+        for (int t = 0; t < 4; t++) tap[t][c] = ao[c] == idx[t] ? go[c] : 0.0f;
+    }
+  }
+}
+
+// ---- linear --------------------------------------------------------------------------------
+
+static void cpu_linear_fwd(backend *b, void *y_, const void *x, const float *w, const float *bias,
+                           int N, int in, int out, int relu) {
+  if (N == 0) return;
+  float *y = y_;
+  // y (N, out) = x (N, in) * w^T (in, out)
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y,
+              out);
+  bias_act(b->impl, y, bias, (size_t)N, out, relu);
+}
+
+static void cpu_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const void *x,
+                           const float *w, const void *y, int N, int in, int out, int relu) {
+  float *dy = dy_;
+  if (N == 0) {
+    memset(dw, 0, (size_t)out * in * sizeof(float));
+    memset(db, 0, (size_t)out * sizeof(float));
+    return;
+  }
+  cpu_bias_grad(b->impl, db, dy, y, (size_t)N, out, relu);
+  // dw (out, in) = dy^T (out, N) * x (N, in)
+  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 0.0f, dw,
+              in);
+  // dx (N, in) = dy (N, out) * w (out, in)
+  if (dx)
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in, 0.0f,
+                dx, in);
+}
+
+// ---- dropout -------------------------------------------------------------------------------
+// One function for both directions: the mask is a pure function of (key, ids[n], unit), so
+// backward recomputes it instead of storing it. Kept units are multiplied by 1 / (1 - p) (as
+// PyTorch, which scales the mask by that float and multiplies).
+
+static void dropout_apply(cpu_ctx *ctx, float *out, const float *in, const int32_t *ids, int N,
+                          int D, float p, dropout_key key) {
+  if (p <= 0.0f) {
+    if (out != in) memcpy(out, in, (size_t)N * D * sizeof(float));
+    return;
+  }
+  if (p >= 1.0f) {
+    memset(out, 0, (size_t)N * D * sizeof(float));
+    return;
+  }
+  const float scale = 1.0f / (1.0f - p);
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if ((long)N * D > 4096)
+  for (int n = 0; n < N; n++) {
+    const uint32_t id = (uint32_t)ids[n];
+    const float *a = in + (size_t)n * D;
+    float *o = out + (size_t)n * D;
+    for (int j = 0; j < D; j++)
+      o[j] = rng_dropout_keep(key.seed, key.layer, key.step, id, (uint32_t)j, p) ? a[j] * scale
+                                                                                 : 0.0f;
+  }
+}
+
+static void cpu_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+                            float p, dropout_key key) {
+  dropout_apply(b->impl, y, x, ids, N, D, p, key);
+}
+
+static void cpu_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+                            float p, dropout_key key) {
+  dropout_apply(b->impl, dx, dy, ids, N, D, p, key);
+}
+
+// ---- softmax cross-entropy -----------------------------------------------------------------
+// loss_n = logsumexp(z_n) - z_n[label], with the maximum subtracted before exp; evaluated in
+// double (N is a batch, classes is 10: the cost is nothing). Serial, so stats are
+// deterministic.
+
+static void cpu_xent(backend *b, void *dlogits_, double *stats, const void *logits_,
+                     const int32_t *labels, int N, int classes, float grad_scale) {
+  float *dlogits = dlogits_;
+  const float *logits = logits_;
+  double loss = 0.0, correct = 0.0;
+  for (int n = 0; n < N; n++) {
+    const float *z = logits + (size_t)n * classes;
+    int label = labels[n];
+    if (label < 0 || label >= classes)
+      FATAL("xent: label %d of sample %d outside [0, %d)", label, n, classes);
+    float mx = z[0];
+    int am = 0;
+    for (int j = 1; j < classes; j++)
+      if (z[j] > mx) {
+        mx = z[j];
+        am = j;
+      }
+    double s = 0.0;
+    for (int j = 0; j < classes; j++) s += exp((double)z[j] - mx);
+    loss += log(s) + mx - (double)z[label];
+    correct += am == label;
+    if (dlogits) {
+      float *d = dlogits + (size_t)n * classes;
+      for (int j = 0; j < classes; j++)
+        d[j] = (float)((exp((double)z[j] - mx) / s - (j == label)) * grad_scale);
+    }
+  }
+  stats[0] += loss;
+  stats[1] += correct;
+}
+
+// ---- Adam / AdamW --------------------------------------------------------------------------
+// torch.optim.Adam/AdamW (foreach=False, 1.13) step by step, in float with the scalar
+// coefficients computed in double as Python does:
+//   [AdamW] p.mul_(1 - lr*wd)          [Adam] g = g.add(p, alpha=wd)
+//   m.mul_(b1).add_(g, alpha=1-b1);  v.mul_(b2).addcmul_(g, g, value=1-b2)
+//   denom = (v.sqrt() / sqrt(bc2)).add_(eps);  p.addcdiv_(m, denom, value=-lr/bc1)
+
+// The double a user meant by a float hyperparameter: the shortest decimal that rounds to f
+// (0.999f -> 0.999). PyTorch gets betas as Python doubles, and 1 - (double)0.999f differs
+// from 1 - 0.999 by 1.3e-5 relative, far more than the agreement we want with it.
+static double decimal_of(float f) {
+  char buf[32];
+  for (int digits = 1; digits <= 9; digits++) {
+    snprintf(buf, sizeof(buf), "%.*g", digits, (double)f);
+    double d = strtod(buf, NULL);
+    if ((float)d == f) return d;
+  }
+  return f;
+}
+
+static void cpu_adam(backend *b, float *params, const float *grads, float *m, float *v,
+                     size_t count, const adam_params *ap) {
+  cpu_ctx *ctx = b->impl;
+  if (ap->step < 1) FATAL("adam: step %d must be >= 1", ap->step);
+  const double lr = decimal_of(ap->lr), b1 = decimal_of(ap->beta1), b2 = decimal_of(ap->beta2),
+               wd = decimal_of(ap->weight_decay);
+  const double bc1 = 1.0 - pow(b1, ap->step), bc2 = 1.0 - pow(b2, ap->step);
+  const float neg_step = (float)(-(lr / bc1));
+  const float bc2_sqrt = (float)sqrt(bc2);
+  const float fb1 = (float)b1, fb2 = (float)b2, a1 = (float)(1.0 - b1), a2 = (float)(1.0 - b2);
+  const float eps = ap->eps, fwd = (float)wd, decay = (float)(1.0 - lr * wd);
+  const int decoupled = ap->decoupled, coupled_wd = !ap->decoupled && wd != 0.0;
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (count > 32768)
+  for (size_t i = 0; i < count; i++) {
+    float p = params[i], g = grads[i];
+    if (decoupled) p = p * decay;
+    else if (coupled_wd) g = g + fwd * p;
+    float mi = m[i] * fb1;
+    mi = mi + a1 * g;
+    float vi = v[i] * fb2;
+    vi = vi + a2 * g * g;
+    float denom = sqrtf(vi) / bc2_sqrt + eps;
+    params[i] = p + neg_step * mi / denom;
+    m[i] = mi;
+    v[i] = vi;
+  }
+}
+
+// ---- the ops table -------------------------------------------------------------------------
+
+static const backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .release = cpu_release,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .set_params = cpu_set_params,
+    .prep_batch = cpu_prep_batch,
+    .conv_fwd = cpu_conv_fwd,
+    .conv_bwd = cpu_conv_bwd,
+    .maxpool_fwd = cpu_maxpool_fwd,
+    .maxpool_bwd = cpu_maxpool_bwd,
+    .linear_fwd = cpu_linear_fwd,
+    .linear_bwd = cpu_linear_bwd,
+    .dropout_fwd = cpu_dropout_fwd,
+    .dropout_bwd = cpu_dropout_bwd,
+    .xent = cpu_xent,
+    .adam = cpu_adam,
+    .stream = cpu_stream,
+};
+
+backend *backend_cpu_create(int threads) {
+  if (threads > 0) openblas_set_num_threads(threads);
+  cpu_ctx *ctx = xcalloc(1, sizeof(cpu_ctx));
+  ctx->threads = threads > 0 ? threads : omp_get_max_threads();
+  ctx->conv_budget = CPU_CONV_BUDGET;
+  backend *b = xcalloc(1, sizeof(backend));
+  b->ops = &cpu_ops;
+  b->act_bytes = sizeof(float);
+  b->impl = ctx;
+  return b;
+}

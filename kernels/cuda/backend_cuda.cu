@@ -1,0 +1,235 @@
+// backend_cuda.cu - the CUDA backend's context (device, stream, cuDNN/cuBLAS handles,
+// workspaces), its memory ops, the bf16 parameter shadow, the fused Adam/AdamW kernel and the
+// ops table. The op families live in conv.cu, linear.cu, pool.cu, loss.cu, prep.cu and
+// elementwise.cu.
+//
+// Invariants: every op is queued on the one compute stream (ctx->stream); upload/download/sync
+// are the only calls that block the host. Parameters, gradients and Adam state are fp32; in
+// bf16 precision a bf16 copy of the flat parameters (params_bf16) is what convs and GEMMs read,
+// refreshed by set_params and by every Adam step.
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda_common.h"
+
+// ---- workspaces ----------------------------------------------------------------------------
+
+// Plans are built in the first step (start-up), so growth is rare; freeing needs the stream
+// idle because queued work may still read the old buffer.
+static void *grow(cuda_ctx *c, void **buf, size_t *have, size_t need, const char *what) {
+  size_t want = plan_workspace_grow(*have, need);
+  if (want == *have) return *buf;
+  cudaCheck(cudaStreamSynchronize(c->stream));
+  if (*buf) cudaCheck(cudaFree(*buf));
+  *buf = NULL;
+  *have = 0;
+  cudaError_t e = cudaMalloc(buf, want);
+  if (e != cudaSuccess)
+    FATAL("out of GPU memory allocating the %s of %zu bytes on device %d (%s): try a smaller "
+          "--batch per GPU", what, want, c->device, cudaGetErrorString(e));
+  *have = want;
+  return *buf;
+}
+
+void *cuda_workspace(cuda_ctx *c, size_t bytes) {
+  return grow(c, &c->ws, &c->ws_bytes, bytes, "cuDNN workspace");
+}
+
+void *cuda_scratch(cuda_ctx *c, size_t bytes) {
+  return grow(c, &c->scratch, &c->scratch_bytes, bytes, "scratch buffer");
+}
+
+const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count) {
+  if (!c->params_bf16)
+    FATAL("bf16 precision: set_params was not called before the first layer");
+  if (p < c->params || p + count > c->params + c->param_count)
+    FATAL("bf16 precision: a weight tensor lies outside the flat parameter buffer given to "
+          "set_params");
+  return c->params_bf16 + (p - c->params);
+}
+
+// ---- memory ops ----------------------------------------------------------------------------
+
+static void *cuda_alloc(backend *b, size_t bytes) {
+  cuda_ctx *c = ctx_of(b);
+  void *p = NULL;
+  size_t n = bytes ? bytes : 256; // a distinct non-NULL pointer even for empty tensors
+  cudaError_t e = cudaMalloc(&p, n);
+  if (e != cudaSuccess) {
+    size_t free_b = 0, total_b = 0;
+    (void)cudaGetLastError();
+    (void)cudaMemGetInfo(&free_b, &total_b);
+    FATAL("out of GPU memory allocating %zu bytes on device %d (%s; %zu of %zu bytes free): try "
+          "a smaller --batch per GPU", bytes, c->device, cudaGetErrorString(e), free_b, total_b);
+  }
+  cudaCheck(cudaMemsetAsync(p, 0, n, c->stream));
+  return p;
+}
+
+static void cuda_release(backend *b, void *p) {
+  if (p) cudaCheck(cudaFree(p));
+}
+
+static void cuda_upload(backend *b, void *dst, const void *h_src, size_t bytes) {
+  cuda_ctx *c = ctx_of(b);
+  if (!bytes) return;
+  cudaCheck(cudaMemcpyAsync(dst, h_src, bytes, cudaMemcpyHostToDevice, c->stream));
+  cudaCheck(cudaStreamSynchronize(c->stream)); // h_src may be reused as soon as we return
+}
+
+static void cuda_download(backend *b, void *h_dst, const void *src, size_t bytes) {
+  cuda_ctx *c = ctx_of(b);
+  if (!bytes) return;
+  cudaCheck(cudaMemcpyAsync(h_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+  cudaCheck(cudaStreamSynchronize(c->stream));
+}
+
+void cuda_zero(cuda_ctx *c, void *p, size_t bytes) {
+  if (bytes) cudaCheck(cudaMemsetAsync(p, 0, bytes, c->stream));
+}
+
+static void cuda_zero_op(backend *b, void *p, size_t bytes) { cuda_zero(ctx_of(b), p, bytes); }
+
+static void cuda_sync(backend *b) { cudaCheck(cudaStreamSynchronize(ctx_of(b)->stream)); }
+
+static void *cuda_stream(backend *b) { return (void *)ctx_of(b)->stream; }
+
+static void cuda_set_params(backend *b, const float *params, size_t count) {
+  cuda_ctx *c = ctx_of(b);
+  if (c->precision == 2 && (c->params_bf16 == NULL || c->param_count != count)) {
+    if (c->params_bf16) {
+      cudaCheck(cudaStreamSynchronize(c->stream));
+      cudaCheck(cudaFree(c->params_bf16));
+    }
+    c->params_bf16 = (bf16 *)cuda_alloc(b, count * sizeof(bf16));
+  }
+  c->params = params;
+  c->param_count = count;
+  if (c->precision == 2) cuda_f32_to_bf16(c, c->params_bf16, params, count);
+}
+
+// ---- Adam / AdamW --------------------------------------------------------------------------
+
+// One kernel over the flat buffer with the CPU backend's exact float operation order
+// (plan_adam_coefs); the _rn intrinsics stop nvcc from contracting into FMAs the host does not
+// use, so both backends produce bit-identical parameters from identical gradients.
+__global__ void adam_kernel(float *params, bf16 *shadow, const float *grads, float *m, float *v,
+                            size_t count, adam_coefs a) {
+  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
+       i += (size_t)gridDim.x * blockDim.x) {
+    float p = params[i], g = grads[i];
+    if (a.decoupled)
+      p = __fmul_rn(p, a.decay);
+    else if (a.coupled_wd)
+      g = __fadd_rn(g, __fmul_rn(a.wd, p));
+    float mi = __fadd_rn(__fmul_rn(m[i], a.b1), __fmul_rn(a.a1, g));
+    float vi = __fadd_rn(__fmul_rn(v[i], a.b2), __fmul_rn(__fmul_rn(a.a2, g), g));
+    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), a.bc2_sqrt), a.eps);
+    p = __fadd_rn(p, __fdiv_rn(__fmul_rn(a.neg_step, mi), denom));
+    m[i] = mi;
+    v[i] = vi;
+    params[i] = p;
+    if (shadow) shadow[i] = __float2bfloat16_rn(p);
+  }
+}
+
+void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
+               const adam_params *p) {
+  cuda_ctx *c = ctx_of(b);
+  if (p->step < 1) FATAL("adam: step %d must be >= 1", p->step);
+  if (count == 0) return;
+  adam_coefs a = plan_adam_coefs(p->lr, p->beta1, p->beta2, p->eps, p->weight_decay, p->step,
+                                 p->decoupled);
+  bf16 *shadow = NULL;
+  if (c->precision == 2 && c->params_bf16 && params >= c->params &&
+      params + count <= c->params + c->param_count)
+    shadow = c->params_bf16 + (params - c->params);
+  adam_kernel<<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(params, shadow, grads, m, v,
+                                                                      count, a);
+  KERNEL_CHECK();
+}
+
+// ---- create / destroy ----------------------------------------------------------------------
+
+static void cuda_destroy(backend *b) {
+  if (!b) return;
+  cuda_ctx *c = ctx_of(b);
+  cudaCheck(cudaStreamSynchronize(c->stream));
+  plan_cache_free(&c->convs, cuda_conv_plan_free, c);
+  plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
+  if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
+  if (c->scratch) cudaCheck(cudaFree(c->scratch));
+  if (c->ws) cudaCheck(cudaFree(c->ws));
+  if (c->lt_ws) cudaCheck(cudaFree(c->lt_ws));
+  cudaCheck(cudaEventDestroy(c->ev1));
+  cudaCheck(cudaEventDestroy(c->ev0));
+  cublasCheck(cublasLtDestroy(c->lt));
+  cublasCheck(cublasDestroy(c->cublas));
+  cudnnCheck(cudnnDestroy(c->cudnn));
+  cudaCheck(cudaStreamDestroy(c->stream));
+  free(c);
+  free(b);
+}
+
+static const backend_ops cuda_ops = {
+    "cuda",           cuda_destroy,     cuda_alloc,       cuda_release,     cuda_upload,
+    cuda_download,    cuda_zero_op,     cuda_sync,        cuda_set_params,  cuda_prep_batch,
+    cuda_conv_fwd,    cuda_conv_bwd,    cuda_maxpool_fwd, cuda_maxpool_bwd, cuda_linear_fwd,
+    cuda_linear_bwd,  cuda_dropout_fwd, cuda_dropout_bwd, cuda_xent,        cuda_adam,
+    cuda_stream,
+};
+
+extern "C" int backend_cuda_device_count(void) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError(); // no driver / no device: not an error for a query
+    return 0;
+  }
+  return n;
+}
+
+extern "C" backend *backend_cuda_create(int device, int precision, int cuda_graphs) {
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  if (e != cudaSuccess)
+    DIE_USAGE("--device cuda: no CUDA device visible (%s)", cudaGetErrorString(e));
+  if (n <= 0) DIE_USAGE("--device cuda: no CUDA device visible (device count 0)");
+  if (device < 0 || device >= n)
+    DIE_USAGE("--device cuda: device %d does not exist (%d visible)", device, n);
+  if (precision < 0 || precision > 2)
+    DIE_USAGE("--precision: unknown precision %d (0 fp32, 1 tf32, 2 bf16)", precision);
+  cudaCheck(cudaSetDevice(device));
+
+  cuda_ctx *c = (cuda_ctx *)xcalloc(1, sizeof(cuda_ctx));
+  c->device = device;
+  c->precision = precision;
+  c->cuda_graphs = cuda_graphs;
+  cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
+  cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  cudnnCheck(cudnnCreate(&c->cudnn));
+  cudnnCheck(cudnnSetStream(c->cudnn, c->stream));
+  cublasCheck(cublasCreate(&c->cublas));
+  cublasCheck(cublasSetStream(c->cublas, c->stream));
+  // fp32: no TF32 anywhere (pedantic also rules out reduced-precision reductions).
+  cublasCheck(cublasSetMathMode(c->cublas, precision == 0   ? CUBLAS_PEDANTIC_MATH
+                                           : precision == 1 ? CUBLAS_TF32_TENSOR_OP_MATH
+                                                            : CUBLAS_DEFAULT_MATH));
+  cublasCheck(cublasLtCreate(&c->lt));
+  // One workspace for cuBLAS and cuBLASLt: both run in order on the one stream. A fixed
+  // workspace also keeps cuBLAS from allocating during a CUDA graph capture.
+  c->lt_ws_bytes = (size_t)32 << 20;
+  e = cudaMalloc(&c->lt_ws, c->lt_ws_bytes);
+  if (e != cudaSuccess)
+    FATAL("out of GPU memory allocating the %zu-byte cuBLAS workspace on device %d (%s)",
+          c->lt_ws_bytes, device, cudaGetErrorString(e));
+  cublasCheck(cublasSetWorkspace(c->cublas, c->lt_ws, c->lt_ws_bytes));
+  cudaCheck(cudaEventCreate(&c->ev0));
+  cudaCheck(cudaEventCreate(&c->ev1));
+
+  backend *b = (backend *)xcalloc(1, sizeof(backend));
+  b->ops = &cuda_ops;
+  b->act_bytes = precision == 2 ? 2 : 4;
+  b->impl = c;
+  return b;
+}

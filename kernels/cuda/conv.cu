@@ -1,0 +1,340 @@
+// conv.cu - 3x3 / pad 1 / stride 1 convolutions through the cuDNN 9 backend (graph) API, NHWC
+// activations and KRSC filters (cuDNN's NHWC filter format), plus the bias/ReLU epilogue and
+// the bias gradient from elementwise.cu.
+//
+// Per distinct (op, N, H, W, C, K, precision, alignment) we build, once, an operation graph of
+// one convolution node, ask the heuristics (mode A, then FALLBACK) for engine configs, drop the
+// engines the precision forbids (fp32: any tensor-core/TF32 or down-converting engine), finalize
+// up to CONV_CANDIDATES execution plans, time each on the live buffers and keep the fastest. The
+// chosen plan and every descriptor it was built from live in the plan cache until destroy.
+//
+// Why not the fused conv+bias+ReLU graph: cuDNN only has runtime-fusion engines for that
+// pattern, mostly tensor-core only, so fp32 would need the unfused path anyway; without a GPU
+// to verify the fused variant pack, the epilogue is our own one-pass kernel (cuda_bias_act).
+#include <string.h>
+
+#include "cuda_common.h"
+
+typedef cudnnBackendDescriptor_t bdesc;
+
+#define CONV_CANDIDATES 3                     // plans timed at first use
+#define CONV_MAX_WORKSPACE ((int64_t)1 << 30) // engines wanting more are skipped
+#define CONV_KEEP 16
+
+enum { UID_X = 1, UID_W = 2, UID_Y = 3 }; // x-shaped, filter-shaped, y-shaped tensor
+
+typedef struct conv_plan {
+  bdesc plan;
+  int64_t workspace;
+  bdesc keep[CONV_KEEP]; // what the plan was built from; destroyed with it
+  int nkeep;
+} conv_plan;
+
+static bdesc desc_create(cudnnBackendDescriptorType_t t) {
+  bdesc d;
+  cudnnCheck(cudnnBackendCreateDescriptor(t, &d));
+  return d;
+}
+
+static void keep(conv_plan *p, bdesc d) {
+  if (p->nkeep == CONV_KEEP) FATAL("conv plan: too many descriptors");
+  p->keep[p->nkeep++] = d;
+}
+
+void cuda_conv_plan_free(void *v, void *arg) {
+  conv_plan *p = (conv_plan *)v;
+  if (!p) return;
+  if (p->plan) cudnnCheck(cudnnBackendDestroyDescriptor(p->plan));
+  for (int i = p->nkeep - 1; i >= 0; i--) cudnnCheck(cudnnBackendDestroyDescriptor(p->keep[i]));
+  free(p);
+}
+
+// Dimensions are always given in (N, C, H, W) order; the strides make the layout NHWC.
+static bdesc tensor_nhwc(int64_t uid, cudnnDataType_t dt, int64_t n, int64_t c, int64_t h,
+                         int64_t w, int64_t align) {
+  int64_t dims[4] = {n, c, h, w};
+  int64_t strides[4] = {h * w * c, 1, w * c, c};
+  bdesc t = desc_create(CUDNN_BACKEND_TENSOR_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DATA_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &dt));
+  cudnnCheck(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_DIMENSIONS, CUDNN_TYPE_INT64, 4, dims));
+  cudnnCheck(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_STRIDES, CUDNN_TYPE_INT64, 4, strides));
+  cudnnCheck(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_UNIQUE_ID, CUDNN_TYPE_INT64, 1, &uid));
+  cudnnCheck(cudnnBackendSetAttribute(t, CUDNN_ATTR_TENSOR_BYTE_ALIGNMENT, CUDNN_TYPE_INT64, 1, &align));
+  cudnnCheck(cudnnBackendFinalize(t));
+  return t;
+}
+
+static bdesc conv_desc(void) {
+  int64_t spatial = 2, pad[2] = {1, 1}, stride[2] = {1, 1}, dil[2] = {1, 1};
+  cudnnDataType_t comp = CUDNN_DATA_FLOAT; // fp32 accumulation in every precision
+  cudnnConvolutionMode_t mode = CUDNN_CROSS_CORRELATION;
+  bdesc d = desc_create(CUDNN_BACKEND_CONVOLUTION_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_SPATIAL_DIMS, CUDNN_TYPE_INT64, 1, &spatial));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_COMP_TYPE, CUDNN_TYPE_DATA_TYPE, 1, &comp));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_CONV_MODE, CUDNN_TYPE_CONVOLUTION_MODE, 1, &mode));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_PRE_PADDINGS, CUDNN_TYPE_INT64, 2, pad));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_POST_PADDINGS, CUDNN_TYPE_INT64, 2, pad));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_FILTER_STRIDES, CUDNN_TYPE_INT64, 2, stride));
+  cudnnCheck(cudnnBackendSetAttribute(d, CUDNN_ATTR_CONVOLUTION_DILATIONS, CUDNN_TYPE_INT64, 2, dil));
+  cudnnCheck(cudnnBackendFinalize(d));
+  return d;
+}
+
+// The one-node operation for op, wired to the three tensors.
+static bdesc conv_operation(int op, bdesc tx, bdesc tw, bdesc ty, bdesc cd) {
+  float alpha = 1.0f, beta = 0.0f; // outputs are written, never accumulated
+  cudnnBackendDescriptorType_t type;
+  cudnnBackendAttributeName_t ax, aw, ay, ac, aa, ab;
+  if (op == PLAN_CONV_FWD) {
+    type = CUDNN_BACKEND_OPERATION_CONVOLUTION_FORWARD_DESCRIPTOR;
+    ax = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_X;
+    aw = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_W;
+    ay = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_Y;
+    ac = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_CONV_DESC;
+    aa = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_ALPHA;
+    ab = CUDNN_ATTR_OPERATION_CONVOLUTION_FORWARD_BETA;
+  } else if (op == PLAN_CONV_BWD_DATA) {
+    type = CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_DATA_DESCRIPTOR;
+    ax = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DX;
+    aw = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_W;
+    ay = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_DY;
+    ac = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_CONV_DESC;
+    aa = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_ALPHA;
+    ab = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_DATA_BETA;
+  } else {
+    type = CUDNN_BACKEND_OPERATION_CONVOLUTION_BACKWARD_FILTER_DESCRIPTOR;
+    ax = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_X;
+    aw = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DW;
+    ay = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_DY;
+    ac = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_CONV_DESC;
+    aa = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_ALPHA;
+    ab = CUDNN_ATTR_OPERATION_CONVOLUTION_BWD_FILTER_BETA;
+  }
+  bdesc o = desc_create(type);
+  cudnnCheck(cudnnBackendSetAttribute(o, ax, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tx));
+  cudnnCheck(cudnnBackendSetAttribute(o, aw, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &tw));
+  cudnnCheck(cudnnBackendSetAttribute(o, ay, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &ty));
+  cudnnCheck(cudnnBackendSetAttribute(o, ac, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cd));
+  cudnnCheck(cudnnBackendSetAttribute(o, aa, CUDNN_TYPE_FLOAT, 1, &alpha));
+  cudnnCheck(cudnnBackendSetAttribute(o, ab, CUDNN_TYPE_FLOAT, 1, &beta));
+  cudnnCheck(cudnnBackendFinalize(o));
+  return o;
+}
+
+static unsigned engine_notes(bdesc cfg) {
+  bdesc eng = desc_create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
+  int64_t got = 0;
+  unsigned mask = 0;
+  if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
+                               &got, &eng) != CUDNN_STATUS_SUCCESS || got != 1) {
+    mask = ~0u; // unknown engine: treat as forbidden in fp32
+  } else {
+    cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
+    int64_t n = 0;
+    if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
+                                 CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) != CUDNN_STATUS_SUCCESS)
+      mask = ~0u; // notes unknown: not provably TF32-free
+    else
+      for (int64_t i = 0; i < n && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
+        if ((int)notes[i] >= 0 && (int)notes[i] < 32) mask |= 1u << (int)notes[i];
+  }
+  cudnnCheck(cudnnBackendDestroyDescriptor(eng));
+  return mask;
+}
+
+typedef struct candidate {
+  bdesc cfg, plan;
+  int64_t workspace;
+} candidate;
+
+// Finalize up to `max` allowed plans from one heuristics mode; returns their number.
+static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t mode,
+                                candidate *out, int max, bdesc *heur_out) {
+  *heur_out = NULL;
+  bdesc heur = desc_create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
+                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &graph));
+  cudnnCheck(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_MODE, CUDNN_TYPE_HEUR_MODE, 1, &mode));
+  int64_t count = 0;
+  if (cudnnBackendFinalize(heur) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 0,
+                               &count, NULL) != CUDNN_STATUS_SUCCESS ||
+      count <= 0) {
+    cudnnCheck(cudnnBackendDestroyDescriptor(heur));
+    return 0;
+  }
+  bdesc *cfgs = (bdesc *)xcalloc((size_t)count, sizeof(bdesc));
+  for (int64_t i = 0; i < count; i++) cfgs[i] = desc_create(CUDNN_BACKEND_ENGINECFG_DESCRIPTOR);
+  int64_t got = 0;
+  cudnnCheck(cudnnBackendGetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_RESULTS,
+                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs));
+  int n = 0;
+  for (int64_t i = 0; i < got; i++) {
+    int used = 0;
+    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i]))) {
+      bdesc plan = desc_create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+      cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE,
+                                          1, &c->cudnn));
+      cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                          CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]));
+      int64_t ws = 0, one = 0;
+      if (cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
+          cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64,
+                                   1, &one, &ws) == CUDNN_STATUS_SUCCESS &&
+          ws >= 0 && ws <= CONV_MAX_WORKSPACE) {
+        out[n].cfg = cfgs[i];
+        out[n].plan = plan;
+        out[n].workspace = ws;
+        n++;
+        used = 1;
+      } else {
+        cudnnCheck(cudnnBackendDestroyDescriptor(plan));
+      }
+    }
+    if (!used) cudnnCheck(cudnnBackendDestroyDescriptor(cfgs[i]));
+  }
+  for (int64_t i = got; i < count; i++) cudnnCheck(cudnnBackendDestroyDescriptor(cfgs[i]));
+  free(cfgs);
+  (void)cudaGetLastError(); // failed finalizations may leave a CUDA error behind
+  *heur_out = heur;
+  return n;
+}
+
+// Run a plan on ptrs (x-like, w-like, y-like). Returns cuDNN's status (checked by callers).
+static cudnnStatus_t plan_execute(cuda_ctx *c, bdesc plan, int64_t workspace, void *const ptrs[3]) {
+  void *ws = workspace > 0 ? cuda_workspace(c, (size_t)workspace) : c->ws;
+  int64_t uids[3] = {UID_X, UID_W, UID_Y};
+  void *data[3] = {ptrs[0], ptrs[1], ptrs[2]};
+  bdesc vp = desc_create(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 3, uids));
+  cudnnCheck(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 3, data));
+  cudnnCheck(cudnnBackendSetAttribute(vp, CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &ws));
+  cudnnCheck(cudnnBackendFinalize(vp));
+  cudnnStatus_t s = cudnnBackendExecute(c->cudnn, plan, vp);
+  cudnnCheck(cudnnBackendDestroyDescriptor(vp));
+  return s;
+}
+
+static const char *op_name(int op) {
+  return op == PLAN_CONV_FWD ? "forward" : op == PLAN_CONV_BWD_DATA ? "backward-data" : "backward-filter";
+}
+
+// Time every candidate on the live buffers (1 warm-up + 2 runs) and return the fastest.
+static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3]) {
+  float ms[2 * CONV_CANDIDATES];
+  int64_t most = 0;
+  for (int i = 0; i < n; i++) most = cand[i].workspace > most ? cand[i].workspace : most;
+  if (most > 0) cuda_workspace(c, (size_t)most);
+  if (n == 1) return 0;
+  for (int i = 0; i < n; i++) {
+    ms[i] = -1.0f;
+    if (plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) != CUDNN_STATUS_SUCCESS) continue;
+    cudaCheck(cudaEventRecord(c->ev0, c->stream));
+    int ok = 1;
+    for (int r = 0; r < 2 && ok; r++)
+      ok = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
+    cudaCheck(cudaEventRecord(c->ev1, c->stream));
+    cudaCheck(cudaEventSynchronize(c->ev1));
+    float t = 0.0f;
+    cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
+    if (ok) ms[i] = t;
+  }
+  return plan_pick_fastest(ms, n);
+}
+
+static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
+                                void *const ptrs[3]) {
+  int align = plan_alignment(ptrs[0]);
+  for (int i = 1; i < 3; i++) align = plan_alignment(ptrs[i]) < align ? plan_alignment(ptrs[i]) : align;
+  plan_key key = plan_key_make(op, N, H, W, C, K, c->precision, align);
+  conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
+  if (p) return p;
+
+  p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
+  cudnnDataType_t dt = c->precision == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align);
+  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align); // (K,3,3,C) = KRSC
+  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align);
+  bdesc cd = conv_desc();
+  bdesc o = conv_operation(op, tx, tw, ty, cd);
+  bdesc graph = desc_create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(graph, CUDNN_ATTR_OPERATIONGRAPH_OPS, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &o));
+  cudnnCheck(cudnnBackendSetAttribute(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->cudnn));
+  cudnnCheck(cudnnBackendFinalize(graph));
+  keep(p, tx); keep(p, tw); keep(p, ty); keep(p, cd); keep(p, o); keep(p, graph);
+
+  candidate cand[CONV_CANDIDATES];
+  bdesc heur = NULL;
+  int n = heuristic_candidates(c, graph, CUDNN_HEUR_MODE_A, cand, CONV_CANDIDATES, &heur);
+  if (heur) keep(p, heur);
+  if (n == 0) {
+    n = heuristic_candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, cand, CONV_CANDIDATES, &heur);
+    if (heur) keep(p, heur);
+  }
+  if (n == 0)
+    FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
+          "(precision %d, alignment %d)", op_name(op), N, H, W, C, K, c->precision, align);
+  int best = autotune(c, cand, n, ptrs);
+  if (best < 0)
+    FATAL("every cuDNN plan failed for the %s convolution N=%d H=%d W=%d C=%d K=%d",
+          op_name(op), N, H, W, C, K);
+  for (int i = 0; i < n; i++)
+    if (i != best) {
+      cudnnCheck(cudnnBackendDestroyDescriptor(cand[i].plan));
+      cudnnCheck(cudnnBackendDestroyDescriptor(cand[i].cfg));
+    }
+  p->plan = cand[best].plan;
+  p->workspace = cand[best].workspace;
+  keep(p, cand[best].cfg);
+  plan_cache_insert(&c->convs, &key, p);
+  return p;
+}
+
+static void conv_run(cuda_ctx *c, int op, void *xlike, void *wlike, void *ylike, int N, int H,
+                     int W, int C, int K) {
+  void *ptrs[3] = {xlike, wlike, ylike};
+  conv_plan *p = conv_plan_get(c, op, N, H, W, C, K, ptrs);
+  cudnnStatus_t s = plan_execute(c, p->plan, p->workspace, ptrs);
+  if (s != CUDNN_STATUS_SUCCESS) {
+    char msg[512];
+    cudnnGetLastErrorString(msg, sizeof(msg));
+    FATAL("cuDNN %s convolution N=%d H=%d W=%d C=%d K=%d failed: %s (%s)", op_name(op), N, H, W, C,
+          K, cudnnGetErrorString(s), msg);
+  }
+}
+
+static const void *conv_weights(cuda_ctx *c, const float *w, int C, int K) {
+  return c->precision == 2 ? (const void *)cuda_shadow(c, w, (size_t)K * 9 * C) : (const void *)w;
+}
+
+void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                   int H, int W, int C, int K, int relu) {
+  cuda_ctx *c = ctx_of(b);
+  if (N == 0) return;
+  conv_run(c, PLAN_CONV_FWD, (void *)x, (void *)conv_weights(c, w, C, K), y, N, H, W, C, K);
+  cuda_bias_act(c, y, bias, (size_t)N * H * W, K, relu);
+}
+
+void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu) {
+  cuda_ctx *c = ctx_of(b);
+  size_t wcount = (size_t)K * 9 * C;
+  if (N == 0) {
+    if (dw) cuda_zero(c, dw, wcount * sizeof(float));
+    if (db) cuda_zero(c, db, (size_t)K * sizeof(float));
+    return;
+  }
+  size_t rows = (size_t)N * H * W;
+  if (relu) cuda_relu_mask(c, dy, y, rows * K);
+  if (db) cuda_colsum(c, db, dy, rows, K);
+  if (dw) {
+    if (c->precision == 2) { // cuDNN writes the bf16 gradient; the flat buffer is fp32
+      bf16 *dw16 = (bf16 *)cuda_scratch(c, wcount * sizeof(bf16));
+      conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw16, dy, N, H, W, C, K);
+      cuda_bf16_to_f32(c, dw, dw16, wcount);
+    } else {
+      conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw, dy, N, H, W, C, K);
+    }
+  }
+  if (dx) conv_run(c, PLAN_CONV_BWD_DATA, dx, (void *)conv_weights(c, w, C, K), dy, N, H, W, C, K);
+}

@@ -1,0 +1,122 @@
+// cuda_common.h - what the CUDA backend's .cu files share: the check macros, the context
+// struct (b->impl) holding handles, the stream and workspaces, the activation element types,
+// and the entry points of each op family (one .cu per family, kernels beside their launchers).
+//
+// Invariants: every library call goes through a check macro; every kernel launch is followed by
+// KERNEL_CHECK(); all work is queued on ctx->stream; nothing here is global.
+#ifndef VGG_CUDA_COMMON_H
+#define VGG_CUDA_COMMON_H
+
+#include <cublasLt.h>
+#include <cublas_v2.h>
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cudnn.h>
+
+#include "backend.h"
+#include "check.h"
+#include "cuda_check.h"
+#include "cuda_plan.h"
+
+// ---- check macros (file:line, the expression and the library's own message) ---------------
+#define cudnnCheck(expr)                                                                   \
+  do {                                                                                     \
+    cudnnStatus_t cudnn_s_ = (expr);                                                       \
+    if (cudnn_s_ != CUDNN_STATUS_SUCCESS) {                                                \
+      char cudnn_m_[512];                                                                  \
+      cudnnGetLastErrorString(cudnn_m_, sizeof(cudnn_m_));                                 \
+      FATAL("%s: cuDNN error %d: %s (%s)", #expr, (int)cudnn_s_, cudnnGetErrorString(cudnn_s_), \
+            cudnn_m_);                                                                     \
+    }                                                                                      \
+  } while (0)
+#define cublasCheck(expr)                                                                  \
+  do {                                                                                     \
+    cublasStatus_t cublas_s_ = (expr);                                                     \
+    if (cublas_s_ != CUBLAS_STATUS_SUCCESS)                                                \
+      FATAL("%s: cuBLAS error %d: %s", #expr, (int)cublas_s_, cublasGetStatusString(cublas_s_)); \
+  } while (0)
+// After every launch: configuration errors surface here, at the launch that caused them.
+#define KERNEL_CHECK() cudaCheck(cudaGetLastError())
+
+// ---- context -------------------------------------------------------------------------------
+typedef __nv_bfloat16 bf16;
+
+typedef struct cuda_ctx {
+  int device, precision, cuda_graphs;
+  int sm_count;
+  cudaStream_t stream;
+  cudnnHandle_t cudnn;
+  cublasHandle_t cublas;
+  cublasLtHandle_t lt;
+  void *lt_ws; // cuBLASLt workspace (fixed size)
+  size_t lt_ws_bytes;
+  void *ws; // cuDNN workspace: one buffer, grown to the largest plan's need at start-up
+  size_t ws_bytes;
+  void *scratch; // small temporaries (bias-grad partials, bf16 conv dw, loss per sample)
+  size_t scratch_bytes;
+  const float *params; // the flat fp32 parameters (set_params), and their bf16 shadow
+  size_t param_count;
+  bf16 *params_bf16;
+  plan_cache convs, gemms;
+  cudaEvent_t ev0, ev1; // autotune timing
+} cuda_ctx;
+
+static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
+
+// Ensure the workspaces hold `bytes` (synchronises and reallocates when they grow).
+void *cuda_workspace(cuda_ctx *c, size_t bytes);
+void *cuda_scratch(cuda_ctx *c, size_t bytes);
+// The bf16 shadow of a parameter tensor inside the flat buffer (bf16 precision only).
+const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count);
+
+// ---- elementwise helpers (elementwise.cu) --------------------------------------------------
+// y (rows, K) = act(y + bias[k]) in the activation type; bias may be NULL.
+void cuda_bias_act(cuda_ctx *c, void *y, const float *bias, size_t rows, int K, int relu);
+// dy = y > 0 ? dy : 0, in place.
+void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count);
+// db[k] = sum over rows of dy (rows, K) (written, deterministic).
+void cuda_colsum(cuda_ctx *c, float *db, const void *dy, size_t rows, int K);
+void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count);
+void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count);
+void cuda_zero(cuda_ctx *c, void *p, size_t bytes);
+
+// ---- op families ---------------------------------------------------------------------------
+void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                   int H, int W, int C, int K, int relu);
+void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+void cuda_conv_plan_free(void *plan, void *arg);
+void cuda_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, int N, int H, int W,
+                      int C);
+void cuda_maxpool_bwd(backend *b, void *dx, const void *dy, const int32_t *argmax, const void *x,
+                      const void *y, int N, int H, int W, int C);
+void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                     int in, int out, int relu);
+void cuda_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                     const float *w, const void *y, int N, int in, int out, int relu);
+void cuda_gemm_plan_free(void *plan, void *arg);
+void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+                      float p, dropout_key key);
+void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+                      float p, dropout_key key);
+void cuda_xent(backend *b, void *dlogits, double *stats, const void *logits,
+               const int32_t *labels, int N, int classes, float grad_scale);
+void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
+               const adam_params *p);
+void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
+                     const uint8_t *image_labels, const int32_t *h_ids, int n,
+                     const prep_params *p);
+
+// ---- device element access (activations are float or bf16) --------------------------------
+__device__ __forceinline__ float act_load(const float *p, size_t i) { return p[i]; }
+__device__ __forceinline__ float act_load(const bf16 *p, size_t i) { return __bfloat162float(p[i]); }
+__device__ __forceinline__ void act_store(float *p, size_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void act_store(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+#define CUDA_THREADS 256u
+// Grid for n elements on this device (grid-stride loops cover the rest).
+static inline unsigned cuda_blocks(const cuda_ctx *c, size_t n) {
+  return plan_blocks(n, CUDA_THREADS, (unsigned)(c->sm_count > 0 ? c->sm_count * 32 : 4096));
+}
+
+#endif

@@ -1,0 +1,138 @@
+// cuda_plan.h - the host-only planning logic of the CUDA backend, kept apart from any CUDA
+// call so that it is unit-tested on machines without a GPU (tests/test_cuda_host.c):
+//   - the plan cache (cuDNN execution plans / cuBLASLt algorithms, one per layer shape),
+//   - which cuDNN engines a precision allows (numerical notes) and the autotune pick,
+//   - workspace growth,
+//   - the column-major GEMM that computes each row-major linear product,
+//   - launch sizes, pointer alignment classes, bf16 rounding,
+//   - the bilinear resize coefficients (shared with the device through resize_coef()).
+// Compiled as C (mpicc) for the tests and the backend, included by the .cu files too.
+#ifndef VGG_CUDA_PLAN_H
+#define VGG_CUDA_PLAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// ---- plan cache ----------------------------------------------------------------------------
+// One key per distinct (operation, shape, precision, pointer alignment class); plans are built
+// once, at the first step, so a linear scan over a few dozen entries is all we need.
+typedef enum {
+  PLAN_CONV_FWD = 1,
+  PLAN_CONV_BWD_DATA = 2,
+  PLAN_CONV_BWD_FILTER = 3,
+  PLAN_LINEAR_FWD = 4,
+} plan_op;
+
+typedef struct plan_key {
+  int op, N, H, W, C, K, precision, align; // linear: H = in, W = out, C = relu
+} plan_key;
+
+typedef struct plan_cache {
+  plan_key *keys;
+  void **vals;
+  int n, cap;
+} plan_cache;
+
+plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align);
+int plan_key_equal(const plan_key *a, const plan_key *b);
+void *plan_cache_find(const plan_cache *pc, const plan_key *k); // NULL when absent
+void plan_cache_insert(plan_cache *pc, const plan_key *k, void *val); // key must be absent
+// Calls free_val on every value (if given), then releases the arrays. Accepts an empty cache.
+void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), void *arg);
+
+// ---- engine choice -------------------------------------------------------------------------
+// Bits (1 << cudnnBackendNumericalNote_t) of an engine's numerical notes. Values mirror cuDNN's
+// enum (TENSOR_CORE = 0, DOWN_CONVERT_INPUTS = 1, REDUCED_PRECISION_REDUCTION = 2).
+#define PLAN_NOTE_TENSOR_CORE (1u << 0)
+#define PLAN_NOTE_DOWN_CONVERT (1u << 1)
+#define PLAN_NOTE_REDUCED_REDUCTION (1u << 2)
+// Whether an engine with these notes may run a layer of `precision` (0 fp32: no tensor cores,
+// i.e. no TF32, no down-converted inputs; 1 tf32 and 2 bf16: anything).
+int plan_engine_allowed(int precision, unsigned notes);
+// Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
+// Returns -1 when every candidate failed.
+int plan_pick_fastest(const float *ms, int n);
+// Workspace size after a request: unchanged when it suffices, else `need` rounded up to 1 MiB.
+size_t plan_workspace_grow(size_t have, size_t need);
+
+// ---- linear layers as column-major GEMMs ---------------------------------------------------
+// Row-major y (N,out) = x (N,in) w(out,in)^T is, seen column-major, y^T = w^T x^T with the
+// row-major w (out,in) read as the column-major (in,out) matrix. The three products:
+//   LINEAR_FWD  y  = x w^T : C = y  (out x N),  A = w  (T, lda in),  B = x  (N, ldb in)
+//   LINEAR_DX   dx = dy w  : C = dx (in x N),   A = w  (N, lda in),  B = dy (N, ldb out)
+//   LINEAR_DW   dw = dy^T x: C = dw (in x out), A = x  (N, lda in),  B = dy (T, ldb out)
+typedef enum { LINEAR_FWD = 0, LINEAR_DX = 1, LINEAR_DW = 2 } linear_product;
+typedef struct gemm_plan {
+  int transa, transb; // 0 = N, 1 = T
+  int m, n, k;
+  int lda, ldb, ldc;
+} gemm_plan;
+gemm_plan plan_linear_gemm(linear_product which, int N, int in, int out);
+// Reference column-major SGEMM C = op(A) op(B) (beta 0) used by the tests to check the plans.
+void plan_gemm_reference(float *C, const float *A, const float *B, const gemm_plan *g);
+
+// ---- Adam ----------------------------------------------------------------------------------
+// The float coefficients of one torch.optim.Adam/AdamW (1.13, foreach=False) step, computed in
+// double from the shortest decimal of each hyper-parameter as Python holds it (the CPU
+// backend's recipe, so both backends apply bit-identical updates):
+//   [AdamW] p = p * decay          [Adam] g = g + wd * p
+//   m = m * b1 + a1 * g;  v = v * b2 + a2 * g * g
+//   p = p + neg_step * m / (sqrt(v) / bc2_sqrt + eps)
+typedef struct adam_coefs {
+  float neg_step, bc2_sqrt, b1, b2, a1, a2, eps, wd, decay;
+  int decoupled, coupled_wd;
+} adam_coefs;
+adam_coefs plan_adam_coefs(float lr, float beta1, float beta2, float eps, float weight_decay,
+                           int step, int decoupled);
+// The shortest decimal (<= 9 digits) that rounds to f, as a double (Python's float of it).
+double plan_decimal_of(float f);
+
+// ---- launches and memory -------------------------------------------------------------------
+// Blocks for `n` elements, `threads` per block, grid-stride loops beyond `max_blocks`; 0 when
+// n == 0 (the caller skips the launch: a zero grid is an error).
+unsigned plan_blocks(size_t n, unsigned threads, unsigned max_blocks);
+// The largest power of two (<= 16) dividing the address: what a library may assume.
+int plan_alignment(const void *p);
+// fp32 -> bf16 with round-to-nearest-even (NaN kept quiet), as __float2bfloat16_rn.
+uint16_t plan_f32_to_bf16(float f);
+float plan_bf16_to_f32(uint16_t h);
+
+#ifdef __cplusplus
+}
+#endif
+
+// ---- bilinear resize (torch upsample_bilinear2d, align_corners=False) -----------------------
+// For output index o of `out_size` from `in_size` source pixels: the two source indices and the
+// weight of the second (the first weighs 1 - l1), exactly as kernels/cpu/prep.c (bit-exact with
+// PyTorch 1.13's CPU kernel): scale = (float)in / out; src = (double)scale (o + 0.5) - 0.5 in
+// double, clamped at 0; i0 = floor(src), i1 = min(i0 + 1, in - 1), l1 = (float)(src - i0).
+// The value is then  a = fmaf(l0x, p[i0y][i0x], l1x * p[i0y][i1x]),  b likewise on row i1y,
+// out = fmaf(l0y, a, l1y * b). On the device the products are rounded explicitly (_rn) so that
+// nvcc cannot contract what the host computes unfused.
+#ifdef __CUDACC__
+#define PLAN_HD __host__ __device__ __forceinline__
+#else
+#define PLAN_HD static inline
+#endif
+PLAN_HD void resize_coef(int o, int in_size, int out_size, int *i0, int *i1, float *l1) {
+  float scale = (float)in_size / (float)out_size;
+#ifdef __CUDA_ARCH__
+  double src = __dsub_rn(__dmul_rn((double)scale, __dadd_rn((double)o, 0.5)), 0.5);
+#else
+  volatile double prod = (double)scale * ((double)o + 0.5); // volatile: never contracted
+  double src = prod - 0.5;
+#endif
+  if (src < 0.0) src = 0.0;
+  int a = (int)src; // src >= 0: truncation is floor
+  if (a > in_size - 1) a = in_size - 1;
+  double frac = src - (double)a;
+  *i0 = a;
+  *i1 = a < in_size - 1 ? a + 1 : a;
+  *l1 = (float)(frac < 1.0 ? frac : 1.0);
+}
+
+#endif

@@ -1,0 +1,136 @@
+// linear.cu - fully connected layers with cuBLASLt (forward, bias + ReLU fused in the GEMM's
+// epilogue) and cuBLAS GemmEx (backward), row-major tensors mapped onto column-major GEMMs by
+// plan_linear_gemm() (cuda_plan.c, unit-tested on the host).
+//
+// Precision: fp32 uses CUBLAS_COMPUTE_32F (cuBLASLt) / 32F_PEDANTIC (GemmEx): no TF32 anywhere;
+// tf32 uses 32F_FAST_TF32; bf16 reads bf16 activations and the bf16 weight shadow, accumulates
+// in fp32, writes bf16 activations and fp32 weight gradients (GemmEx with Ctype 32F).
+// The forward algorithm is chosen once per (N, in, out, relu, epilogue, alignment) and cached;
+// when cuBLASLt offers none, the forward falls back to GemmEx + our bias/ReLU kernel.
+#include "cuda_common.h"
+
+typedef struct lt_plan {
+  int ok; // 0: no cuBLASLt algorithm, use the GemmEx fallback
+  cublasLtMatmulDesc_t op;
+  cublasLtMatrixLayout_t a, b, d;
+  cublasLtMatmulAlgo_t algo;
+} lt_plan;
+
+void cuda_gemm_plan_free(void *v, void *arg) {
+  lt_plan *p = (lt_plan *)v;
+  if (!p) return;
+  if (p->d) cublasCheck(cublasLtMatrixLayoutDestroy(p->d));
+  if (p->b) cublasCheck(cublasLtMatrixLayoutDestroy(p->b));
+  if (p->a) cublasCheck(cublasLtMatrixLayoutDestroy(p->a));
+  if (p->op) cublasCheck(cublasLtMatmulDescDestroy(p->op));
+  free(p);
+}
+
+static cudaDataType_t act_type(const cuda_ctx *c) { return c->precision == 2 ? CUDA_R_16BF : CUDA_R_32F; }
+
+static cublasComputeType_t gemm_compute(const cuda_ctx *c) {
+  return c->precision == 0 ? CUBLAS_COMPUTE_32F_PEDANTIC
+         : c->precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32
+                             : CUBLAS_COMPUTE_32F;
+}
+
+static const void *linear_weights(cuda_ctx *c, const float *w, size_t count) {
+  return c->precision == 2 ? (const void *)cuda_shadow(c, w, count) : (const void *)w;
+}
+
+// C = op(A) op(B) with GemmEx, the plan giving transposes, sizes and leading dimensions.
+static void gemm_ex(cuda_ctx *c, const gemm_plan *g, const void *A, cudaDataType_t at, const void *B,
+                    cudaDataType_t bt, void *C, cudaDataType_t ct) {
+  const float alpha = 1.0f, beta = 0.0f;
+  cublasCheck(cublasGemmEx(c->cublas, g->transa ? CUBLAS_OP_T : CUBLAS_OP_N,
+                           g->transb ? CUBLAS_OP_T : CUBLAS_OP_N, g->m, g->n, g->k, &alpha, A, at,
+                           g->lda, B, bt, g->ldb, &beta, C, ct, g->ldc, gemm_compute(c),
+                           CUBLAS_GEMM_DEFAULT));
+}
+
+static lt_plan *lt_plan_get(cuda_ctx *c, int N, int in, int out, int relu, int epilogue_bias,
+                            int align) {
+  plan_key key = plan_key_make(PLAN_LINEAR_FWD, N, in, out, relu, epilogue_bias, c->precision, align);
+  lt_plan *p = (lt_plan *)plan_cache_find(&c->gemms, &key);
+  if (p) return p;
+  p = (lt_plan *)xcalloc(1, sizeof(lt_plan));
+  gemm_plan g = plan_linear_gemm(LINEAR_FWD, N, in, out);
+  cudaDataType_t t = act_type(c);
+  cublasComputeType_t ct = c->precision == 1 ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+  cublasCheck(cublasLtMatmulDescCreate(&p->op, ct, CUDA_R_32F));
+  cublasOperation_t ta = g.transa ? CUBLAS_OP_T : CUBLAS_OP_N, tb = g.transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+  cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof(ta)));
+  cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof(tb)));
+  cublasLtEpilogue_t epi = !epilogue_bias ? CUBLASLT_EPILOGUE_DEFAULT
+                           : relu         ? CUBLASLT_EPILOGUE_RELU_BIAS
+                                          : CUBLASLT_EPILOGUE_BIAS;
+  cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  // Stored (not transposed) shapes: A is (k x m) when transposed, B (k x n), D (m x n).
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->a, t, g.transa ? g.k : g.m, g.transa ? g.m : g.k, g.lda));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->b, t, g.transb ? g.n : g.k, g.transb ? g.k : g.n, g.ldb));
+  cublasCheck(cublasLtMatrixLayoutCreate(&p->d, t, g.m, g.n, g.ldc));
+  cublasLtMatmulPreference_t pref;
+  cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
+  uint64_t wsb = c->lt_ws_bytes;
+  uint32_t al = (uint32_t)align;
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &wsb, sizeof(wsb)));
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al, sizeof(al)));
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al, sizeof(al)));
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al, sizeof(al)));
+  cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al, sizeof(al)));
+  cublasLtMatmulHeuristicResult_t res;
+  int got = 0;
+  cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(c->lt, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &got);
+  cublasCheck(cublasLtMatmulPreferenceDestroy(pref));
+  p->ok = s == CUBLAS_STATUS_SUCCESS && got > 0 && res.state == CUBLAS_STATUS_SUCCESS;
+  if (p->ok) p->algo = res.algo;
+  plan_cache_insert(&c->gemms, &key, p);
+  return p;
+}
+
+void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
+                     int in, int out, int relu) {
+  cuda_ctx *c = ctx_of(b);
+  if (N == 0) return;
+  const void *wp = linear_weights(c, w, (size_t)in * out);
+  // The epilogue bias has the output's type: the bf16 shadow in bf16 precision.
+  const void *bp = bias ? linear_weights(c, bias, (size_t)out) : NULL;
+  int epilogue_bias = bp != NULL && plan_alignment(bp) == 16;
+  int align = plan_alignment(wp);
+  align = plan_alignment(x) < align ? plan_alignment(x) : align;
+  align = plan_alignment(y) < align ? plan_alignment(y) : align;
+  lt_plan *p = lt_plan_get(c, N, in, out, relu, epilogue_bias, align);
+  if (p->ok) {
+    const float alpha = 1.0f, beta = 0.0f;
+    if (epilogue_bias)
+      cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
+    cublasCheck(cublasLtMatmul(c->lt, p->op, &alpha, wp, p->a, x, p->b, &beta, y, p->d, y, p->d,
+                               &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
+    if (!epilogue_bias) cuda_bias_act(c, y, bias, (size_t)N, out, relu);
+  } else {
+    gemm_plan g = plan_linear_gemm(LINEAR_FWD, N, in, out);
+    gemm_ex(c, &g, wp, act_type(c), x, act_type(c), y, act_type(c));
+    cuda_bias_act(c, y, bias, (size_t)N, out, relu);
+  }
+}
+
+void cuda_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
+                     const float *w, const void *y, int N, int in, int out, int relu) {
+  cuda_ctx *c = ctx_of(b);
+  if (N == 0) {
+    if (dw) cuda_zero(c, dw, (size_t)in * out * sizeof(float));
+    if (db) cuda_zero(c, db, (size_t)out * sizeof(float));
+    return;
+  }
+  if (relu) cuda_relu_mask(c, dy, y, (size_t)N * out);
+  if (db) cuda_colsum(c, db, dy, (size_t)N, out);
+  cudaDataType_t t = act_type(c);
+  if (dw) {
+    gemm_plan g = plan_linear_gemm(LINEAR_DW, N, in, out);
+    gemm_ex(c, &g, x, t, dy, t, dw, CUDA_R_32F);
+  }
+  if (dx) {
+    gemm_plan g = plan_linear_gemm(LINEAR_DX, N, in, out);
+    gemm_ex(c, &g, linear_weights(c, w, (size_t)in * out), t, dy, t, dx, t);
+  }
+}

@@ -1,0 +1,10 @@
+// cuda_absent.c - linked instead of kernels/cuda/ when the build has no CUDA toolkit
+// (make CUDA=0): the binary then runs on the CPU backend only and says so if asked for CUDA.
+#include "backend.h"
+#include "check.h"
+
+int backend_cuda_device_count(void) { return 0; }
+
+backend *backend_cuda_create(int device, int precision, int cuda_graphs) {
+  DIE_USAGE("--device cuda: this vgg_dist was built without CUDA (rebuild with the CUDA toolkit)");
+}

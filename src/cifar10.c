@@ -1,0 +1,190 @@
+// cifar10.c - the CIFAR-10 binary reader, the train/validation split, epoch order and sharding.
+//
+// Owns the uint8 dataset in host memory (images (n, 3, 32, 32), labels (n)); see cifar10.h.
+// Invariants: a file is validated (regular, non-empty, a whole number of 3073-byte records,
+// every kept label in 0..9) before anything of it is appended, so a load either succeeds
+// completely or ends the process with a one-line message naming the file (and record).
+// All randomness is Philox keyed by (seed, stream, counter): the same seed gives the same
+// split and the same epoch order on every rank and every machine.
+#include "cifar10.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "check.h"
+#include "rng.h"
+
+// ----------------------------------------------------------------------------------------
+// reader
+
+// Appends up to `limit` records (limit <= 0: all) of one file to out. out must be zeroed or
+// hold an earlier load.
+void cifar10_load_file(cifar10 *out, const char *path, int limit) {
+  // Plain fopen, not xfopen: a missing file is the user's error (one line, no file:line).
+  FILE *f = fopen(path, "rb");
+  if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0) DIE_DATA("cannot stat %s: %s", path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) DIE_DATA("%s is not a regular file", path);
+  long long size = (long long)st.st_size;
+  if (size == 0) DIE_DATA("%s is empty (0 bytes, expected 3073-byte records)", path);
+  if (size % CIFAR_RECORD != 0)
+    DIE_DATA("%s: size %lld bytes is not a whole number of %d-byte records", path, size,
+             CIFAR_RECORD);
+  long long records = size / CIFAR_RECORD;
+  if (records > 0x7fffffffLL - out->n) DIE_DATA("%s: too many records (%lld)", path, records);
+  int take = (limit > 0 && limit < records) ? limit : (int)records;
+
+  // Read only what is kept; validate every label before touching `out`.
+  size_t bytes = (size_t)take * CIFAR_RECORD;
+  uint8_t *buf = xmalloc(bytes);
+  xfread(buf, bytes, f, path);
+  xfclose(f, path);
+  for (int r = 0; r < take; r++) {
+    int label = buf[(size_t)r * CIFAR_RECORD];
+    if (label >= CIFAR_CLASSES) {
+      free(buf); // nothing left for a leak checker to report on the way out
+      DIE_DATA("%s: record %d: label %d outside 0..%d", path, r, label, CIFAR_CLASSES - 1);
+    }
+  }
+
+  int n = out->n + take;
+  uint8_t *images = CHECK_PTR(realloc(out->images, (size_t)n * CIFAR_PIXELS));
+  uint8_t *labels = CHECK_PTR(realloc(out->labels, (size_t)n));
+  for (int r = 0; r < take; r++) {
+    const uint8_t *rec = buf + (size_t)r * CIFAR_RECORD;
+    labels[out->n + r] = rec[0];
+    memcpy(images + (size_t)(out->n + r) * CIFAR_PIXELS, rec + 1, CIFAR_PIXELS);
+  }
+  out->images = images;
+  out->labels = labels;
+  out->n = n;
+  free(buf);
+}
+
+void cifar10_load(cifar10 *out, const char *dir, int train, int limit) {
+  out->images = NULL;
+  out->labels = NULL;
+  out->n = 0;
+  char path[4096];
+  int files = train ? 5 : 1;
+  for (int k = 1; k <= files; k++) {
+    int left = limit > 0 ? limit - out->n : 0;
+    if (limit > 0 && left <= 0) break; // loading only what is needed
+    int len = train ? snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, k)
+                    : snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+    if (len < 0 || (size_t)len >= sizeof(path)) DIE_DATA("data directory path too long: %s", dir);
+    cifar10_load_file(out, path, left);
+  }
+}
+
+void cifar10_free(cifar10 *d) {
+  if (!d) return;
+  free(d->images);
+  free(d->labels);
+  d->images = NULL;
+  d->labels = NULL;
+  d->n = 0;
+}
+
+const char *cifar10_resolve_dir(const char *dir) {
+  if (dir && *dir) return dir;
+  const char *env = getenv("CIFAR10_DIR");
+  if (env && *env) return env;
+  return "data/cifar-10-batches-bin";
+}
+
+// ----------------------------------------------------------------------------------------
+// split, epoch order, sharding
+
+// Unbiased draw in [0, bound] by rejection: a 32-bit value is accepted when it lies below the
+// largest multiple of (bound + 1); the retry counter is the last Philox counter word, so the
+// draw stays a pure function of (seed, stream, a, b).
+static uint32_t draw_upto(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t bound) {
+  uint64_t range = (uint64_t)bound + 1;
+  uint64_t limit = (1ull << 32) - ((1ull << 32) % range);
+  for (uint32_t attempt = 0;; attempt++) {
+    uint32_t r = rng_bits(seed, stream, a, b, attempt);
+    if (r < limit) return (uint32_t)(r % range);
+  }
+}
+
+static int cmp_i32(const void *a, const void *b) {
+  int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+  return (x > y) - (x < y);
+}
+
+void cifar10_split(int32_t *train_ids, int32_t *val_ids, int n, int val_size, uint64_t seed) {
+  if (n < 0 || val_size < 0 || val_size > n)
+    DIE_USAGE("validation size %d does not fit in %d images", val_size, n);
+  int32_t *perm = xmalloc((size_t)(n > 0 ? n : 1) * sizeof(int32_t));
+  for (int i = 0; i < n; i++) perm[i] = i;
+  // Fisher-Yates from the top: position i swaps with a uniform j in [0, i].
+  for (int i = n - 1; i > 0; i--) {
+    uint32_t j = draw_upto(seed, RNG_STREAM_SPLIT, (uint32_t)i, 0, (uint32_t)i);
+    int32_t t = perm[i];
+    perm[i] = perm[j];
+    perm[j] = t;
+  }
+  int n_train = n - val_size;
+  memcpy(train_ids, perm, (size_t)n_train * sizeof(int32_t));
+  memcpy(val_ids, perm + n_train, (size_t)val_size * sizeof(int32_t));
+  // Sorted so the split is a set: the epoch order alone decides the visiting order.
+  qsort(train_ids, (size_t)n_train, sizeof(int32_t), cmp_i32);
+  qsort(val_ids, (size_t)val_size, sizeof(int32_t), cmp_i32);
+  free(perm);
+}
+
+void cifar10_epoch_order(int32_t *order, const int32_t *train_ids, int n, uint64_t seed,
+                         int epoch) {
+  memmove(order, train_ids, (size_t)(n > 0 ? n : 0) * sizeof(int32_t));
+  for (int i = n - 1; i > 0; i--) {
+    uint32_t j = draw_upto(seed, RNG_STREAM_SHUFFLE, (uint32_t)epoch, (uint32_t)i, (uint32_t)i);
+    int32_t t = order[i];
+    order[i] = order[j];
+    order[j] = t;
+  }
+}
+
+int cifar10_shard(int32_t *out, const int32_t *batch, int count, int rank, int world) {
+  if (world < 1 || rank < 0 || rank >= world) FATAL("bad shard rank %d of world %d", rank, world);
+  int k = 0;
+  for (int j = rank; j < count; j += world) out[k++] = batch[j];
+  return k;
+}
+
+// ----------------------------------------------------------------------------------------
+// statistics
+
+void cifar10_channel_stats(float mean[3], float std[3], const cifar10 *d, const int32_t *ids,
+                           int n) {
+  // Integer sums are exact (50,000 images * 1024 pixels * 255^2 < 2^42), so the result does
+  // not depend on summation order or thread count.
+  if (n <= 0) FATAL("channel statistics of %d images", n);
+  uint64_t s[3] = {0, 0, 0}, ss[3] = {0, 0, 0};
+  for (int c = 0; c < 3; c++) {
+    uint64_t sc = 0, ssc = 0;
+#pragma omp parallel for reduction(+ : sc, ssc) schedule(static)
+    for (int i = 0; i < n; i++) {
+      const uint8_t *p = d->images + (size_t)ids[i] * CIFAR_PIXELS + (size_t)c * 1024;
+      uint64_t a = 0, b = 0;
+      for (int k = 0; k < 1024; k++) {
+        a += p[k];
+        b += (uint64_t)p[k] * p[k];
+      }
+      sc += a;
+      ssc += b;
+    }
+    s[c] = sc;
+    ss[c] = ssc;
+  }
+  double count = (double)n * 1024.0;
+  for (int c = 0; c < 3; c++) {
+    double m = (double)s[c] / count;
+    double var = (double)ss[c] / count - m * m;
+    mean[c] = (float)(m / 255.0);
+    std[c] = (float)(sqrt(var > 0 ? var : 0) / 255.0);
+  }
+}

@@ -1,0 +1,156 @@
+// net.c - walks the model's layer table through the backend ops (see net.h).
+#include "net.h"
+
+#include <string.h>
+
+#include "check.h"
+
+void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count) {
+  memset(n, 0, sizeof(*n));
+  n->m = m;
+  n->b = b;
+  n->max_n = max_n;
+  const backend_ops *o = b->ops;
+  size_t pbytes = m->n_params * sizeof(float);
+  n->params = o->alloc(b, pbytes);
+  n->grads = o->alloc(b, pbytes);
+  n->adam_m = o->alloc(b, pbytes);
+  n->adam_v = o->alloc(b, pbytes);
+  size_t S = m->image_size;
+  n->act[0] = o->alloc(b, (size_t)max_n * S * S * 3 * b->act_bytes);
+  for (int i = 0; i < m->n_layers; i++) {
+    const layer *l = &m->layers[i];
+    size_t out = (size_t)max_n * l->oH * l->oW * l->K;
+    n->act[i + 1] = o->alloc(b, out * b->act_bytes);
+    if (l->kind == LAYER_POOL) n->argmax[i] = o->alloc(b, out * sizeof(int32_t));
+  }
+  for (int k = 0; k < 2; k++) n->dbuf[k] = o->alloc(b, (size_t)max_n * m->max_act * b->act_bytes);
+  n->labels = o->alloc(b, (size_t)max_n * sizeof(int32_t));
+  n->ids = o->alloc(b, (size_t)max_n * sizeof(int32_t));
+  n->stats = o->alloc(b, 2 * sizeof(double));
+  model_plan_buckets(&n->buckets, m, bucket_count);
+}
+
+void net_free(net *n) {
+  if (!n || !n->b) return;
+  backend *b = n->b;
+  void (*rel)(backend *, void *) = b->ops->release;
+  rel(b, n->stats);
+  rel(b, n->ids);
+  rel(b, n->labels);
+  for (int k = 1; k >= 0; k--) rel(b, n->dbuf[k]);
+  for (int i = n->m->n_layers - 1; i >= 0; i--) {
+    rel(b, n->argmax[i]);
+    rel(b, n->act[i + 1]);
+  }
+  rel(b, n->act[0]);
+  rel(b, n->adam_v);
+  rel(b, n->adam_m);
+  rel(b, n->grads);
+  rel(b, n->params);
+  memset(n, 0, sizeof(*n));
+}
+
+void net_upload_params(net *n, const float *h_params) {
+  n->b->ops->upload(n->b, n->params, h_params, n->m->n_params * sizeof(float));
+  n->b->ops->set_params(n->b, n->params, n->m->n_params);
+}
+
+void net_download_params(net *n, float *h_params) {
+  n->b->ops->download(n->b, h_params, n->params, n->m->n_params * sizeof(float));
+}
+
+void net_prep(net *n, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
+              int count, const prep_params *pp) {
+  if (count > n->max_n) FATAL("batch of %d exceeds the allocated %d", count, n->max_n);
+  n->b->ops->prep_batch(n->b, n->act[0], n->labels, n->ids, d_images, d_labels, h_ids, count, pp);
+}
+
+void net_forward(net *n, int count, int train, uint64_t seed, uint32_t step) {
+  backend *b = n->b;
+  const backend_ops *o = b->ops;
+  const float *P = n->params;
+  const void *x = n->act[0];
+  for (int i = 0; i < n->m->n_layers; i++) {
+    const layer *l = &n->m->layers[i];
+    void *y = n->act[i + 1];
+    switch (l->kind) {
+    case LAYER_CONV:
+      o->conv_fwd(b, y, x, P + l->w_off, P + l->b_off, count, l->H, l->W, l->C, l->K, l->relu);
+      break;
+    case LAYER_POOL: o->maxpool_fwd(b, y, n->argmax[i], x, count, l->H, l->W, l->C); break;
+    case LAYER_LINEAR:
+      o->linear_fwd(b, y, x, P + l->w_off, P + l->b_off, count, l->C, l->K, l->relu);
+      break;
+    case LAYER_DROPOUT:
+      if (train && n->m->dropout > 0)
+        o->dropout_fwd(b, y, x, n->ids, count, l->C, n->m->dropout,
+                       (dropout_key){seed, (uint32_t)l->dropout_index, step});
+      else
+        y = (void *)x; // identity at evaluation
+      break;
+    }
+    n->in[i] = x;
+    n->out[i] = y;
+    x = y;
+  }
+}
+
+void net_loss(net *n, int count, float grad_scale) {
+  const layer *last = &n->m->layers[n->m->n_layers - 1];
+  n->b->ops->xent(n->b, grad_scale != 0 ? n->dbuf[0] : NULL, n->stats, n->out[n->m->n_layers - 1],
+                  n->labels, count, last->K, grad_scale);
+}
+
+void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs) {
+  backend *b = n->b;
+  const backend_ops *o = b->ops;
+  const float *P = n->params;
+  float *G = n->grads;
+  int cur = 0, next_bucket = 0;
+  for (int i = n->m->n_layers - 1; i >= 0; i--) {
+    const layer *l = &n->m->layers[i];
+    void *dy = n->dbuf[cur];
+    // The first layer's input gradient is not needed.
+    void *dx = i == 0 ? NULL : n->dbuf[cur ^ 1];
+    switch (l->kind) {
+    case LAYER_CONV:
+      o->conv_bwd(b, dx, G + l->w_off, G + l->b_off, dy, n->in[i], P + l->w_off, n->out[i], count,
+                  l->H, l->W, l->C, l->K, l->relu);
+      break;
+    case LAYER_POOL:
+      if (dx) o->maxpool_bwd(b, dx, dy, n->argmax[i], n->in[i], n->out[i], count, l->H, l->W, l->C);
+      break;
+    case LAYER_LINEAR:
+      o->linear_bwd(b, dx, G + l->w_off, G + l->b_off, dy, n->in[i], P + l->w_off, n->out[i],
+                    count, l->C, l->K, l->relu);
+      break;
+    case LAYER_DROPOUT:
+      if (dx) o->dropout_bwd(b, dx, dy, n->ids, count, l->C, n->m->dropout,
+                             (dropout_key){seed, (uint32_t)l->dropout_index, step});
+      break;
+    }
+    cur ^= 1;
+    if (gs) {
+      while (next_bucket < n->buckets.n && n->buckets.ready_layer[next_bucket] == i) {
+        grad_sync_start(gs, n->buckets.begin[next_bucket],
+                        n->buckets.end[next_bucket] - n->buckets.begin[next_bucket]);
+        next_bucket++;
+      }
+      grad_sync_poll(gs);
+    }
+  }
+}
+
+void net_adam(net *n, const adam_params *ap) {
+  n->b->ops->adam(n->b, n->params, n->grads, n->adam_m, n->adam_v, n->m->n_params, ap);
+}
+
+void net_reset_stats(net *n) { n->b->ops->zero(n->b, n->stats, 2 * sizeof(double)); }
+
+void net_read_stats(net *n, double *loss_sum, double *correct) {
+  double s[2];
+  n->b->ops->download(n->b, s, n->stats, sizeof(s));
+  *loss_sum = s[0];
+  *correct = s[1];
+}

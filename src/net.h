@@ -1,0 +1,52 @@
+// net.h - one model instance on one backend: the flat parameter/gradient/Adam buffers, the
+// activations (allocated once for the largest per-rank batch), and the passes that walk the
+// model's layer table through the backend's ops.
+//
+// A training step on a rank: net_prep (batch assembly) -> net_forward(train) -> net_loss
+// (grad scale 1 / GLOBAL batch) -> net_backward (starts each gradient bucket's all-reduce as
+// soon as its layers are done) -> grad_sync_wait -> net_adam. Evaluation: prep, forward(eval),
+// loss without gradient. Loss and accuracy sums accumulate in backend memory (stats) and are
+// read with net_read_stats, so a step needs no host synchronisation.
+#ifndef VGG_NET_H
+#define VGG_NET_H
+
+#include "backend.h"
+#include "comm.h"
+#include "model.h"
+
+typedef struct net {
+  const model *m;
+  backend *b;
+  int max_n;
+  float *params, *grads, *adam_m, *adam_v; // n_params each, backend memory
+  void *act[MODEL_MAX_LAYERS + 1];         // act[0]: input; act[i + 1]: output of layer i
+  const void *in[MODEL_MAX_LAYERS];        // what layer i read and wrote in the last forward
+  const void *out[MODEL_MAX_LAYERS];       // (eval-mode dropout passes its input through)
+  int32_t *argmax[MODEL_MAX_LAYERS];
+  void *dbuf[2];                           // activation-gradient ping-pong
+  int32_t *labels, *ids;
+  double *stats;                           // [loss sum, correct] since the last reset
+  bucket_plan buckets;
+} net;
+
+void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count);
+void net_free(net *n); // accepts NULL fields
+
+void net_upload_params(net *n, const float *h_params);
+void net_download_params(net *n, float *h_params);
+
+// Assemble batch rows 0..count-1 from the backend-resident dataset.
+void net_prep(net *n, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
+              int count, const prep_params *pp);
+// Forward through every layer. train: dropout active with masks keyed by (seed, step, ids).
+void net_forward(net *n, int count, int train, uint64_t seed, uint32_t step);
+// Adds loss sum / correct to stats; with grad_scale != 0 also leaves dlogits for backward.
+void net_loss(net *n, int count, float grad_scale);
+// Backward into n->grads; when gs is non-NULL each bucket's reduction starts when ready.
+void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs);
+void net_adam(net *n, const adam_params *ap);
+
+void net_reset_stats(net *n);
+void net_read_stats(net *n, double *loss_sum, double *correct);
+
+#endif

@@ -1,0 +1,449 @@
+// train.c - the epoch loop (see train.h).
+//
+// Every rank holds the same parameters and takes the same Adam step: the global batch b of an
+// epoch is a fixed slice of that epoch's permutation, each rank computes gradients for its
+// interleaved share scaled by 1 / (global batch size), and the gradient buffers are summed.
+// Since every random decision is keyed by (seed, epoch/step, sample id), the trajectory does
+// not depend on the world size (up to float summation order).
+// Rank 0 makes the decisions after validation (learning rate, early stop, best model) and
+// broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
+#include "train.h"
+
+#include <math.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "checkpoint.h"
+#include "cifar10.h"
+#include "log.h"
+#include "model.h"
+#include "net.h"
+#include "optim.h"
+
+static volatile sig_atomic_t stop_signal;
+
+// mkdir -p; a path that exists and is a directory is fine.
+static void make_dirs(const char *path) {
+  char buf[1024];
+  snprintf(buf, sizeof(buf), "%s", path);
+  for (char *p = buf + 1;; p++) {
+    if (*p == '/' || *p == 0) {
+      char c = *p;
+      *p = 0;
+      struct stat sb;
+      if (mkdir(buf, 0755) != 0 && !(errno == EEXIST && stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode)))
+        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf, strerror(errno));
+      *p = c;
+      if (!c) break;
+    }
+  }
+}
+static void on_stop_signal(int sig) { stop_signal = sig; }
+
+typedef struct split {
+  const uint8_t *d_images, *d_labels; // backend memory
+  const int32_t *ids;                 // host
+  int n;
+} split;
+
+typedef struct run {
+  const config *cfg;
+  comm *c;
+  int rank, world;
+  backend *b;
+  model m;
+  net net;
+  grad_sync *gs;
+  ckpt_meta meta;
+  train_state st;
+  float *h_params, *h_m, *h_v, *h_best;
+} run;
+
+static backend *backend_choose(const config *cfg, comm *c) {
+  int gpus = cfg->device == DEVICE_CPU ? 0 : backend_cuda_device_count();
+  if (cfg->device == DEVICE_CUDA || (cfg->device == DEVICE_AUTO && gpus > 0)) {
+    if (gpus == 0) DIE_USAGE("--device cuda: no CUDA device is visible on this node");
+    if (comm_local_size(c) > gpus)
+      DIE_USAGE("%d ranks on this node but only %d GPUs: one rank per GPU (use fewer ranks)",
+                comm_local_size(c), gpus);
+    LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s\n", gpus,
+         comm_local_size(c), config_precision_name(cfg->precision));
+    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision, cfg->cuda_graphs);
+  }
+  if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
+  LOG0("device: cpu (%s), %d ranks\n", cfg->device == DEVICE_CPU ? "requested" : "no CUDA device visible",
+       comm_world(c));
+  return backend_cpu_create(cfg->threads);
+}
+
+// Mean loss and accuracy of `s` with the current parameters; every rank takes a contiguous
+// part, the sums are added up over ranks (all ranks get the result).
+static void evaluate(run *r, const split *s, const prep_params *base, double *loss, double *acc) {
+  int lo = (int)((long long)s->n * r->rank / r->world), hi = (int)((long long)s->n * (r->rank + 1) / r->world);
+  prep_params pp = *base;
+  pp.augment = 0;
+  net_reset_stats(&r->net);
+  for (int i = lo; i < hi; i += r->cfg->eval_batch) {
+    int cnt = hi - i < r->cfg->eval_batch ? hi - i : r->cfg->eval_batch;
+    net_prep(&r->net, s->d_images, s->d_labels, s->ids + i, cnt, &pp);
+    net_forward(&r->net, cnt, 0, 0, 0);
+    net_loss(&r->net, cnt, 0);
+  }
+  double sums[2];
+  net_read_stats(&r->net, &sums[0], &sums[1]);
+  comm_allreduce_sum_f64(r->c, sums, 2);
+  *loss = sums[0] / s->n;
+  *acc = sums[1] / s->n;
+}
+
+static void state_download(run *r) {
+  backend *b = r->b;
+  size_t bytes = r->m.n_params * sizeof(float);
+  b->ops->download(b, r->h_params, r->net.params, bytes);
+  b->ops->download(b, r->h_m, r->net.adam_m, bytes);
+  b->ops->download(b, r->h_v, r->net.adam_v, bytes);
+}
+
+static void save_checkpoint(run *r, const char *path) {
+  if (r->rank != 0) return;
+  checkpoint_write(path, &r->meta, &r->st, r->h_params, r->h_m, r->h_v);
+}
+
+// Periodic checkpoint at (epoch, batch) of st; callers have downloaded the state.
+static void save_periodic(run *r) {
+  const config *cfg = r->cfg;
+  if (!cfg->checkpoint_dir[0] || r->rank != 0) return;
+  char path[1024];
+  checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->st.epoch, r->st.batch);
+  save_checkpoint(r, path);
+  checkpoint_prune(cfg->checkpoint_dir, cfg->keep);
+  LOG0("checkpoint: %s\n", path);
+}
+
+// Rank 0 reads the checkpoint and broadcasts it, so only rank 0 needs the file.
+static int resume(run *r) {
+  const config *cfg = r->cfg;
+  char path[1024] = "";
+  int found = 1;
+  if (r->rank == 0) {
+    if (strcmp(cfg->resume, "auto") == 0)
+      found = checkpoint_latest(cfg->checkpoint_dir, path, sizeof(path)) == 0;
+    else
+      snprintf(path, sizeof(path), "%s", cfg->resume);
+  }
+  comm_bcast(r->c, &found, sizeof(found), 0);
+  if (!found) {
+    LOG0("resume: no checkpoint in %s yet, starting fresh\n", cfg->checkpoint_dir);
+    return 0;
+  }
+  int ok = 0;
+  char err[512] = "";
+  if (r->rank == 0)
+    ok = checkpoint_read(path, &r->meta, &r->st, r->h_params, r->h_m, r->h_v, err, sizeof(err)) == 0;
+  comm_bcast(r->c, &ok, sizeof(ok), 0);
+  if (!ok) DIE_DATA("--resume: %s", err);
+  size_t bytes = r->m.n_params * sizeof(float);
+  comm_bcast(r->c, &r->st, sizeof(r->st), 0);
+  comm_bcast(r->c, r->h_params, bytes, 0);
+  comm_bcast(r->c, r->h_m, bytes, 0);
+  comm_bcast(r->c, r->h_v, bytes, 0);
+  // The best model so far, for the final test: best.bin beside the checkpoint when present.
+  int have_best = 0;
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
+    char best[1024];
+    snprintf(best, sizeof(best), "%s/best.bin", cfg->checkpoint_dir);
+    have_best = checkpoint_read(best, &r->meta, NULL, r->h_best, NULL, NULL, err, sizeof(err)) == 0;
+  }
+  comm_bcast(r->c, &have_best, sizeof(have_best), 0);
+  if (have_best) comm_bcast(r->c, r->h_best, bytes, 0);
+  else memcpy(r->h_best, r->h_params, bytes);
+  LOG0("resumed from %s: epoch %d, batch %d, step %lld, lr %g\n", path, r->st.epoch + 1,
+       r->st.batch, (long long)r->st.step, r->st.lr);
+  return 1;
+}
+
+static void normalisation(run *r, const cifar10 *train, const int32_t *train_ids, int n_train) {
+  const config *cfg = r->cfg;
+  if (cfg->have_norm) {
+    memcpy(r->st.mean, cfg->mean, sizeof(r->st.mean));
+    memcpy(r->st.std, cfg->std, sizeof(r->st.std));
+    return;
+  }
+  cifar10_channel_stats(r->st.mean, r->st.std, train, train_ids, n_train);
+  LOG0("normalisation (train split's own): mean %.4f %.4f %.4f, std %.4f %.4f %.4f\n",
+       r->st.mean[0], r->st.mean[1], r->st.mean[2], r->st.std[0], r->st.std[1], r->st.std[2]);
+}
+
+typedef struct epoch_ctx {
+  const int32_t *train_ids;
+  int n_train;
+  const uint8_t *d_images, *d_labels;
+  const split *val;
+  prep_params *pp;
+  int32_t *order, *local; // scratch: the epoch's permutation, this rank's share of a batch
+  double t_start, carried_time;
+  int first_batch;
+} epoch_ctx;
+
+// Global train loss and accuracy sums of the epoch so far (carried over a resume included).
+static void epoch_sums(run *r, double sums[2]) {
+  net_read_stats(&r->net, &sums[0], &sums[1]);
+  comm_allreduce_sum_f64(r->c, sums, 2);
+  sums[0] += r->st.epoch_loss_sum;
+  sums[1] += r->st.epoch_correct;
+}
+
+// Trains the remaining batches of epoch st.epoch. Returns 1 when a stop was requested (signal
+// or --max-steps); when that happened before the epoch's last batch, the exact position has
+// been checkpointed and st.batch < the batch count.
+static int train_epoch(run *r, epoch_ctx *e) {
+  const config *cfg = r->cfg;
+  train_state *st = &r->st;
+  int B = cfg->batch, n_batches = (e->n_train + B - 1) / B;
+  cifar10_epoch_order(e->order, e->train_ids, e->n_train, st->seed, st->epoch);
+  e->pp->epoch = (uint32_t)st->epoch;
+  e->pp->augment = 1;
+  e->first_batch = st->batch;
+  e->carried_time = st->epoch_time_s;
+  e->t_start = now_s();
+  net_reset_stats(&r->net);
+  double t_log = e->t_start;
+  int log_images = 0;
+  for (; st->batch < n_batches; st->batch++) {
+    int start = st->batch * B, count = e->n_train - start < B ? e->n_train - start : B;
+    int mine = cifar10_shard(e->local, e->order + start, count, r->rank, r->world);
+    uint32_t step = (uint32_t)st->step; // keys this step's dropout masks
+    net_prep(&r->net, e->d_images, e->d_labels, e->local, mine, e->pp);
+    net_forward(&r->net, mine, 1, st->seed, step);
+    net_loss(&r->net, mine, 1.0f / count);
+    net_backward(&r->net, mine, st->seed, step, r->gs);
+    grad_sync_wait(r->gs);
+    st->step++;
+    adam_params ap = {st->lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, (int)st->step, cfg->adamw};
+    net_adam(&r->net, &ap);
+    log_images += count;
+
+    // Every rank must agree on stopping: a signal may reach only some of them.
+    double flag = stop_signal || (cfg->max_steps && st->step >= cfg->max_steps);
+    comm_allreduce_max_f64(r->c, &flag, 1);
+    int last = st->batch + 1 == n_batches;
+    if (st->step % cfg->log_every == 0 || last || flag) {
+      double sums[2], t = now_s(), done = start + count;
+      epoch_sums(r, sums);
+      double ips = log_images / (t - t_log + 1e-9);
+      double elapsed = e->carried_time + (t - e->t_start);
+      double eta = elapsed / (done - e->first_batch * (double)B) * (e->n_train - done);
+      log_progress("epoch %d/%d step %d/%d loss %.4f acc %.4f %.0f img/s lr %.3g eta %.0fs",
+                   st->epoch + 1, cfg->epochs, st->batch + 1, n_batches, sums[0] / done,
+                   sums[1] / done, ips, st->lr, eta);
+      metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
+                    "\"train_acc\": %.6f, \"images_per_s\": %.2f, \"lr\": %.6g",
+                    st->epoch + 1, st->batch + 1, (long long)st->step, sums[0] / done,
+                    sums[1] / done, ips, st->lr);
+      t_log = t;
+      log_images = 0;
+      if (flag && !last) {
+        // Preemption or --max-steps inside the epoch: checkpoint the exact position.
+        st->epoch_loss_sum = sums[0];
+        st->epoch_correct = sums[1];
+        st->epoch_seen = done;
+        st->epoch_time_s = elapsed;
+        st->batch++;
+        state_download(r);
+        save_periodic(r);
+        LOG0("stopping after step %lld (%s)%s\n", (long long)st->step,
+             stop_signal ? "signal" : "--max-steps",
+             cfg->checkpoint_dir[0] ? "; continue with --resume auto"
+                                    : "; no --checkpoint-dir, so the progress is not saved");
+        return 1;
+      }
+    }
+    if (flag) {
+      st->batch++;
+      return 1;
+    }
+  }
+  return 0;
+}
+
+// After the last batch of an epoch: validation, rank-0 decisions (broadcast), metrics, the
+// best model and the checkpoints (which name the start of the next epoch). Returns 1 on an
+// early stop.
+static int end_epoch(run *r, epoch_ctx *e) {
+  const config *cfg = r->cfg;
+  train_state *st = &r->st;
+  double sums[2];
+  epoch_sums(r, sums);
+  double train_loss = sums[0] / e->n_train, train_acc = sums[1] / e->n_train;
+  double epoch_time = e->carried_time + now_s() - e->t_start;
+  double ips = (e->n_train - (double)e->first_batch * cfg->batch) / (now_s() - e->t_start + 1e-9);
+  double val_loss, val_acc;
+  evaluate(r, e->val, e->pp, &val_loss, &val_acc);
+  int decisions[3] = {0, 0, 0}; // best, early stop, lr reduced
+  if (r->rank == 0) {
+    plateau_params pl = {cfg->lr_factor, cfg->lr_threshold, cfg->min_lr, cfg->lr_patience};
+    decisions[2] = plateau_step(st, val_loss, &pl);
+    decisions[0] = early_stop_step(st, val_loss, val_acc, st->epoch, cfg->early_stop, &decisions[1]);
+  }
+  comm_bcast(r->c, decisions, sizeof(decisions), 0);
+  comm_bcast(r->c, st, sizeof(*st), 0);
+  LOG0("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs, %.0f img/s, %.1f GFLOP/s%s%s\n",
+       st->epoch + 1, cfg->epochs, train_loss, train_acc, val_loss, val_acc, st->lr, epoch_time,
+       ips, ips * model_train_flops(&r->m) * 1e-9, decisions[0] ? " | best" : "",
+       decisions[2] ? " | lr reduced" : "");
+  metrics_write("epoch", "\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"val_loss\": %.6f, "
+                "\"val_acc\": %.6f, \"lr\": %.6g, \"images_per_s\": %.2f, \"time_s\": %.3f, \"best\": %s",
+                st->epoch + 1, train_loss, train_acc, val_loss, val_acc, st->lr, ips, epoch_time,
+                decisions[0] ? "true" : "false");
+  st->epoch++;
+  st->batch = 0;
+  st->epoch_loss_sum = st->epoch_correct = st->epoch_seen = st->epoch_time_s = 0;
+  state_download(r);
+  if (decisions[0]) {
+    memcpy(r->h_best, r->h_params, r->m.n_params * sizeof(float));
+    if (cfg->checkpoint_dir[0] && r->rank == 0) {
+      char path[1024];
+      snprintf(path, sizeof(path), "%s/best.bin", cfg->checkpoint_dir);
+      save_checkpoint(r, path);
+    }
+  }
+  save_periodic(r);
+  if (decisions[1])
+    LOG0("early stop: no better validation loss for %d epochs (best %.4f after epoch %d)\n",
+         cfg->early_stop, st->best_val_loss, st->best_epoch + 1);
+  return decisions[1];
+}
+
+int train_run(const config *cfg, comm *c) {
+  run R = {.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
+  run *r = &R;
+  config_validate_world(cfg, r->world);
+  if (r->rank == 0) config_print(cfg, stdout);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) make_dirs(cfg->checkpoint_dir);
+  r->b = backend_choose(cfg, c);
+  backend *b = r->b;
+
+  // ---- data (every rank holds the whole uint8 set in backend memory: 180 MB at most) ----
+  const char *dir = cifar10_resolve_dir(cfg->data_dir[0] ? cfg->data_dir : NULL);
+  cifar10 train, test;
+  cifar10_load(&train, dir, 1, cfg->train_limit);
+  cifar10_load(&test, dir, 0, cfg->test_limit);
+  if (cfg->val_size >= train.n)
+    DIE_USAGE("--val-size %d leaves no training images: %s has %d train images", cfg->val_size,
+              dir, train.n);
+  uint8_t *d_train_img = b->ops->alloc(b, (size_t)train.n * CIFAR_PIXELS);
+  uint8_t *d_train_lab = b->ops->alloc(b, train.n);
+  uint8_t *d_test_img = b->ops->alloc(b, (size_t)test.n * CIFAR_PIXELS);
+  uint8_t *d_test_lab = b->ops->alloc(b, test.n);
+  b->ops->upload(b, d_train_img, train.images, (size_t)train.n * CIFAR_PIXELS);
+  b->ops->upload(b, d_train_lab, train.labels, train.n);
+  b->ops->upload(b, d_test_img, test.images, (size_t)test.n * CIFAR_PIXELS);
+  b->ops->upload(b, d_test_lab, test.labels, test.n);
+
+  // ---- model and state: fresh, or from a checkpoint ----
+  model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout);
+  if (r->rank == 0) model_print(&r->m, stdout);
+  snprintf(r->meta.model, sizeof(r->meta.model), "%s", cfg->model);
+  r->meta.width = cfg->width;
+  r->meta.image_size = cfg->image_size;
+  r->meta.classes = CIFAR_CLASSES;
+  r->meta.n_params = r->m.n_params;
+  size_t pbytes = r->m.n_params * sizeof(float);
+  r->h_params = xmalloc(pbytes);
+  r->h_m = xcalloc(r->m.n_params, sizeof(float));
+  r->h_v = xcalloc(r->m.n_params, sizeof(float));
+  r->h_best = xmalloc(pbytes);
+  memset(&r->st, 0, sizeof(r->st));
+  r->st.seed = cfg->seed;
+  r->st.best_epoch = -1;
+  optim_state_init(&r->st, cfg->lr);
+  model_init_params(&r->m, r->h_params, cfg->init, cfg->seed);
+  comm_bcast(c, r->h_params, pbytes, 0); // identical by construction; this makes it certain
+  memcpy(r->h_best, r->h_params, pbytes);
+  int resumed = cfg->resume[0] && resume(r);
+  if (resumed && r->st.seed != cfg->seed)
+    LOG0("note: continuing with the checkpoint's seed %llu (not --seed %llu)\n",
+         (unsigned long long)r->st.seed, (unsigned long long)cfg->seed);
+
+  // The split and the normalisation follow the run's seed (the checkpoint's on resume).
+  int n_train = train.n - cfg->val_size;
+  int32_t *train_ids = xmalloc(sizeof(int32_t) * train.n), *val_ids = train_ids + n_train;
+  cifar10_split(train_ids, val_ids, train.n, cfg->val_size, r->st.seed);
+  int32_t *test_ids = xmalloc(sizeof(int32_t) * test.n);
+  for (int i = 0; i < test.n; i++) test_ids[i] = i;
+  LOG0("data: %s: %d train, %d validation, %d test images\n", dir, n_train, cfg->val_size, test.n);
+  if (!resumed) normalisation(r, &train, train_ids, n_train);
+  split val_split = {d_train_img, d_train_lab, val_ids, cfg->val_size};
+  split test_split = {d_test_img, d_test_lab, test_ids, test.n};
+
+  int local_batch = cfg->batch / r->world;
+  int max_n = local_batch > cfg->eval_batch ? local_batch : cfg->eval_batch;
+  net_init(&r->net, &r->m, b, max_n, (size_t)(cfg->bucket_mb * 1e6 / sizeof(float)) + 1);
+  r->gs = grad_sync_create(c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI, r->net.grads,
+                           r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
+  net_upload_params(&r->net, r->h_params);
+  b->ops->upload(b, r->net.adam_m, r->h_m, pbytes);
+  b->ops->upload(b, r->net.adam_v, r->h_v, pbytes);
+  metrics_open(cfg->metrics);
+
+  struct sigaction sa = {0};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  CHECK_POSIX(sigaction(SIGTERM, &sa, NULL));
+  CHECK_POSIX(sigaction(SIGUSR1, &sa, NULL));
+
+  prep_params pp = {.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p, .seed = r->st.seed};
+  memcpy(pp.mean, r->st.mean, sizeof(pp.mean));
+  memcpy(pp.std, r->st.std, sizeof(pp.std));
+  epoch_ctx e = {.train_ids = train_ids, .n_train = n_train, .d_images = d_train_img,
+                 .d_labels = d_train_lab, .val = &val_split, .pp = &pp,
+                 .order = xmalloc(sizeof(int32_t) * n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
+  int preempted = 0;
+  while (r->st.epoch < cfg->epochs) {
+    int stop_requested = train_epoch(r, &e);
+    if (r->st.batch < (n_train + cfg->batch - 1) / cfg->batch) {
+      preempted = 1; // checkpointed mid-epoch
+      break;
+    }
+    int early = end_epoch(r, &e);
+    if (stop_requested) {
+      LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_signal ? "signal" : "--max-steps");
+      preempted = 1;
+      break;
+    }
+    if (early) break;
+  }
+  free(e.local);
+  free(e.order);
+
+  if (!preempted) {
+    // ---- final test with the best model ----
+    net_upload_params(&r->net, r->h_best);
+    double test_loss, test_acc;
+    evaluate(r, &test_split, &pp, &test_loss, &test_acc);
+    LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", r->st.best_epoch + 1,
+         test_loss, test_acc, test.n);
+    metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
+                  test_loss, test_acc, r->st.best_epoch + 1, test.n);
+  }
+
+  metrics_close();
+  grad_sync_free(r->gs);
+  net_free(&r->net);
+  b->ops->release(b, d_test_lab);
+  b->ops->release(b, d_test_img);
+  b->ops->release(b, d_train_lab);
+  b->ops->release(b, d_train_img);
+  b->ops->destroy(b);
+  free(r->h_best);
+  free(r->h_v);
+  free(r->h_m);
+  free(r->h_params);
+  free(test_ids);
+  free(train_ids);
+  cifar10_free(&test);
+  cifar10_free(&train);
+  return 0;
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# run_all.sh - `make test`: every suite, then one closing line "N passed, N failed".
+# Suites: the C unit tests (build/test_unit, which also runs the PyTorch golden comparisons),
+# and the multi-rank tests of the binary under mpirun (tests/test_mpi.sh).
+# usage: tests/run_all.sh BUILD/test_unit ./vgg_dist
+set -u
+unit=${1:-build/test_unit}
+bin=${2:-./vgg_dist}
+here=$(cd "$(dirname "$0")" && pwd)
+total_pass=0
+total_fail=0
+run_suite() {
+  local name=$1
+  shift
+  echo "== $name"
+  local log
+  log=$(mktemp)
+  "$@" 2>&1 | tee "$log"
+  local rc=${PIPESTATUS[0]}
+  local line
+  line=$(grep -E '^[0-9]+ passed, [0-9]+ failed$' "$log" | tail -n 1)
+  rm -f "$log"
+  if [ -z "$line" ]; then
+    echo "suite $name ended without a summary (exit $rc): counted as 1 failure"
+    total_fail=$((total_fail + 1))
+    return
+  fi
+  local p f
+  p=${line%% passed*}
+  f=${line#*, }
+  f=${f%% failed*}
+  total_pass=$((total_pass + p))
+  total_fail=$((total_fail + f))
+  if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
+    echo "suite $name exited $rc: counted as 1 failure"
+    total_fail=$((total_fail + 1))
+  fi
+}
+run_suite unit "$unit"
+run_suite mpi "$here/test_mpi.sh" "$bin"
+echo "== all suites"
+echo "$total_pass passed, $total_fail failed"
+[ "$total_fail" -eq 0 ]

@@ -1,0 +1,230 @@
+// test_core.c - configuration parsing, the VGG table, initialisation, the bucket plan and the
+// rank-0 decision logic (ReduceLROnPlateau, early stopping).
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "model.h"
+#include "optim.h"
+#include "rng.h"
+#include "test.h"
+
+static void parse(config *c, const char *line) {
+  char buf[1024], *argv[64];
+  int argc = 0;
+  snprintf(buf, sizeof(buf), "vgg_dist %s", line);
+  for (char *t = strtok(buf, " "); t && argc < 63; t = strtok(NULL, " ")) argv[argc++] = t;
+  argv[argc] = NULL;
+  config_parse(c, argc, argv);
+}
+
+TEST(config_defaults_follow_the_recipe) {
+  config c;
+  parse(&c, "");
+  EXPECT(strcmp(c.model, "vgg16") == 0);
+  EXPECT_EQ_INT(c.image_size, 128);
+  EXPECT_EQ_INT(c.batch, 256);
+  EXPECT_EQ_INT(c.epochs, 30);
+  EXPECT_NEAR(c.lr, 1e-3, 1e-9);
+  EXPECT_NEAR(c.weight_decay, 1e-4, 1e-10);
+  EXPECT_EQ_INT(c.adamw, 0);
+  EXPECT_NEAR(c.lr_factor, 0.1, 1e-7);
+  EXPECT_EQ_INT(c.lr_patience, 5);
+  EXPECT_EQ_INT(c.early_stop, 5);
+  EXPECT_EQ_INT(c.val_size, 10000);
+  EXPECT_EQ_INT(c.seed, 11);
+  EXPECT_NEAR(c.dropout, 0.5, 0);
+}
+
+TEST(config_preset_is_overridden_wherever_options_stand) {
+  config c;
+  parse(&c, "--epochs 3 --preset cpu-demo --width 0.5");
+  EXPECT(strcmp(c.preset, "cpu-demo") == 0);
+  EXPECT_EQ_INT(c.epochs, 3);       // before the preset on the line, still wins
+  EXPECT_NEAR(c.width, 0.5, 0);     // after it
+  EXPECT_EQ_INT(c.image_size, 32);  // from the preset
+  EXPECT(strcmp(c.model, "vgg11") == 0);
+  parse(&c, "--model vgg19 --optim adamw --precision bf16 --device cpu --seed 123456789012");
+  EXPECT(strcmp(c.model, "vgg19") == 0);
+  EXPECT_EQ_INT(c.adamw, 1);
+  EXPECT_EQ_INT(c.precision, PREC_BF16);
+  EXPECT_EQ_INT(c.device, DEVICE_CPU);
+  EXPECT(c.seed == 123456789012ull);
+}
+
+static void parse_child(void *line) {
+  config c;
+  parse(&c, (const char *)line);
+}
+
+TEST(config_rejects_bad_input_with_status_2_naming_the_option) {
+  struct {
+    const char *line, *needle;
+  } bad[] = {
+      {"--bogus 1", "--bogus"},
+      {"--epochs 0", "--epochs"},
+      {"--lr abc", "--lr"},
+      {"--batch 2.5", "--batch"},
+      {"--image-size 96", "--image-size"},
+      {"--model vgg15", "--model"},
+      {"--flip-p 1.5", "--flip-p"},
+      {"--preset fast", "--preset"},
+      {"--mean 0.5,0.5", "--mean"},
+      {"--resume auto", "--resume"},
+      {"--epochs", "--epochs"},
+      {"stray", "stray"},
+  };
+  for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+    char err[512];
+    int status = test_in_child(parse_child, (void *)bad[i].line, err, sizeof(err));
+    if (status != 2) test_fail(__FILE__, __LINE__, "'%s': exit %d, expected 2", bad[i].line, status);
+    if (!strstr(err, bad[i].needle))
+      test_fail(__FILE__, __LINE__, "'%s': message '%s' does not name %s", bad[i].line, err, bad[i].needle);
+    if (strchr(err, '\n') != strrchr(err, '\n'))
+      test_fail(__FILE__, __LINE__, "'%s': message is not one line: '%s'", bad[i].line, err);
+  }
+}
+
+TEST(model_parameter_counts_match_torchvision) {
+  // torchvision's vgg16(num_classes=10) at 224x224 has 134,301,514 parameters; vgg11 128,807,306;
+  // at 32x32 the first FC shrinks to 512 inputs.
+  model m;
+  model_build(&m, "vgg16", 1, 224, 10, 0.5f);
+  EXPECT_EQ_INT(m.n_params, 134301514);
+  model_build(&m, "vgg11", 1, 224, 10, 0.5f);
+  EXPECT_EQ_INT(m.n_params, 128807306);
+  model_build(&m, "vgg16", 1, 32, 10, 0.5f);
+  EXPECT_EQ_INT(m.n_params, 14714688 + 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10);
+  int convs = 0, pools = 0;
+  for (int i = 0; i < m.n_layers; i++) {
+    convs += m.layers[i].kind == LAYER_CONV;
+    pools += m.layers[i].kind == LAYER_POOL;
+  }
+  EXPECT_EQ_INT(convs, 13);
+  EXPECT_EQ_INT(pools, 5);
+  model_build(&m, "vgg19", 1, 32, 10, 0.5f);
+  convs = 0;
+  for (int i = 0; i < m.n_layers; i++) convs += m.layers[i].kind == LAYER_CONV;
+  EXPECT_EQ_INT(convs, 16);
+  // The training FLOPs the benchmark quotes: 30.4 GFLOP at 128, 1.9 at 32 (VGG16).
+  model_build(&m, "vgg16", 1, 128, 10, 0.5f);
+  EXPECT_NEAR(model_train_flops(&m) * 1e-9, 30.4, 0.1);
+  model_build(&m, "vgg16", 1, 32, 10, 0.5f);
+  EXPECT_NEAR(model_train_flops(&m) * 1e-9, 1.9, 0.05);
+  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f);
+  const layer *fc1 = &m.layers[m.n_layers - 4];
+  EXPECT_EQ_INT(fc1->kind, LAYER_LINEAR);
+  EXPECT_EQ_INT(fc1->C, 128 * 2 * 2);
+  EXPECT_EQ_INT(fc1->K, 1024);
+}
+
+TEST(model_init_statistics_per_scheme) {
+  model m;
+  model_build(&m, "vgg11", 0.5f, 32, 10, 0.5f);
+  float *p = malloc(m.n_params * sizeof(float));
+  const layer *conv = &m.layers[2]; // 32 -> 64 channels after the first pool
+  const layer *fc = &m.layers[m.n_layers - 2];
+  for (int scheme = 0; scheme < 3; scheme++) {
+    model_init_params(&m, p, (init_kind)scheme, 5);
+    double s2 = 0, s1 = 0, mx = 0;
+    for (size_t j = 0; j < conv->w_count; j++) {
+      s1 += p[conv->w_off + j];
+      s2 += p[conv->w_off + j] * (double)p[conv->w_off + j];
+      mx = fmax(mx, fabs(p[conv->w_off + j]));
+    }
+    double n = conv->w_count, sd = sqrt(s2 / n - (s1 / n) * (s1 / n));
+    double want = scheme == INIT_TORCHVISION ? sqrt(2.0 / (9.0 * conv->K))
+                : scheme == INIT_PYTORCH     ? 1 / sqrt(9.0 * conv->C) / sqrt(3.0)
+                                             : 0.01;
+    EXPECT_NEAR(sd / want, 1, 0.03);
+    if (scheme == INIT_PYTORCH) EXPECT(mx <= 1 / sqrt(9.0 * conv->C));
+    double bias = 0;
+    for (size_t j = 0; j < fc->b_count; j++) bias += fabs(p[fc->b_off + j]);
+    EXPECT(scheme == INIT_PYTORCH ? bias > 0 : bias == 0);
+  }
+  float *q = malloc(m.n_params * sizeof(float));
+  model_init_params(&m, q, INIT_PAPER, 5);
+  EXPECT(memcmp(p, q, m.n_params * sizeof(float)) == 0); // deterministic
+  model_init_params(&m, q, INIT_PAPER, 6);
+  EXPECT(memcmp(p, q, m.n_params * sizeof(float)) != 0);
+  free(q);
+  free(p);
+}
+
+TEST(bucket_plan_tiles_the_buffer_in_backward_order) {
+  model m;
+  model_build(&m, "vgg16", 0.25f, 32, 10, 0.5f);
+  size_t sizes[] = {1, 50000, 400000, 100000000};
+  for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
+    bucket_plan p;
+    model_plan_buckets(&p, &m, sizes[k]);
+    REQUIRE(p.n >= 1);
+    EXPECT(p.end[0] == m.n_params);
+    EXPECT(p.begin[p.n - 1] == 0);
+    for (int i = 0; i < p.n; i++) {
+      EXPECT(p.begin[i] < p.end[i]);
+      if (i) EXPECT(p.end[i] == p.begin[i - 1]);
+      if (i) EXPECT(p.ready_layer[i] < p.ready_layer[i - 1]);
+      if (i + 1 < p.n) EXPECT(p.end[i] - p.begin[i] >= sizes[k]);
+      EXPECT(m.layers[p.ready_layer[i]].w_off == p.begin[i]);
+    }
+    if (sizes[k] == 1) EXPECT_EQ_INT(p.n, 16); // one per parameterised layer
+    if (sizes[k] == 100000000) EXPECT_EQ_INT(p.n, 1);
+  }
+}
+
+TEST(plateau_matches_pytorch_semantics) {
+  // torch.optim.lr_scheduler.ReduceLROnPlateau(factor=0.1, patience=2, threshold=1e-4) fed
+  // these losses gives lrs 1e-3 x4, then 1e-4 after the 3rd epoch without improvement.
+  train_state st;
+  memset(&st, 0, sizeof(st));
+  optim_state_init(&st, 1e-3f);
+  plateau_params p = {0.1f, 1e-4f, 0, 2};
+  double losses[] = {1.0, 0.9, 0.89995, 0.95, 0.91, 0.8, 0.85, 0.85, 0.85, 0.85, 0.85, 0.85};
+  float want[] = {1e-3f, 1e-3f, 1e-3f, 1e-3f, 1e-4f, 1e-4f, 1e-4f, 1e-4f, 1e-5f, 1e-5f, 1e-5f, 1e-6f};
+  for (int i = 0; i < 12; i++) {
+    plateau_step(&st, losses[i], &p);
+    EXPECT_NEAR(st.lr / want[i], 1, 1e-5);
+  }
+  // min_lr floors the reduction.
+  optim_state_init(&st, 1e-3f);
+  p.min_lr = 5e-4f;
+  p.patience = 0;
+  plateau_step(&st, 1, &p);
+  plateau_step(&st, 1, &p);
+  EXPECT_NEAR(st.lr, 5e-4, 1e-9);
+}
+
+TEST(early_stopping_and_best_epoch) {
+  train_state st;
+  memset(&st, 0, sizeof(st));
+  optim_state_init(&st, 1e-3f);
+  double losses[] = {2.0, 1.5, 1.6, 1.5, 1.7, 1.4, 1.41, 1.42};
+  int stop = 0, best_at = -1, stopped_at = -1;
+  for (int e = 0; e < 8 && !stop; e++) {
+    if (early_stop_step(&st, losses[e], 0.1 * e, e, 2, &stop)) best_at = e;
+    if (stop) stopped_at = e;
+  }
+  EXPECT_EQ_INT(best_at, 5);
+  EXPECT_EQ_INT(stopped_at, 7);
+  EXPECT_NEAR(st.best_val_loss, 1.4, 0);
+  EXPECT_EQ_INT(st.best_epoch, 5);
+  optim_state_init(&st, 1e-3f);
+  for (int e = 0; e < 20; e++) early_stop_step(&st, 1.0, 0, e, 0, &stop);
+  EXPECT_EQ_INT(stop, 0); // patience 0 disables
+}
+
+TEST(philox_known_answer_and_uniform_range) {
+  // Random123's known-answer test for philox4x32-10: counter 0, key 0.
+  uint32_t o[4];
+  rng_philox(o, 0, 0, 0, 0, 0, 0);
+  EXPECT(o[0] == 0x6627e8d5u && o[1] == 0xe169c58du && o[2] == 0xbc57ac4cu && o[3] == 0x9b00dbd8u);
+  double s = 0;
+  for (uint32_t i = 0; i < 100000; i++) {
+    float u = rng_uniform(7, 1, 2, i, 3);
+    REQUIRE(u >= 0 && u < 1);
+    s += u;
+  }
+  EXPECT_NEAR(s / 100000, 0.5, 0.005);
+}

@@ -1,0 +1,605 @@
+// test_cpu_ops.c - the CPU backend's compute ops against independent references.
+//
+// Every backward op is checked against central finite differences of the scalar loss
+// L = sum(y * r) for a fixed random r (so dL/dy = r), evaluated in float by the forward op
+// and summed in double. Probes whose +-eps perturbation flips a ReLU (a kink of L) are
+// skipped and counted. conv is also compared with a direct 7-loop convolution in double, and
+// run with tiny im2col chunks so chunk boundaries (and col2im across them) are exercised.
+// Adam/AdamW, xent, dropout masks and max-pool ties are checked against hand-computed values.
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "check.h"
+#include "cpu/cpu_backend.h"
+#include "rng.h"
+#include "test.h"
+
+#define TSEED 0x5eedc0deull
+
+// Deterministic test data: uniform in [lo, hi) from a counter-based stream.
+static void fill(float *a, size_t n, uint32_t stream, float lo, float hi) {
+  for (size_t i = 0; i < n; i++) a[i] = lo + (hi - lo) * rng_uniform(TSEED, stream, 0, 0, (uint32_t)i);
+}
+
+static float *fvec(size_t n) { return xcalloc(n ? n : 1, sizeof(float)); }
+
+static double dot(const float *a, const float *b, size_t n) {
+  double s = 0.0;
+  for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
+  return s;
+}
+
+// ---- finite-difference driver --------------------------------------------------------------
+
+// A forward evaluation of L with the current inputs; sets *kink when a ReLU/argmax pattern
+// differs from the one of the unperturbed inputs (the probe is then meaningless).
+typedef double (*loss_fn)(void *ctx, int *kink);
+
+// Compares grad[i] with (L(a[i] + eps) - L(a[i] - eps)) / 2eps for every i; returns the
+// number of mismatches, adds skipped probes to *skipped.
+static int fd_check(const char *what, loss_fn f, void *ctx, float *a, const float *grad, size_t n,
+                    float eps, double atol, double rtol, int *skipped) {
+  int bad = 0;
+  for (size_t i = 0; i < n; i++) {
+    float a0 = a[i];
+    int k1 = 0, k2 = 0;
+    a[i] = a0 + eps;
+    double lp = f(ctx, &k1);
+    a[i] = a0 - eps;
+    double lm = f(ctx, &k2);
+    a[i] = a0;
+    if (k1 || k2) {
+      (*skipped)++;
+      continue;
+    }
+    // The step actually taken in float, not the nominal one.
+    double h = (double)(a0 + eps) - (double)(a0 - eps);
+    double fd = (lp - lm) / h;
+    if (!(fabs(fd - grad[i]) <= atol + rtol * fabs(fd))) {
+      if (bad < 5)
+        test_fail(__FILE__, __LINE__, "%s[%zu]: analytic %.7g, finite difference %.7g", what, i,
+                  grad[i], fd);
+      bad++;
+    }
+  }
+  return bad;
+}
+
+// ---- convolution ---------------------------------------------------------------------------
+
+// Direct convolution in double: y[n,h,w,k] = b[k] + sum_{r,s,c} x[n,h+r-1,w+s-1,c] w[k,r,s,c].
+static void conv_ref(double *y, const float *x, const float *w, const float *b, int N, int H,
+                     int W, int C, int K, int relu) {
+  for (int n = 0; n < N; n++)
+    for (int h = 0; h < H; h++)
+      for (int ww = 0; ww < W; ww++)
+        for (int k = 0; k < K; k++) {
+          double s = b ? b[k] : 0.0;
+          for (int r = 0; r < 3; r++)
+            for (int q = 0; q < 3; q++)
+              for (int c = 0; c < C; c++) {
+                int hh = h + r - 1, wq = ww + q - 1;
+                if (hh < 0 || hh >= H || wq < 0 || wq >= W) continue;
+                s += (double)x[((n * H + hh) * W + wq) * C + c] * w[((k * 3 + r) * 3 + q) * C + c];
+              }
+          y[((n * H + h) * W + ww) * K + k] = relu && s < 0 ? 0.0 : s;
+        }
+}
+
+typedef struct conv_case {
+  backend *b;
+  int N, H, W, C, K, relu;
+  float *x, *w, *bias, *y, *r, *ybase;
+} conv_case;
+
+static double conv_loss(void *p, int *kink) {
+  conv_case *t = p;
+  size_t ny = (size_t)t->N * t->H * t->W * t->K;
+  t->b->ops->conv_fwd(t->b, t->y, t->x, t->w, t->bias, t->N, t->H, t->W, t->C, t->K, t->relu);
+  if (t->relu)
+    for (size_t i = 0; i < ny; i++)
+      if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
+  return dot(t->y, t->r, ny);
+}
+
+// Gradient check of conv_bwd (and conv_fwd against the direct reference) for one shape, with
+// the given im2col chunk budget (floats; 0 = the backend's default).
+static void conv_check(int N, int H, int W, int C, int K, int relu, int with_dx, size_t budget) {
+  backend *b = backend_cpu_create(0);
+  cpu_ctx *ctx = b->impl;
+  if (budget) ctx->conv_budget = budget;
+  size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
+  conv_case t = {b, N, H, W, C, K, relu, fvec(nx), fvec(nw), fvec(K), fvec(ny), fvec(ny), fvec(ny)};
+  fill(t.x, nx, 1, -1, 1);
+  fill(t.w, nw, 2, -0.5f, 0.5f);
+  fill(t.bias, K, 3, -0.2f, 0.2f);
+  fill(t.r, ny, 4, -1, 1);
+
+  // Forward against the direct convolution in double.
+  double *yref = xmalloc(ny * sizeof(double));
+  conv_ref(yref, t.x, t.w, t.bias, N, H, W, C, K, relu);
+  b->ops->conv_fwd(b, t.ybase, t.x, t.w, t.bias, N, H, W, C, K, relu);
+  double maxerr = 0.0;
+  for (size_t i = 0; i < ny; i++) maxerr = fmax(maxerr, fabs(t.ybase[i] - yref[i]));
+  EXPECT(maxerr < 1e-5);
+
+  // Backward with dy = r (copied: with relu conv_bwd overwrites it).
+  float *dy = fvec(ny), *dx = with_dx ? fvec(nx) : NULL, *dw = fvec(nw), *db = fvec(K);
+  memcpy(dy, t.r, ny * sizeof(float));
+  b->ops->conv_bwd(b, dx, dw, db, dy, t.x, t.w, t.ybase, N, H, W, C, K, relu);
+  if (relu)
+    for (size_t i = 0; i < ny; i++) EXPECT(dy[i] == (t.ybase[i] > 0 ? t.r[i] : 0.0f));
+
+  // L is linear between ReLU kinks: a small step meets fewer kinks; float rounding of y
+  // (~1e-7 relative, summed in double) stays well under the tolerance at either step.
+  const float eps = relu ? 1e-3f : 1e-2f;
+  int skipped = 0, bad = 0;
+  if (with_dx) bad += fd_check("conv dx", conv_loss, &t, t.x, dx, nx, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("conv dw", conv_loss, &t, t.w, dw, nw, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("conv db", conv_loss, &t, t.bias, db, K, eps, 2e-3, 2e-3, &skipped);
+  EXPECT_EQ_INT(bad, 0);
+  size_t probes = (with_dx ? nx : 0) + nw + K;
+  EXPECT(skipped * 4 < (int)probes); // a kink skips a probe; most must be checked
+  if (!relu) EXPECT_EQ_INT(skipped, 0);
+
+  free(dy); free(dx); free(dw); free(db); free(yref);
+  free(t.x); free(t.w); free(t.bias); free(t.y); free(t.r); free(t.ybase);
+  b->ops->destroy(b);
+}
+
+TEST(cpu_conv_grad_small) {
+  conv_check(2, 5, 3, 3, 4, 0, 1, 0);
+  conv_check(2, 5, 3, 3, 4, 1, 1, 0);
+  conv_check(2, 5, 3, 3, 4, 1, 0, 0); // dx == NULL (first layer)
+}
+
+TEST(cpu_conv_grad_square) {
+  conv_check(2, 6, 6, 5, 7, 1, 1, 0);
+  conv_check(1, 6, 6, 5, 7, 0, 1, 0);
+}
+
+// Chunks of 4 and 7 pixels: boundaries fall mid-row and col2im crosses several chunks.
+TEST(cpu_conv_grad_chunked) {
+  conv_check(2, 5, 3, 3, 4, 1, 1, 4 * 27);
+  conv_check(2, 6, 6, 5, 7, 1, 1, 7 * 45);
+  conv_check(2, 6, 6, 5, 7, 0, 1, 45); // one pixel per chunk
+}
+
+// A bigger layer: chunked and unchunked passes agree, and forward matches the direct reference.
+TEST(cpu_conv_chunked_matches_whole) {
+  const int N = 3, H = 8, W = 10, C = 16, K = 24;
+  size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
+  float *x = fvec(nx), *w = fvec(nw), *bias = fvec(K), *r = fvec(ny);
+  fill(x, nx, 11, -1, 1);
+  fill(w, nw, 12, -0.3f, 0.3f);
+  fill(bias, K, 13, -0.1f, 0.1f);
+  fill(r, ny, 14, -1, 1);
+  float *y[2], *dx[2], *dw[2], *db[2], *dy[2];
+  for (int v = 0; v < 2; v++) {
+    backend *b = backend_cpu_create(0);
+    if (v) ((cpu_ctx *)b->impl)->conv_budget = 37 * 9 * C; // 37-pixel chunks
+    y[v] = fvec(ny); dy[v] = fvec(ny); dx[v] = fvec(nx); dw[v] = fvec(nw); db[v] = fvec(K);
+    b->ops->conv_fwd(b, y[v], x, w, bias, N, H, W, C, K, 1);
+    memcpy(dy[v], r, ny * 4);
+    b->ops->conv_bwd(b, dx[v], dw[v], db[v], dy[v], x, w, y[v], N, H, W, C, K, 1);
+    b->ops->destroy(b);
+  }
+  double *yref = xmalloc(ny * sizeof(double));
+  conv_ref(yref, x, w, bias, N, H, W, C, K, 1);
+  double e_ref = 0, e_y = 0, e_dx = 0, e_dw = 0, e_db = 0;
+  for (size_t i = 0; i < ny; i++) e_ref = fmax(e_ref, fabs(y[1][i] - yref[i]));
+  for (size_t i = 0; i < ny; i++) e_y = fmax(e_y, fabs(y[0][i] - y[1][i]));
+  for (size_t i = 0; i < nx; i++) e_dx = fmax(e_dx, fabs(dx[0][i] - dx[1][i]));
+  for (size_t i = 0; i < nw; i++) e_dw = fmax(e_dw, fabs(dw[0][i] - dw[1][i]));
+  for (int i = 0; i < K; i++) e_db = fmax(e_db, fabs(db[0][i] - db[1][i]));
+  EXPECT(e_ref < 1e-5);
+  EXPECT(e_y < 1e-5);
+  EXPECT(e_dx < 1e-5);
+  EXPECT(e_dw < 1e-4); // sums over 240 pixels, accumulated per chunk vs at once
+  EXPECT(e_db == 0.0); // same masked dy, same deterministic reduction
+  double dwmax = 0;
+  for (size_t i = 0; i < nw; i++) dwmax = fmax(dwmax, fabs(dw[0][i]));
+  EXPECT(dwmax > 1.0); // the comparison above is not between zeros
+  for (int v = 0; v < 2; v++) {
+    free(y[v]); free(dy[v]); free(dx[v]); free(dw[v]); free(db[v]);
+  }
+  free(yref); free(x); free(w); free(bias); free(r);
+}
+
+// ---- max-pool ------------------------------------------------------------------------------
+
+typedef struct pool_case {
+  backend *b;
+  int N, H, W, C;
+  float *x, *y, *r;
+  int32_t *am, *ambase;
+} pool_case;
+
+static double pool_loss(void *p, int *kink) {
+  pool_case *t = p;
+  size_t ny = (size_t)t->N * (t->H / 2) * (t->W / 2) * t->C;
+  t->b->ops->maxpool_fwd(t->b, t->y, t->am, t->x, t->N, t->H, t->W, t->C);
+  if (memcmp(t->am, t->ambase, ny * sizeof(int32_t))) *kink = 1;
+  return dot(t->y, t->r, ny);
+}
+
+TEST(cpu_maxpool_grad) {
+  const int N = 2, H = 6, W = 4, C = 3;
+  size_t nx = (size_t)N * H * W * C, ny = nx / 4;
+  backend *b = backend_cpu_create(0);
+  pool_case t = {b, N, H, W, C, fvec(nx), fvec(ny), fvec(ny), xcalloc(ny, 4), xcalloc(ny, 4)};
+  // Distinct values 0.05 apart in a scrambled order: no ties, no argmax flip at eps = 1e-2.
+  for (size_t i = 0; i < nx; i++) t.x[i] = (float)((i * 37) % nx) * 0.05f - 3.0f;
+  fill(t.r, ny, 21, -1, 1);
+  b->ops->maxpool_fwd(b, t.y, t.ambase, t.x, N, H, W, C);
+  // Forward: max of each window, argmax pointing at it.
+  for (int n = 0; n < N; n++)
+    for (int ho = 0; ho < H / 2; ho++)
+      for (int wo = 0; wo < W / 2; wo++)
+        for (int c = 0; c < C; c++) {
+          float m = -1e30f;
+          for (int dh = 0; dh < 2; dh++)
+            for (int dw = 0; dw < 2; dw++)
+              m = fmaxf(m, t.x[((n * H + 2 * ho + dh) * W + 2 * wo + dw) * C + c]);
+          size_t o = ((n * (H / 2) + ho) * (W / 2) + wo) * C + c;
+          EXPECT(t.y[o] == m);
+          int32_t a = t.ambase[o];
+          EXPECT(t.x[((size_t)n * H * W + a) * C + c] == m);
+        }
+  float *dx = fvec(nx);
+  for (size_t i = 0; i < nx; i++) dx[i] = 123.0f; // bwd must overwrite every element
+  b->ops->maxpool_bwd(b, dx, t.r, t.ambase, t.x, t.y, N, H, W, C);
+  int skipped = 0;
+  EXPECT_EQ_INT(fd_check("maxpool dx", pool_loss, &t, t.x, dx, nx, 1e-2f, 1e-3, 1e-3, &skipped), 0);
+  EXPECT_EQ_INT(skipped, 0);
+  free(dx); free(t.x); free(t.y); free(t.r); free(t.am); free(t.ambase);
+  b->ops->destroy(b);
+}
+
+TEST(cpu_maxpool_ties) {
+  // One sample, 4x4, C = 1: four windows with ties in different positions.
+  const float x[16] = {
+      1, 1, 0, 2, //
+      1, 1, 2, 2, //
+      0, 3, -1, -1, //
+      3, 3, -1, -2,
+  };
+  float y[4], dx[16];
+  int32_t am[4];
+  backend *b = backend_cpu_create(1);
+  b->ops->maxpool_fwd(b, y, am, x, 1, 4, 4, 1);
+  // Window (0,0): all equal -> (0,0) = index 0. (0,1): 2 at (0,1),(1,0),(1,1) -> index 3.
+  // (1,0): 3 at (0,1),(1,0),(1,1) -> index 9. (1,1): -1 at (0,0),(0,1),(1,0) -> index 10.
+  EXPECT(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[3] == -1);
+  EXPECT_EQ_INT(am[0], 0);
+  EXPECT_EQ_INT(am[1], 3);
+  EXPECT_EQ_INT(am[2], 9);
+  EXPECT_EQ_INT(am[3], 10);
+  const float dy[4] = {10, 20, 30, 40};
+  b->ops->maxpool_bwd(b, dx, dy, am, x, y, 1, 4, 4, 1);
+  for (int i = 0; i < 16; i++) {
+    float want = i == 0 ? 10 : i == 3 ? 20 : i == 9 ? 30 : i == 10 ? 40 : 0;
+    EXPECT(dx[i] == want);
+  }
+  // A NaN wins its window (PyTorch propagates it).
+  float xn[16];
+  memcpy(xn, x, sizeof(xn));
+  xn[5] = NAN;
+  b->ops->maxpool_fwd(b, y, am, xn, 1, 4, 4, 1);
+  EXPECT(isnan(y[0]));
+  EXPECT_EQ_INT(am[0], 5);
+  b->ops->destroy(b);
+}
+
+// ---- linear --------------------------------------------------------------------------------
+
+typedef struct lin_case {
+  backend *b;
+  int N, in, out, relu;
+  float *x, *w, *bias, *y, *r, *ybase;
+} lin_case;
+
+static double lin_loss(void *p, int *kink) {
+  lin_case *t = p;
+  size_t ny = (size_t)t->N * t->out;
+  t->b->ops->linear_fwd(t->b, t->y, t->x, t->w, t->bias, t->N, t->in, t->out, t->relu);
+  if (t->relu)
+    for (size_t i = 0; i < ny; i++)
+      if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
+  return dot(t->y, t->r, ny);
+}
+
+static void linear_check(int N, int in, int out, int relu) {
+  backend *b = backend_cpu_create(0);
+  size_t nx = (size_t)N * in, nw = (size_t)out * in, ny = (size_t)N * out;
+  lin_case t = {b, N, in, out, relu, fvec(nx), fvec(nw), fvec(out), fvec(ny), fvec(ny), fvec(ny)};
+  fill(t.x, nx, 31, -1, 1);
+  fill(t.w, nw, 32, -0.5f, 0.5f);
+  fill(t.bias, out, 33, -0.2f, 0.2f);
+  fill(t.r, ny, 34, -1, 1);
+  b->ops->linear_fwd(b, t.ybase, t.x, t.w, t.bias, N, in, out, relu);
+  for (int n = 0; n < N; n++)
+    for (int o = 0; o < out; o++) {
+      double s = t.bias[o];
+      for (int i = 0; i < in; i++) s += (double)t.x[n * in + i] * t.w[o * in + i];
+      if (relu && s < 0) s = 0;
+      EXPECT_NEAR(t.ybase[n * out + o], s, 1e-5);
+    }
+  float *dy = fvec(ny), *dx = fvec(nx), *dw = fvec(nw), *db = fvec(out);
+  memcpy(dy, t.r, ny * sizeof(float));
+  b->ops->linear_bwd(b, dx, dw, db, dy, t.x, t.w, t.ybase, N, in, out, relu);
+  const float eps = relu ? 1e-3f : 1e-2f;
+  int skipped = 0, bad = 0;
+  bad += fd_check("linear dx", lin_loss, &t, t.x, dx, nx, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("linear dw", lin_loss, &t, t.w, dw, nw, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("linear db", lin_loss, &t, t.bias, db, out, eps, 2e-3, 2e-3, &skipped);
+  EXPECT_EQ_INT(bad, 0);
+  EXPECT(skipped * 4 < (int)(nx + nw + out));
+  if (!relu) EXPECT_EQ_INT(skipped, 0);
+  free(dy); free(dx); free(dw); free(db);
+  free(t.x); free(t.w); free(t.bias); free(t.y); free(t.r); free(t.ybase);
+  b->ops->destroy(b);
+}
+
+TEST(cpu_linear_grad) {
+  linear_check(3, 7, 5, 0);
+  linear_check(4, 9, 6, 1);
+}
+
+// ---- dropout -------------------------------------------------------------------------------
+
+typedef struct drop_case {
+  backend *b;
+  int N, D;
+  float p;
+  dropout_key key;
+  const int32_t *ids;
+  float *x, *y, *r;
+} drop_case;
+
+static double drop_loss(void *q, int *kink) {
+  drop_case *t = q;
+  t->b->ops->dropout_fwd(t->b, t->y, t->x, t->ids, t->N, t->D, t->p, t->key);
+  return dot(t->y, t->r, (size_t)t->N * t->D);
+}
+
+TEST(cpu_dropout) {
+  backend *b = backend_cpu_create(0);
+  dropout_key key = {TSEED, 2, 17};
+  // Gradient.
+  {
+    const int N = 3, D = 40;
+    const int32_t ids[3] = {5, 900, 12};
+    drop_case t = {b, N, D, 0.3f, key, ids, fvec(N * D), fvec(N * D), fvec(N * D)};
+    fill(t.x, N * D, 41, -1, 1);
+    fill(t.r, N * D, 42, -1, 1);
+    float *dx = fvec(N * D);
+    b->ops->dropout_bwd(b, dx, t.r, ids, N, D, t.p, key);
+    int skipped = 0;
+    EXPECT_EQ_INT(fd_check("dropout dx", drop_loss, &t, t.x, dx, N * D, 1e-2f, 1e-3, 1e-3, &skipped), 0);
+    // Forward: each unit either dropped or scaled by 1 / (1 - p), as the documented key says.
+    b->ops->dropout_fwd(b, t.y, t.x, ids, N, D, t.p, key);
+    for (int n = 0; n < N; n++)
+      for (int j = 0; j < D; j++) {
+        int keep = rng_dropout_keep(key.seed, key.layer, key.step, (uint32_t)ids[n], j, t.p);
+        EXPECT(t.y[n * D + j] == (keep ? t.x[n * D + j] * (1.0f / (1.0f - t.p)) : 0.0f));
+      }
+    free(dx); free(t.x); free(t.y); free(t.r);
+  }
+  // Kept fraction ~ 1 - p over many units; the mask depends on the id, not on the row.
+  {
+    const int N = 8, D = 4096;
+    const float p = 0.4f;
+    int32_t ids[8] = {3, 1, 4, 1000000, 5, 9, 2, 3};
+    float *x = fvec((size_t)N * D), *y = fvec((size_t)N * D), *y2 = fvec((size_t)N * D);
+    for (size_t i = 0; i < (size_t)N * D; i++) x[i] = 1.0f;
+    b->ops->dropout_fwd(b, y, x, ids, N, D, p, key);
+    long kept = 0;
+    for (size_t i = 0; i < (size_t)N * D; i++) kept += y[i] != 0.0f;
+    double frac = (double)kept / (N * D); // sd of frac ~ sqrt(.24 / 32768) = 0.0027
+    EXPECT_NEAR(frac, 1.0 - p, 0.015);
+    // Same sample id at row 0 and row 5: identical masks (swap rows 0 and 5).
+    int32_t ids2[8];
+    memcpy(ids2, ids, sizeof(ids));
+    ids2[0] = ids[5];
+    ids2[5] = ids[0];
+    b->ops->dropout_fwd(b, y2, x, ids2, N, D, p, key);
+    EXPECT(memcmp(y2, y + 5 * D, D * sizeof(float)) == 0);
+    EXPECT(memcmp(y2 + 5 * D, y, D * sizeof(float)) == 0);
+    EXPECT(memcmp(y2 + D, y + D, D * sizeof(float)) == 0);
+    // Duplicate ids in one batch get the same mask; different ids do not.
+    EXPECT(memcmp(y + 7 * D, y, D * sizeof(float)) == 0);
+    EXPECT(memcmp(y + 1 * D, y + 3 * D, D * sizeof(float)) != 0);
+    // A different step (or layer) gives a different mask for the same sample.
+    dropout_key k2 = key;
+    k2.step++;
+    b->ops->dropout_fwd(b, y2, x, ids, N, D, p, k2);
+    long same = 0;
+    for (int j = 0; j < D; j++) same += (y2[j] != 0) == (y[j] != 0);
+    EXPECT(same < D * 0.7); // independent masks agree on ~p^2 + (1-p)^2 = 52%
+    k2 = key;
+    k2.layer++;
+    b->ops->dropout_fwd(b, y2, x, ids, N, D, p, k2);
+    EXPECT(memcmp(y2, y, D * sizeof(float)) != 0);
+    // p = 0 is the identity.
+    b->ops->dropout_fwd(b, y2, x, ids, N, D, 0.0f, key);
+    EXPECT(memcmp(y2, x, (size_t)N * D * sizeof(float)) == 0);
+    free(x); free(y); free(y2);
+  }
+  b->ops->destroy(b);
+}
+
+// ---- softmax cross-entropy -----------------------------------------------------------------
+
+typedef struct xent_case {
+  backend *b;
+  int N, classes;
+  float *z;
+  const int32_t *labels;
+} xent_case;
+
+static double xent_loss(void *p, int *kink) {
+  xent_case *t = p;
+  double stats[2] = {0, 0};
+  t->b->ops->xent(t->b, NULL, stats, t->z, t->labels, t->N, t->classes, 1.0f);
+  return stats[0];
+}
+
+TEST(cpu_xent) {
+  backend *b = backend_cpu_create(0);
+  // Hand example: z = (1, 2, 3), label 2: loss = log(e + e^2 + e^3) - 3 = 0.4076059644;
+  // softmax = (0.0900305732, 0.2447284711, 0.6652409558).
+  // Second row (2, 2, 1): the first maximum (class 0) is the prediction.
+  const float z[6] = {1, 2, 3, 2, 2, 1};
+  const int32_t labels[2] = {2, 1};
+  double stats[2] = {10.0, 5.0}; // accumulated into
+  float d[6];
+  b->ops->xent(b, d, stats, z, labels, 2, 3, 0.5f);
+  double l2 = log(2 * exp(2.0) + exp(1.0)) - 2.0;
+  EXPECT_NEAR(stats[0], 10.0 + 0.4076059644 + l2, 1e-9);
+  EXPECT_NEAR(stats[1], 6.0, 0); // row 0 correct, row 1 predicts 0 != 1
+  EXPECT_NEAR(d[0], 0.5 * 0.0900305732, 1e-7);
+  EXPECT_NEAR(d[1], 0.5 * 0.2447284711, 1e-7);
+  EXPECT_NEAR(d[2], 0.5 * (0.6652409558 - 1), 1e-7);
+  EXPECT_NEAR(d[4], 0.5 * (exp(2.0) / (2 * exp(2.0) + exp(1.0)) - 1), 1e-7);
+  // Stable for huge logits (a naive exp would overflow).
+  const float big[3] = {1000, 0, -1000};
+  const int32_t l0 = 0;
+  double s2[2] = {0, 0};
+  b->ops->xent(b, d, s2, big, &l0, 1, 3, 1.0f);
+  EXPECT(s2[0] >= 0 && s2[0] < 1e-30);
+  EXPECT(isfinite(d[0]) && d[0] == 0.0f);
+
+  // Gradient against finite differences on random logits, 10 classes.
+  const int N = 4, K = 10;
+  float *zz = fvec(N * K), *dz = fvec(N * K);
+  fill(zz, N * K, 51, -3, 3);
+  const int32_t lab[4] = {0, 9, 3, 3};
+  xent_case t = {b, N, K, zz, lab};
+  double st[2] = {0, 0};
+  b->ops->xent(b, dz, st, zz, lab, N, K, 1.0f);
+  int skipped = 0;
+  EXPECT_EQ_INT(fd_check("xent dlogits", xent_loss, &t, zz, dz, N * K, 1e-2f, 1e-4, 1e-3, &skipped), 0);
+  free(zz); free(dz);
+  b->ops->destroy(b);
+}
+
+// ---- Adam / AdamW --------------------------------------------------------------------------
+
+// The documented update in double, one scalar at a time, with the decimal hyperparameters
+// the float ones stand for (as PyTorch receives them from Python).
+typedef struct adam_hp {
+  double lr, b1, b2, eps, wd;
+} adam_hp;
+
+static void adam_ref(double *p, double *m, double *v, double g, adam_hp h, int t, int decoupled) {
+  if (decoupled) *p *= 1 - h.lr * h.wd;
+  else g += h.wd * *p;
+  *m = h.b1 * *m + (1 - h.b1) * g;
+  *v = h.b2 * *v + (1 - h.b2) * g * g;
+  double mhat = *m / (1 - pow(h.b1, t)), vhat = *v / (1 - pow(h.b2, t));
+  *p -= h.lr * mhat / (sqrt(vhat) + h.eps);
+}
+
+TEST(cpu_adam) {
+  backend *b = backend_cpu_create(0);
+  const adam_hp hp = {1e-2, 0.9, 0.999, 1e-8, 0.05};
+  for (int decoupled = 0; decoupled < 2; decoupled++) {
+    enum { n = 5 };
+    float p[n] = {0.5f, -1.25f, 2.0f, 0.0f, -0.01f}, m[n] = {0}, v[n] = {0};
+    double pr[n], mr[n] = {0}, vr[n] = {0};
+    for (int i = 0; i < n; i++) pr[i] = p[i];
+    adam_params a = {1e-2f, 0.9f, 0.999f, 1e-8f, 0.05f, 0, decoupled};
+    for (int t = 1; t <= 3; t++) {
+      float g[n] = {0.3f * t, -0.2f, 1.5f / t, 0.0f, 0.02f * (t - 2)};
+      a.step = t;
+      b->ops->adam(b, p, g, m, v, n, &a);
+      for (int i = 0; i < n; i++) adam_ref(&pr[i], &mr[i], &vr[i], g[i], hp, t, decoupled);
+    }
+    for (int i = 0; i < n; i++) {
+      EXPECT_NEAR(p[i], pr[i], 1e-6 * fabs(pr[i]) + 1e-9);
+      EXPECT_NEAR(m[i], mr[i], 1e-6 * fabs(mr[i]) + 1e-12);
+      EXPECT_NEAR(v[i], vr[i], 1e-6 * fabs(vr[i]) + 1e-15);
+    }
+    // Three steps move a parameter with a steady gradient by about 3 lr.
+    EXPECT(fabs(pr[0] - 0.5) > 0.02 && fabs(pr[0] - 0.5) < 0.04);
+  }
+  // Hand-computed: one step of plain Adam from zero state moves p by lr * sign(g).
+  float p1 = 1.0f, g1 = -4.0f, m1 = 0, v1 = 0;
+  adam_params a1 = {0.1f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 0};
+  b->ops->adam(b, &p1, &g1, &m1, &v1, 1, &a1);
+  EXPECT_NEAR(p1, 1.1, 1e-6);
+  EXPECT_NEAR(m1, -0.4, 1e-7);
+  EXPECT_NEAR(v1, 0.016, 1e-8);
+  // AdamW with a zero gradient only decays: p *= 1 - lr * wd.
+  float p2 = 2.0f, g2 = 0.0f, m2 = 0, v2 = 0;
+  adam_params a2 = {0.1f, 0.9f, 0.999f, 1e-8f, 0.5f, 1, 1};
+  b->ops->adam(b, &p2, &g2, &m2, &v2, 1, &a2);
+  EXPECT_NEAR(p2, 2.0 * 0.95, 1e-6);
+  // The same with coupled Adam: the decay enters the gradient, so p moves by lr.
+  p2 = 2.0f; m2 = v2 = 0; a2.decoupled = 0;
+  b->ops->adam(b, &p2, &g2, &m2, &v2, 1, &a2);
+  EXPECT_NEAR(p2, 1.9, 1e-6);
+  b->ops->destroy(b);
+}
+
+// ---- N == 0, memory ------------------------------------------------------------------------
+
+TEST(cpu_ops_empty_batch) {
+  backend *b = backend_cpu_create(0);
+  const int C = 3, K = 4, in = 6, out = 5;
+  float dw[4 * 9 * 3], db[5], lw[5 * 6], y[1] = {7.0f}, w[4 * 9 * 3] = {0};
+  for (int i = 0; i < 4 * 9 * 3; i++) dw[i] = 1.0f;
+  for (int i = 0; i < 5; i++) db[i] = 1.0f;
+  for (int i = 0; i < 30; i++) lw[i] = 1.0f;
+  float dummy[1] = {7.0f};
+  b->ops->conv_fwd(b, y, dummy, w, NULL, 0, 4, 4, C, K, 1);
+  b->ops->conv_bwd(b, dummy, dw, db, dummy, dummy, w, dummy, 0, 4, 4, C, K, 1);
+  int zero = 1;
+  for (int i = 0; i < 4 * 9 * 3; i++) zero &= dw[i] == 0.0f;
+  for (int i = 0; i < K; i++) zero &= db[i] == 0.0f;
+  EXPECT(zero);
+  for (int i = 0; i < 5; i++) db[i] = 1.0f;
+  b->ops->linear_fwd(b, y, dummy, lw, NULL, 0, in, out, 1);
+  b->ops->linear_bwd(b, dummy, lw, db, dummy, dummy, lw, dummy, 0, in, out, 0);
+  zero = 1;
+  for (int i = 0; i < 30; i++) zero &= lw[i] == 0.0f;
+  for (int i = 0; i < out; i++) zero &= db[i] == 0.0f;
+  EXPECT(zero);
+  int32_t am[1] = {-1}, ids[1] = {0}, labels[1] = {0};
+  b->ops->maxpool_fwd(b, y, am, dummy, 0, 4, 4, C);
+  b->ops->maxpool_bwd(b, dummy, dummy, am, dummy, dummy, 0, 4, 4, C);
+  dropout_key key = {1, 0, 0};
+  b->ops->dropout_fwd(b, y, dummy, ids, 0, 8, 0.5f, key);
+  b->ops->dropout_bwd(b, y, dummy, ids, 0, 8, 0.5f, key);
+  double stats[2] = {1.5, 2.0};
+  b->ops->xent(b, y, stats, dummy, labels, 0, 10, 1.0f);
+  EXPECT(stats[0] == 1.5 && stats[1] == 2.0);
+  EXPECT(y[0] == 7.0f && dummy[0] == 7.0f && am[0] == -1); // size-0 outputs untouched
+  b->ops->destroy(b);
+}
+
+TEST(cpu_memory_ops) {
+  backend *b = backend_cpu_create(0);
+  EXPECT_EQ_INT(b->act_bytes, 4);
+  EXPECT(b->ops->stream(b) == NULL);
+  unsigned char *p = b->ops->alloc(b, 1000);
+  EXPECT(((uintptr_t)p & 63) == 0);
+  int zero = 1;
+  for (int i = 0; i < 1000; i++) zero &= p[i] == 0;
+  EXPECT(zero);
+  unsigned char h[1000], back[1000];
+  for (int i = 0; i < 1000; i++) h[i] = (unsigned char)(i * 7);
+  b->ops->upload(b, p, h, 1000);
+  b->ops->sync(b);
+  b->ops->download(b, back, p, 1000);
+  EXPECT(memcmp(h, back, 1000) == 0);
+  b->ops->zero(b, p + 10, 100);
+  b->ops->download(b, back, p, 1000);
+  EXPECT(back[9] == h[9] && back[10] == 0 && back[109] == 0 && back[110] == h[110]);
+  b->ops->release(b, p);
+  b->ops->release(b, NULL);
+  b->ops->destroy(b);
+}

@@ -1,0 +1,564 @@
+// test_cuda_host.c - host-side tests of the CUDA backend that need no GPU: the plan cache,
+// engine filtering by precision, autotune pick, workspace growth, the column-major GEMM plans of
+// the linear layers (checked against row-major products), launch sizes, alignment, bf16
+// rounding, the resize coefficients (against the CPU backend's resize), the Adam coefficients
+// (against the CPU backend's Adam), and the behaviour without a GPU (device count 0 and a clear
+// error from backend_cuda_create).
+// On a machine with a GPU the cuda_gpu_* tests also compare every op of the CUDA backend, in
+// each precision, with the CPU reference backend on small shapes (they skip without a GPU).
+#ifdef VGG_HAVE_CUDA
+
+#include <cudnn.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "backend.h"
+#include "check.h"
+#include "cpu/cpu_backend.h"
+#include "cuda/cuda_plan.h"
+#include "rng.h"
+#include "test.h"
+
+static int freed_count;
+static void count_free(void *val, void *arg) {
+  freed_count += *(int *)val;
+  (void)arg;
+}
+
+TEST(cuda_plan_cache) {
+  plan_cache pc;
+  memset(&pc, 0, sizeof(pc));
+  static int vals[40];
+  for (int i = 0; i < 40; i++) {
+    vals[i] = 1;
+    plan_key k = plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, i + 1, 0, 16);
+    REQUIRE(plan_cache_find(&pc, &k) == NULL);
+    plan_cache_insert(&pc, &k, &vals[i]);
+  }
+  EXPECT_EQ_INT(pc.n, 40);
+  plan_key k = plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, 16);
+  EXPECT(plan_cache_find(&pc, &k) == &vals[6]);
+  // Every field is part of the key.
+  plan_key v[8] = {
+      plan_key_make(PLAN_CONV_BWD_DATA, 128, 32, 32, 64, 7, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 127, 32, 32, 64, 7, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 31, 32, 64, 7, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 32, 31, 64, 7, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 63, 7, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 70, 0, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 2, 16),
+      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, 8),
+  };
+  for (int i = 0; i < 8; i++) {
+    EXPECT(!plan_key_equal(&v[i], &k));
+    EXPECT(plan_cache_find(&pc, &v[i]) == NULL);
+  }
+  freed_count = 0;
+  plan_cache_free(&pc, count_free, NULL);
+  EXPECT_EQ_INT(freed_count, 40);
+  EXPECT_EQ_INT(pc.n, 0);
+  plan_cache_free(&pc, count_free, NULL); // empty: fine
+}
+
+TEST(cuda_engine_filter) {
+  // The bit values mirror cuDNN's numerical-note enum.
+  EXPECT_EQ_INT(PLAN_NOTE_TENSOR_CORE, 1u << CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
+  EXPECT_EQ_INT(PLAN_NOTE_DOWN_CONVERT, 1u << CUDNN_NUMERICAL_NOTE_DOWN_CONVERT_INPUTS);
+  EXPECT_EQ_INT(PLAN_NOTE_REDUCED_REDUCTION, 1u << CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION);
+  unsigned winograd = 1u << CUDNN_NUMERICAL_NOTE_WINOGRAD;
+  unsigned nondet = 1u << CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+  EXPECT(plan_engine_allowed(0, 0));
+  EXPECT(plan_engine_allowed(0, winograd | nondet));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd));
+  EXPECT(!plan_engine_allowed(0, ~0u));
+  EXPECT(plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
+}
+
+TEST(cuda_autotune_pick_and_workspace) {
+  float a[4] = {3.0f, 1.0f, 1.0f, 2.0f};
+  EXPECT_EQ_INT(plan_pick_fastest(a, 4), 1); // first of equal times
+  float b[3] = {-1.0f, 5.0f, -1.0f};
+  EXPECT_EQ_INT(plan_pick_fastest(b, 3), 1); // failed candidates skipped
+  float c[2] = {-1.0f, -1.0f};
+  EXPECT_EQ_INT(plan_pick_fastest(c, 2), -1);
+  EXPECT_EQ_INT(plan_pick_fastest(c, 0), -1);
+  const size_t mib = (size_t)1 << 20;
+  EXPECT_EQ_INT(plan_workspace_grow(0, 0), 0);
+  EXPECT_EQ_INT(plan_workspace_grow(0, 1), mib);
+  EXPECT_EQ_INT(plan_workspace_grow(4 * mib, 3 * mib + 5), 4 * mib); // never shrinks
+  EXPECT_EQ_INT(plan_workspace_grow(4 * mib, 4 * mib + 1), 5 * mib);
+  // The max over a sequence of requests is what remains.
+  size_t ws = 0;
+  size_t req[5] = {10, 3 * mib, 100, 2 * mib + 7, 0};
+  for (int i = 0; i < 5; i++) ws = plan_workspace_grow(ws, req[i]);
+  EXPECT_EQ_INT(ws, 3 * mib);
+}
+
+// Row-major references for y = x w^T, dx = dy w, dw = dy^T x.
+TEST(cuda_linear_gemm_plans) {
+  const int N = 3, in = 5, out = 4;
+  float x[N * in], w[out * in], dy[N * out];
+  for (int i = 0; i < N * in; i++) x[i] = (float)((i * 7) % 11) - 5.0f;
+  for (int i = 0; i < out * in; i++) w[i] = (float)((i * 5) % 9) - 4.0f;
+  for (int i = 0; i < N * out; i++) dy[i] = (float)((i * 3) % 7) - 3.0f;
+  float y[N * out], dx[N * in], dw[out * in];
+
+  gemm_plan g = plan_linear_gemm(LINEAR_FWD, N, in, out);
+  EXPECT_EQ_INT(g.m * g.n, N * out);
+  plan_gemm_reference(y, w, x, &g);
+  for (int n = 0; n < N; n++)
+    for (int o = 0; o < out; o++) {
+      double s = 0;
+      for (int i = 0; i < in; i++) s += (double)x[n * in + i] * w[o * in + i];
+      EXPECT_NEAR(y[n * out + o], s, 1e-6);
+    }
+
+  g = plan_linear_gemm(LINEAR_DX, N, in, out);
+  plan_gemm_reference(dx, w, dy, &g);
+  for (int n = 0; n < N; n++)
+    for (int i = 0; i < in; i++) {
+      double s = 0;
+      for (int o = 0; o < out; o++) s += (double)dy[n * out + o] * w[o * in + i];
+      EXPECT_NEAR(dx[n * in + i], s, 1e-6);
+    }
+
+  g = plan_linear_gemm(LINEAR_DW, N, in, out);
+  plan_gemm_reference(dw, x, dy, &g);
+  for (int o = 0; o < out; o++)
+    for (int i = 0; i < in; i++) {
+      double s = 0;
+      for (int n = 0; n < N; n++) s += (double)dy[n * out + o] * x[n * in + i];
+      EXPECT_NEAR(dw[o * in + i], s, 1e-6);
+    }
+  // Leading dimensions are never smaller than the stored rows (cuBLAS rejects that).
+  for (int which = 0; which < 3; which++) {
+    g = plan_linear_gemm((linear_product)which, N, in, out);
+    EXPECT(g.lda >= (g.transa ? g.k : g.m));
+    EXPECT(g.ldb >= (g.transb ? g.n : g.k));
+    EXPECT(g.ldc >= g.m);
+  }
+}
+
+TEST(cuda_launch_alignment_bf16) {
+  EXPECT_EQ_INT(plan_blocks(0, 256, 1000), 0);
+  EXPECT_EQ_INT(plan_blocks(1, 256, 1000), 1);
+  EXPECT_EQ_INT(plan_blocks(256, 256, 1000), 1);
+  EXPECT_EQ_INT(plan_blocks(257, 256, 1000), 2);
+  EXPECT_EQ_INT(plan_blocks((size_t)1 << 40, 256, 1000), 1000);
+  char buf[64] __attribute__((aligned(16)));
+  EXPECT_EQ_INT(plan_alignment(buf), 16);
+  EXPECT_EQ_INT(plan_alignment(buf + 4), 4);
+  EXPECT_EQ_INT(plan_alignment(buf + 8), 8);
+  EXPECT_EQ_INT(plan_alignment(buf + 2), 2);
+  EXPECT_EQ_INT(plan_alignment(buf + 3), 1);
+  EXPECT_EQ_INT(plan_alignment(buf + 48), 16);
+  EXPECT_EQ_INT(plan_f32_to_bf16(1.0f), 0x3F80);
+  EXPECT_EQ_INT(plan_f32_to_bf16(-2.0f), 0xC000);
+  float f;
+  uint32_t u = 0x3F808000u; // exactly halfway: ties to even (down)
+  memcpy(&f, &u, 4);
+  EXPECT_EQ_INT(plan_f32_to_bf16(f), 0x3F80);
+  u = 0x3F818000u; // halfway, odd: up
+  memcpy(&f, &u, 4);
+  EXPECT_EQ_INT(plan_f32_to_bf16(f), 0x3F82);
+  u = 0x3F808001u; // above halfway: up
+  memcpy(&f, &u, 4);
+  EXPECT_EQ_INT(plan_f32_to_bf16(f), 0x3F81);
+  EXPECT(isnan(plan_bf16_to_f32(plan_f32_to_bf16(NAN))));
+  EXPECT(isinf(plan_bf16_to_f32(plan_f32_to_bf16(INFINITY))));
+  EXPECT_NEAR(plan_bf16_to_f32(plan_f32_to_bf16(3.14159f)), 3.140625, 0);
+}
+
+// The device kernel's resize arithmetic, on the host: must equal cpu_resize_plane bit for bit.
+static void resize_like_kernel(float *dst, const uint8_t *src, int size, int flip) {
+  for (int oy = 0; oy < size; oy++)
+    for (int ox = 0; ox < size; ox++) {
+      int y0, y1, x0, x1;
+      float ly, lx;
+      resize_coef(oy, 32, size, &y0, &y1, &ly);
+      resize_coef(ox, 32, size, &x0, &x1, &lx);
+#define PIX(yy, xx) ((float)src[(yy) * 32 + (flip ? 31 - (xx) : (xx))] / 255.0f)
+      float v;
+      if (size == 32) {
+        v = PIX(oy, ox);
+      } else {
+        float l0y = 1.0f - ly, l0x = 1.0f - lx;
+        float top = fmaf(l0x, PIX(y0, x0), lx * PIX(y0, x1));
+        float bot = fmaf(l0x, PIX(y1, x0), lx * PIX(y1, x1));
+        v = fmaf(l0y, top, ly * bot);
+      }
+#undef PIX
+      dst[oy * size + ox] = v;
+    }
+}
+
+TEST(cuda_resize_coefficients) {
+  int i0, i1;
+  float l1;
+  resize_coef(0, 32, 64, &i0, &i1, &l1); // src -0.25 clamps to 0
+  EXPECT_EQ_INT(i0, 0);
+  EXPECT_EQ_INT(i1, 1);
+  EXPECT_NEAR(l1, 0.0, 0);
+  resize_coef(63, 32, 64, &i0, &i1, &l1); // src 31.25: i1 clamped to 31
+  EXPECT_EQ_INT(i0, 31);
+  EXPECT_EQ_INT(i1, 31);
+  EXPECT_NEAR(l1, 0.25, 0);
+  resize_coef(1, 32, 64, &i0, &i1, &l1); // src 0.25
+  EXPECT_EQ_INT(i0, 0);
+  EXPECT_NEAR(l1, 0.25, 0);
+  for (int o = 0; o < 32; o++) { // identity size lands on source centres
+    resize_coef(o, 32, 32, &i0, &i1, &l1);
+    EXPECT_EQ_INT(i0, o);
+    EXPECT_NEAR(l1, 0.0, 0);
+  }
+  uint8_t img[1024];
+  for (int i = 0; i < 1024; i++) img[i] = (uint8_t)rng_bits(7, 9, 0, 0, (uint32_t)i);
+  const int sizes[6] = {32, 64, 48, 40, 224, 512};
+  float *a = xmalloc(512 * 512 * sizeof(float)), *b = xmalloc(512 * 512 * sizeof(float));
+  for (int s = 0; s < 6; s++)
+    for (int flip = 0; flip < 2; flip++) {
+      int size = sizes[s];
+      resize_like_kernel(a, img, size, flip);
+      cpu_resize_plane(b, 1, img, size, flip);
+      int same = memcmp(a, b, (size_t)size * size * sizeof(float)) == 0;
+      if (!same) test_fail(__FILE__, __LINE__, "resize to %d (flip %d) differs from the CPU", size, flip);
+    }
+  free(a);
+  free(b);
+}
+
+// The Adam kernel's operation order, on the host with the same coefficients; must equal the
+// CPU backend bit for bit (both Adam and AdamW, with and without weight decay).
+TEST(cuda_adam_coefficients) {
+  adam_coefs a = plan_adam_coefs(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 0);
+  EXPECT_NEAR(a.neg_step, -0.01, 1e-9);
+  EXPECT_NEAR(a.bc2_sqrt, sqrt(0.001), 1e-8);
+  EXPECT_NEAR(a.a1, 0.1, 1e-8);
+  EXPECT(!a.coupled_wd && !a.decoupled);
+  EXPECT_NEAR(plan_decimal_of(0.1f), 0.1, 0); // Python's 0.1, not 0.100000001490116
+  backend *cpu = backend_cpu_create(1);
+  enum { n = 257 };
+  for (int variant = 0; variant < 3; variant++) {
+    adam_params p = {3e-4f, 0.9f, 0.999f, 1e-8f, variant ? 5e-4f : 0.0f, 7, variant == 2};
+    float pa[n], pb[n], ma[n], mb[n], va[n], vb[n], g[n];
+    for (int i = 0; i < n; i++) {
+      pa[i] = pb[i] = (float)rng_normal(1, 2, 0, 0, (uint32_t)i);
+      ma[i] = mb[i] = 0.01f * (float)rng_normal(1, 3, 0, 0, (uint32_t)i);
+      va[i] = vb[i] = 1e-4f * (float)(1 + i % 5);
+      g[i] = 0.1f * (float)rng_normal(1, 4, 0, 0, (uint32_t)i);
+    }
+    cpu->ops->adam(cpu, pb, g, mb, vb, n, &p);
+    adam_coefs c = plan_adam_coefs(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step, p.decoupled);
+    for (int i = 0; i < n; i++) {
+      volatile float pp = pa[i], gg = g[i], t1, t2;
+      if (c.decoupled) pp = pp * c.decay;
+      else if (c.coupled_wd) { t1 = c.wd * pp; gg = gg + t1; }
+      t1 = ma[i] * c.b1; t2 = c.a1 * gg; volatile float mi = t1 + t2;
+      t1 = va[i] * c.b2; t2 = c.a2 * gg; t2 = t2 * gg; volatile float vi = t1 + t2;
+      t1 = sqrtf(vi) / c.bc2_sqrt; volatile float denom = t1 + c.eps;
+      t1 = c.neg_step * mi; t1 = t1 / denom; pa[i] = pp + t1;
+      ma[i] = mi;
+      va[i] = vi;
+    }
+    int same = memcmp(pa, pb, sizeof(pa)) == 0 && memcmp(ma, mb, sizeof(ma)) == 0 &&
+               memcmp(va, vb, sizeof(va)) == 0;
+    if (!same) test_fail(__FILE__, __LINE__, "Adam variant %d differs from the CPU backend", variant);
+  }
+  cpu->ops->destroy(cpu);
+}
+
+TEST(cuda_without_gpu) {
+  int n = backend_cuda_device_count(); // must never abort
+  EXPECT(n >= 0);
+  if (n > 0) return; // a GPU is present: the no-device message cannot be exercised here
+  int fds[2];
+  REQUIRE(pipe(fds) == 0);
+  pid_t pid = fork();
+  REQUIRE(pid >= 0);
+  if (pid == 0) {
+    dup2(fds[1], 2);
+    close(fds[0]);
+    backend_cuda_create(0, 0, 0);
+    _exit(0); // reaching here is the failure
+  }
+  close(fds[1]);
+  char msg[1024];
+  size_t got = 0;
+  ssize_t r;
+  while (got < sizeof(msg) - 1 && (r = read(fds[0], msg + got, sizeof(msg) - 1 - got)) > 0)
+    got += (size_t)r;
+  msg[got] = 0;
+  close(fds[0]);
+  int status = 0;
+  REQUIRE(waitpid(pid, &status, 0) == pid);
+  EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0);
+  EXPECT(strstr(msg, "--device cuda: no CUDA device visible (") != NULL);
+}
+
+// ---- GPU vs CPU (run only where a GPU is visible) ---------------------------------------------
+
+typedef struct pair {
+  backend *cpu, *gpu;
+  int prec;
+} pair;
+
+static float *rand_buf(size_t n, uint32_t stream, float scale) {
+  float *h = xmalloc((n ? n : 1) * sizeof(float));
+  for (size_t i = 0; i < n; i++) h[i] = scale * (float)rng_normal(42, stream, 0, 0, (uint32_t)i);
+  return h;
+}
+
+// Activations on the GPU are act_bytes wide: convert on the host for bf16.
+static void *up_act(pair *p, const float *h, size_t n) {
+  void *d = p->gpu->ops->alloc(p->gpu, n * p->gpu->act_bytes);
+  if (p->gpu->act_bytes == 2) {
+    uint16_t *t = xmalloc((n ? n : 1) * 2);
+    for (size_t i = 0; i < n; i++) t[i] = plan_f32_to_bf16(h[i]);
+    p->gpu->ops->upload(p->gpu, d, t, n * 2);
+    free(t);
+  } else {
+    p->gpu->ops->upload(p->gpu, d, h, n * 4);
+  }
+  return d;
+}
+
+static void down_act(pair *p, float *h, const void *d, size_t n) {
+  if (p->gpu->act_bytes == 2) {
+    uint16_t *t = xmalloc((n ? n : 1) * 2);
+    p->gpu->ops->download(p->gpu, t, d, n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = plan_bf16_to_f32(t[i]);
+    free(t);
+  } else {
+    p->gpu->ops->download(p->gpu, h, d, n * 4);
+  }
+}
+
+static void *up_f32(pair *p, const float *h, size_t n) {
+  void *d = p->gpu->ops->alloc(p->gpu, n * 4);
+  p->gpu->ops->upload(p->gpu, d, h, n * 4);
+  return d;
+}
+
+// max |a - b| relative to max |b|; reports and fails above tol.
+static void expect_close(const char *what, int prec, const float *a, const float *b, size_t n,
+                         double tol) {
+  double md = 0, mb = 1e-20;
+  for (size_t i = 0; i < n; i++) {
+    double d = fabs((double)a[i] - b[i]);
+    if (!(d <= md)) md = d; // NaN propagates
+    if (fabs(b[i]) > mb) mb = fabs(b[i]);
+  }
+  printf("    %-24s precision %d: max |diff| / max |ref| = %.3g\n", what, prec, md / mb);
+  if (!(md / mb <= tol)) test_fail(__FILE__, __LINE__, "%s (precision %d): rel error %.3g > %.3g", what, prec, md / mb, tol);
+}
+
+static double prec_tol(int prec) { return prec == 0 ? 1e-4 : prec == 1 ? 5e-3 : 3e-2; }
+
+static int pair_open(pair *p, int prec) {
+  if (backend_cuda_device_count() <= 0) return 0;
+  p->prec = prec;
+  p->cpu = backend_cpu_create(1);
+  p->gpu = backend_cuda_create(0, prec, 0);
+  return 1;
+}
+
+static void pair_close(pair *p) {
+  p->gpu->ops->destroy(p->gpu);
+  p->cpu->ops->destroy(p->cpu);
+}
+
+// One conv layer (+ a linear layer on the flattened output) through both backends; the
+// parameters live in one flat buffer as in the trainer, so bf16 takes its shadow path.
+static void conv_linear_case(int prec, int N, int H, int C, int K, int relu, int out) {
+  pair p;
+  if (!pair_open(&p, prec)) return;
+  const int W = H, in = H * W * K;
+  const size_t nx = (size_t)N * H * W * C, ny = (size_t)N * H * W * K, nw = (size_t)K * 9 * C;
+  const size_t nl = (size_t)out * in, np = nw + K + nl + out;
+  float *x = rand_buf(nx, 1, 1.0f), *params = rand_buf(np, 2, 0.2f), *gy = rand_buf((size_t)N * out, 3, 1.0f);
+  float *w = params, *bias = params + nw, *lw = bias + K, *lb = lw + nl;
+  // CPU reference.
+  float *y = xcalloc(ny, 4), *z = xcalloc((size_t)N * out, 4), *dyc = xcalloc(ny, 4);
+  float *dx = xcalloc(nx, 4), *grads = xcalloc(np, 4), *gz = xcalloc((size_t)N * out, 4);
+  memcpy(gz, gy, (size_t)N * out * 4);
+  p.cpu->ops->set_params(p.cpu, params, np);
+  p.cpu->ops->conv_fwd(p.cpu, y, x, w, bias, N, H, W, C, K, relu);
+  p.cpu->ops->linear_fwd(p.cpu, z, y, lw, lb, N, in, out, relu);
+  p.cpu->ops->linear_bwd(p.cpu, dyc, grads + nw + K, grads + nw + K + nl, gz, y, lw, z, N, in, out, relu);
+  p.cpu->ops->conv_bwd(p.cpu, dx, grads, grads + nw, dyc, x, w, y, N, H, W, C, K, relu);
+  // GPU.
+  float *d_params = up_f32(&p, params, np);
+  float *d_grads = p.gpu->ops->alloc(p.gpu, np * 4);
+  p.gpu->ops->set_params(p.gpu, d_params, np);
+  void *d_x = up_act(&p, x, nx), *d_y = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
+  void *d_z = p.gpu->ops->alloc(p.gpu, (size_t)N * out * p.gpu->act_bytes);
+  void *d_gz = up_act(&p, gy, (size_t)N * out), *d_dy = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
+  void *d_dx = p.gpu->ops->alloc(p.gpu, nx * p.gpu->act_bytes);
+  for (int rep = 0; rep < 2; rep++) { // the second pass runs the cached plans
+    p.gpu->ops->conv_fwd(p.gpu, d_y, d_x, d_params, d_params + nw, N, H, W, C, K, relu);
+    p.gpu->ops->linear_fwd(p.gpu, d_z, d_y, d_params + nw + K, d_params + nw + K + nl, N, in, out, relu);
+    if (rep == 1) { // linear_bwd masked d_gz in place with relu: start again from gy
+      p.gpu->ops->release(p.gpu, d_gz);
+      d_gz = up_act(&p, gy, (size_t)N * out);
+    }
+    p.gpu->ops->linear_bwd(p.gpu, d_dy, d_grads + nw + K, d_grads + nw + K + nl, d_gz, d_y,
+                           d_params + nw + K, d_z, N, in, out, relu);
+    p.gpu->ops->conv_bwd(p.gpu, d_dx, d_grads, d_grads + nw, d_dy, d_x, d_params, d_y, N, H, W, C, K, relu);
+  }
+  float *hy = xmalloc(ny * 4), *hz = xmalloc((size_t)N * out * 4), *hdx = xmalloc(nx * 4), *hg = xmalloc(np * 4);
+  down_act(&p, hy, d_y, ny);
+  down_act(&p, hz, d_z, (size_t)N * out);
+  down_act(&p, hdx, d_dx, nx);
+  p.gpu->ops->download(p.gpu, hg, d_grads, np * 4);
+  double t = prec_tol(prec);
+  expect_close("conv y", prec, hy, y, ny, t);
+  expect_close("linear z", prec, hz, z, (size_t)N * out, t);
+  expect_close("conv dx", prec, hdx, dx, nx, 2 * t);
+  expect_close("conv dw", prec, hg, grads, nw, 2 * t);
+  expect_close("conv db", prec, hg + nw, grads + nw, K, 2 * t);
+  expect_close("linear dw", prec, hg + nw + K, grads + nw + K, nl, 2 * t);
+  expect_close("linear db", prec, hg + nw + K + nl, grads + nw + K + nl, out, 2 * t);
+  // N == 0: weight gradients are zeroed, nothing else happens.
+  p.gpu->ops->conv_bwd(p.gpu, NULL, d_grads, d_grads + nw, d_dy, d_x, d_params, d_y, 0, H, W, C, K, relu);
+  p.gpu->ops->linear_bwd(p.gpu, NULL, d_grads + nw + K, d_grads + nw + K + nl, d_gz, d_y,
+                         d_params + nw + K, d_z, 0, in, out, relu);
+  p.gpu->ops->download(p.gpu, hg, d_grads, np * 4);
+  int zero = 1;
+  for (size_t i = 0; i < np; i++) zero &= hg[i] == 0.0f;
+  EXPECT(zero);
+  void *bufs[] = {d_params, d_grads, d_x, d_y, d_z, d_gz, d_dy, d_dx};
+  for (int i = 0; i < 8; i++) p.gpu->ops->release(p.gpu, bufs[i]);
+  free(hy); free(hz); free(hdx); free(hg);
+  free(x); free(params); free(gy); free(y); free(z); free(dyc); free(dx); free(grads); free(gz);
+  pair_close(&p);
+}
+
+TEST(cuda_gpu_conv_linear) {
+  for (int prec = 0; prec < 3; prec++) {
+    conv_linear_case(prec, 2, 8, 3, 16, 1, 10);
+    conv_linear_case(prec, 3, 4, 16, 32, 1, 7);
+    conv_linear_case(prec, 1, 4, 8, 8, 0, 5);
+    conv_linear_case(prec, 2, 4, 3, 10, 1, 3); // odd K: 8-byte aligned tensors after the bias
+  }
+}
+
+TEST(cuda_gpu_pool_dropout_xent) {
+  for (int prec = 0; prec < 3; prec++) {
+    pair p;
+    if (!pair_open(&p, prec)) return;
+    const int N = 3, H = 6, W = 4, C = 5, D = 40, L = 10;
+    const size_t nx = (size_t)N * H * W * C, ny = nx / 4;
+    float *x = rand_buf(nx, 5, 1.0f), *g = rand_buf(ny, 6, 1.0f);
+    for (size_t i = 0; i + C < nx; i += 7) x[i + C] = x[i]; // ties inside pooling windows
+    if (prec == 2) // bf16 rounding first, so both backends see the same ties
+      for (size_t i = 0; i < nx; i++) x[i] = plan_bf16_to_f32(plan_f32_to_bf16(x[i]));
+    float *y = xmalloc(ny * 4), *dx = xmalloc(nx * 4), *hy = xmalloc(ny * 4), *hdx = xmalloc(nx * 4);
+    int32_t *am = xmalloc(ny * 4);
+    p.cpu->ops->maxpool_fwd(p.cpu, y, am, x, N, H, W, C);
+    p.cpu->ops->maxpool_bwd(p.cpu, dx, g, am, x, y, N, H, W, C);
+    void *d_x = up_act(&p, x, nx), *d_g = up_act(&p, g, ny);
+    void *d_y = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
+    void *d_dx = p.gpu->ops->alloc(p.gpu, nx * p.gpu->act_bytes);
+    int32_t *d_am = p.gpu->ops->alloc(p.gpu, ny * 4);
+    p.gpu->ops->maxpool_fwd(p.gpu, d_y, d_am, d_x, N, H, W, C);
+    p.gpu->ops->maxpool_bwd(p.gpu, d_dx, d_g, d_am, d_x, d_y, N, H, W, C);
+    down_act(&p, hy, d_y, ny);
+    down_act(&p, hdx, d_dx, nx);
+    int32_t *ham = xmalloc(ny * 4);
+    p.gpu->ops->download(p.gpu, ham, d_am, ny * 4);
+    expect_close("maxpool y", prec, hy, y, ny, prec == 2 ? 0 : 1e-7);
+    expect_close("maxpool dx", prec, hdx, dx, nx, prec == 2 ? 1e-2 : 1e-7);
+    EXPECT(memcmp(ham, am, ny * 4) == 0);
+
+    // Dropout: identical masks (ids are not 0..N-1 on purpose).
+    int32_t ids[3] = {17, 4, 2999};
+    float *a = rand_buf((size_t)N * D, 7, 1.0f), *b = xmalloc((size_t)N * D * 4), *hb = xmalloc((size_t)N * D * 4);
+    if (prec == 2)
+      for (int i = 0; i < N * D; i++) a[i] = plan_bf16_to_f32(plan_f32_to_bf16(a[i]));
+    dropout_key key = {123, 2, 77};
+    p.cpu->ops->dropout_fwd(p.cpu, b, a, ids, N, D, 0.5f, key);
+    int32_t *d_ids = up_f32(&p, (const float *)(const void *)ids, 3);
+    void *d_a = up_act(&p, a, (size_t)N * D), *d_b = p.gpu->ops->alloc(p.gpu, (size_t)N * D * p.gpu->act_bytes);
+    p.gpu->ops->dropout_fwd(p.gpu, d_b, d_a, d_ids, N, D, 0.5f, key);
+    down_act(&p, hb, d_b, (size_t)N * D);
+    expect_close("dropout", prec, hb, b, (size_t)N * D, prec == 2 ? 1e-2 : 0);
+
+    // Cross-entropy: stats accumulate, dlogits scaled.
+    float *lg = rand_buf((size_t)N * L, 8, 2.0f), *dl = xmalloc((size_t)N * L * 4), *hdl = xmalloc((size_t)N * L * 4);
+    if (prec == 2)
+      for (int i = 0; i < N * L; i++) lg[i] = plan_bf16_to_f32(plan_f32_to_bf16(lg[i]));
+    int32_t lab[3] = {1, 9, 0};
+    double st[2] = {1.0, 2.0}, hst[2];
+    p.cpu->ops->xent(p.cpu, dl, st, lg, lab, N, L, 0.25f);
+    double *d_st = p.gpu->ops->alloc(p.gpu, 16);
+    double init[2] = {1.0, 2.0};
+    p.gpu->ops->upload(p.gpu, d_st, init, 16);
+    int32_t *d_lab = up_f32(&p, (const float *)(const void *)lab, 3);
+    void *d_lg = up_act(&p, lg, (size_t)N * L), *d_dl = p.gpu->ops->alloc(p.gpu, (size_t)N * L * p.gpu->act_bytes);
+    p.gpu->ops->xent(p.gpu, d_dl, d_st, d_lg, d_lab, N, L, 0.25f);
+    p.gpu->ops->download(p.gpu, hst, d_st, 16);
+    down_act(&p, hdl, d_dl, (size_t)N * L);
+    EXPECT_NEAR(hst[0], st[0], 1e-9 * fabs(st[0]) + 1e-12);
+    EXPECT_NEAR(hst[1], st[1], 0);
+    expect_close("xent dlogits", prec, hdl, dl, (size_t)N * L, prec == 2 ? 1e-2 : 1e-6);
+
+    void *bufs[] = {d_x, d_g, d_y, d_dx, d_am, d_ids, d_a, d_b, d_st, d_lab, d_lg, d_dl};
+    for (int i = 0; i < 12; i++) p.gpu->ops->release(p.gpu, bufs[i]);
+    free(x); free(g); free(y); free(dx); free(hy); free(hdx); free(am); free(ham);
+    free(a); free(b); free(hb); free(lg); free(dl); free(hdl);
+    pair_close(&p);
+  }
+}
+
+TEST(cuda_gpu_adam_prep) {
+  pair p;
+  if (!pair_open(&p, 0)) return;
+  // Adam: bit-identical to the CPU backend.
+  enum { n = 1000 };
+  float *w = rand_buf(n, 9, 1.0f), *g = rand_buf(n, 10, 0.1f), *m = xcalloc(n, 4), *v = xcalloc(n, 4);
+  float *dw = up_f32(&p, w, n), *dg = up_f32(&p, g, n), *dm = up_f32(&p, m, n), *dv = up_f32(&p, v, n);
+  for (int step = 1; step <= 3; step++) {
+    adam_params ap = {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, step, step == 2};
+    p.cpu->ops->adam(p.cpu, w, g, m, v, n, &ap);
+    p.gpu->ops->adam(p.gpu, dw, dg, dm, dv, n, &ap);
+  }
+  float *hw = xmalloc(n * 4);
+  p.gpu->ops->download(p.gpu, hw, dw, n * 4);
+  expect_close("adam params", 0, hw, w, n, 0);
+  // Batch prep: bit-identical, with flips and a resize.
+  uint8_t *img = xmalloc(5 * 3072), lab[5] = {3, 1, 4, 1, 5};
+  for (int i = 0; i < 5 * 3072; i++) img[i] = (uint8_t)rng_bits(3, 3, 0, 0, (uint32_t)i);
+  uint8_t *d_img = p.gpu->ops->alloc(p.gpu, 5 * 3072), *d_lab = p.gpu->ops->alloc(p.gpu, 5);
+  p.gpu->ops->upload(p.gpu, d_img, img, 5 * 3072);
+  p.gpu->ops->upload(p.gpu, d_lab, lab, 5);
+  int32_t ids[4] = {4, 0, 2, 3};
+  for (int size = 32; size <= 48; size += 16) {
+    prep_params pp = {size, 1, 0.5f, 99, 3, {0.49f, 0.48f, 0.45f}, {0.25f, 0.24f, 0.26f}};
+    size_t nx = (size_t)4 * size * size * 3;
+    float *x = xmalloc(nx * 4), *hx = xmalloc(nx * 4);
+    int32_t labels[4], cids[4], hl[4], hids[4];
+    cpu_prep_batch(p.cpu, x, labels, cids, img, lab, ids, 4, &pp);
+    void *d_x = p.gpu->ops->alloc(p.gpu, nx * 4);
+    int32_t *d_l = p.gpu->ops->alloc(p.gpu, 16), *d_i = p.gpu->ops->alloc(p.gpu, 16);
+    p.gpu->ops->prep_batch(p.gpu, d_x, d_l, d_i, d_img, d_lab, ids, 4, &pp);
+    p.gpu->ops->download(p.gpu, hx, d_x, nx * 4);
+    p.gpu->ops->download(p.gpu, hl, d_l, 16);
+    p.gpu->ops->download(p.gpu, hids, d_i, 16);
+    expect_close("prep x", 0, hx, x, nx, 0);
+    EXPECT(memcmp(hl, labels, 16) == 0);
+    EXPECT(memcmp(hids, cids, 16) == 0);
+    p.gpu->ops->release(p.gpu, d_x); p.gpu->ops->release(p.gpu, d_l); p.gpu->ops->release(p.gpu, d_i);
+    free(x); free(hx);
+  }
+  void *bufs[] = {dw, dg, dm, dv, d_img, d_lab};
+  for (int i = 0; i < 6; i++) p.gpu->ops->release(p.gpu, bufs[i]);
+  free(w); free(g); free(m); free(v); free(hw); free(img);
+  pair_close(&p);
+}
+
+#endif
