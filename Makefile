@@ -79,6 +79,9 @@ $(BUILD)/test_unit: $(TEST_OBJ) $(OBJ)
 $(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o $(BUILD)/src/check.o
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
+$(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(OBJ)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
@@ -93,11 +96,11 @@ debug:
 test: vgg_dist $(BUILD)/test_unit $(BUILD)/gen_cifar
 	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./vgg_dist
 
-bench: vgg_dist
-	scripts/bench_cpu.sh
+bench: $(BUILD)/bench_step
+	scripts/bench_cpu.sh $(BUILD)
 
 run:
-	scripts/run.sh
+	scripts/run.sh $(ARGS)
 
 clean:
 	rm -rf build vgg_dist

@@ -18,7 +18,7 @@ static void comm_abort_hook(int code) {
 
 comm *comm_init(int *argc, char ***argv) {
   int provided = 0;
-  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+  MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   comm *c = xcalloc(1, sizeof(comm));
   c->world = MPI_COMM_WORLD;
   abort_comm = c->world;

@@ -6,6 +6,11 @@
 // Owns: the backend struct and its cpu_ctx (thread count, conv workspace, reduction buffer).
 // Convolutions live in conv.c, batch assembly in prep.c. All memory is plain host memory:
 // upload/download are memcpy and sync is a no-op.
+//
+// Threads: all parallelism is OpenMP (ctx->threads); OpenBLAS is set to one thread and every
+// product is split by rows or columns across the OpenMP threads (cpu_sgemm, conv.c). With
+// OpenBLAS's own pool, its workers kept spinning after each gemm and the OpenMP loops between
+// gemms ran up to 30x slower on 2 cores; one pool also avoids oversubscription.
 #include "cpu/cpu_backend.h"
 
 #include <cblas.h>
@@ -115,6 +120,31 @@ void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t ro
   }
 }
 
+void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc) {
+  int nt = (double)M * N * K < 1e6 ? 1 : ctx->threads;
+  const int split_n = N >= M; // split the longer side of C
+  const int len = split_n ? N : M;
+  if (nt > len / 8) nt = len / 8 > 0 ? len / 8 : 1;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    // Boundaries on multiples of 8 (whole vectors), the last thread takes the remainder.
+    int lo = (int)((long)len * t / T) & ~7, hi = t == T - 1 ? len : (int)((long)len * (t + 1) / T) & ~7;
+    if (hi > lo) {
+      const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
+      const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
+      if (split_n) // columns lo..hi of op(B) and C
+        cblas_sgemm(CblasRowMajor, ta, tb, M, hi - lo, K, 1.0f, A, lda,
+                    trans_b ? B + (size_t)lo * ldb : B + lo, ldb, beta, C + lo, ldc);
+      else // rows lo..hi of op(A) and C
+        cblas_sgemm(CblasRowMajor, ta, tb, hi - lo, N, K, 1.0f,
+                    trans_a ? A + lo : A + (size_t)lo * lda, lda, B, ldb, beta,
+                    C + (size_t)lo * ldc, ldc);
+    }
+  }
+}
+
 // y (rows, cols) = act(y + bias) in place; bias may be NULL.
 static void bias_act(cpu_ctx *ctx, float *y, const float *bias, size_t rows, int cols, int relu) {
   if (!bias && !relu) return;
@@ -208,8 +238,7 @@ static void cpu_linear_fwd(backend *b, void *y_, const void *x, const float *w, 
   if (N == 0) return;
   float *y = y_;
   // y (N, out) = x (N, in) * w^T (in, out)
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, N, out, in, 1.0f, x, in, w, in, 0.0f, y,
-              out);
+  cpu_sgemm(b->impl, 0, 1, N, out, in, x, in, w, in, 0.0f, y, out);
   bias_act(b->impl, y, bias, (size_t)N, out, relu);
 }
 
@@ -223,12 +252,10 @@ static void cpu_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy_
   }
   cpu_bias_grad(b->impl, db, dy, y, (size_t)N, out, relu);
   // dw (out, in) = dy^T (out, N) * x (N, in)
-  cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, out, in, N, 1.0f, dy, out, x, in, 0.0f, dw,
-              in);
+  cpu_sgemm(b->impl, 1, 0, out, in, N, dy, out, x, in, 0.0f, dw, in);
   // dx (N, in) = dy (N, out) * w (out, in)
   if (dx)
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, in, out, 1.0f, dy, out, w, in, 0.0f,
-                dx, in);
+    cpu_sgemm(b->impl, 0, 0, N, in, out, dy, out, w, in, 0.0f, dx, in);
 }
 
 // ---- dropout -------------------------------------------------------------------------------
@@ -379,7 +406,8 @@ static const backend_ops cpu_ops = {
 };
 
 backend *backend_cpu_create(int threads) {
-  if (threads > 0) openblas_set_num_threads(threads);
+  // One OpenBLAS thread per caller; parallelism comes from our OpenMP split (see the top).
+  openblas_set_num_threads(1);
   cpu_ctx *ctx = xcalloc(1, sizeof(cpu_ctx));
   ctx->threads = threads > 0 ? threads : omp_get_max_threads();
   ctx->conv_budget = CPU_CONV_BUDGET;

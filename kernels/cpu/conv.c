@@ -1,44 +1,50 @@
 // conv.c - the CPU backend's 3x3, stride-1, pad-1 convolution (NHWC, weight (K,3,3,C)).
 //
-// Forward: im2col + one sgemm per chunk. With NHWC a row of the im2col matrix (one output
-// pixel) is the (3,3,C) patch around it, the same order as a weight row (K,3,3,C), so
-//   y (P, K) = col (P, 9C) * w^T (9C, K)
-// Backward, per chunk of output pixels:
-//   dw (K, 9C) += dy^T (K, P) * col (P, 9C)      (filter gradient)
-//   dcol (P, 9C) = dy (P, K) * w (K, 9C)          (data gradient in patch form), then col2im
-// Pixels are flattened over the whole batch (p = (n*H + h)*W + w) and processed in chunks so
-// that the workspace is bounded (cpu_ctx.conv_budget) however large the batch; the gemms
-// still see thousands of rows. col2im is a gather (each input pixel sums the <= 9 patch
-// entries that read it) so it parallelises without atomics; the chunks run in order and each
-// input pixel is assigned the first time a chunk reaches it and accumulated afterwards, so dx
-// needs no separate zeroing pass.
+// im2col + sgemm. With NHWC a row of the im2col matrix (one output pixel) is the (3,3,C)
+// patch around it, the same order as a weight row (K,3,3,C), so for pixels p = (n*H + h)*W + w
+//   forward        y (P, K)  = col(x) (P, 9C) * w^T (9C, K)
+//   filter grad    dw (K, 9C) = dy^T (K, P) * col(x) (P, 9C)
+//   data grad      dx (P, C)  = col(dy) (P, 9K) * wt^T (9K, C),  wt (C,3,3,K) = w flipped in
+//                  (r, s) and transposed in (k, c): dx is the forward conv of dy with wt.
+// Computing dx as a convolution (instead of dcol = dy * w and a col2im scatter) makes every
+// pixel range independent, so the work is split by pixels across OpenMP threads, each
+// running im2col, a single-threaded sgemm and the epilogue on its own range with its own
+// slice of the workspace: no barriers, no atomics, the patch rows stay in that core's cache.
+// (OpenBLAS's own thread pool is not used: its spinning workers starved the OpenMP loops
+// around every gemm.) Each thread accumulates its filter gradient privately (thread 0 in dw,
+// the others in the workspace) and the partials are summed in a fixed order: deterministic
+// for a given thread count. Each thread walks its range in sub-chunks so the workspace is
+// bounded by cpu_ctx.conv_budget whatever the batch.
 #include "cpu/cpu_backend.h"
 
 #include <cblas.h>
+#include <omp.h>
 #include <string.h>
 
 #include "check.h"
 
-// Pixels per chunk for a patch row of `row` floats (at least one pixel).
-static long conv_chunk_pixels(const cpu_ctx *ctx, long P, int row) {
-  long np = (long)(ctx->conv_budget / (size_t)row);
-  if (np < 1) np = 1;
-  return np < P ? np : P;
+// Threads for a layer: one for tiny problems (the fork costs more than the work), and never
+// more than there are pixels.
+static int conv_threads(const cpu_ctx *ctx, long P, int C, int K) {
+  if ((double)P * 9 * C * K < 2e5) return 1;
+  return P < ctx->threads ? (int)P : ctx->threads;
 }
 
-// col (np, 9C): the (3,3,C) patches of output pixels [p0, p0 + np), zero outside the image.
-// Each kernel row r is one contiguous run of 3C floats of x when the pixel is not on the
-// left/right border, so most of the copy is one memcpy per (pixel, r).
-static void im2col(cpu_ctx *ctx, float *col, const float *x, long p0, long np, int H, int W,
-                   int C) {
+// Pixels per sub-chunk of one thread whose patch rows are `row` floats (at least one).
+static long conv_sub_pixels(const cpu_ctx *ctx, int nt, int row) {
+  long np = (long)(ctx->conv_budget / (size_t)nt / (size_t)row);
+  return np < 1 ? 1 : np;
+}
+
+// col (np, 9C): the (3,3,C) patches of pixels [p0, p0 + np) of x (N,H,W,C), zero outside the
+// image. Kernel row r of a patch is one contiguous run of 3C floats of x unless the pixel is
+// on the left/right border, so most of the copy is one memcpy per (pixel, r).
+static void im2col(float *col, const float *x, long p0, long np, int H, int W, int C) {
   const size_t run = (size_t)C * sizeof(float);
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (np * C > 8192)
+  long p = p0;
+  int w = (int)(p % W), h = (int)(p / W % H);
+  long n = p / W / H;
   for (long i = 0; i < np; i++) {
-    long p = p0 + i;
-    int w = (int)(p % W);
-    long t = p / W;
-    int h = (int)(t % H);
-    long n = t / H;
     float *row = col + (size_t)i * 9 * C;
     for (int r = 0; r < 3; r++) {
       int hh = h + r - 1;
@@ -56,98 +62,108 @@ static void im2col(cpu_ctx *ctx, float *col, const float *x, long p0, long np, i
         if (w < W - 1) memcpy(dst + 2 * C, src + C, run); else memset(dst + 2 * C, 0, run);
       }
     }
-  }
-}
-
-// dx[q] (=|+=) sum of the dcol entries that read input pixel q, for the output pixels
-// [p0, p1) that dcol (p1 - p0, 9C) holds. Input pixels [qlo, qfresh) already hold the sum from
-// earlier chunks and are accumulated; [qfresh, qhi) are reached for the first time and set.
-static void col2im(cpu_ctx *ctx, float *dx, const float *dcol, long p0, long p1, long qlo,
-                   long qfresh, long qhi, int H, int W, int C) {
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if ((qhi - qlo) * C > 8192)
-  for (long q = qlo; q < qhi; q++) {
-    int wq = (int)(q % W);
-    long t = q / W;
-    int hq = (int)(t % H);
-    long n = t / H;
-    float *out = dx + (size_t)q * C;
-    if (q >= qfresh) memset(out, 0, (size_t)C * sizeof(float));
-    // Output pixel (h, w) reads input (h + r - 1, w + s - 1) at kernel tap (r, s).
-    for (int r = 0; r < 3; r++) {
-      int h = hq - r + 1;
-      if (h < 0 || h >= H) continue;
-      for (int s = 0; s < 3; s++) {
-        int w = wq - s + 1;
-        if (w < 0 || w >= W) continue;
-        long p = (n * H + h) * W + w;
-        if (p < p0 || p >= p1) continue;
-        const float *src = dcol + (size_t)(p - p0) * 9 * C + (size_t)(r * 3 + s) * C;
-        for (int c = 0; c < C; c++) out[c] += src[c];
+    if (++w == W) {
+      w = 0;
+      if (++h == H) {
+        h = 0;
+        n++;
       }
     }
   }
 }
 
-void cpu_conv_fwd(backend *b, void *y_, const void *x_, const float *w, const float *bias, int N,
+// out (np, K) = col(in) * wk^T for pixels [p0, p0 + np): in (N,H,W,C), wk (K, 9C); then
+// + bias and ReLU when asked. col is this thread's workspace slice of `sub` patch rows.
+static void conv_rows(float *out, const float *in, const float *wk, const float *bias, int relu,
+                      float *col, long sub, long p0, long np, int H, int W, int C, int K) {
+  const int row = 9 * C;
+  for (long q0 = p0; q0 < p0 + np; q0 += sub) {
+    long nq = p0 + np - q0 < sub ? p0 + np - q0 : sub;
+    im2col(col, in, q0, nq, H, W, C);
+    float *oc = out + (size_t)q0 * K;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, row, 1.0f, col, row, wk, row,
+                0.0f, oc, K);
+    if (!bias && !relu) continue;
+    for (long i = 0; i < nq; i++) {
+      float *o = oc + (size_t)i * K;
+      for (int k = 0; k < K; k++) {
+        float v = o[k] + (bias ? bias[k] : 0.0f);
+        o[k] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
+      }
+    }
+  }
+}
+
+void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
                   int H, int W, int C, int K, int relu) {
   cpu_ctx *ctx = b->impl;
-  float *y = y_;
-  const float *x = x_;
   const long P = (long)N * H * W;
   if (P == 0) return;
-  const int row = 9 * C;
-  const long chunk = conv_chunk_pixels(ctx, P, row);
-  float *col = cpu_workspace(ctx, (size_t)chunk * row);
-  for (long p0 = 0; p0 < P; p0 += chunk) {
-    long np = P - p0 < chunk ? P - p0 : chunk;
-    im2col(ctx, col, x, p0, np, H, W, C);
-    float *yc = y + (size_t)p0 * K;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)np, K, row, 1.0f, col, row, w, row,
-                0.0f, yc, K);
-    if (bias || relu) {
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (np * K > 16384)
-      for (long i = 0; i < np; i++) {
-        float *yi = yc + (size_t)i * K;
-        for (int k = 0; k < K; k++) {
-          float v = yi[k] + (bias ? bias[k] : 0.0f);
-          yi[k] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
-        }
-      }
-    }
+  const int nt = conv_threads(ctx, P, C, K);
+  const long sub = conv_sub_pixels(ctx, nt, 9 * C);
+  float *ws = cpu_workspace(ctx, (size_t)nt * sub * 9 * C);
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    long lo = P * t / T, hi = P * (t + 1) / T;
+    conv_rows(y, x, w, bias, relu, ws + (size_t)t * sub * 9 * C, sub, lo, hi - lo, H, W, C, K);
   }
 }
 
-void cpu_conv_bwd(backend *b, void *dx_, float *dw, float *db, void *dy_, const void *x_,
-                  const float *w, const void *y_, int N, int H, int W, int C, int K, int relu) {
+void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const void *x_,
+                  const float *w, const void *y, int N, int H, int W, int C, int K, int relu) {
   cpu_ctx *ctx = b->impl;
-  float *dx = dx_, *dy = dy_;
-  const float *x = x_, *y = y_;
+  float *dy = dy_;
+  const float *x = x_;
   const long P = (long)N * H * W;
-  const int row = 9 * C;
+  const size_t nw = (size_t)K * 9 * C;
   if (P == 0) {
-    memset(dw, 0, (size_t)K * row * sizeof(float));
+    memset(dw, 0, nw * sizeof(float));
     memset(db, 0, (size_t)K * sizeof(float));
     return;
   }
-  // Bias gradient (and the ReLU mask, in place) over the whole batch in one pass.
+  // The ReLU mask (in place) and the bias gradient over the whole batch first: the data
+  // gradient of a pixel reads the masked dy of its neighbours, which other threads own.
   cpu_bias_grad(ctx, db, dy, y, (size_t)P, K, relu);
 
-  const long chunk = conv_chunk_pixels(ctx, P, row);
-  float *col = cpu_workspace(ctx, (size_t)chunk * row);
-  long qdone = 0; // input pixels [0, qdone) of dx have been written at least once
-  for (long p0 = 0; p0 < P; p0 += chunk) {
-    long np = P - p0 < chunk ? P - p0 : chunk;
-    const float *dyc = dy + (size_t)p0 * K;
-    im2col(ctx, col, x, p0, np, H, W, C);
-    cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, row, (int)np, 1.0f, dyc, K, col, row,
-                p0 == 0 ? 0.0f : 1.0f, dw, row);
-    if (!dx) continue;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)np, row, K, 1.0f, dyc, K, w, row,
-                0.0f, col, row);
-    // Output pixels [p0, p0+np) read input pixels within W + 1 of them (flattened).
-    long qlo = p0 - W - 1 > 0 ? p0 - W - 1 : 0;
-    long qhi = p0 + np + W + 1 < P ? p0 + np + W + 1 : P;
-    col2im(ctx, dx, col, p0, p0 + np, qlo, qdone, qhi, H, W, C);
-    qdone = qhi;
+  const int nt = conv_threads(ctx, P, C, K);
+  const int maxrow = 9 * (C > K ? C : K);
+  const long sub = conv_sub_pixels(ctx, nt, maxrow);
+  // Workspace: per-thread patch rows | wt (C,3,3,K) | nt - 1 partial filter gradients.
+  const size_t cols = (size_t)nt * sub * maxrow;
+  float *ws = cpu_workspace(ctx, cols + nw + (nt - 1) * nw);
+  float *wt = ws + cols, *part = wt + nw;
+  if (dx) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (int k = 0; k < K; k++)
+      for (int rs = 0; rs < 9; rs++) {
+        const float *src = w + ((size_t)k * 9 + rs) * C;
+        for (int c = 0; c < C; c++) wt[((size_t)c * 9 + (8 - rs)) * K + k] = src[c];
+      }
+  }
+  int used = 1;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    if (t == 0) used = T;
+    long lo = P * t / T, hi = P * (t + 1) / T;
+    float *col = ws + (size_t)t * sub * maxrow;
+    float *dwt = t == 0 ? dw : part + (size_t)(t - 1) * nw;
+    const int row = 9 * C;
+    for (long q0 = lo; q0 < hi; q0 += sub) {
+      long nq = hi - q0 < sub ? hi - q0 : sub;
+      im2col(col, x, q0, nq, H, W, C);
+      cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, row, (int)nq, 1.0f,
+                  dy + (size_t)q0 * K, K, col, row, q0 == lo ? 0.0f : 1.0f, dwt, row);
+    }
+    if (dx) conv_rows(dx, dy, wt, NULL, 0, col, sub, lo, hi - lo, H, W, K, C);
+  }
+  if (used > 1) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+    for (size_t i = 0; i < nw; i++) {
+      float s = dw[i];
+      for (int t = 1; t < used; t++) s += part[(size_t)(t - 1) * nw + i];
+      dw[i] = s;
+    }
   }
 }

@@ -23,10 +23,10 @@ void cpu_resize_plane(float *dst, int stride, const uint8_t *src, int size, int 
 // The CPU backend's context (backend->impl). The conv workspace is grown on demand and only
 // the first step of training ever grows it, so steady-state steps never allocate.
 typedef struct cpu_ctx {
-  int threads;      // OpenMP threads for our own loops (the OpenBLAS count when threads > 0)
+  int threads;      // OpenMP threads for every op (OpenBLAS itself runs single-threaded)
   float *ws;        // im2col / col2im workspace
   size_t ws_floats; // its capacity in floats
-  size_t conv_budget; // im2col chunk budget in floats (CPU_CONV_BUDGET; tests shrink it)
+  size_t conv_budget; // im2col rows budget in floats, all threads (CPU_CONV_BUDGET; tests shrink)
   double *red;      // per-thread partial sums for bias gradients (deterministic reduction)
   size_t red_doubles;
 } cpu_ctx;
@@ -45,6 +45,11 @@ double *cpu_reduction(cpu_ctx *ctx, size_t doubles);
 // pre-activation gradient dy * (y > 0).
 void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
                    int relu);
+
+// C (M, N) = op(A) (M, K) * op(B) (K, N) + beta C, row-major, with the longer side of C split
+// across ctx->threads OpenMP threads, each calling single-threaded OpenBLAS.
+void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, const float *A,
+               int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 // 3x3 pad-1 convolution via im2col + sgemm, batched in chunks of pixels (conv.c).
 void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,

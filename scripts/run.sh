@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# run.sh - `make run`: from a fresh machine to a training run.
+#  1. installs missing Debian packages (Open MPI, OpenBLAS) when it can (root + apt-get);
+#  2. builds vgg_dist;
+#  3. finds CIFAR-10 ($CIFAR10_DIR, data/cifar-10-batches-bin), else tries to download it,
+#     else trains on the small real sample bundled in data/sample (and says so);
+#  4. trains: on all local GPUs (one rank each, the paper's recipe) when there are any, else
+#     the cpu-demo preset on 2 CPU ranks. Extra arguments go to vgg_dist, e.g.
+#     make run ARGS="--epochs 5"   or   scripts/run.sh --epochs 5
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v mpicc > /dev/null 2>&1 || need+=(openmpi-bin libopenmpi-dev)
+[ -e /usr/include/x86_64-linux-gnu/cblas.h ] || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
+command -v make > /dev/null 2>&1 && command -v gcc > /dev/null 2>&1 || need+=(build-essential)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
+    echo "run: installing ${need[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+  else
+    echo "run: missing packages: ${need[*]} (install them, e.g. with apt-get as root)" >&2
+    exit 1
+  fi
+fi
+
+make -j"$(nproc)" vgg_dist
+
+data=${CIFAR10_DIR:-data/cifar-10-batches-bin}
+if [ ! -r "$data/data_batch_1.bin" ]; then
+  if scripts/get_cifar10.sh "$data"; then
+    :
+  else
+    data=data/sample
+    echo "run: CIFAR-10 is not here and could not be downloaded: training on the bundled SAMPLE"
+    echo "run: (data/sample: 1,000 real train and 200 test images; for the full set run"
+    echo "run:  scripts/get_cifar10.sh, or scripts/get_cifar10.sh DEST /path/to/cifar-10-binary.tar.gz)"
+  fi
+fi
+
+gpus=0
+command -v nvidia-smi > /dev/null 2>&1 && gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+mkdir -p runs
+if [ "$gpus" -gt 0 ]; then
+  echo "run: $gpus GPUs: VGG16 with the paper's recipe, one rank per GPU"
+  NP=$gpus exec launch/single_node.sh --data "$data" --checkpoint-dir runs/checkpoints \
+    --resume auto --metrics runs/metrics.jsonl "$@"
+fi
+echo "run: no GPU: the cpu-demo preset on 2 CPU ranks"
+NP=2 exec launch/single_node.sh --preset cpu-demo --data "$data" --metrics runs/metrics.jsonl "$@"

@@ -1,0 +1,43 @@
+#!/usr/bin/python3
+# torch_cpu_vgg.py - the PyTorch peer on the CPU: images/s of one VGG training step (forward,
+# cross-entropy, backward, Adam) with the same model and batch as bench_step.
+# usage: /usr/bin/python3 scripts/torch_cpu_vgg.py [MODEL=vgg16] [WIDTH=1] [SIZE=32] [BATCH=64] [STEPS=10]
+# Threads follow OMP_NUM_THREADS (set it equal to the other side's).
+import os
+import sys
+import time
+
+import torch
+import torch.nn as nn
+
+CFG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+       "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]}
+name = sys.argv[1] if len(sys.argv) > 1 else "vgg16"
+width = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+size = int(sys.argv[3]) if len(sys.argv) > 3 else 32
+batch = int(sys.argv[4]) if len(sys.argv) > 4 else 64
+steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+layers, cin = [], 3
+for v in CFG[name]:
+    if v == "M":
+        layers.append(nn.MaxPool2d(2))
+    else:
+        c = max(1, round(v * width))
+        layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(True)]
+        cin = c
+s, fc = size // 32, max(1, round(4096 * width))
+model = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(cin * s * s, fc), nn.ReLU(True),
+                      nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(True), nn.Linear(fc, 10))
+opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
+x = torch.randn(batch, 3, size, size)
+y = torch.randint(0, 10, (batch,))
+for i in range(2 + steps):
+    if i == 2:
+        t0 = time.perf_counter()
+    opt.zero_grad()
+    nn.functional.cross_entropy(model(x), y).backward()
+    opt.step()
+dt = (time.perf_counter() - t0) / steps
+print("pytorch %s %s width %g %dx%d batch %d cpu fp32 threads %d: %.1f img/s, %.1f ms/step"
+      % (torch.__version__, name, width, size, size, batch, torch.get_num_threads(), batch / dt, dt * 1e3))
