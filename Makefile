@@ -42,7 +42,7 @@ $(info vgg_dist build: MPI=$(shell $(MPICC) -showme:version 2>/dev/null | head -
 
 CC := $(MPICC)
 WARN := -Wall -Wextra -Wno-unused-parameter
-CFLAGS := -std=gnu11 $(OPT) $(WARN) -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
+CFLAGS := -std=gnu11 $(OPT) $(WARN) -ffp-contract=off -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
 LDLIBS := -lopenblas -lm
 LDFLAGS := -fopenmp $(SAN)
 

@@ -69,6 +69,33 @@ def main(src, dst):
     assert pos == n_params, (pos, n_params)
     params = [t.requires_grad_() for pair in convs + fcs for t in pair]
 
+    # The branches vgg_dist took (ReLU masks, max-pool argmaxes), per step, in its NHWC order.
+    def ints(n):
+        nonlocal off
+        a = np.frombuffer(raw, dtype="<i4", count=n, offset=off).copy()
+        off += 4 * n
+        return torch.from_numpy(a).long()
+
+    def bytes_(n):
+        nonlocal off
+        a = np.frombuffer(raw, dtype=np.uint8, count=n, offset=off).copy()
+        off += n
+        return torch.from_numpy(a)
+
+    branches = []
+    for _ in range(steps):
+        per, h_, c_ = [], size, 3
+        for v in CFG[name]:
+            if v == "M":
+                h_ //= 2
+                per.append(ints(n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
+            else:
+                c_ = max(1, round(v * width))
+                per.append(bytes_(n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
+        per.append(bytes_(n * fc).reshape(n, fc))
+        per.append(bytes_(n * fc).reshape(n, fc))
+        branches.append(per)
+
     # Dropout masks per step: (n, features) in vgg_dist's feature order.
     masks = []
     for _ in range(steps):
@@ -76,22 +103,46 @@ def main(src, dst):
         m1 = floats(n * fc)
         masks.append((m0, m1.reshape(n, fc)))
 
+    # Follow vgg_dist's branches; count where PyTorch's own decision differs by more than
+    # rounding (hard: a real error) and within rounding (soft: a kink).
+    counts = [0, 0]
+
+    def relu(z, mask):
+        zd = z.detach()
+        mine = zd > 0
+        differ = mine != mask.bool()
+        near = zd.abs() <= 1e-4 * zd.abs().max()
+        counts[0] += int((differ & ~near).sum())
+        counts[1] += int((differ & near).sum())
+        return z * mask.to(z.dtype)
+
+    def pool(h, idx):
+        n_, c_, hh, ww = h.shape
+        chosen = h.flatten(2).gather(2, idx.flatten(2)).reshape(n_, c_, hh // 2, ww // 2)
+        top = F.max_pool2d(h.detach(), 2)
+        gap = top - chosen.detach()
+        near = gap <= 1e-5 * top.abs()
+        counts[0] += int(((gap > 0) & ~near).sum())
+        counts[1] += int(((gap > 0) & near).sum())
+        return chosen
+
     def forward(step):
         h, ci = x, 0
+        br = iter(branches[step])
         for v in CFG[name]:
             if v == "M":
-                h = F.max_pool2d(h, 2)
+                h = pool(h, next(br))
             else:
                 w, b = params[2 * ci], params[2 * ci + 1]
-                h = F.relu(F.conv2d(h, w, b, padding=1))
+                h = relu(F.conv2d(h, w, b, padding=1), next(br))
                 ci += 1
         h = torch.flatten(h, 1)
         base = 2 * ci
         scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
         h = h * masks[step][0] * scale
-        h = F.relu(F.linear(h, params[base], params[base + 1]))
+        h = relu(F.linear(h, params[base], params[base + 1]), next(br))
         h = h * masks[step][1] * scale
-        h = F.relu(F.linear(h, params[base + 2], params[base + 3]))
+        h = relu(F.linear(h, params[base + 2], params[base + 3]), next(br))
         return F.linear(h, params[base + 4], params[base + 5])
 
     opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam
@@ -119,6 +170,7 @@ def main(src, dst):
         f.write(struct.pack("<%dd" % steps, *losses))
         f.write(to_flat(grads).tobytes())
         f.write(to_flat(params).tobytes())
+        f.write(struct.pack("<2d", counts[0], counts[1]))
 
 
 if __name__ == "__main__":

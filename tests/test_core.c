@@ -107,11 +107,12 @@ TEST(model_parameter_counts_match_torchvision) {
   convs = 0;
   for (int i = 0; i < m.n_layers; i++) convs += m.layers[i].kind == LAYER_CONV;
   EXPECT_EQ_INT(convs, 16);
-  // The training FLOPs the benchmark quotes: 30.4 GFLOP at 128, 1.9 at 32 (VGG16).
+  // Training FLOPs (3 x 2 x multiply-adds, convs and FCs): 30.4 GFLOP at 128 and 1.99 at 32
+  // (the convs alone 1.88; the FCs are 0.11 at 32, 0.3 at 128).
   model_build(&m, "vgg16", 1, 128, 10, 0.5f);
   EXPECT_NEAR(model_train_flops(&m) * 1e-9, 30.4, 0.1);
   model_build(&m, "vgg16", 1, 32, 10, 0.5f);
-  EXPECT_NEAR(model_train_flops(&m) * 1e-9, 1.9, 0.05);
+  EXPECT_NEAR(model_train_flops(&m) * 1e-9, 1.99, 0.01);
   model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f);
   const layer *fc1 = &m.layers[m.n_layers - 4];
   EXPECT_EQ_INT(fc1->kind, LAYER_LINEAR);
@@ -200,7 +201,7 @@ TEST(early_stopping_and_best_epoch) {
   train_state st;
   memset(&st, 0, sizeof(st));
   optim_state_init(&st, 1e-3f);
-  double losses[] = {2.0, 1.5, 1.6, 1.5, 1.7, 1.4, 1.41, 1.42};
+  double losses[] = {2.0, 1.5, 1.6, 1.45, 1.7, 1.4, 1.41, 1.42};
   int stop = 0, best_at = -1, stopped_at = -1;
   for (int e = 0; e < 8 && !stop; e++) {
     if (early_stop_step(&st, losses[e], 0.1 * e, e, 2, &stop)) best_at = e;

@@ -232,46 +232,6 @@ TEST(cuda_resize_coefficients) {
   free(b);
 }
 
-// The Adam kernel's operation order, on the host with the same coefficients; must equal the
-// CPU backend bit for bit (both Adam and AdamW, with and without weight decay).
-TEST(cuda_adam_coefficients) {
-  adam_coefs a = plan_adam_coefs(1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 0);
-  EXPECT_NEAR(a.neg_step, -0.01, 1e-9);
-  EXPECT_NEAR(a.bc2_sqrt, sqrt(0.001), 1e-8);
-  EXPECT_NEAR(a.a1, 0.1, 1e-8);
-  EXPECT(!a.coupled_wd && !a.decoupled);
-  EXPECT_NEAR(plan_decimal_of(0.1f), 0.1, 0); // Python's 0.1, not 0.100000001490116
-  backend *cpu = backend_cpu_create(1);
-  enum { n = 257 };
-  for (int variant = 0; variant < 3; variant++) {
-    adam_params p = {3e-4f, 0.9f, 0.999f, 1e-8f, variant ? 5e-4f : 0.0f, 7, variant == 2};
-    float pa[n], pb[n], ma[n], mb[n], va[n], vb[n], g[n];
-    for (int i = 0; i < n; i++) {
-      pa[i] = pb[i] = (float)rng_normal(1, 2, 0, 0, (uint32_t)i);
-      ma[i] = mb[i] = 0.01f * (float)rng_normal(1, 3, 0, 0, (uint32_t)i);
-      va[i] = vb[i] = 1e-4f * (float)(1 + i % 5);
-      g[i] = 0.1f * (float)rng_normal(1, 4, 0, 0, (uint32_t)i);
-    }
-    cpu->ops->adam(cpu, pb, g, mb, vb, n, &p);
-    adam_coefs c = plan_adam_coefs(p.lr, p.beta1, p.beta2, p.eps, p.weight_decay, p.step, p.decoupled);
-    for (int i = 0; i < n; i++) {
-      volatile float pp = pa[i], gg = g[i], t1, t2;
-      if (c.decoupled) pp = pp * c.decay;
-      else if (c.coupled_wd) { t1 = c.wd * pp; gg = gg + t1; }
-      t1 = ma[i] * c.b1; t2 = c.a1 * gg; volatile float mi = t1 + t2;
-      t1 = va[i] * c.b2; t2 = c.a2 * gg; t2 = t2 * gg; volatile float vi = t1 + t2;
-      t1 = sqrtf(vi) / c.bc2_sqrt; volatile float denom = t1 + c.eps;
-      t1 = c.neg_step * mi; t1 = t1 / denom; pa[i] = pp + t1;
-      ma[i] = mi;
-      va[i] = vi;
-    }
-    int same = memcmp(pa, pb, sizeof(pa)) == 0 && memcmp(ma, mb, sizeof(ma)) == 0 &&
-               memcmp(va, vb, sizeof(va)) == 0;
-    if (!same) test_fail(__FILE__, __LINE__, "Adam variant %d differs from the CPU backend", variant);
-  }
-  cpu->ops->destroy(cpu);
-}
-
 TEST(cuda_without_gpu) {
   int n = backend_cuda_device_count(); // must never abort
   EXPECT(n >= 0);

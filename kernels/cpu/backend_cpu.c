@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adam.h"
 #include "check.h"
 #include "rng.h"
 
@@ -105,7 +106,7 @@ void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t ro
       if (relu) {
         const float *yi = y + i * cols;
         for (int k = 0; k < cols; k++) {
-          if (!(yi[k] > 0.0f)) g[k] = 0.0f;
+          if (yi[k] <= 0.0f) g[k] = 0.0f; // threshold_backward: a NaN output passes dy
           acc[k] += g[k];
         }
       } else {
@@ -130,7 +131,8 @@ void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, cons
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     // Boundaries on multiples of 8 (whole vectors), the last thread takes the remainder.
-    int lo = (int)((long)len * t / T) & ~7, hi = t == T - 1 ? len : (int)((long)len * (t + 1) / T) & ~7;
+    int lo = (int)((long)len * t / T) & ~7;
+    int hi = t == T - 1 ? len : (int)((long)len * (t + 1) / T) & ~7;
     if (hi > lo) {
       const CBLAS_TRANSPOSE ta = trans_a ? CblasTrans : CblasNoTrans;
       const CBLAS_TRANSPOSE tb = trans_b ? CblasTrans : CblasNoTrans;
@@ -332,50 +334,25 @@ static void cpu_xent(backend *b, void *dlogits_, double *stats, const void *logi
 }
 
 // ---- Adam / AdamW --------------------------------------------------------------------------
-// torch.optim.Adam/AdamW (foreach=False, 1.13) step by step, in float with the scalar
-// coefficients computed in double as Python does:
-//   [AdamW] p.mul_(1 - lr*wd)          [Adam] g = g.add(p, alpha=wd)
-//   m.mul_(b1).add_(g, alpha=1-b1);  v.mul_(b2).addcmul_(g, g, value=1-b2)
-//   denom = (v.sqrt() / sqrt(bc2)).add_(eps);  p.addcdiv_(m, denom, value=-lr/bc1)
+// The arithmetic is kernels/adam.h's, shared with the CUDA backend.
 
-// The double a user meant by a float hyperparameter: the shortest decimal that rounds to f
-// (0.999f -> 0.999). PyTorch gets betas as Python doubles, and 1 - (double)0.999f differs
-// from 1 - 0.999 by 1.3e-5 relative, far more than the agreement we want with it.
-static double decimal_of(float f) {
-  char buf[32];
-  for (int digits = 1; digits <= 9; digits++) {
-    snprintf(buf, sizeof(buf), "%.*g", digits, (double)f);
-    double d = strtod(buf, NULL);
-    if ((float)d == f) return d;
-  }
-  return f;
+// Elements [lo, hi). Cloned for FMA hardware so fmaf is one instruction there (and the exact
+// libm fmaf elsewhere): the same results either way.
+__attribute__((target_clones("fma", "default"))) static void
+adam_range(float *params, const float *grads, float *m, float *v, size_t lo, size_t hi,
+           const adam_coef *k) {
+  for (size_t i = lo; i < hi; i++) adam_element(&params[i], grads[i], &m[i], &v[i], k);
 }
 
 static void cpu_adam(backend *b, float *params, const float *grads, float *m, float *v,
                      size_t count, const adam_params *ap) {
   cpu_ctx *ctx = b->impl;
-  if (ap->step < 1) FATAL("adam: step %d must be >= 1", ap->step);
-  const double lr = decimal_of(ap->lr), b1 = decimal_of(ap->beta1), b2 = decimal_of(ap->beta2),
-               wd = decimal_of(ap->weight_decay);
-  const double bc1 = 1.0 - pow(b1, ap->step), bc2 = 1.0 - pow(b2, ap->step);
-  const float neg_step = (float)(-(lr / bc1));
-  const float bc2_sqrt = (float)sqrt(bc2);
-  const float fb1 = (float)b1, fb2 = (float)b2, a1 = (float)(1.0 - b1), a2 = (float)(1.0 - b2);
-  const float eps = ap->eps, fwd = (float)wd, decay = (float)(1.0 - lr * wd);
-  const int decoupled = ap->decoupled, coupled_wd = !ap->decoupled && wd != 0.0;
-#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (count > 32768)
-  for (size_t i = 0; i < count; i++) {
-    float p = params[i], g = grads[i];
-    if (decoupled) p = p * decay;
-    else if (coupled_wd) g = g + fwd * p;
-    float mi = m[i] * fb1;
-    mi = mi + a1 * g;
-    float vi = v[i] * fb2;
-    vi = vi + a2 * g * g;
-    float denom = sqrtf(vi) / bc2_sqrt + eps;
-    params[i] = p + neg_step * mi / denom;
-    m[i] = mi;
-    v[i] = vi;
+  const adam_coef k = adam_plan(ap);
+  int nt = count > 32768 ? ctx->threads : 1;
+#pragma omp parallel num_threads(nt)
+  {
+    int t = omp_get_thread_num(), T = omp_get_num_threads();
+    adam_range(params, grads, m, v, count * t / T, count * (t + 1) / T, &k);
   }
 }
 

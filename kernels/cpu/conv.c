@@ -14,7 +14,7 @@
 // around every gemm.) Each thread accumulates its filter gradient privately (thread 0 in dw,
 // the others in the workspace) and the partials are summed in a fixed order: deterministic
 // for a given thread count. Each thread walks its range in sub-chunks so the workspace is
-// bounded by cpu_ctx.conv_budget whatever the batch.
+// bounded by threads * cpu_ctx.conv_budget whatever the batch.
 #include "cpu/cpu_backend.h"
 
 #include <cblas.h>
@@ -31,8 +31,8 @@ static int conv_threads(const cpu_ctx *ctx, long P, int C, int K) {
 }
 
 // Pixels per sub-chunk of one thread whose patch rows are `row` floats (at least one).
-static long conv_sub_pixels(const cpu_ctx *ctx, int nt, int row) {
-  long np = (long)(ctx->conv_budget / (size_t)nt / (size_t)row);
+static long conv_sub_pixels(const cpu_ctx *ctx, int row) {
+  long np = (long)(ctx->conv_budget / (size_t)row);
   return np < 1 ? 1 : np;
 }
 
@@ -100,7 +100,7 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
   const long P = (long)N * H * W;
   if (P == 0) return;
   const int nt = conv_threads(ctx, P, C, K);
-  const long sub = conv_sub_pixels(ctx, nt, 9 * C);
+  const long sub = conv_sub_pixels(ctx, 9 * C);
   float *ws = cpu_workspace(ctx, (size_t)nt * sub * 9 * C);
 #pragma omp parallel num_threads(nt)
   {
@@ -128,7 +128,7 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const v
 
   const int nt = conv_threads(ctx, P, C, K);
   const int maxrow = 9 * (C > K ? C : K);
-  const long sub = conv_sub_pixels(ctx, nt, maxrow);
+  const long sub = conv_sub_pixels(ctx, maxrow);
   // Workspace: per-thread patch rows | wt (C,3,3,K) | nt - 1 partial filter gradients.
   const size_t cols = (size_t)nt * sub * maxrow;
   float *ws = cpu_workspace(ctx, cols + nw + (nt - 1) * nw);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "adam.h"
 #include "cuda_common.h"
 
 // ---- workspaces ----------------------------------------------------------------------------
@@ -110,36 +111,22 @@ static void cuda_set_params(backend *b, const float *params, size_t count) {
 
 // ---- Adam / AdamW --------------------------------------------------------------------------
 
-// One kernel over the flat buffer with the CPU backend's exact float operation order
-// (plan_adam_coefs); the _rn intrinsics stop nvcc from contracting into FMAs the host does not
-// use, so both backends produce bit-identical parameters from identical gradients.
+// One kernel over the flat buffer with kernels/adam.h's arithmetic, shared with the CPU
+// backend: both produce bit-identical parameters from identical gradients.
 __global__ void adam_kernel(float *params, bf16 *shadow, const float *grads, float *m, float *v,
-                            size_t count, adam_coefs a) {
+                            size_t count, adam_coef a) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
-    float p = params[i], g = grads[i];
-    if (a.decoupled)
-      p = __fmul_rn(p, a.decay);
-    else if (a.coupled_wd)
-      g = __fadd_rn(g, __fmul_rn(a.wd, p));
-    float mi = __fadd_rn(__fmul_rn(m[i], a.b1), __fmul_rn(a.a1, g));
-    float vi = __fadd_rn(__fmul_rn(v[i], a.b2), __fmul_rn(__fmul_rn(a.a2, g), g));
-    float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(vi), a.bc2_sqrt), a.eps);
-    p = __fadd_rn(p, __fdiv_rn(__fmul_rn(a.neg_step, mi), denom));
-    m[i] = mi;
-    v[i] = vi;
-    params[i] = p;
-    if (shadow) shadow[i] = __float2bfloat16_rn(p);
+    adam_element(&params[i], grads[i], &m[i], &v[i], &a);
+    if (shadow) shadow[i] = __float2bfloat16_rn(params[i]);
   }
 }
 
 void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
                const adam_params *p) {
   cuda_ctx *c = ctx_of(b);
-  if (p->step < 1) FATAL("adam: step %d must be >= 1", p->step);
+  adam_coef a = adam_plan(p);
   if (count == 0) return;
-  adam_coefs a = plan_adam_coefs(p->lr, p->beta1, p->beta2, p->eps, p->weight_decay, p->step,
-                                 p->decoupled);
   bf16 *shadow = NULL;
   if (c->precision == 2 && c->params_bf16 && params >= c->params &&
       params + count <= c->params + c->param_count)

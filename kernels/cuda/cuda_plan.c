@@ -116,39 +116,6 @@ void plan_gemm_reference(float *C, const float *A, const float *B, const gemm_pl
     }
 }
 
-// ---- Adam ----------------------------------------------------------------------------------
-
-double plan_decimal_of(float f) {
-  char buf[32];
-  for (int digits = 1; digits <= 9; digits++) {
-    snprintf(buf, sizeof(buf), "%.*g", digits, (double)f);
-    double d = strtod(buf, NULL);
-    if ((float)d == f) return d;
-  }
-  return f;
-}
-
-adam_coefs plan_adam_coefs(float lr_, float beta1, float beta2, float eps, float weight_decay,
-                           int step, int decoupled) {
-  adam_coefs a;
-  memset(&a, 0, sizeof(a));
-  const double lr = plan_decimal_of(lr_), b1 = plan_decimal_of(beta1),
-               b2 = plan_decimal_of(beta2), wd = plan_decimal_of(weight_decay);
-  const double bc1 = 1.0 - pow(b1, step), bc2 = 1.0 - pow(b2, step);
-  a.neg_step = (float)(-(lr / bc1));
-  a.bc2_sqrt = (float)sqrt(bc2);
-  a.b1 = (float)b1;
-  a.b2 = (float)b2;
-  a.a1 = (float)(1.0 - b1);
-  a.a2 = (float)(1.0 - b2);
-  a.eps = eps;
-  a.wd = (float)wd;
-  a.decay = (float)(1.0 - lr * wd);
-  a.decoupled = decoupled != 0;
-  a.coupled_wd = !decoupled && wd != 0.0;
-  return a;
-}
-
 // ---- launches and memory -------------------------------------------------------------------
 
 unsigned plan_blocks(size_t n, unsigned threads, unsigned max_blocks) {

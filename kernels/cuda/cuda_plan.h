@@ -75,22 +75,6 @@ gemm_plan plan_linear_gemm(linear_product which, int N, int in, int out);
 // Reference column-major SGEMM C = op(A) op(B) (beta 0) used by the tests to check the plans.
 void plan_gemm_reference(float *C, const float *A, const float *B, const gemm_plan *g);
 
-// ---- Adam ----------------------------------------------------------------------------------
-// The float coefficients of one torch.optim.Adam/AdamW (1.13, foreach=False) step, computed in
-// double from the shortest decimal of each hyper-parameter as Python holds it (the CPU
-// backend's recipe, so both backends apply bit-identical updates):
-//   [AdamW] p = p * decay          [Adam] g = g + wd * p
-//   m = m * b1 + a1 * g;  v = v * b2 + a2 * g * g
-//   p = p + neg_step * m / (sqrt(v) / bc2_sqrt + eps)
-typedef struct adam_coefs {
-  float neg_step, bc2_sqrt, b1, b2, a1, a2, eps, wd, decay;
-  int decoupled, coupled_wd;
-} adam_coefs;
-adam_coefs plan_adam_coefs(float lr, float beta1, float beta2, float eps, float weight_decay,
-                           int step, int decoupled);
-// The shortest decimal (<= 9 digits) that rounds to f, as a double (Python's float of it).
-double plan_decimal_of(float f);
-
 // ---- launches and memory -------------------------------------------------------------------
 // Blocks for `n` elements, `threads` per block, grid-stride loops beyond `max_blocks`; 0 when
 // n == 0 (the caller skips the launch: a zero grid is an error).

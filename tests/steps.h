@@ -1,0 +1,41 @@
+// steps.h - a reproducible few-step training run of one model on one backend, the common
+// part of the PyTorch golden test (tests/test_golden.c) and the CPU-vs-GPU parity check
+// (tests/tools/parity_step.c): same parameters, same uint8 batch through the real batch
+// assembly, dropout keyed as in training; records every step's loss, the gradients of the
+// first step and the parameters after the last Adam step.
+#ifndef VGG_STEPS_H
+#define VGG_STEPS_H
+
+#include "backend.h"
+#include "model.h"
+
+typedef struct steps_spec {
+  const char *model;
+  float width, dropout, lr, weight_decay, beta1, beta2, eps;
+  int size, n, steps, adamw;
+  uint64_t seed;
+  int record_branches; // keep every step's ReLU masks and max-pool argmaxes (fp32 backends)
+} steps_spec;
+
+typedef struct steps_result {
+  double loss[8];
+  float *x;            // the assembled input batch (n, size, size, 3), fp32
+  float *init_params;  // the parameters before the first step
+  float *grads;        // gradients of the first step
+  float *params;       // parameters after the last step
+  int32_t labels[256], ids[256];
+  // With record_branches, per step and layer: the ReLU decisions (out > 0) of conv/linear
+  // layers with ReLU, and the max-pool argmaxes, in the backend's (N, H, W, C) order.
+  uint8_t *relu_mask[8][MODEL_MAX_LAYERS];
+  int32_t *argmax[8][MODEL_MAX_LAYERS];
+} steps_result;
+
+// Runs spec on backend b (model m already built from spec); fills r (free with steps_free).
+void steps_run(steps_result *r, backend *b, const model *m, const steps_spec *spec);
+void steps_free(steps_result *r);
+// max |a - b| / max |b| over one tensor.
+double steps_tensor_err(const float *a, const float *b, size_t n);
+// Worst per-tensor error over the model's flat buffers; names the worst tensor in worst.
+double steps_model_err(const model *m, const float *a, const float *b, char *worst, size_t len);
+
+#endif
