@@ -2,7 +2,9 @@
 #   make                 release build          make debug   -O0 -g with ASan/UBSan on host code
 #   make test            all tests              make bench   CPU benchmark beside PyTorch
 #   make run             set up and train       make clean
-# Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), MPI_HOME, NVCC, MPICC, DEBUG=1, SANITIZE=1,
+# Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), NVCC, MPICC, CUDNN_INC/CUDNN_LIB,
+# NCCL_INC/NCCL_LIB (when cuDNN or NCCL live outside CUDA_HOME), OPENBLAS_INC/OPENBLAS_LIB,
+# DEBUG=1, SANITIZE=1,
 # CUDA=0 (build without the CUDA backend).
 
 CUDA_HOME ?= /usr/local/cuda
@@ -28,16 +30,21 @@ HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
 ifeq ($(HAVE_MPI),0)
   $(error mpicc not found: install Open MPI (apt-get install openmpi-bin libopenmpi-dev) or set MPICC)
 endif
-HAVE_OPENBLAS := $(shell test -e /usr/include/x86_64-linux-gnu/cblas.h -o -e /usr/include/cblas.h -o -e /usr/include/openblas/cblas.h && echo 1 || echo 0)
+# OPENBLAS_INC / OPENBLAS_LIB: an OpenBLAS outside the system paths (the GPU check's staged copy).
+OPENBLAS_INC ?=
+OPENBLAS_LIB ?=
+HAVE_OPENBLAS := $(shell test -e "$(OPENBLAS_INC)/cblas.h" -o -e /usr/include/x86_64-linux-gnu/cblas.h -o -e /usr/include/cblas.h -o -e /usr/include/openblas/cblas.h && echo 1 || echo 0)
 ifeq ($(HAVE_OPENBLAS),0)
   $(error OpenBLAS not found: apt-get install libopenblas-dev)
 endif
-ifeq ($(origin CUDA),undefined)
-  CUDA := $(shell test -x $(NVCC) && test -e $(CUDA_HOME)/include/cudnn.h && test -e $(CUDA_HOME)/include/nccl.h && echo 1 || echo 0)
-endif
 CUDNN_INC ?= $(CUDA_HOME)/include
 NCCL_INC ?= $(CUDA_HOME)/include
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(shell test -x $(NVCC) && test -e $(CUDNN_INC)/cudnn.h && test -e $(NCCL_INC)/nccl.h && echo 1 || echo 0)
+endif
 CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
+CUDNN_LIB ?= $(CUDA_LIBDIR)
+NCCL_LIB ?= $(CUDA_LIBDIR)
 $(info vgg_dist build: MPI=$(shell $(MPICC) -showme:version 2>/dev/null | head -c 40) OpenBLAS=yes CUDA=$(CUDA) (CUDA_HOME=$(CUDA_HOME), arch $(CUDA_ARCH)) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE))
 
 CC := $(MPICC)
@@ -45,6 +52,12 @@ WARN := -Wall -Wextra -Wno-unused-parameter
 CFLAGS := -std=gnu11 $(OPT) $(WARN) -ffp-contract=off -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
 LDLIBS := -lopenblas -lm
 LDFLAGS := -fopenmp $(SAN)
+ifneq ($(OPENBLAS_INC),)
+  CFLAGS += -I$(OPENBLAS_INC)
+endif
+ifneq ($(OPENBLAS_LIB),)
+  LDFLAGS += -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB)
+endif
 
 HOST_SRC := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) \
             $(wildcard kernels/cpu/*.c) comm/comm_mpi.c
@@ -52,12 +65,12 @@ CU_SRC :=
 ifeq ($(CUDA),1)
   CU_SRC := $(wildcard kernels/cuda/*.cu)
   HOST_SRC += $(wildcard kernels/cuda/*.c) comm/comm_nccl.c
-  CFLAGS += -DVGG_HAVE_CUDA -I$(CUDA_HOME)/include
+  CFLAGS += -DVGG_HAVE_CUDA -I$(CUDA_HOME)/include -I$(CUDNN_INC) -I$(NCCL_INC)
   GENCODE := $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
   NVFLAGS := -std=c++17 -O3 -g -lineinfo $(GENCODE) -Isrc -Ikernels -Icomm -I$(CUDNN_INC) \
              -I$(NCCL_INC) -MMD -MP -Xcompiler -Wall,-Wextra,-Wno-unused-parameter \
              -Werror=all-warnings -DVGG_HAVE_CUDA
-  LDFLAGS += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR)
+  LDFLAGS += $(foreach d,$(sort $(CUDA_LIBDIR) $(CUDNN_LIB) $(NCCL_LIB)),-L$(d) -Wl,-rpath,$(d))
   LDLIBS += -lcudnn -lcublasLt -lcublas -lnccl -lcudart -lstdc++
 else
   HOST_SRC += $(wildcard kernels/nocuda/*.c)
@@ -80,6 +93,9 @@ $(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o 
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(OBJ)
+	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(OBJ)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%.o: %.c

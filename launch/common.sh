@@ -1,3 +1,4 @@
+#!/usr/bin/env bash
 # common.sh - shared by the launch scripts: where the binary is, and mpirun's flags.
 # Sourced, not run. The launch scripts are the only place that sets NCCL_*, CUDA_VISIBLE_DEVICES
 # or mpirun binding flags; the binary binds each rank to GPU (local rank % visible GPUs).

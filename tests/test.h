@@ -11,6 +11,8 @@ typedef void (*test_fn)(void);
 void test_register(const char *name, test_fn fn);
 void test_fail(const char *file, int line, const char *fmt, ...);
 int test_failed_now(void);
+// Marks the running test as skipped (it needs what this machine lacks); not counted as passed.
+void test_skip(const char *reason);
 // Path of the real CIFAR-10 subset if present (else NULL), and a scratch directory.
 const char *test_real_data_dir(void);
 const char *test_tmp_dir(void);

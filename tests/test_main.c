@@ -17,6 +17,7 @@ static struct {
   test_fn fn;
 } tests[MAX_TESTS];
 static int n_tests, current_failed;
+static const char *current_skip;
 
 void test_register(const char *name, test_fn fn) {
   if (n_tests == MAX_TESTS) {
@@ -39,6 +40,8 @@ void test_fail(const char *file, int line, const char *fmt, ...) {
 }
 
 int test_failed_now(void) { return current_failed; }
+
+void test_skip(const char *reason) { current_skip = reason; }
 
 const char *test_real_data_dir(void) {
   static const char *candidates[] = {"../shared/data/cifar-10-subset-bin",
@@ -102,18 +105,25 @@ int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
   const char *filter = argc > 1 ? argv[1] : NULL;
-  int passed = 0, failed = 0;
+  int passed = 0, failed = 0, skipped = 0;
   for (int i = 0; i < n_tests; i++) {
     if (filter && !strstr(tests[i].name, filter)) continue;
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     current_failed = 0;
+    current_skip = NULL;
     tests[i].fn();
     clock_gettime(CLOCK_MONOTONIC, &t1);
     double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+    if (current_skip && !current_failed) {
+      printf("skip %s (%s)\n", tests[i].name, current_skip);
+      skipped++;
+      continue;
+    }
     printf("%s %s (%.2fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, s);
     if (current_failed) failed++; else passed++;
   }
+  if (skipped) printf("%d skipped (see the skip lines)\n", skipped);
   printf("%d passed, %d failed\n", passed, failed);
   return failed ? 1 : 0;
 }

@@ -5,6 +5,7 @@
 // Prints one line: model, size, batch, device, img/s, ms/step, GFLOP/s.
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 
 #include "backend.h"
 #include "check.h"
@@ -67,9 +68,11 @@ int main(int argc, char **argv) {
   }
   b->ops->sync(b);
   double dt = (now_s() - t0) / steps;
-  printf("vgg_dist %s width %g %dx%d batch %d %s %s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s\n", name,
-         width, size, size, batch, b->ops->name, precision, batch / dt, dt * 1e3,
-         batch / dt * model_train_flops(&m) * 1e-9);
+  struct rusage ru;
+  CHECK_POSIX(getrusage(RUSAGE_SELF, &ru));
+  printf("vgg_dist %s width %g %dx%d batch %d %s %s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, "
+         "peak RSS %.0f MiB\n", name, width, size, size, batch, b->ops->name, precision, batch / dt,
+         dt * 1e3, batch / dt * model_train_flops(&m) * 1e-9, ru.ru_maxrss / 1024.0);
   free(ids);
   b->ops->release(b, d_lab);
   b->ops->release(b, d_img);

@@ -1,0 +1,84 @@
+// parity_step.c - the CUDA backend against the CPU backend on whole training steps (the GPU
+// check's first part): a narrow VGG16 at 32x32 and 128x128, the same parameters, batch (through
+// each backend's own batch assembly), dropout masks and 3 Adam steps on both; per precision the
+// worst relative error (max |a - b| / max |b| per tensor) of the losses, every gradient of step 1
+// and the parameters after step 3, against a bound:
+//   fp32 (TF32 off) 1e-3; tf32 2e-2 (10-bit mantissa products); bf16 1e-1 (8-bit mantissa
+//   activations and products, fp32 accumulation and master weights).
+// ReLU / max-pool decisions within rounding of a kink may differ between the backends and move
+// a gradient by O(1) at one unit; for fp32 the number of differing decisions is printed with
+// the errors, so a failure there can be told from a kink.
+// Exit status 0 when every case is within its bound.   usage: parity_step [SIZE ...]
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "check.h"
+#include "model.h"
+#include "../steps.h"
+
+static int branch_flips(const model *m, const steps_result *a, const steps_result *b, int steps, int n) {
+  int flips = 0;
+  for (int t = 0; t < steps; t++)
+    for (int i = 0; i < m->n_layers; i++) {
+      const layer *l = &m->layers[i];
+      size_t count = (size_t)n * l->oH * l->oW * l->K;
+      if (a->relu_mask[t][i] && b->relu_mask[t][i])
+        for (size_t j = 0; j < count; j++) flips += a->relu_mask[t][i][j] != b->relu_mask[t][i][j];
+      if (a->argmax[t][i] && b->argmax[t][i])
+        for (size_t j = 0; j < count; j++) flips += a->argmax[t][i][j] != b->argmax[t][i][j];
+    }
+  return flips;
+}
+
+int main(int argc, char **argv) {
+  int sizes[8] = {32, 128}, n_sizes = 2;
+  if (argc > 1) {
+    n_sizes = 0;
+    for (int i = 1; i < argc && n_sizes < 8; i++) sizes[n_sizes++] = atoi(argv[i]);
+  }
+  const char *prec_name[3] = {"fp32", "tf32", "bf16"};
+  const double bound[3] = {1e-3, 2e-2, 1e-1};
+  int failures = 0;
+  for (int si = 0; si < n_sizes; si++) {
+    int size = sizes[si], n = size >= 128 ? 8 : 16;
+    steps_spec s = {.model = "vgg16", .width = 0.25f, .dropout = 0.5f, .lr = 1e-3f,
+                    .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f,
+                    .size = size, .n = n, .steps = 3, .adamw = 0, .seed = 4321, .record_branches = 1};
+    model m;
+    model_build(&m, s.model, s.width, size, 10, s.dropout);
+    backend *cpu = backend_cpu_create(0);
+    steps_result ref;
+    steps_run(&ref, cpu, &m, &s);
+    cpu->ops->destroy(cpu);
+    for (int p = 0; p < 3; p++) {
+      backend *gpu = backend_cuda_create(0, p, 0);
+      steps_spec sp = s;
+      sp.record_branches = gpu->act_bytes == sizeof(float);
+      steps_result got;
+      steps_run(&got, gpu, &m, &sp);
+      double loss_err = 0;
+      for (int t = 0; t < s.steps; t++)
+        loss_err = fmax(loss_err, fabs(got.loss[t] - ref.loss[t]) / fabs(ref.loss[t]));
+      double x_err = steps_tensor_err(got.x, ref.x, (size_t)n * size * size * 3);
+      char wg[64] = "", wp[64] = "";
+      double grad_err = steps_model_err(&m, got.grads, ref.grads, wg, sizeof(wg));
+      double param_err = steps_model_err(&m, got.params, ref.params, wp, sizeof(wp));
+      double worst = fmax(fmax(loss_err, grad_err), fmax(param_err, x_err));
+      int ok = worst <= bound[p];
+      failures += !ok;
+      printf("parity vgg16 w0.25 %3dx%-3d batch %2d %s: input %.1e loss %.1e grad %.1e (%s) "
+             "params@3 %.1e (%s)", size, size, n, prec_name[p], x_err, loss_err, grad_err, wg,
+             param_err, wp);
+      if (sp.record_branches) printf(" branch flips %d", branch_flips(&m, &got, &ref, s.steps, n));
+      printf(" -> %s (bound %.0e)\n", ok ? "ok" : "FAIL", bound[p]);
+      fflush(stdout);
+      steps_free(&got);
+      gpu->ops->destroy(gpu);
+    }
+    steps_free(&ref);
+  }
+  printf("parity: %d failed\n", failures);
+  return failures ? 1 : 0;
+}
