@@ -24,7 +24,12 @@ def main():
             events.append(json.loads(line))
         except json.JSONDecodeError as e:
             sys.exit("%s:%d: not JSON (%s)" % (src, n, e))
-    epochs = [e for e in events if e.get("event") == "epoch"]
+    # The last record of each epoch, in epoch order (a resumed run appends to the same file).
+    last = {}
+    for e in events:
+        if e.get("event") == "epoch":
+            last[e["epoch"]] = e
+    epochs = [last[k] for k in sorted(last)]
     if not epochs:
         sys.exit("%s: no epoch events yet" % src)
     test = [e for e in events if e.get("event") == "test"]

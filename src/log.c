@@ -55,10 +55,10 @@ void log_progress_end(void) {
   }
 }
 
-void metrics_open(const char *path) {
+void metrics_open(const char *path, int append) {
   if (!root || !path || !*path) return;
   snprintf(metrics_path, sizeof(metrics_path), "%s", path);
-  metrics = xfopen(path, "a");
+  metrics = xfopen(path, append ? "a" : "w");
 }
 
 void metrics_close(void) {

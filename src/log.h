@@ -19,8 +19,9 @@ void log_printf(const char *fmt, ...) VGG_PRINTF(1, 2);
 void log_progress(const char *fmt, ...) VGG_PRINTF(1, 2);
 void log_progress_end(void);
 
-// Metrics: opened (append) by rank 0 only; NULL path = off.
-void metrics_open(const char *path);
+// Metrics: opened by rank 0 only (append: continue a resumed run's file; else start it
+// afresh); NULL or empty path = off.
+void metrics_open(const char *path, int append);
 void metrics_close(void);
 // Writes one line: {"event": "<event>", <fields>} where fields is a preformatted JSON
 // fragment such as "\"epoch\": 3, \"val_loss\": 1.25".

@@ -386,7 +386,7 @@ int train_run(const config *cfg, comm *c) {
   net_upload_params(&r->net, r->h_params);
   b->ops->upload(b, r->net.adam_m, r->h_m, pbytes);
   b->ops->upload(b, r->net.adam_v, r->h_v, pbytes);
-  metrics_open(cfg->metrics);
+  metrics_open(cfg->metrics, resumed);
 
   struct sigaction sa = {0};
   sa.sa_handler = on_stop_signal;
