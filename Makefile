@@ -12,6 +12,7 @@ CUDA_ARCH ?= 80 90
 NVCC ?= $(CUDA_HOME)/bin/nvcc
 MPICC ?= mpicc
 BUILD ?= build
+BIN ?= vgg_dist
 PY_TORCH ?= /usr/bin/python3
 
 ifeq ($(DEBUG),1)
@@ -80,10 +81,10 @@ OBJ := $(HOST_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all debug test test-unit test-mpi bench run clean
-all: vgg_dist
+.PHONY: all debug test bench run clean
+all: $(BIN)
 
-vgg_dist: $(BUILD)/src/main.o $(OBJ)
+$(BIN): $(BUILD)/src/main.o $(OBJ)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/test_unit: $(TEST_OBJ) $(OBJ)
@@ -106,11 +107,12 @@ $(BUILD)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
+# -O0 -g with AddressSanitizer and UBSan on the host code: build/debug/vgg_dist and its tests.
 debug:
-	$(MAKE) DEBUG=1 BUILD=build/debug vgg_dist
+	$(MAKE) DEBUG=1 BUILD=build/debug BIN=build/debug/vgg_dist build/debug/vgg_dist build/debug/test_unit
 
-test: vgg_dist $(BUILD)/test_unit $(BUILD)/gen_cifar
-	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./vgg_dist
+test: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
+	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./$(BIN)
 
 bench: $(BUILD)/bench_step
 	scripts/bench_cpu.sh $(BUILD)

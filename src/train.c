@@ -143,7 +143,12 @@ static int resume(run *r) {
   if (r->rank == 0)
     ok = checkpoint_read(path, &r->meta, &r->st, r->h_params, r->h_m, r->h_v, err, sizeof(err)) == 0;
   comm_bcast(r->c, &ok, sizeof(ok), 0);
-  if (!ok) DIE_DATA("--resume: %s", err);
+  if (!ok) {
+    // Rank 0 says why and aborts the job; the others wait for that instead of repeating it.
+    if (r->rank == 0) DIE_DATA("--resume: %s", err);
+    comm_barrier(r->c);
+    FATAL("rank 0 refused the checkpoint but the job did not end");
+  }
   size_t bytes = r->m.n_params * sizeof(float);
   comm_bcast(r->c, &r->st, sizeof(r->st), 0);
   comm_bcast(r->c, r->h_params, bytes, 0);
