@@ -1051,7 +1051,7 @@ static const uint8_t first_test[10] = {3, 8, 8, 0, 6, 6, 1, 6, 3, 1};
 TEST(data_real_subset) {
   const char *dir = test_real_data_dir();
   if (!dir) {
-    printf("    (no real CIFAR-10 subset found; skipped)\n");
+    test_skip("no real CIFAR-10 subset at ../shared/data/cifar-10-subset-bin");
     return;
   }
   cifar10 tr, te;

@@ -3,6 +3,7 @@
 // Each is one template over the activation type (float or bf16) and a launcher that picks the
 // type from the context's precision.
 #include "cuda_common.h"
+#include "cuda_wire.h"
 
 template <typename T>
 __global__ void bias_act_kernel(T *y, const float *bias, size_t count, int K, int relu) {
@@ -112,14 +113,26 @@ __global__ void bf16_to_f32_kernel(float *dst, const bf16 *src, size_t count) {
     dst[i] = __bfloat162float(src[i]);
 }
 
-void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count) {
+// The conversions on any stream: the compute stream (the bf16 parameter shadow, bf16 weight
+// gradients) and the NCCL reducer's stream (the bf16 wire format, declared in cuda_wire.h).
+extern "C" void cuda_wire_pack(uint16_t *dst, const float *src, size_t count, void *stream) {
   if (count == 0) return;
-  f32_to_bf16_kernel<<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(dst, src, count);
+  f32_to_bf16_kernel<<<plan_blocks(count, CUDA_THREADS, 4096), CUDA_THREADS, 0,
+                       (cudaStream_t)stream>>>((bf16 *)dst, src, count);
   KERNEL_CHECK();
 }
 
-void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count) {
+extern "C" void cuda_wire_unpack(float *dst, const uint16_t *src, size_t count, void *stream) {
   if (count == 0) return;
-  bf16_to_f32_kernel<<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(dst, src, count);
+  bf16_to_f32_kernel<<<plan_blocks(count, CUDA_THREADS, 4096), CUDA_THREADS, 0,
+                       (cudaStream_t)stream>>>(dst, (const bf16 *)src, count);
   KERNEL_CHECK();
+}
+
+void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count) {
+  cuda_wire_pack((uint16_t *)dst, src, count, c->stream);
+}
+
+void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count) {
+  cuda_wire_unpack(dst, (const uint16_t *)src, count, c->stream);
 }
