@@ -125,7 +125,8 @@ struct backend {
   void *impl;       // the implementation's context
 };
 
-// The CPU reference backend (OpenBLAS sgemm; `threads` OpenBLAS threads, 0 = leave default).
+// The CPU reference backend: OpenBLAS sgemm (single-threaded) inside OpenMP loops over
+// `threads` threads (0 = the OpenMP default, e.g. OMP_NUM_THREADS).
 backend *backend_cpu_create(int threads);
 // The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
 backend *backend_cuda_create(int device, int precision, int cuda_graphs);

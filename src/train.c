@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "checkpoint.h"
 #include "cifar10.h"
@@ -73,9 +74,18 @@ static backend *backend_choose(const config *cfg, comm *c) {
     return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision, cfg->cuda_graphs);
   }
   if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
-  LOG0("device: cpu (%s), %d ranks\n", cfg->device == DEVICE_CPU ? "requested" : "no CUDA device visible",
-       comm_world(c));
-  return backend_cpu_create(cfg->threads);
+  // Threads per rank: --threads, else OMP_NUM_THREADS, else the node's cores shared by its
+  // ranks (more would oversubscribe the cores and stall OpenMP's barriers).
+  int threads = cfg->threads;
+  const char *omp = getenv("OMP_NUM_THREADS");
+  if (threads == 0 && !(omp && *omp)) {
+    long cores = sysconf(_SC_NPROCESSORS_ONLN);
+    threads = cores > comm_local_size(c) ? (int)(cores / comm_local_size(c)) : 1;
+  }
+  LOG0("device: cpu (%s), %d ranks, %d threads each\n",
+       cfg->device == DEVICE_CPU ? "requested" : "no CUDA device visible", comm_world(c),
+       threads ? threads : atoi(omp));
+  return backend_cpu_create(threads);
 }
 
 // Mean loss and accuracy of `s` with the current parameters; every rank takes a contiguous
