@@ -8,7 +8,8 @@
 // bounded by timeout_s. A watchdog thread watches the last wait()'s event: a reduction still
 // unfinished timeout_s after wait() was called, or an asynchronous NCCL error (a peer died, a
 // network failure), aborts the communicator and ends the job with the rank and the reason,
-// instead of leaving every rank hanging in a device synchronisation.
+// instead of leaving every rank hanging in a device synchronisation. Every NCCL call after
+// init is made under the watchdog's lock, so the two threads never use the communicator at once.
 //
 // Optional bf16 wire format (bf16_wire): a range is converted into a bf16 scratch buffer,
 // reduced as ncclBfloat16 and converted back, halving the bytes moved.
@@ -128,16 +129,21 @@ static void nccl_start(grad_sync *g, size_t offset, size_t count) {
   cudaCheck(cudaEventRecord(s->ready, s->compute));
   cudaCheck(cudaStreamWaitEvent(s->stream, s->ready, 0));
   float *range = g->grads + offset;
+  void *buf = range;
+  ncclDataType_t type = ncclFloat;
   if (s->wire) {
-    uint16_t *w = s->wire + offset;
-    cuda_wire_pack(w, range, count, s->stream);
-    ncclCheck(ncclAllReduce(w, w, count, ncclBfloat16, ncclSum, s->comm, s->stream));
-    nccl_settle(s, "all-reduce (enqueue)", s->timeout_s);
-    cuda_wire_unpack(range, w, count, s->stream);
-  } else {
-    ncclCheck(ncclAllReduce(range, range, count, ncclFloat, ncclSum, s->comm, s->stream));
-    nccl_settle(s, "all-reduce (enqueue)", s->timeout_s);
+    buf = s->wire + offset;
+    type = ncclBfloat16;
+    cuda_wire_pack(buf, range, count, s->stream);
   }
+  // Under the watchdog's lock: NCCL gives no thread-safety guarantee for ncclCommGetAsyncError
+  // (the watchdog's poll) concurrent with a call on the same communicator, and non-blocking
+  // mode polls it inside every call (PyTorch hit hangs this way: pytorch#154055, #169484).
+  pthread_mutex_lock(&s->lock);
+  ncclCheck(ncclAllReduce(buf, buf, count, type, ncclSum, s->comm, s->stream));
+  nccl_settle(s, "all-reduce (enqueue)", s->timeout_s);
+  pthread_mutex_unlock(&s->lock);
+  if (s->wire) cuda_wire_unpack(range, buf, count, s->stream);
   s->started++;
 }
 

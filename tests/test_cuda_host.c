@@ -75,8 +75,16 @@ TEST(cuda_engine_filter) {
   EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE));
   EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd));
   EXPECT(!plan_engine_allowed(0, ~0u));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_REDUCED_REDUCTION));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN));
   EXPECT(plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_REDUCED_REDUCTION | winograd));
+  // fp16 down-conversion is refused in every precision (fp16 range is too small for gradients).
+  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
+  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
+  // Unreadable notes: refused in fp32 only.
+  EXPECT(plan_engine_allowed(1, PLAN_NOTES_UNKNOWN));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTES_UNKNOWN));
 }
 
 TEST(cuda_autotune_pick_and_workspace) {

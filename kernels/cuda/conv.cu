@@ -121,22 +121,31 @@ static bdesc conv_operation(int op, bdesc tx, bdesc tw, bdesc ty, bdesc cd) {
   return o;
 }
 
-static unsigned engine_notes(bdesc cfg) {
+// The numerical notes of a config's engine (PLAN_NOTES_UNKNOWN when unreadable), and in *rtc
+// whether the engine is compiled at run time (NVRTC inside finalize: up to seconds per plan).
+static unsigned engine_notes(bdesc cfg, int *rtc) {
   bdesc eng = desc_create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
   int64_t got = 0;
   unsigned mask = 0;
+  *rtc = 0;
   if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                &got, &eng) != CUDNN_STATUS_SUCCESS || got != 1) {
-    mask = ~0u; // unknown engine: treat as forbidden in fp32
+    mask = PLAN_NOTES_UNKNOWN; // unknown engine: forbidden in fp32
   } else {
     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
     int64_t n = 0;
     if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
                                  CUDNN_NUMERICAL_NOTE_TYPE_COUNT, &n, notes) != CUDNN_STATUS_SUCCESS)
-      mask = ~0u; // notes unknown: not provably TF32-free
+      mask = PLAN_NOTES_UNKNOWN; // notes unknown: not provably TF32-free
     else
       for (int64_t i = 0; i < n && i < CUDNN_NUMERICAL_NOTE_TYPE_COUNT; i++)
         if ((int)notes[i] >= 0 && (int)notes[i] < 32) mask |= 1u << (int)notes[i];
+    cudnnBackendBehaviorNote_t beh[CUDNN_BEHAVIOR_NOTE_TYPE_COUNT];
+    int64_t nb = 0;
+    if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_BEHAVIOR_NOTE, CUDNN_TYPE_BEHAVIOR_NOTE,
+                                 CUDNN_BEHAVIOR_NOTE_TYPE_COUNT, &nb, beh) == CUDNN_STATUS_SUCCESS)
+      for (int64_t i = 0; i < nb && i < CUDNN_BEHAVIOR_NOTE_TYPE_COUNT; i++)
+        if (beh[i] == CUDNN_BEHAVIOR_NOTE_RUNTIME_COMPILATION) *rtc = 1;
   }
   cudnnCheck(cudnnBackendDestroyDescriptor(eng));
   return mask;
@@ -147,9 +156,10 @@ typedef struct candidate {
   int64_t workspace;
 } candidate;
 
-// Finalize up to `max` allowed plans from one heuristics mode; returns their number.
+// Finalize up to `max` allowed plans from one heuristics mode (runtime-compiled engines only
+// when allow_rtc); returns their number.
 static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t mode,
-                                candidate *out, int max, bdesc *heur_out) {
+                                int allow_rtc, candidate *out, int max, bdesc *heur_out) {
   *heur_out = NULL;
   bdesc heur = desc_create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
   cudnnCheck(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
@@ -170,8 +180,9 @@ static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t
                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs));
   int n = 0;
   for (int64_t i = 0; i < got; i++) {
-    int used = 0;
-    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i]))) {
+    int used = 0, rtc = 0;
+    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i], &rtc)) &&
+        (allow_rtc || !rtc)) {
       bdesc plan = desc_create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
       cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE,
                                           1, &c->cudnn));
@@ -239,6 +250,9 @@ static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3]) {
     cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
     if (ok) ms[i] = t;
   }
+  // A candidate that failed to launch may leave a (non-sticky) launch error behind, which the
+  // next KERNEL_CHECK would pin on an innocent kernel; the candidate is already discarded.
+  (void)cudaGetLastError();
   return plan_pick_fastest(ms, n);
 }
 
@@ -263,13 +277,20 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
   cudnnCheck(cudnnBackendFinalize(graph));
   keep(p, tx); keep(p, tw); keep(p, ty); keep(p, cd); keep(p, o); keep(p, graph);
 
+  // Precompiled engines first: a runtime-compiled one costs NVRTC time in finalize (times 3
+  // candidates, 3 ops, every layer shape) and needs libnvrtc at run time; only when no
+  // precompiled engine fits (mode A, then FALLBACK) are they considered.
+  static const struct {
+    cudnnBackendHeurMode_t mode;
+    int rtc;
+  } tries[4] = {{CUDNN_HEUR_MODE_A, 0}, {CUDNN_HEUR_MODE_FALLBACK, 0}, {CUDNN_HEUR_MODE_A, 1},
+                {CUDNN_HEUR_MODE_FALLBACK, 1}};
   candidate cand[CONV_CANDIDATES];
-  bdesc heur = NULL;
-  int n = heuristic_candidates(c, graph, CUDNN_HEUR_MODE_A, cand, CONV_CANDIDATES, &heur);
-  if (heur) keep(p, heur);
-  if (n == 0) {
-    n = heuristic_candidates(c, graph, CUDNN_HEUR_MODE_FALLBACK, cand, CONV_CANDIDATES, &heur);
-    if (heur) keep(p, heur);
+  int n = 0;
+  for (int t = 0; t < 4 && n == 0; t++) {
+    bdesc heur = NULL;
+    n = heuristic_candidates(c, graph, tries[t].mode, tries[t].rtc, cand, CONV_CANDIDATES, &heur);
+    if (heur) keep(p, heur); // 6 descriptors + 4 heuristics + the config: within CONV_KEEP
   }
   if (n == 0)
     FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "

@@ -65,7 +65,8 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 int plan_engine_allowed(int precision, unsigned notes) {
   if (precision == 0)
     return (notes & (PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_REDUCED_REDUCTION)) == 0;
-  return 1;
+  if (notes == PLAN_NOTES_UNKNOWN) return 1; // unreadable notes: tf32/bf16 were never exact
+  return (notes & PLAN_NOTE_DOWN_CONVERT) == 0; // fp16 inputs: out of range for gradients
 }
 
 int plan_pick_fastest(const float *ms, int n) {

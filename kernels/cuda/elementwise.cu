@@ -26,12 +26,13 @@ void cuda_bias_act(cuda_ctx *c, void *y, const float *bias, size_t rows, int K, 
   KERNEL_CHECK();
 }
 
-// ReLU backward from the output: y = relu(z) > 0 exactly where z > 0.
+// ReLU backward from the output: y = relu(z) > 0 exactly where z > 0. `y <= 0`, not
+// `!(y > 0)`: a NaN output passes dy through, as the CPU backend (torch threshold_backward).
 template <typename T>
 __global__ void relu_mask_kernel(T *dy, const T *y, size_t count) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x)
-    if (!(act_load(y, i) > 0.0f)) act_store(dy, i, 0.0f);
+    if (act_load(y, i) <= 0.0f) act_store(dy, i, 0.0f);
 }
 
 void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count) {

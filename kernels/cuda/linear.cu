@@ -49,7 +49,7 @@ static void gemm_ex(cuda_ctx *c, const gemm_plan *g, const void *A, cudaDataType
 }
 
 static lt_plan *lt_plan_get(cuda_ctx *c, int N, int in, int out, int relu, int epilogue_bias,
-                            int align) {
+                            int align, const void *bias) {
   plan_key key = plan_key_make(PLAN_LINEAR_FWD, N, in, out, relu, epilogue_bias, c->precision, align);
   lt_plan *p = (lt_plan *)plan_cache_find(&c->gemms, &key);
   if (p) return p;
@@ -65,6 +65,11 @@ static lt_plan *lt_plan_get(cuda_ctx *c, int N, int in, int out, int relu, int e
                            : relu         ? CUBLASLT_EPILOGUE_RELU_BIAS
                                           : CUBLASLT_EPILOGUE_BIAS;
   cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  // The heuristic reads the bias pointer's alignment (cublasLt.h: "routines that don't
+  // dereference this pointer ... depend on its value"): give it a real one, not the NULL default.
+  if (epilogue_bias)
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                               sizeof(bias)));
   // Stored (not transposed) shapes: A is (k x m) when transposed, B (k x n), D (m x n).
   cublasCheck(cublasLtMatrixLayoutCreate(&p->a, t, g.transa ? g.k : g.m, g.transa ? g.m : g.k, g.lda));
   cublasCheck(cublasLtMatrixLayoutCreate(&p->b, t, g.transb ? g.n : g.k, g.transb ? g.k : g.n, g.ldb));
@@ -99,7 +104,7 @@ void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const f
   int align = plan_alignment(wp);
   align = plan_alignment(x) < align ? plan_alignment(x) : align;
   align = plan_alignment(y) < align ? plan_alignment(y) : align;
-  lt_plan *p = lt_plan_get(c, N, in, out, relu, epilogue_bias, align);
+  lt_plan *p = lt_plan_get(c, N, in, out, relu, epilogue_bias, align, bp);
   if (p->ok) {
     const float alpha = 1.0f, beta = 0.0f;
     if (epilogue_bias)

@@ -71,7 +71,17 @@ void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const u
   for (int k = 0; k < 3; k++)
     if (!(p->std[k] > 0.0f)) FATAL("normalisation std[%d] = %g must be positive", k, p->std[k]);
   if (n <= 0) return;
+  // The caller may overwrite h_ids as soon as we return (the trainer refills it for the next
+  // batch while the GPU may still be a whole step behind). From pageable memory (the trainer's
+  // malloc'd ids) cudaMemcpyAsync returns only after staging the bytes, so that is safe; from
+  // page-locked memory the copy is truly asynchronous, so wait for it there.
   cudaCheck(cudaMemcpyAsync(ids, h_ids, (size_t)n * sizeof(int32_t), cudaMemcpyHostToDevice, c->stream));
+  cudaPointerAttributes pa;
+  if (cudaPointerGetAttributes(&pa, h_ids) == cudaSuccess) {
+    if (pa.type == cudaMemoryTypeHost) cudaCheck(cudaStreamSynchronize(c->stream));
+  } else {
+    (void)cudaGetLastError(); // unknown pointer: treat as pageable (older runtimes error here)
+  }
   prep_args a;
   a.size = p->size;
   a.augment = p->augment;
