@@ -87,6 +87,16 @@ rc=$?
 check "SIGTERM: exit 0 with a message" bash -c "[ $rc -eq 0 ] && grep -q 'stopping after step' '$T/sig.log'"
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/sig" --resume auto > "$T/sig2.log" 2>&1
 check "after SIGTERM the run resumes and finishes" grep -q "^test (best model" "$T/sig2.log"
+# SIGUSR1 to mpirun, which forwards it to every rank (a scheduler's warning signal).
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 50 --log-every 1 --checkpoint-dir "$T/usr1" \
+  --metrics "$T/usr1.jsonl" > "$T/usr1.log" 2>&1 &
+mpid=$!
+for _ in $(seq 1 200); do grep -q '"step"' "$T/usr1.jsonl" 2>/dev/null && break; sleep 0.1; done
+kill -USR1 $mpid
+wait $mpid
+rc=$?
+check "SIGUSR1 through mpirun: exit 0 with a mid-epoch checkpoint" \
+  bash -c "[ $rc -eq 0 ] && ls '$T/usr1'/ckpt_e0000_b*.bin > /dev/null 2>&1"
 
 # ---- a rank that dies ends the whole job within seconds ----
 "${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --batch 30 --epochs 50 --metrics "$T/die.jsonl" > "$T/die.log" 2>&1 &
