@@ -12,7 +12,7 @@
 
 #include "check.h"
 
-typedef enum { OPT_INT, OPT_FLOAT, OPT_STR, OPT_ENUM, OPT_U64, OPT_VEC3, OPT_BOOL } opt_type;
+typedef enum { OPT_INT, OPT_FLOAT, OPT_STR, OPT_ENUM, OPT_U64, OPT_VEC3 } opt_type;
 
 typedef struct option_spec {
   const char *name;
@@ -65,7 +65,6 @@ static const option_spec options[] = {
     {"eval-batch", OPT_INT, F(eval_batch), 1, 1 << 20, NULL, "N", "per-rank batch for validation and test"},
     {"mean", OPT_VEC3, F(mean), 0, 0, NULL, "R,G,B", "normalisation mean (default: the train split's own)"},
     {"std", OPT_VEC3, F(std), 0, 0, NULL, "R,G,B", "normalisation std (default: the train split's own)"},
-    {"cuda-graphs", OPT_BOOL, F(cuda_graphs), 0, 1, NULL, "0|1", "capture the training step in a CUDA graph"},
     {"grad-allreduce", OPT_ENUM, F(grad_bf16), 0, 0, "fp32|bf16", "NAME", "gradient all-reduce precision on the wire (NCCL)"},
     {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "abort when a collective makes no progress for S seconds"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), 0.001, 4096, NULL, "MB", "gradient all-reduce bucket size"},
@@ -111,7 +110,6 @@ void config_defaults(config *c) {
   c->init = INIT_TORCHVISION;
   c->log_every = 20;
   c->eval_batch = 200;
-  c->cuda_graphs = 1;
   c->comm_timeout = 300;
   c->bucket_mb = 25;
 }
@@ -151,7 +149,7 @@ static void usage(FILE *f) {
     snprintf(lhs, sizeof(lhs), "--%s %s", o->name, o->metavar);
     const char *p = (const char *)&d + o->offset;
     switch (o->type) {
-    case OPT_INT: case OPT_BOOL: snprintf(def, sizeof(def), "%d", *(const int *)p); break;
+    case OPT_INT: snprintf(def, sizeof(def), "%d", *(const int *)p); break;
     case OPT_FLOAT: snprintf(def, sizeof(def), "%g", *(const float *)p); break;
     case OPT_U64: snprintf(def, sizeof(def), "%llu", (unsigned long long)*(const uint64_t *)p); break;
     case OPT_STR: snprintf(def, sizeof(def), "%s", *p ? p : "none"); break;
@@ -189,12 +187,6 @@ static void option_set(config *c, const option_spec *o, const char *arg) {
   char *p = (char *)c + o->offset;
   switch (o->type) {
   case OPT_INT: *(int *)p = (int)parse_number(o, arg); break;
-  case OPT_BOOL: {
-    if (strcmp(arg, "1") && strcmp(arg, "0") && strcmp(arg, "on") && strcmp(arg, "off"))
-      DIE_USAGE("--%s: expected 0|1|on|off, got '%s'", o->name, arg);
-    *(int *)p = strcmp(arg, "1") == 0 || strcmp(arg, "on") == 0;
-    break;
-  }
   case OPT_FLOAT: *(float *)p = (float)parse_number(o, arg); break;
   case OPT_U64: {
     char *end;
@@ -303,7 +295,7 @@ void config_print(const config *c, FILE *f) {
     const char *p = (const char *)c + o->offset;
     fprintf(f, "  %-15s ", o->name);
     switch (o->type) {
-    case OPT_INT: case OPT_BOOL: fprintf(f, "%d\n", *(const int *)p); break;
+    case OPT_INT: fprintf(f, "%d\n", *(const int *)p); break;
     case OPT_FLOAT: fprintf(f, "%g\n", *(const float *)p); break;
     case OPT_U64: fprintf(f, "%llu\n", (unsigned long long)*(const uint64_t *)p); break;
     case OPT_STR: fprintf(f, "%s\n", *p ? p : "(none)"); break;

@@ -45,7 +45,6 @@ typedef struct config {
   int eval_batch;              // per-rank batch for validation and test
   int have_norm;               // --mean/--std given
   float mean[3], std[3];
-  int cuda_graphs;
   int grad_bf16;               // --grad-allreduce bf16
   float comm_timeout;
   float bucket_mb;

@@ -71,7 +71,9 @@ static backend *backend_choose(const config *cfg, comm *c) {
                 comm_local_size(c), gpus);
     LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s\n", gpus,
          comm_local_size(c), config_precision_name(cfg->precision));
-    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision, cfg->cuda_graphs);
+    // CUDA graph capture of the step is not implemented yet (the step number keys dropout and
+    // Adam by value, so it would have to live in device memory first): eager launches.
+    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision, 0);
   }
   if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
   // Threads per rank: --threads, else OMP_NUM_THREADS, else the node's cores shared by its
