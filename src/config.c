@@ -166,7 +166,8 @@ static void usage(FILE *f) {
       break;
     }
     }
-    fprintf(f, "  %-26s %s [default: %s]\n", lhs, o->help, def);
+    if (strstr(o->help, "(default:")) fprintf(f, "  %-26s %s\n", lhs, o->help); // says it itself
+    else fprintf(f, "  %-26s %s [default: %s]\n", lhs, o->help, def);
   }
   fprintf(f, "  %-26s %s\n", "--help", "print this help and exit");
 }
