@@ -110,10 +110,13 @@ static void evaluate(run *r, const split *s, const prep_params *base, double *lo
   *acc = sums[1] / s->n;
 }
 
+// Parameters to the host on every rank (each keeps the best model for the final test); Adam's
+// state only where a checkpoint will be written.
 static void state_download(run *r) {
   backend *b = r->b;
   size_t bytes = r->m.n_params * sizeof(float);
   b->ops->download(b, r->h_params, r->net.params, bytes);
+  if (r->rank != 0 || !r->cfg->checkpoint_dir[0]) return;
   b->ops->download(b, r->h_m, r->net.adam_m, bytes);
   b->ops->download(b, r->h_v, r->net.adam_v, bytes);
 }
