@@ -132,6 +132,10 @@ backend *backend_cpu_create(int threads);
 backend *backend_cuda_create(int device, int precision, int cuda_graphs);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int backend_cuda_device_count(void);
+// Device memory in use on b's GPU (all of it: this process's buffers, library workspaces and
+// the CUDA context), for the benchmark's peak-memory figure; all buffers are allocated by the
+// first step, so after it this is the peak.
+size_t backend_cuda_memory_used(backend *b);
 
 #ifdef __cplusplus
 }

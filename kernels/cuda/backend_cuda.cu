@@ -220,3 +220,11 @@ extern "C" backend *backend_cuda_create(int device, int precision, int cuda_grap
   b->impl = c;
   return b;
 }
+
+extern "C" size_t backend_cuda_memory_used(backend *b) {
+  cuda_ctx *c = ctx_of(b);
+  cudaCheck(cudaSetDevice(c->device));
+  size_t free_bytes = 0, total = 0;
+  cudaCheck(cudaMemGetInfo(&free_bytes, &total));
+  return total - free_bytes;
+}

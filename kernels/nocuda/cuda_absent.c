@@ -8,3 +8,7 @@ int backend_cuda_device_count(void) { return 0; }
 backend *backend_cuda_create(int device, int precision, int cuda_graphs) {
   DIE_USAGE("--device cuda: this vgg_dist was built without CUDA (rebuild with the CUDA toolkit)");
 }
+
+size_t backend_cuda_memory_used(backend *b) {
+  FATAL("backend_cuda_memory_used without CUDA");
+}

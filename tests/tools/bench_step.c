@@ -70,9 +70,14 @@ int main(int argc, char **argv) {
   double dt = (now_s() - t0) / steps;
   struct rusage ru;
   CHECK_POSIX(getrusage(RUSAGE_SELF, &ru));
-  printf("vgg_dist %s width %g %dx%d batch %d %s %s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, "
-         "peak RSS %.0f MiB\n", name, width, size, size, batch, b->ops->name, precision, batch / dt,
-         dt * 1e3, batch / dt * model_train_flops(&m) * 1e-9, ru.ru_maxrss / 1024.0);
+  char mem[96];
+  if (b->ops->stream(b)) // a device backend: its memory, not the host's
+    snprintf(mem, sizeof(mem), "device memory %.0f MiB", backend_cuda_memory_used(b) / 1048576.0);
+  else
+    snprintf(mem, sizeof(mem), "peak RSS %.0f MiB", ru.ru_maxrss / 1024.0);
+  printf("vgg_dist %s width %g %dx%d batch %d %s %s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, %s\n",
+         name, width, size, size, batch, b->ops->name, precision, batch / dt, dt * 1e3,
+         batch / dt * model_train_flops(&m) * 1e-9, mem);
   free(ids);
   b->ops->release(b, d_lab);
   b->ops->release(b, d_img);
