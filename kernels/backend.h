@@ -129,7 +129,7 @@ struct backend {
 // `threads` threads (0 = the OpenMP default, e.g. OMP_NUM_THREADS).
 backend *backend_cpu_create(int threads);
 // The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
-backend *backend_cuda_create(int device, int precision, int cuda_graphs);
+backend *backend_cuda_create(int device, int precision);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int backend_cuda_device_count(void);
 // Device memory in use on b's GPU (all of it: this process's buffers, library workspaces and

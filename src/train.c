@@ -73,7 +73,7 @@ static backend *backend_choose(const config *cfg, comm *c) {
          comm_local_size(c), config_precision_name(cfg->precision));
     // CUDA graph capture of the step is not implemented yet (the step number keys dropout and
     // Adam by value, so it would have to live in device memory first): eager launches.
-    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision, 0);
+    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision);
   }
   if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
   // Threads per rank: --threads, else OMP_NUM_THREADS, else the node's cores shared by its

@@ -31,11 +31,14 @@ def main(src, dst):
         off += struct.calcsize(fmt)
         return v
 
-    def floats(n):
+    def array(dtype, n):
         nonlocal off
-        a = np.frombuffer(raw, dtype="<f4", count=n, offset=off).copy()
-        off += 4 * n
+        a = np.frombuffer(raw, dtype=dtype, count=n, offset=off).copy()
+        off += a.nbytes
         return torch.from_numpy(a)
+
+    def floats(n):
+        return array("<f4", n)
 
     name = take("16s")[0].rstrip(b"\0").decode()
     width, dropout, lr, wd, b1, b2, eps = take("<7f")
@@ -70,30 +73,18 @@ def main(src, dst):
     params = [t.requires_grad_() for pair in convs + fcs for t in pair]
 
     # The branches vgg_dist took (ReLU masks, max-pool argmaxes), per step, in its NHWC order.
-    def ints(n):
-        nonlocal off
-        a = np.frombuffer(raw, dtype="<i4", count=n, offset=off).copy()
-        off += 4 * n
-        return torch.from_numpy(a).long()
-
-    def bytes_(n):
-        nonlocal off
-        a = np.frombuffer(raw, dtype=np.uint8, count=n, offset=off).copy()
-        off += n
-        return torch.from_numpy(a)
-
     branches = []
     for _ in range(steps):
         per, h_, c_ = [], size, 3
         for v in CFG[name]:
             if v == "M":
                 h_ //= 2
-                per.append(ints(n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
+                per.append(array("<i4", n * h_ * h_ * c_).long().reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
             else:
                 c_ = max(1, round(v * width))
-                per.append(bytes_(n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
-        per.append(bytes_(n * fc).reshape(n, fc))
-        per.append(bytes_(n * fc).reshape(n, fc))
+                per.append(array(np.uint8, n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
+        per.append(array(np.uint8, n * fc).reshape(n, fc))
+        per.append(array(np.uint8, n * fc).reshape(n, fc))
         branches.append(per)
 
     # Dropout masks per step: (n, features) in vgg_dist's feature order.

@@ -19,6 +19,7 @@
 #include "check.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_plan.h"
+#include "resize.h"
 #include "rng.h"
 #include "test.h"
 
@@ -254,7 +255,7 @@ TEST(cuda_without_gpu) {
   if (pid == 0) {
     dup2(fds[1], 2);
     close(fds[0]);
-    backend_cuda_create(0, 0, 0);
+    backend_cuda_create(0, 0);
     _exit(0); // reaching here is the failure
   }
   close(fds[1]);
@@ -337,7 +338,7 @@ static int pair_open(pair *p, int prec) {
   }
   p->prec = prec;
   p->cpu = backend_cpu_create(1);
-  p->gpu = backend_cuda_create(0, prec, 0);
+  p->gpu = backend_cuda_create(0, prec);
   return 1;
 }
 

@@ -85,37 +85,37 @@ static void run_case(const char *name, float width, int size, int n, int adamw) 
   int rc = system(cmd);
   if (rc != 0) {
     test_fail(__FILE__, __LINE__, "'%s' failed (%d): /usr/bin/python3 needs python3-torch", cmd, rc);
-  } else {
-    size_t P = m.n_params;
-    double ref_loss[3], branches[2];
-    float *ref_grads = xmalloc(P * sizeof(float)), *ref_params = xmalloc(P * sizeof(float));
-    FILE *g = xfopen(out_path, "rb");
-    xfread(ref_loss, sizeof(ref_loss), g, out_path);
-    xfread(ref_grads, P * sizeof(float), g, out_path);
-    xfread(ref_params, P * sizeof(float), g, out_path);
-    xfread(branches, sizeof(branches), g, out_path);
-    xfclose(g, out_path);
-    {
-      double loss_err = 0;
-      for (int t = 0; t < 3; t++) loss_err = fmax(loss_err, fabs(r.loss[t] - ref_loss[t]) / fabs(ref_loss[t]));
-      char wg[64] = "", wp[64] = "";
-      double grad_err = steps_model_err(&m, r.grads, ref_grads, wg, sizeof(wg));
-      double param_err = steps_model_err(&m, r.params, ref_params, wp, sizeof(wp));
-      printf("    %s width %g %dx%d batch %d %s seed %llu: losses %.6f %.6f %.6f | worst rel err: "
-             "loss %.2e, grad %.2e (%s), params after 3 steps %.2e (%s); branches within "
-             "rounding of a kink: %.0f\n",
-             name, width, size, size, n, adamw ? "adamw" : "adam", (unsigned long long)s.seed,
-             r.loss[0], r.loss[1], r.loss[2], loss_err, grad_err, wg, param_err, wp, branches[1]);
-      if (branches[0] != 0)
-        test_fail(__FILE__, __LINE__, "%.0f ReLU/max-pool decisions differ from PyTorch's by more than rounding", branches[0]);
-      EXPECT(loss_err <= GOLDEN_TOL);
-      EXPECT(grad_err <= GOLDEN_TOL);
-      EXPECT(param_err <= GOLDEN_TOL);
-      EXPECT(r.loss[2] < r.loss[0]); // the steps learn the batch
-    }
-    free(ref_params);
-    free(ref_grads);
+    steps_free(&r);
+    b->ops->destroy(b);
+    return;
   }
+  size_t P = m.n_params;
+  double ref_loss[3], branches[2];
+  float *ref_grads = xmalloc(P * sizeof(float)), *ref_params = xmalloc(P * sizeof(float));
+  FILE *g = xfopen(out_path, "rb");
+  xfread(ref_loss, sizeof(ref_loss), g, out_path);
+  xfread(ref_grads, P * sizeof(float), g, out_path);
+  xfread(ref_params, P * sizeof(float), g, out_path);
+  xfread(branches, sizeof(branches), g, out_path);
+  xfclose(g, out_path);
+  double loss_err = 0;
+  for (int t = 0; t < 3; t++) loss_err = fmax(loss_err, fabs(r.loss[t] - ref_loss[t]) / fabs(ref_loss[t]));
+  char wg[64] = "", wp[64] = "";
+  double grad_err = steps_model_err(&m, r.grads, ref_grads, wg, sizeof(wg));
+  double param_err = steps_model_err(&m, r.params, ref_params, wp, sizeof(wp));
+  printf("    %s width %g %dx%d batch %d %s: losses %.6f %.6f %.6f | worst rel err: loss %.2e, "
+         "grad %.2e (%s), params after 3 steps %.2e (%s); branches within rounding of a kink: "
+         "%.0f\n",
+         name, width, size, size, n, adamw ? "adamw" : "adam", r.loss[0], r.loss[1], r.loss[2],
+         loss_err, grad_err, wg, param_err, wp, branches[1]);
+  if (branches[0] != 0)
+    test_fail(__FILE__, __LINE__, "%.0f ReLU/max-pool decisions differ from PyTorch's by more than rounding", branches[0]);
+  EXPECT(loss_err <= GOLDEN_TOL);
+  EXPECT(grad_err <= GOLDEN_TOL);
+  EXPECT(param_err <= GOLDEN_TOL);
+  EXPECT(r.loss[2] < r.loss[0]); // the steps learn the batch
+  free(ref_params);
+  free(ref_grads);
   steps_free(&r);
   b->ops->destroy(b);
 }

@@ -151,19 +151,26 @@ void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, cons
 static void bias_act(cpu_ctx *ctx, float *y, const float *bias, size_t rows, int cols, int relu) {
   if (!bias && !relu) return;
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * cols > 16384)
-  for (size_t i = 0; i < rows; i++) {
-    float *yi = y + i * cols;
-    for (int k = 0; k < cols; k++) {
-      float v = yi[k] + (bias ? bias[k] : 0.0f);
-      yi[k] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
-    }
-  }
+  for (size_t i = 0; i < rows; i++) cpu_bias_act_row(y + i * cols, bias, cols, relu);
 }
 
 // ---- max-pool 2x2, stride 2 ----------------------------------------------------------------
 // argmax holds h * W + w, the index into the sample's (H, W) plane as PyTorch's
 // max_pool2d_with_indices. Ties keep the first maximum in the scan order (0,0), (0,1), (1,0),
 // (1,1); a NaN wins (PyTorch's `val > max || isnan(val)`).
+
+// Window (row r = n * Ho + ho, column wo): the element offsets of its 4 taps in an (N,H,W,C)
+// tensor (channel 0) and their plane indices h * W + w, in scan order.
+static void pool_window(size_t off[4], int32_t idx[4], long r, int wo, int H, int W, int C) {
+  const int Ho = H / 2;
+  const long n = r / Ho;
+  const int ho = (int)(r % Ho);
+  for (int t = 0; t < 4; t++) {
+    int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
+    off[t] = ((size_t)(n * H + h) * W + w) * C;
+    idx[t] = h * W + w;
+  }
+}
 
 static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x_, int N, int H,
                             int W, int C) {
@@ -175,16 +182,11 @@ static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x
   const long rows = (long)N * Ho;
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * W * C > 16384)
   for (long r = 0; r < rows; r++) {
-    long n = r / Ho;
-    int ho = (int)(r % Ho);
     for (int wo = 0; wo < Wo; wo++) {
-      const float *tap[4];
+      size_t off[4];
       int32_t idx[4];
-      for (int t = 0; t < 4; t++) {
-        int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
-        tap[t] = x + ((size_t)(n * H + h) * W + w) * C;
-        idx[t] = h * W + w;
-      }
+      pool_window(off, idx, r, wo, H, W, C);
+      const float *tap[4] = {x + off[0], x + off[1], x + off[2], x + off[3]};
       float *yo = y + ((size_t)r * Wo + wo) * C;
       int32_t *ao = argmax + ((size_t)r * Wo + wo) * C;
       for (int c = 0; c < C; c++) {
@@ -215,16 +217,11 @@ static void cpu_maxpool_bwd(backend *b, void *dx_, const void *dy_, const int32_
   // Windows do not overlap and tile x exactly, so every dx element is written once: no memset.
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * W * C > 16384)
   for (long r = 0; r < rows; r++) {
-    long n = r / Ho;
-    int ho = (int)(r % Ho);
     for (int wo = 0; wo < Wo; wo++) {
-      float *tap[4];
+      size_t off[4];
       int32_t idx[4];
-      for (int t = 0; t < 4; t++) {
-        int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
-        tap[t] = dx + ((size_t)(n * H + h) * W + w) * C;
-        idx[t] = h * W + w;
-      }
+      pool_window(off, idx, r, wo, H, W, C);
+      float *tap[4] = {dx + off[0], dx + off[1], dx + off[2], dx + off[3]};
       const float *go = dy + ((size_t)r * Wo + wo) * C;
       const int32_t *ao = argmax + ((size_t)r * Wo + wo) * C;
       for (int c = 0; c < C; c++)

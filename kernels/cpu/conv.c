@@ -84,13 +84,7 @@ static void conv_rows(float *out, const float *in, const float *wk, const float 
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, row, 1.0f, col, row, wk, row,
                 0.0f, oc, K);
     if (!bias && !relu) continue;
-    for (long i = 0; i < nq; i++) {
-      float *o = oc + (size_t)i * K;
-      for (int k = 0; k < K; k++) {
-        float v = o[k] + (bias ? bias[k] : 0.0f);
-        o[k] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
-      }
-    }
+    for (long i = 0; i < nq; i++) cpu_bias_act_row(oc + (size_t)i * K, bias, K, relu);
   }
 }
 

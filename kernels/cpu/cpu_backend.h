@@ -47,6 +47,14 @@ double *cpu_reduction(cpu_ctx *ctx, size_t doubles);
 void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
                    int relu);
 
+// One row of y = act(y + bias) in place (bias may be NULL); NaN propagates, as torch.relu.
+static inline void cpu_bias_act_row(float *y, const float *bias, int cols, int relu) {
+  for (int k = 0; k < cols; k++) {
+    float v = y[k] + (bias ? bias[k] : 0.0f);
+    y[k] = relu && v < 0.0f ? 0.0f : v;
+  }
+}
+
 // C (M, N) = op(A) (M, K) * op(B) (K, N) + beta C, row-major, with the longer side of C split
 // across ctx->threads OpenMP threads, each calling single-threaded OpenBLAS.
 void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, const float *A,

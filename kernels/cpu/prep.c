@@ -2,24 +2,16 @@
 // float NHWC (see prep_params in backend.h). This is the reference the CUDA batch kernel is
 // tested against, and tests/test_data.c checks it against PyTorch's interpolate.
 //
-// Resize reproduces PyTorch's CPU upsample_bilinear2d (align_corners=False, no antialias),
-// which is what torchvision.transforms.Resize does on a float tensor when upscaling, bit for
-// bit (checked against torch 1.13 for sizes 16..512 by tests/torch_resize_ref.py):
-//   scale = (float)32 / size                                   (float, as PyTorch)
-//   src   = (double)scale * (dst + 0.5) - 0.5, clamped at 0     (evaluated in double)
-//   i0 = floor(src), i1 = min(i0 + 1, 31), l1 = (float)(src - i0), l0 = 1 - l1
-//   a   = fmaf(l0x, p[i0y][i0x], l1x * p[i0y][i1x]),  b likewise on row i1y
-//   out = fmaf(l0y, a, l1y * b)
-// with p = byte / 255.0f (ToTensor). Computing src in float instead moves the weights by up
-// to ~1e-6 at size 224; plain multiply-adds instead of the fmaf differ in the last bit.
-// A horizontal flip mirrors the source column (x -> 31 - x), i.e. flip-then-resize as
-// RandomHorizontalFlip before Resize; by the symmetry of the half-pixel grid this equals
-// resize-then-flip up to rounding.
+// The resize taps and their arithmetic are kernels/resize.h's (shared with the CUDA kernel),
+// with p = byte / 255.0f (ToTensor). A horizontal flip mirrors the source column (x -> 31 - x),
+// i.e. flip-then-resize as RandomHorizontalFlip before Resize; by the symmetry of the
+// half-pixel grid this equals resize-then-flip up to rounding.
 #include <math.h>
 
 #include "check.h"
 #include "cifar10.h"
 #include "cpu_backend.h"
+#include "resize.h"
 #include "rng.h"
 
 #define PREP_MAX_SIZE 512 // bounds the per-plane scratch on the stack (64 KiB)
@@ -31,19 +23,9 @@ typedef struct axis_tap {
 } axis_tap;
 
 static void axis_taps(axis_tap *t, int size) {
-  const float scale = (float)CIFAR_SIDE / (float)size;
   for (int d = 0; d < size; d++) {
-    double src = (double)scale * ((double)d + 0.5) - 0.5;
-    if (src < 0.0) src = 0.0;
-    int i0 = (int)src; // src >= 0, so truncation is floor
-    if (i0 > CIFAR_SIDE - 1) i0 = CIFAR_SIDE - 1;
-    int i1 = i0 < CIFAR_SIDE - 1 ? i0 + 1 : i0;
-    double frac = src - (double)i0;
-    float l1 = (float)(frac < 1.0 ? frac : 1.0);
-    t[d].i0 = i0;
-    t[d].i1 = i1;
-    t[d].l1 = l1;
-    t[d].l0 = 1.0f - l1;
+    resize_coef(d, CIFAR_SIDE, size, &t[d].i0, &t[d].i1, &t[d].l1);
+    t[d].l0 = 1.0f - t[d].l1;
   }
 }
 

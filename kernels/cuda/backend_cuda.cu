@@ -176,7 +176,7 @@ extern "C" int backend_cuda_device_count(void) {
   return n;
 }
 
-extern "C" backend *backend_cuda_create(int device, int precision, int cuda_graphs) {
+extern "C" backend *backend_cuda_create(int device, int precision) {
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess)
@@ -191,7 +191,6 @@ extern "C" backend *backend_cuda_create(int device, int precision, int cuda_grap
   cuda_ctx *c = (cuda_ctx *)xcalloc(1, sizeof(cuda_ctx));
   c->device = device;
   c->precision = precision;
-  c->cuda_graphs = cuda_graphs;
   cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
   cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
   cudnnCheck(cudnnCreate(&c->cudnn));

@@ -42,7 +42,7 @@
 typedef __nv_bfloat16 bf16;
 
 typedef struct cuda_ctx {
-  int device, precision, cuda_graphs;
+  int device, precision;
   int sm_count;
   cudaStream_t stream;
   cudnnHandle_t cudnn;

@@ -4,8 +4,7 @@
 //   - which cuDNN engines a precision allows (numerical notes) and the autotune pick,
 //   - workspace growth,
 //   - the column-major GEMM that computes each row-major linear product,
-//   - launch sizes, pointer alignment classes, bf16 rounding,
-//   - the bilinear resize coefficients (shared with the device through resize_coef()).
+//   - launch sizes, pointer alignment classes, bf16 rounding.
 // Compiled as C (mpicc) for the tests and the backend, included by the .cu files too.
 #ifndef VGG_CUDA_PLAN_H
 #define VGG_CUDA_PLAN_H
@@ -93,35 +92,5 @@ float plan_bf16_to_f32(uint16_t h);
 #ifdef __cplusplus
 }
 #endif
-
-// ---- bilinear resize (torch upsample_bilinear2d, align_corners=False) -----------------------
-// For output index o of `out_size` from `in_size` source pixels: the two source indices and the
-// weight of the second (the first weighs 1 - l1), exactly as kernels/cpu/prep.c (bit-exact with
-// PyTorch 1.13's CPU kernel): scale = (float)in / out; src = (double)scale (o + 0.5) - 0.5 in
-// double, clamped at 0; i0 = floor(src), i1 = min(i0 + 1, in - 1), l1 = (float)(src - i0).
-// The value is then  a = fmaf(l0x, p[i0y][i0x], l1x * p[i0y][i1x]),  b likewise on row i1y,
-// out = fmaf(l0y, a, l1y * b). On the device the products are rounded explicitly (_rn) so that
-// nvcc cannot contract what the host computes unfused.
-#ifdef __CUDACC__
-#define PLAN_HD __host__ __device__ __forceinline__
-#else
-#define PLAN_HD static inline
-#endif
-PLAN_HD void resize_coef(int o, int in_size, int out_size, int *i0, int *i1, float *l1) {
-  float scale = (float)in_size / (float)out_size;
-#ifdef __CUDA_ARCH__
-  double src = __dsub_rn(__dmul_rn((double)scale, __dadd_rn((double)o, 0.5)), 0.5);
-#else
-  volatile double prod = (double)scale * ((double)o + 0.5); // volatile: never contracted
-  double src = prod - 0.5;
-#endif
-  if (src < 0.0) src = 0.0;
-  int a = (int)src; // src >= 0: truncation is floor
-  if (a > in_size - 1) a = in_size - 1;
-  double frac = src - (double)a;
-  *i0 = a;
-  *i1 = a < in_size - 1 ? a + 1 : a;
-  *l1 = (float)(frac < 1.0 ? frac : 1.0);
-}
 
 #endif

@@ -3,23 +3,17 @@
 // writes NHWC activations; labels are gathered beside them.
 //
 // The arithmetic is kernels/cpu/prep.c's, operation for operation (byte / 255 in float, the
-// source column mirrored when flipped, PyTorch's upsample_bilinear2d taps from resize_coef(),
-// a = fmaf(l0w, p00, l1w p01), b likewise, out = fmaf(l0h, a, l1h b), then (v - mean) / std),
-// with _rn intrinsics so nvcc fuses exactly where the host does: both backends produce the
-// same floats (tests/test_cuda_host.c checks this arithmetic against cpu_resize_plane).
+// source column mirrored when flipped, the taps and formula of kernels/resize.h, then
+// (v - mean) / std), with _rn intrinsics so nvcc fuses exactly where the host does: both
+// backends produce the same floats (tests/test_cuda_host.c checks this per-pixel evaluation
+// against cpu_resize_plane's separable one).
 #include "cifar10.h"
 #include "cuda_common.h"
+#include "resize.h"
 #include "rng.h"
 
 #define PREP_MAX_SIZE 512 // as kernels/cpu/prep.c
 
-struct prep_args {
-  int size, augment;
-  float flip_p;
-  uint64_t seed;
-  uint32_t epoch;
-  float mean[3], std[3];
-};
 
 __device__ __forceinline__ float prep_pixel(const uint8_t *plane, int y, int x, int flip) {
   return __fdiv_rn((float)plane[y * CIFAR_SIDE + (flip ? CIFAR_SIDE - 1 - x : x)], 255.0f);
@@ -27,7 +21,7 @@ __device__ __forceinline__ float prep_pixel(const uint8_t *plane, int y, int x, 
 
 template <typename T>
 __global__ void prep_kernel(T *out, int32_t *labels, const int32_t *ids, const uint8_t *images,
-                            const uint8_t *image_labels, int n, prep_args a) {
+                            const uint8_t *image_labels, int n, prep_params a) {
   const size_t pix = (size_t)a.size * a.size;
   const size_t count = (size_t)n * pix;
   for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < count;
@@ -82,22 +76,12 @@ void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const u
   } else {
     (void)cudaGetLastError(); // unknown pointer: treat as pageable (older runtimes error here)
   }
-  prep_args a;
-  a.size = p->size;
-  a.augment = p->augment;
-  a.flip_p = p->flip_p;
-  a.seed = p->seed;
-  a.epoch = p->epoch;
-  for (int k = 0; k < 3; k++) {
-    a.mean[k] = p->mean[k];
-    a.std[k] = p->std[k];
-  }
   size_t count = (size_t)n * p->size * p->size;
   if (c->precision == 2)
     prep_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)x, labels, ids, images, image_labels, n, a);
+        (bf16 *)x, labels, ids, images, image_labels, n, *p);
   else
     prep_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)x, labels, ids, images, image_labels, n, a);
+        (float *)x, labels, ids, images, image_labels, n, *p);
   KERNEL_CHECK();
 }

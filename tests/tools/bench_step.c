@@ -34,7 +34,7 @@ int main(int argc, char **argv) {
   if (argc % 2 == 0) DIE_USAGE("bench_step: options come in pairs");
   if (batch < 1 || steps < 1 || warmup < 0) DIE_USAGE("bench_step: bad --batch/--steps/--warmup");
   int prec = !strcmp(precision, "tf32") ? 1 : !strcmp(precision, "bf16") ? 2 : 0;
-  backend *b = !strcmp(device, "cuda") ? backend_cuda_create(0, prec, 0) : backend_cpu_create(threads);
+  backend *b = !strcmp(device, "cuda") ? backend_cuda_create(0, prec) : backend_cpu_create(threads);
   model m;
   model_build(&m, name, width, size, 10, 0.5f);
   net nt;

@@ -53,7 +53,7 @@ int main(int argc, char **argv) {
     steps_run(&ref, cpu, &m, &s);
     cpu->ops->destroy(cpu);
     for (int p = 0; p < 3; p++) {
-      backend *gpu = backend_cuda_create(0, p, 0);
+      backend *gpu = backend_cuda_create(0, p);
       steps_spec sp = s;
       sp.record_branches = gpu->act_bytes == sizeof(float);
       steps_result got;
