@@ -74,7 +74,7 @@ static const char *const sec_names[] = {"?", "META", "STATE", "PARAMS", "ADAM_M"
 #define META_BYTES (16 + 4 + 4 + 4 + 8)
 #define HEADER_BYTES (8 + 4 + 4 + META_BYTES)
 #define SEC_HEADER_BYTES (4 + 4 + 8 + 4 + 4)
-#define STATE_BYTES (8 + 4 + 4 + 3 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
+#define STATE_BYTES (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
 
 // A cursor over a byte buffer; put_/get_ copy host (= little-endian) representations.
 typedef struct bytes_cursor {
@@ -115,7 +115,6 @@ static void meta_unpack(ckpt_meta *m, const uint8_t in[META_BYTES]) {
   OP(c, &(s)->batch, 4);                                                                           \
   OP(c, &(s)->epoch_loss_sum, 8);                                                                  \
   OP(c, &(s)->epoch_correct, 8);                                                                   \
-  OP(c, &(s)->epoch_seen, 8);                                                                      \
   OP(c, &(s)->epoch_time_s, 8);                                                                    \
   OP(c, &(s)->lr, 4);                                                                              \
   OP(c, &(s)->sched_best, 8);                                                                      \

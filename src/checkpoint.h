@@ -34,7 +34,7 @@ typedef struct train_state {
   int64_t step;        // optimizer steps taken so far (Adam's t)
   int32_t epoch;       // the epoch in progress (0-based)
   int32_t batch;       // the next global batch of that epoch (0 = at the epoch's start)
-  double epoch_loss_sum, epoch_correct, epoch_seen; // train stats of the partial epoch
+  double epoch_loss_sum, epoch_correct; // train sums of the partial epoch (its images: batch * B)
   double epoch_time_s; // time spent in the partial epoch
   float lr;
   // ReduceLROnPlateau (mode min, threshold rel): best value, bad epochs, cooldown left

@@ -38,8 +38,7 @@ int plateau_step(train_state *st, double val_loss, const plateau_params *p) {
   return 0;
 }
 
-int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch, int patience,
-                    int *stop) {
+int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch) {
   int best = val_loss < st->best_val_loss;
   if (best) {
     st->best_val_loss = val_loss;
@@ -49,6 +48,9 @@ int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch,
   } else {
     st->es_bad_epochs++;
   }
-  *stop = patience > 0 && st->es_bad_epochs >= patience;
   return best;
+}
+
+int early_stop_due(const train_state *st, int patience) {
+  return patience > 0 && st->es_bad_epochs >= patience;
 }

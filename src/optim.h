@@ -18,10 +18,10 @@ void optim_state_init(train_state *st, float lr);
 // One ReduceLROnPlateau step with the epoch's validation loss; returns 1 when lr was reduced.
 int plateau_step(train_state *st, double val_loss, const plateau_params *p);
 
-// Early stopping on the validation loss. Returns 1 when this epoch is the best so far (the
-// caller saves the best model); sets *stop when `patience` epochs (patience > 0) passed
-// without improvement.
-int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch, int patience,
-                    int *stop);
+// Best-model tracking on the validation loss. Returns 1 when this epoch is the best so far
+// (the caller saves the best model).
+int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch);
+// Early stopping: 1 when `patience` epochs (patience > 0) passed without improvement.
+int early_stop_due(const train_state *st, int patience);
 
 #endif

@@ -215,16 +215,20 @@ static void epoch_sums(run *r, double sums[2]) {
   sums[1] += r->st.epoch_correct;
 }
 
-// Trains the remaining batches of epoch st.epoch. Returns 1 when a stop was requested (signal
-// or --max-steps); when that happened before the epoch's last batch, the exact position has
-// been checkpointed and st.batch < the batch count.
-static int train_epoch(run *r, epoch_ctx *e) {
+// How train_epoch ended.
+typedef enum {
+  EPOCH_DONE,        // every batch trained
+  EPOCH_DONE_STOP,   // every batch trained, and a stop (signal, --max-steps) was requested
+  EPOCH_INTERRUPTED, // stopped inside the epoch; the exact position is checkpointed
+} epoch_end;
+
+// Trains the remaining batches of epoch st.epoch.
+static epoch_end train_epoch(run *r, epoch_ctx *e) {
   const config *cfg = r->cfg;
   train_state *st = &r->st;
   int B = cfg->batch, n_batches = (e->n_train + B - 1) / B;
   cifar10_epoch_order(e->order, e->train_ids, e->n_train, st->seed, st->epoch);
   e->pp->epoch = (uint32_t)st->epoch;
-  e->pp->augment = 1;
   e->first_batch = st->batch;
   e->carried_time = st->epoch_time_s;
   e->t_start = now_s();
@@ -268,7 +272,6 @@ static int train_epoch(run *r, epoch_ctx *e) {
         // Preemption or --max-steps inside the epoch: checkpoint the exact position.
         st->epoch_loss_sum = sums[0];
         st->epoch_correct = sums[1];
-        st->epoch_seen = done;
         st->epoch_time_s = elapsed;
         st->batch++;
         state_download(r);
@@ -277,15 +280,15 @@ static int train_epoch(run *r, epoch_ctx *e) {
              stop_signal ? "signal" : "--max-steps",
              cfg->checkpoint_dir[0] ? "; continue with --resume auto"
                                     : "; no --checkpoint-dir, so the progress is not saved");
-        return 1;
+        return EPOCH_INTERRUPTED;
       }
     }
-    if (flag) {
+    if (flag) { // at the epoch's last batch: the caller finishes the epoch, then stops
       st->batch++;
-      return 1;
+      return EPOCH_DONE_STOP;
     }
   }
-  return 0;
+  return EPOCH_DONE;
 }
 
 // After the last batch of an epoch: validation, rank-0 decisions (broadcast), metrics, the
@@ -301,27 +304,30 @@ static int end_epoch(run *r, epoch_ctx *e) {
   double ips = (e->n_train - (double)e->first_batch * cfg->batch) / (now_s() - e->t_start + 1e-9);
   double val_loss, val_acc;
   evaluate(r, e->val, e->pp, &val_loss, &val_acc);
-  int decisions[3] = {0, 0, 0}; // best, early stop, lr reduced
+  // Rank 0 decides; its train_state is everyone's, and the decisions follow from it.
+  const float lr_before = st->lr;
   if (r->rank == 0) {
     plateau_params pl = {cfg->lr_factor, cfg->lr_threshold, cfg->min_lr, cfg->lr_patience};
-    decisions[2] = plateau_step(st, val_loss, &pl);
-    decisions[0] = early_stop_step(st, val_loss, val_acc, st->epoch, cfg->early_stop, &decisions[1]);
+    plateau_step(st, val_loss, &pl);
+    early_stop_step(st, val_loss, val_acc, st->epoch);
   }
-  comm_bcast(r->c, decisions, sizeof(decisions), 0);
   comm_bcast(r->c, st, sizeof(*st), 0);
+  const int best = st->best_epoch == st->epoch;
+  const int early = early_stop_due(st, cfg->early_stop);
+  const int reduced = st->lr < lr_before;
   LOG0("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs, %.0f img/s, %.1f GFLOP/s%s%s\n",
        st->epoch + 1, cfg->epochs, train_loss, train_acc, val_loss, val_acc, st->lr, epoch_time,
-       ips, ips * model_train_flops(&r->m) * 1e-9, decisions[0] ? " | best" : "",
-       decisions[2] ? " | lr reduced" : "");
+       ips, ips * model_train_flops(&r->m) * 1e-9, best ? " | best" : "",
+       reduced ? " | lr reduced" : "");
   metrics_write("epoch", "\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"val_loss\": %.6f, "
                 "\"val_acc\": %.6f, \"lr\": %.6g, \"images_per_s\": %.2f, \"time_s\": %.3f, \"best\": %s",
                 st->epoch + 1, train_loss, train_acc, val_loss, val_acc, st->lr, ips, epoch_time,
-                decisions[0] ? "true" : "false");
+                best ? "true" : "false");
   st->epoch++;
   st->batch = 0;
-  st->epoch_loss_sum = st->epoch_correct = st->epoch_seen = st->epoch_time_s = 0;
+  st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
   state_download(r);
-  if (decisions[0]) {
+  if (best) {
     memcpy(r->h_best, r->h_params, r->m.n_params * sizeof(float));
     if (cfg->checkpoint_dir[0] && r->rank == 0) {
       char path[1024];
@@ -330,10 +336,10 @@ static int end_epoch(run *r, epoch_ctx *e) {
     }
   }
   save_periodic(r);
-  if (decisions[1])
+  if (early)
     LOG0("early stop: no better validation loss for %d epochs (best %.4f after epoch %d)\n",
          cfg->early_stop, st->best_val_loss, st->best_epoch + 1);
-  return decisions[1];
+  return early;
 }
 
 int train_run(const config *cfg, comm *c) {
@@ -422,13 +428,13 @@ int train_run(const config *cfg, comm *c) {
                  .order = xmalloc(sizeof(int32_t) * n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
   int preempted = 0;
   while (r->st.epoch < cfg->epochs) {
-    int stop_requested = train_epoch(r, &e);
-    if (r->st.batch < (n_train + cfg->batch - 1) / cfg->batch) {
-      preempted = 1; // checkpointed mid-epoch
+    epoch_end how = train_epoch(r, &e);
+    if (how == EPOCH_INTERRUPTED) {
+      preempted = 1;
       break;
     }
     int early = end_epoch(r, &e);
-    if (stop_requested) {
+    if (how == EPOCH_DONE_STOP) {
       LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_signal ? "signal" : "--max-steps");
       preempted = 1;
       break;

@@ -204,7 +204,8 @@ TEST(early_stopping_and_best_epoch) {
   double losses[] = {2.0, 1.5, 1.6, 1.45, 1.7, 1.4, 1.41, 1.42};
   int stop = 0, best_at = -1, stopped_at = -1;
   for (int e = 0; e < 8 && !stop; e++) {
-    if (early_stop_step(&st, losses[e], 0.1 * e, e, 2, &stop)) best_at = e;
+    if (early_stop_step(&st, losses[e], 0.1 * e, e)) best_at = e;
+    stop = early_stop_due(&st, 2);
     if (stop) stopped_at = e;
   }
   EXPECT_EQ_INT(best_at, 5);
@@ -212,8 +213,9 @@ TEST(early_stopping_and_best_epoch) {
   EXPECT_NEAR(st.best_val_loss, 1.4, 0);
   EXPECT_EQ_INT(st.best_epoch, 5);
   optim_state_init(&st, 1e-3f);
-  for (int e = 0; e < 20; e++) early_stop_step(&st, 1.0, 0, e, 0, &stop);
-  EXPECT_EQ_INT(stop, 0); // patience 0 disables
+  for (int e = 0; e < 20; e++) early_stop_step(&st, 1.0, 0, e);
+  EXPECT_EQ_INT(early_stop_due(&st, 0), 0); // patience 0 disables
+  EXPECT_EQ_INT(early_stop_due(&st, 19), 1);
 }
 
 TEST(philox_known_answer_and_uniform_range) {
