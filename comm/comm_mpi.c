@@ -5,23 +5,22 @@
 
 #include "comm_internal.h"
 
-static MPI_Comm abort_comm = MPI_COMM_NULL;
-
-// Installed into check.c: any fatal error on any rank ends every rank (never a hang).
-static void comm_abort_hook(int code) {
+void comm_abort(comm *c, int code) {
   int up = 0, down = 0;
   MPI_Initialized(&up);
   MPI_Finalized(&down);
-  if (up && !down) MPI_Abort(abort_comm != MPI_COMM_NULL ? abort_comm : MPI_COMM_WORLD, code);
+  if (up && !down) MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
   exit(code);
 }
+
+// Installed into check.c: any fatal error on any rank ends every rank (never a hang).
+static void comm_abort_hook(int code) { comm_abort(NULL, code); }
 
 comm *comm_init(int *argc, char ***argv) {
   int provided = 0;
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   comm *c = xcalloc(1, sizeof(comm));
   c->world = MPI_COMM_WORLD;
-  abort_comm = c->world;
   check_set_abort_hook(comm_abort_hook);
   // Errors come back as codes (checked by MPI_CHECK) instead of MPI's default abort.
   MPI_CHECK(MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN));
@@ -38,7 +37,6 @@ void comm_finalize(comm *c) {
   if (!c) return;
   MPI_CHECK(MPI_Comm_free(&c->node));
   check_set_abort_hook(NULL);
-  abort_comm = MPI_COMM_NULL;
   MPI_CHECK(MPI_Finalize());
   free(c);
 }
@@ -60,11 +58,6 @@ void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {
 
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {
   MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, MPI_MAX, c->world));
-}
-
-void comm_abort(comm *c, int code) {
-  MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
-  exit(code);
 }
 
 // ---- host gradient reducer --------------------------------------------------------------------
@@ -114,18 +107,16 @@ static const grad_sync_ops mpi_sync_ops = {mpi_start, mpi_poll, mpi_wait, mpi_de
 
 grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
                             int bf16_wire, double timeout_s) {
-  grad_sync *g;
   if (kind == GRAD_SYNC_NCCL) {
 #ifdef VGG_HAVE_CUDA
-    g = grad_sync_nccl_create(c, b, grads, count, bf16_wire, timeout_s);
+    return grad_sync_nccl_create(c, b, grads, count, bf16_wire, timeout_s);
 #else
     FATAL("this build has no CUDA/NCCL support");
 #endif
-  } else {
-    if (b->ops->stream(b) != NULL) FATAL("the MPI gradient reducer needs host memory (CPU backend)");
-    g = xcalloc(1, sizeof(mpi_sync));
-    g->ops = &mpi_sync_ops;
   }
+  if (b->ops->stream(b) != NULL) FATAL("the MPI gradient reducer needs host memory (CPU backend)");
+  grad_sync *g = xcalloc(1, sizeof(mpi_sync));
+  g->ops = &mpi_sync_ops;
   g->c = c;
   g->b = b;
   g->grads = grads;

@@ -73,14 +73,8 @@ static const option_spec options[] = {
 #undef F
 #define N_OPTIONS ((int)(sizeof(options) / sizeof(options[0])))
 
-const char *config_device_name(device_kind d) {
-  return d == DEVICE_CPU ? "cpu" : d == DEVICE_CUDA ? "cuda" : "auto";
-}
 const char *config_precision_name(precision_kind p) {
   return p == PREC_TF32 ? "tf32" : p == PREC_BF16 ? "bf16" : "fp32";
-}
-const char *config_init_name(init_kind k) {
-  return k == INIT_PYTORCH ? "pytorch" : k == INIT_PAPER ? "paper" : "torchvision";
 }
 
 void config_defaults(config *c) {

@@ -57,8 +57,6 @@ void config_defaults(config *cfg);
 // Validates cross-field constraints that need the world size (batch divisible, etc.).
 void config_validate_world(const config *cfg, int world);
 void config_print(const config *cfg, FILE *f);
-const char *config_device_name(device_kind d);
 const char *config_precision_name(precision_kind p);
-const char *config_init_name(init_kind k);
 
 #endif

@@ -20,8 +20,6 @@ void log_init(int rank) {
   setvbuf(stdout, NULL, _IOLBF, 0);
 }
 
-int log_is_root(void) { return root; }
-
 void log_printf(const char *fmt, ...) {
   if (!root) return;
   log_progress_end();

@@ -12,7 +12,6 @@
 #include "check.h"
 
 void log_init(int rank);
-int log_is_root(void);
 void log_printf(const char *fmt, ...) VGG_PRINTF(1, 2);
 #define LOG0(...) log_printf(__VA_ARGS__)
 // A progress line: redrawn in place on a terminal; log_progress_end finishes it.

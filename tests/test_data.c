@@ -1083,7 +1083,7 @@ TEST(data_real_subset) {
 TEST(data_sample_dir) {
   const char *dir = "data/sample";
   if (access("data/sample/test_batch.bin", R_OK) != 0) {
-    printf("    (no data/sample here; skipped)\n");
+    test_skip("data/sample not found: run from the repository root");
     return;
   }
   cifar10 tr, te;
