@@ -6,28 +6,53 @@
 // element once (no memset).
 #include "cuda_common.h"
 
+// Output element i of (N, H/2, W/2, C): its window's taps t = 0..3 in scan order.
+struct pool_window {
+  size_t base; // element offset of tap (0,0) in x
+  int plane;   // its plane index h * W + w
+};
+
+__device__ __forceinline__ pool_window pool_locate(size_t i, int H, int W, int C) {
+  const int Ho = H / 2, Wo = W / 2;
+  int c = (int)(i % C);
+  size_t r = i / C;
+  int wo = (int)(r % Wo);
+  r /= Wo;
+  int ho = (int)(r % Ho);
+  size_t n = r / Ho;
+  pool_window p;
+  p.plane = 2 * ho * W + 2 * wo;
+  p.base = ((n * H + 2 * ho) * W + 2 * wo) * C + c;
+  return p;
+}
+
+// Offset from the window's base and plane-index step of tap t.
+__device__ __forceinline__ size_t pool_tap(int t, int W, int C) { return ((size_t)(t / 2) * W + t % 2) * C; }
+__device__ __forceinline__ int pool_tap_plane(int t, int W) { return (t / 2) * W + t % 2; }
+
+// The winner of a window (first maximum in scan order, NaN wins); its value in *best.
+template <typename T>
+__device__ __forceinline__ int32_t pool_argmax(const T *x, pool_window p, int W, int C, float *best) {
+  int32_t bi = p.plane;
+  float m = act_load(x, p.base);
+  for (int t = 1; t < 4; t++) {
+    float v = act_load(x, p.base + pool_tap(t, W, C));
+    if (v > m || isnan(v)) {
+      m = v;
+      bi = p.plane + pool_tap_plane(t, W);
+    }
+  }
+  *best = m;
+  return bi;
+}
+
 template <typename T>
 __global__ void maxpool_fwd_kernel(T *y, int32_t *argmax, const T *x, size_t count, int H, int W,
                                    int C) {
-  const int Ho = H / 2, Wo = W / 2;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
-    int c = (int)(i % C);
-    size_t r = i / C;
-    int wo = (int)(r % Wo);
-    r /= Wo;
-    int ho = (int)(r % Ho);
-    size_t n = r / Ho;
-    float best = 0.0f;
-    int32_t bi = 0;
-    for (int t = 0; t < 4; t++) {
-      int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
-      float v = act_load(x, ((n * H + h) * W + w) * C + c);
-      if (t == 0 || v > best || isnan(v)) {
-        best = v;
-        bi = h * W + w;
-      }
-    }
+    float best;
+    int32_t bi = pool_argmax(x, pool_locate(i, H, W, C), W, C, &best);
     act_store(y, i, best);
     if (argmax) argmax[i] = bi;
   }
@@ -37,35 +62,14 @@ __global__ void maxpool_fwd_kernel(T *y, int32_t *argmax, const T *x, size_t cou
 template <typename T>
 __global__ void maxpool_bwd_kernel(T *dx, const T *dy, const int32_t *argmax, const T *x,
                                    size_t count, int H, int W, int C) {
-  const int Ho = H / 2, Wo = W / 2;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
-    int c = (int)(i % C);
-    size_t r = i / C;
-    int wo = (int)(r % Wo);
-    r /= Wo;
-    int ho = (int)(r % Ho);
-    size_t n = r / Ho;
-    int32_t bi;
-    if (argmax) {
-      bi = argmax[i];
-    } else {
-      float best = 0.0f;
-      bi = 0;
-      for (int t = 0; t < 4; t++) {
-        int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
-        float v = act_load(x, ((n * H + h) * W + w) * C + c);
-        if (t == 0 || v > best || isnan(v)) {
-          best = v;
-          bi = h * W + w;
-        }
-      }
-    }
+    pool_window p = pool_locate(i, H, W, C);
+    float unused;
+    int32_t bi = argmax ? argmax[i] : pool_argmax(x, p, W, C, &unused);
     float g = act_load(dy, i);
-    for (int t = 0; t < 4; t++) {
-      int h = 2 * ho + t / 2, w = 2 * wo + t % 2;
-      act_store(dx, ((n * H + h) * W + w) * C + c, bi == h * W + w ? g : 0.0f);
-    }
+    for (int t = 0; t < 4; t++)
+      act_store(dx, p.base + pool_tap(t, W, C), bi == p.plane + pool_tap_plane(t, W) ? g : 0.0f);
   }
 }
 
