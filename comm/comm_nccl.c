@@ -148,16 +148,19 @@ static void nccl_poll(grad_sync *g) { (void)g; } // NCCL progresses on the GPU b
 
 static void nccl_wait(grad_sync *g) {
   nccl_sync *s = (nccl_sync *)g;
-  if (!s->started) return;
-  cudaCheck(cudaEventRecord(s->done, s->stream));
-  cudaCheck(cudaStreamWaitEvent(s->compute, s->done, 0));
-  s->started = 0;
-  // Arm the watchdog (not while a CUDA graph is being captured: nothing runs then).
+  if (s->started) {
+    cudaCheck(cudaEventRecord(s->done, s->stream));
+    cudaCheck(cudaStreamWaitEvent(s->compute, s->done, 0));
+    s->started = 0;
+  }
+  // Arm the watchdog on the compute stream, behind the reductions it now waits for, or, with
+  // nothing started here, behind a replayed CUDA graph that holds them. Not while a graph is
+  // being captured: nothing runs then.
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   cudaCheck(cudaStreamIsCapturing(s->compute, &cs));
   if (cs != cudaStreamCaptureStatusNone) return;
   pthread_mutex_lock(&s->lock);
-  cudaError_t e = cudaEventRecord(s->watch, s->stream);
+  cudaError_t e = cudaEventRecord(s->watch, s->compute);
   s->armed = e == cudaSuccess;
   s->armed_at = now_s();
   pthread_mutex_unlock(&s->lock);

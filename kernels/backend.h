@@ -59,6 +59,15 @@ typedef struct dropout_key {
   uint32_t step;
 } dropout_key;
 
+// What changes from one otherwise identical training step to the next (see capture_begin).
+typedef struct step_vars {
+  const int32_t *h_ids; // the batch's sample ids (host memory, n of them: the captured count)
+  int n;
+  uint32_t epoch;       // prep_params.epoch (flips)
+  uint32_t step;        // dropout_key.step
+  adam_params adam;     // its lr and step are the variable part
+} step_vars;
+
 typedef struct backend_ops {
   const char *name;
   void (*destroy)(backend *b);
@@ -117,6 +126,18 @@ typedef struct backend_ops {
 
   // The backend's compute stream (cudaStream_t) for a device communicator; NULL on the CPU.
   void *(*stream)(backend *b);
+
+  // Captured training steps (CUDA graphs); all four are NULL on a backend without them.
+  // Between capture_begin and capture_end the ops (and a device communicator's work on the
+  // stream) are recorded, not run; capture_end returns the recording. replay enqueues it once.
+  // Recorded ops take these values from each replay's step_vars instead of freezing the ones
+  // seen at capture: the ids given to prep_batch, prep_params.epoch, dropout_key.step, and the
+  // Adam step and learning rate. Everything else an op was given (pointers, sizes, seeds,
+  // other hyper-parameters) must hold at every replay as it did at the capture.
+  void (*capture_begin)(backend *b);
+  void *(*capture_end)(backend *b);
+  void (*replay)(backend *b, void *graph, const step_vars *v);
+  void (*graph_free)(backend *b, void *graph); // accepts NULL
 } backend_ops;
 
 struct backend {

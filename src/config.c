@@ -65,6 +65,7 @@ static const option_spec options[] = {
     {"eval-batch", OPT_INT, F(eval_batch), 1, 1 << 20, NULL, "N", "per-rank batch for validation and test"},
     {"mean", OPT_VEC3, F(mean), 0, 0, NULL, "R,G,B", "normalisation mean (default: the train split's own)"},
     {"std", OPT_VEC3, F(std), 0, 0, NULL, "R,G,B", "normalisation std (default: the train split's own)"},
+    {"cuda-graphs", OPT_INT, F(cuda_graphs), 0, 1, NULL, "0|1", "capture the training step as a CUDA graph and replay it (full batches)"},
     {"grad-allreduce", OPT_ENUM, F(grad_bf16), 0, 0, "fp32|bf16", "NAME", "gradient all-reduce precision on the wire (NCCL)"},
     {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "abort when a collective makes no progress for S seconds"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), 0.001, 4096, NULL, "MB", "gradient all-reduce bucket size"},
@@ -106,6 +107,7 @@ void config_defaults(config *c) {
   c->eval_batch = 200;
   c->comm_timeout = 300;
   c->bucket_mb = 25;
+  c->cuda_graphs = 1;
 }
 
 // The cpu-demo preset: a narrow VGG11 at 32x32 that learns real CIFAR-10 on two CPU cores in a

@@ -48,6 +48,7 @@ typedef struct config {
   int grad_bf16;               // --grad-allreduce bf16
   float comm_timeout;
   float bucket_mb;
+  int cuda_graphs;             // capture full training steps as CUDA graphs
   int max_steps;               // stop (with a checkpoint) after this many optimizer steps; 0 = off
 } config;
 

@@ -34,6 +34,7 @@ void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count
 void net_free(net *n) {
   if (!n || !n->b) return;
   backend *b = n->b;
+  if (n->graph) b->ops->graph_free(b, n->graph);
   void (*rel)(backend *, void *) = b->ops->release;
   rel(b, n->stats);
   rel(b, n->ids);
@@ -144,6 +145,42 @@ void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs
 
 void net_adam(net *n, const adam_params *ap) {
   n->b->ops->adam(n->b, n->params, n->grads, n->adam_m, n->adam_v, n->m->n_params, ap);
+}
+
+static void step_eager(net *n, const train_step *s, grad_sync *gs) {
+  net_prep(n, s->d_images, s->d_labels, s->h_ids, s->n, s->pp);
+  net_forward(n, s->n, 1, s->seed, s->step);
+  net_loss(n, s->n, s->grad_scale);
+  net_backward(n, s->n, s->seed, s->step, gs);
+  if (gs) grad_sync_wait(gs);
+  net_adam(n, &s->adam);
+}
+
+void net_train_step(net *n, const train_step *s, grad_sync *gs) {
+  const backend_ops *o = n->b->ops;
+  if (!n->graphs || !o->capture_begin || !s->full) {
+    step_eager(n, s, gs);
+    return;
+  }
+  if (!n->graph) {
+    if (!n->graph_warm) {
+      n->graph_warm = 1;
+      step_eager(n, s, gs);
+      return;
+    }
+    o->capture_begin(n->b);
+    step_eager(n, s, gs); // recorded, not run: the replay below runs it
+    n->graph = o->capture_end(n->b);
+    n->graph_n = s->n;
+    n->graph_scale = s->grad_scale;
+  }
+  if (s->n != n->graph_n || s->grad_scale != n->graph_scale)
+    FATAL("a full training step of %d images (gradient scale %g) differs from the captured one "
+          "(%d, %g)", s->n, s->grad_scale, n->graph_n, n->graph_scale);
+  step_vars v = {s->h_ids, s->n, s->pp->epoch, s->step, s->adam};
+  o->replay(n->b, n->graph, &v);
+  // The reductions ran inside the graph; this arms a device communicator's watchdog on them.
+  if (gs) grad_sync_wait(gs);
 }
 
 void net_reset_stats(net *n) { n->b->ops->zero(n->b, n->stats, 2 * sizeof(double)); }

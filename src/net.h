@@ -2,9 +2,9 @@
 // activations (allocated once for the largest per-rank batch), and the passes that walk the
 // model's layer table through the backend's ops.
 //
-// A training step on a rank: net_prep (batch assembly) -> net_forward(train) -> net_loss
-// (grad scale 1 / GLOBAL batch) -> net_backward (starts each gradient bucket's all-reduce as
-// soon as its layers are done) -> grad_sync_wait -> net_adam. Evaluation: prep, forward(eval),
+// A training step on a rank (net_train_step): net_prep (batch assembly) -> net_forward(train)
+// -> net_loss (grad scale 1 / GLOBAL batch) -> net_backward (starts each gradient bucket's
+// all-reduce as soon as its layers are done) -> grad_sync_wait -> net_adam. Evaluation: prep, forward(eval),
 // loss without gradient. Loss and accuracy sums accumulate in backend memory (stats) and are
 // read with net_read_stats, so a step needs no host synchronisation.
 #ifndef VGG_NET_H
@@ -27,7 +27,26 @@ typedef struct net {
   int32_t *labels, *ids;
   double *stats;                           // [loss sum, correct] since the last reset
   bucket_plan buckets;
+  // Captured steps (net_train_step): on when `graphs` is set and the backend can capture.
+  int graphs;
+  int graph_warm;    // a full step has run eagerly (plans built, workspaces sized)
+  void *graph;       // the captured full step
+  int graph_n;       // its per-rank batch and gradient scale
+  float graph_scale;
 } net;
+
+// One training step of this rank (see the top of this file).
+typedef struct train_step {
+  const uint8_t *d_images, *d_labels; // the dataset, backend memory
+  const int32_t *h_ids;               // this rank's samples (host), n of them
+  int n;
+  float grad_scale;                   // 1 / GLOBAL batch
+  const prep_params *pp;              // only its epoch may change between captured steps
+  uint64_t seed;
+  uint32_t step;                      // keys the dropout masks
+  adam_params adam;                   // step t = step + 1 in a run
+  int full;                           // a full global batch: the same shape on every rank
+} train_step;
 
 void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count);
 void net_free(net *n); // accepts NULL fields
@@ -45,6 +64,12 @@ void net_loss(net *n, int count, float grad_scale);
 // Backward into n->grads; when gs is non-NULL each bucket's reduction starts when ready.
 void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs);
 void net_adam(net *n, const adam_params *ap);
+// prep, forward, loss, backward, wait for the reductions, Adam. With n->graphs on a backend
+// that captures, full steps become a CUDA graph: the first runs eagerly (it builds the plans
+// and sizes the workspaces), the second is captured, and every full step from then on is one
+// replay. Other steps (a short last batch) run eagerly. `full` must be the same on every rank,
+// since whether a collective is captured must be.
+void net_train_step(net *n, const train_step *s, grad_sync *gs);
 
 void net_reset_stats(net *n);
 void net_read_stats(net *n, double *loss_sum, double *correct);

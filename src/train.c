@@ -69,10 +69,9 @@ static backend *backend_choose(const config *cfg, comm *c) {
     if (comm_local_size(c) > gpus)
       DIE_USAGE("%d ranks on this node but only %d GPUs: one rank per GPU (use fewer ranks)",
                 comm_local_size(c), gpus);
-    LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s\n", gpus,
-         comm_local_size(c), config_precision_name(cfg->precision));
-    // CUDA graph capture of the step is not implemented yet (the step number keys dropout and
-    // Adam by value, so it would have to live in device memory first): eager launches.
+    LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s, "
+         "CUDA graphs %s\n", gpus, comm_local_size(c), config_precision_name(cfg->precision),
+         cfg->cuda_graphs ? "on (full batches)" : "off");
     return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision);
   }
   if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
@@ -238,15 +237,14 @@ static epoch_end train_epoch(run *r, epoch_ctx *e) {
   for (; st->batch < n_batches; st->batch++) {
     int start = st->batch * B, count = e->n_train - start < B ? e->n_train - start : B;
     int mine = cifar10_shard(e->local, e->order + start, count, r->rank, r->world);
-    uint32_t step = (uint32_t)st->step; // keys this step's dropout masks
-    net_prep(&r->net, e->d_images, e->d_labels, e->local, mine, e->pp);
-    net_forward(&r->net, mine, 1, st->seed, step);
-    net_loss(&r->net, mine, 1.0f / count);
-    net_backward(&r->net, mine, st->seed, step, r->gs);
-    grad_sync_wait(r->gs);
+    train_step ts = {.d_images = e->d_images, .d_labels = e->d_labels, .h_ids = e->local,
+                     .n = mine, .grad_scale = 1.0f / count, .pp = e->pp, .seed = st->seed,
+                     .step = (uint32_t)st->step, // keys this step's dropout masks
+                     .adam = {st->lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay,
+                              (int)st->step + 1, cfg->adamw},
+                     .full = count == B};
+    net_train_step(&r->net, &ts, r->gs);
     st->step++;
-    adam_params ap = {st->lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay, (int)st->step, cfg->adamw};
-    net_adam(&r->net, &ap);
     log_images += count;
 
     // Every rank must agree on stopping: a signal may reach only some of them.
@@ -407,6 +405,7 @@ int train_run(const config *cfg, comm *c) {
   int local_batch = cfg->batch / r->world;
   int max_n = local_batch > cfg->eval_batch ? local_batch : cfg->eval_batch;
   net_init(&r->net, &r->m, b, max_n, (size_t)(cfg->bucket_mb * 1e6 / sizeof(float)) + 1);
+  r->net.graphs = cfg->cuda_graphs;
   r->gs = grad_sync_create(c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI, r->net.grads,
                            r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
   net_upload_params(&r->net, r->h_params);

@@ -28,58 +28,74 @@ static void record_branches(steps_result *r, net *nt, const model *m, int n, int
   }
 }
 
+// The assembled input batch as fp32 (bf16 activations are widened on the host).
+static void download_input(steps_result *r, net *nt, const steps_spec *s) {
+  backend *b = nt->b;
+  size_t xin = (size_t)s->n * s->size * s->size * 3;
+  r->x = xmalloc(xin * sizeof(float));
+  if (b->act_bytes == sizeof(float)) {
+    b->ops->download(b, r->x, nt->act[0], xin * sizeof(float));
+    return;
+  }
+  uint16_t *h = xmalloc(xin * 2);
+  b->ops->download(b, h, nt->act[0], xin * 2);
+  for (size_t i = 0; i < xin; i++) {
+    uint32_t u = (uint32_t)h[i] << 16;
+    memcpy(&r->x[i], &u, 4);
+  }
+  free(h);
+}
+
+// Step t's batch: the same n images every step, or (vary) a window moving by n/2 over 2n.
+static void step_ids(int32_t *ids, const steps_spec *s, int t) {
+  for (int i = 0; i < s->n; i++) ids[i] = s->vary ? (i + t * (s->n / 2)) % (2 * s->n) : i;
+}
+
 void steps_run(steps_result *r, backend *b, const model *m, const steps_spec *s) {
   memset(r, 0, sizeof(*r));
   if (s->n > 256 || s->steps > 8) FATAL("steps_run: at most 256 images and 8 steps");
   size_t P = m->n_params;
   net nt;
   net_init(&nt, m, b, s->n, (size_t)1 << 30);
+  nt.graphs = s->graphs;
   r->init_params = xmalloc(P * sizeof(float));
   model_init_params(m, r->init_params, INIT_PYTORCH, s->seed); // non-zero biases: every term
   net_upload_params(&nt, r->init_params);
 
-  size_t bytes = (size_t)s->n * 3072;
-  uint8_t *img = xmalloc(bytes), lab[256];
+  int images = 2 * s->n;
+  size_t bytes = (size_t)images * 3072;
+  uint8_t *img = xmalloc(bytes), lab[512];
   for (size_t i = 0; i < bytes; i++) img[i] = (uint8_t)(rng_bits(s->seed, 7, 0, 0, (uint32_t)i) & 255);
-  for (int i = 0; i < s->n; i++) {
-    lab[i] = (uint8_t)(rng_bits(s->seed, 8, 0, 0, (uint32_t)i) % 10);
-    r->labels[i] = lab[i];
-    r->ids[i] = i;
-  }
-  uint8_t *d_img = b->ops->alloc(b, bytes), *d_lab = b->ops->alloc(b, s->n);
+  for (int i = 0; i < images; i++) lab[i] = (uint8_t)(rng_bits(s->seed, 8, 0, 0, (uint32_t)i) % 10);
+  step_ids(r->ids, s, 0);
+  for (int i = 0; i < s->n; i++) r->labels[i] = lab[r->ids[i]];
+  uint8_t *d_img = b->ops->alloc(b, bytes), *d_lab = b->ops->alloc(b, images);
   b->ops->upload(b, d_img, img, bytes);
-  b->ops->upload(b, d_lab, lab, s->n);
+  b->ops->upload(b, d_lab, lab, images);
   prep_params pp = {.size = s->size, .augment = 1, .flip_p = 0.5f, .seed = s->seed, .epoch = 0,
                     .mean = {0.49f, 0.48f, 0.45f}, .std = {0.25f, 0.24f, 0.26f}};
-  net_prep(&nt, d_img, d_lab, r->ids, s->n, &pp);
-  size_t xin = (size_t)s->n * s->size * s->size * 3;
-  r->x = xmalloc(xin * sizeof(float));
-  if (b->act_bytes == sizeof(float)) {
-    b->ops->download(b, r->x, nt.act[0], xin * sizeof(float));
-  } else { // bf16 activations: widen on the host
-    uint16_t *h = xmalloc(xin * 2);
-    b->ops->download(b, h, nt.act[0], xin * 2);
-    for (size_t i = 0; i < xin; i++) {
-      uint32_t u = (uint32_t)h[i] << 16;
-      memcpy(&r->x[i], &u, 4);
-    }
-    free(h);
-  }
 
   r->grads = xmalloc(P * sizeof(float));
   r->params = xmalloc(P * sizeof(float));
+  int32_t ids[256];
   for (int t = 0; t < s->steps; t++) {
+    step_ids(ids, s, t);
+    pp.epoch = s->vary ? (uint32_t)t : 0;
+    train_step ts = {.d_images = d_img, .d_labels = d_lab, .h_ids = ids, .n = s->n,
+                     .grad_scale = 1.0f / s->n, .pp = &pp, .seed = s->seed, .step = (uint32_t)t,
+                     .adam = {s->lr, s->beta1, s->beta2, s->eps, s->weight_decay, t + 1, s->adamw},
+                     .full = 1};
     net_reset_stats(&nt);
-    net_forward(&nt, s->n, 1, s->seed, (uint32_t)t);
+    net_train_step(&nt, &ts, NULL);
+    // Backward and Adam leave the forward's outputs, argmaxes and input batch in place.
     if (s->record_branches) record_branches(r, &nt, m, s->n, t);
-    net_loss(&nt, s->n, 1.0f / s->n);
-    net_backward(&nt, s->n, s->seed, (uint32_t)t, NULL);
+    if (t == 0) {
+      download_input(r, &nt, s);
+      b->ops->download(b, r->grads, nt.grads, P * sizeof(float)); // Adam reads, never writes them
+    }
     double sum, correct;
     net_read_stats(&nt, &sum, &correct);
     r->loss[t] = sum / s->n;
-    if (t == 0) b->ops->download(b, r->grads, nt.grads, P * sizeof(float));
-    adam_params ap = {s->lr, s->beta1, s->beta2, s->eps, s->weight_decay, t + 1, s->adamw};
-    net_adam(&nt, &ap);
   }
   net_download_params(&nt, r->params);
   b->ops->release(b, d_lab);

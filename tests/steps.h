@@ -15,15 +15,17 @@ typedef struct steps_spec {
   int size, n, steps, adamw;
   uint64_t seed;
   int record_branches; // keep every step's ReLU masks and max-pool argmaxes (fp32 backends)
+  int vary;            // step t: another batch (a window moving by n/2 over 2n images), epoch t
+  int graphs;          // through CUDA graphs where the backend has them (see net_train_step)
 } steps_spec;
 
 typedef struct steps_result {
   double loss[8];
-  float *x;            // the assembled input batch (n, size, size, 3), fp32
+  float *x;            // the first step's assembled input batch (n, size, size, 3), fp32
   float *init_params;  // the parameters before the first step
   float *grads;        // gradients of the first step
   float *params;       // parameters after the last step
-  int32_t labels[256], ids[256];
+  int32_t labels[256], ids[256]; // the first step's
   // With record_branches, per step and layer: the ReLU decisions (out > 0) of conv/linear
   // layers with ReLU, and the max-pool argmaxes, in the backend's (N, H, W, C) order.
   uint8_t *relu_mask[8][MODEL_MAX_LAYERS];

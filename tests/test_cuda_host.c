@@ -71,8 +71,13 @@ TEST(cuda_engine_filter) {
   EXPECT_EQ_INT(PLAN_NOTE_REDUCED_REDUCTION, 1u << CUDNN_NUMERICAL_NOTE_REDUCED_PRECISION_REDUCTION);
   unsigned winograd = 1u << CUDNN_NUMERICAL_NOTE_WINOGRAD;
   unsigned nondet = 1u << CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
+  EXPECT_EQ_INT(PLAN_NOTE_NONDETERMINISTIC, nondet);
   EXPECT(plan_engine_allowed(0, 0));
-  EXPECT(plan_engine_allowed(0, winograd | nondet));
+  EXPECT(plan_engine_allowed(0, winograd));
+  // Nondeterministic engines (atomics) are refused in every precision: runs repeat bit for bit.
+  EXPECT(!plan_engine_allowed(0, winograd | nondet));
+  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | nondet));
+  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet));
   EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE));
   EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd));
   EXPECT(!plan_engine_allowed(0, ~0u));

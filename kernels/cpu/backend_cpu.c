@@ -377,6 +377,7 @@ static const backend_ops cpu_ops = {
     .xent = cpu_xent,
     .adam = cpu_adam,
     .stream = cpu_stream,
+    // No captured steps: the step's host work is small beside its compute here.
 };
 
 backend *backend_cpu_create(int threads) {

@@ -1,7 +1,7 @@
 // backend_cuda.cu - the CUDA backend's context (device, stream, cuDNN/cuBLAS handles,
 // workspaces), its memory ops, the bf16 parameter shadow, the fused Adam/AdamW kernel and the
 // ops table. The op families live in conv.cu, linear.cu, pool.cu, loss.cu, prep.cu and
-// elementwise.cu.
+// elementwise.cu; graph capture and replay in graph.cu.
 //
 // Invariants: every op is queued on the one compute stream (ctx->stream); upload/download/sync
 // are the only calls that block the host. Parameters, gradients and Adam state are fp32; in
@@ -20,6 +20,9 @@
 static void *grow(cuda_ctx *c, void **buf, size_t *have, size_t need, const char *what) {
   size_t want = plan_workspace_grow(*have, need);
   if (want == *have) return *buf;
+  if (c->capturing) // the eager step before a capture sizes every buffer; this is a bug
+    FATAL("the %s must grow to %zu bytes during a CUDA graph capture (run with --cuda-graphs 0 "
+          "and report this)", what, want);
   cudaCheck(cudaStreamSynchronize(c->stream));
   if (*buf) cudaCheck(cudaFree(*buf));
   *buf = NULL;
@@ -114,7 +117,8 @@ static void cuda_set_params(backend *b, const float *params, size_t count) {
 // One kernel over the flat buffer with kernels/adam.h's arithmetic, shared with the CPU
 // backend: both produce bit-identical parameters from identical gradients.
 __global__ void adam_kernel(float *params, bf16 *shadow, const float *grads, float *m, float *v,
-                            size_t count, adam_coef a) {
+                            size_t count, adam_coef coef, const graph_vars *gv) {
+  const adam_coef a = gv ? gv->adam : coef;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
     adam_element(&params[i], grads[i], &m[i], &v[i], &a);
@@ -132,7 +136,7 @@ void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v
       params + count <= c->params + c->param_count)
     shadow = c->params_bf16 + (params - c->params);
   adam_kernel<<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(params, shadow, grads, m, v,
-                                                                      count, a);
+                                                                      count, a, cuda_vars(c));
   KERNEL_CHECK();
 }
 
@@ -145,6 +149,7 @@ static void cuda_destroy(backend *b) {
   plan_cache_free(&c->convs, cuda_conv_plan_free, c);
   plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
+  cudaCheck(cudaFree(c->d_vars));
   if (c->scratch) cudaCheck(cudaFree(c->scratch));
   if (c->ws) cudaCheck(cudaFree(c->ws));
   if (c->lt_ws) cudaCheck(cudaFree(c->lt_ws));
@@ -163,7 +168,7 @@ static const backend_ops cuda_ops = {
     cuda_download,    cuda_zero_op,     cuda_sync,        cuda_set_params,  cuda_prep_batch,
     cuda_conv_fwd,    cuda_conv_bwd,    cuda_maxpool_fwd, cuda_maxpool_bwd, cuda_linear_fwd,
     cuda_linear_bwd,  cuda_dropout_fwd, cuda_dropout_bwd, cuda_xent,        cuda_adam,
-    cuda_stream,
+    cuda_stream,      cuda_capture_begin, cuda_capture_end, cuda_replay,    cuda_graph_free,
 };
 
 extern "C" int backend_cuda_device_count(void) {
@@ -210,6 +215,7 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
     FATAL("out of GPU memory allocating the %zu-byte cuBLAS workspace on device %d (%s)",
           c->lt_ws_bytes, device, cudaGetErrorString(e));
   cublasCheck(cublasSetWorkspace(c->cublas, c->lt_ws, c->lt_ws_bytes));
+  cudaCheck(cudaMalloc((void **)&c->d_vars, sizeof(graph_vars)));
   cudaCheck(cudaEventCreate(&c->ev0));
   cudaCheck(cudaEventCreate(&c->ev1));
 

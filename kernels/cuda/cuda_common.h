@@ -13,6 +13,7 @@
 #include <cuda_runtime.h>
 #include <cudnn.h>
 
+#include "adam.h"
 #include "backend.h"
 #include "check.h"
 #include "cuda_check.h"
@@ -41,6 +42,15 @@
 // ---- context -------------------------------------------------------------------------------
 typedef __nv_bfloat16 bf16;
 
+// The variable part of a captured training step (see backend.h, capture_begin): replay copies
+// it to the device before launching the graph, and the kernels recorded by the capture read it
+// there instead of the values their launchers were given at capture time.
+typedef struct graph_vars {
+  adam_coef adam; // planned on the host from the step's adam_params, as an eager step does
+  uint32_t epoch; // prep_params.epoch
+  uint32_t step;  // dropout_key.step
+} graph_vars;
+
 typedef struct cuda_ctx {
   int device, precision;
   int sm_count;
@@ -59,9 +69,20 @@ typedef struct cuda_ctx {
   bf16 *params_bf16;
   plan_cache convs, gemms;
   cudaEvent_t ev0, ev1; // autotune timing
+  // Graph capture (graph.cu): while capturing, nothing runs, nothing may allocate or
+  // synchronise, and prep_batch notes where the batch's ids go (cap_ids, cap_n) so that each
+  // replay copies that step's ids there.
+  int capturing;
+  graph_vars *d_vars;
+  int32_t *cap_ids;
+  int cap_n, cap_preps;
 } cuda_ctx;
 
 static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
+
+// What a launcher passes to its kernel for the step variables: the device copy while a step is
+// being captured, else NULL (the kernel uses the launcher's arguments).
+static inline const graph_vars *cuda_vars(const cuda_ctx *c) { return c->capturing ? c->d_vars : NULL; }
 
 // Ensure the workspaces hold `bytes` (synchronises and reallocates when they grow).
 void *cuda_workspace(cuda_ctx *c, size_t bytes);
@@ -103,6 +124,10 @@ void cuda_xent(backend *b, void *dlogits, double *stats, const void *logits,
                const int32_t *labels, int N, int classes, float grad_scale);
 void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
                const adam_params *p);
+void cuda_capture_begin(backend *b);
+void *cuda_capture_end(backend *b);
+void cuda_replay(backend *b, void *graph, const step_vars *v);
+void cuda_graph_free(backend *b, void *graph);
 void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
                      const uint8_t *image_labels, const int32_t *h_ids, int n,
                      const prep_params *p);

@@ -64,9 +64,11 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 
 int plan_engine_allowed(int precision, unsigned notes) {
   if (precision == 0)
-    return (notes & (PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_REDUCED_REDUCTION)) == 0;
+    return (notes & (PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_REDUCED_REDUCTION |
+                     PLAN_NOTE_NONDETERMINISTIC)) == 0;
   if (notes == PLAN_NOTES_UNKNOWN) return 1; // unreadable notes: tf32/bf16 were never exact
-  return (notes & PLAN_NOTE_DOWN_CONVERT) == 0; // fp16 inputs: out of range for gradients
+  // fp16 inputs are out of range for gradients; atomics make runs unrepeatable.
+  return (notes & (PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_NONDETERMINISTIC)) == 0;
 }
 
 int plan_pick_fastest(const float *ms, int n) {

@@ -49,13 +49,16 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 #define PLAN_NOTE_TENSOR_CORE (1u << 0)
 #define PLAN_NOTE_DOWN_CONVERT (1u << 1)
 #define PLAN_NOTE_REDUCED_REDUCTION (1u << 2)
+#define PLAN_NOTE_NONDETERMINISTIC (1u << 4)
 // The notes of an engine whose notes could not be read.
 #define PLAN_NOTES_UNKNOWN (~0u)
 // Whether an engine with these notes may run a layer of `precision`. 0 fp32: no tensor cores
 // (i.e. no TF32), no down-converted inputs, no reduced-precision reduction, and unknown notes
 // are refused. Every precision: no DOWN_CONVERT_INPUTS, which converts fp32/bf16 inputs to fp16
-// (range 6.5e4, so gradients overflow or flush to zero): PyTorch drops those engines always.
-// 1 tf32 and 2 bf16 allow everything else, and engines of unknown notes.
+// (range 6.5e4, so gradients overflow or flush to zero): PyTorch drops those engines always;
+// and no NONDETERMINISTIC engine (atomics in the reduction), so that a run, a resumed run and a
+// captured step repeat an eager one bit for bit. 1 tf32 and 2 bf16 allow everything else, and
+// engines of unknown notes.
 int plan_engine_allowed(int precision, unsigned notes);
 // Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
 // Returns -1 when every candidate failed.

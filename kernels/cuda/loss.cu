@@ -12,7 +12,8 @@
 // mode 0: apply the mask; 1: copy (p <= 0); 2: zero (p >= 1).
 template <typename T>
 __global__ void dropout_kernel(T *out, const T *in, const int32_t *ids, int N, int D, float p,
-                               float scale, dropout_key key, int mode) {
+                               float scale, dropout_key key, int mode, const graph_vars *gv) {
+  const uint32_t step = gv ? gv->step : key.step;
   size_t count = (size_t)N * D;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
@@ -21,7 +22,7 @@ __global__ void dropout_kernel(T *out, const T *in, const int32_t *ids, int N, i
       v = act_load(in, i);
     } else if (mode == 0) {
       uint32_t n = (uint32_t)(i / D), j = (uint32_t)(i % D);
-      if (rng_dropout_keep(key.seed, key.layer, key.step, (uint32_t)ids[n], j, p))
+      if (rng_dropout_keep(key.seed, key.layer, step, (uint32_t)ids[n], j, p))
         v = __fmul_rn(act_load(in, i), scale);
     }
     act_store(out, i, v);
@@ -38,10 +39,10 @@ static void dropout_apply(backend *b, void *out, const void *in, const int32_t *
   float scale = mode == 0 ? 1.0f / (1.0f - p) : 1.0f;
   if (c->precision == 2)
     dropout_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)out, (const bf16 *)in, ids, N, D, p, scale, key, mode);
+        (bf16 *)out, (const bf16 *)in, ids, N, D, p, scale, key, mode, cuda_vars(c));
   else
     dropout_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)out, (const float *)in, ids, N, D, p, scale, key, mode);
+        (float *)out, (const float *)in, ids, N, D, p, scale, key, mode, cuda_vars(c));
   KERNEL_CHECK();
 }
 

@@ -21,7 +21,9 @@ __device__ __forceinline__ float prep_pixel(const uint8_t *plane, int y, int x, 
 
 template <typename T>
 __global__ void prep_kernel(T *out, int32_t *labels, const int32_t *ids, const uint8_t *images,
-                            const uint8_t *image_labels, int n, prep_params a) {
+                            const uint8_t *image_labels, int n, prep_params a,
+                            const graph_vars *gv) {
+  const uint32_t epoch = gv ? gv->epoch : a.epoch;
   const size_t pix = (size_t)a.size * a.size;
   const size_t count = (size_t)n * pix;
   for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < count;
@@ -30,7 +32,7 @@ __global__ void prep_kernel(T *out, int32_t *labels, const int32_t *ids, const u
     int oy = (int)((t % pix) / a.size), ox = (int)(t % a.size);
     int32_t id = ids[i];
     if (oy == 0 && ox == 0) labels[i] = image_labels[id];
-    int flip = a.augment && rng_uniform(a.seed, RNG_STREAM_FLIP, a.epoch, (uint32_t)id, 0) < a.flip_p;
+    int flip = a.augment && rng_uniform(a.seed, RNG_STREAM_FLIP, epoch, (uint32_t)id, 0) < a.flip_p;
     const uint8_t *img = images + (size_t)id * CIFAR_PIXELS;
     int y0 = oy, y1 = oy, x0 = ox, x1 = ox;
     float ly = 0.0f, lx = 0.0f;
@@ -57,14 +59,7 @@ __global__ void prep_kernel(T *out, int32_t *labels, const int32_t *ids, const u
   }
 }
 
-void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
-                     const uint8_t *image_labels, const int32_t *h_ids, int n,
-                     const prep_params *p) {
-  cuda_ctx *c = ctx_of(b);
-  if (p->size < 1 || p->size > PREP_MAX_SIZE) FATAL("batch image size %d is out of range", p->size);
-  for (int k = 0; k < 3; k++)
-    if (!(p->std[k] > 0.0f)) FATAL("normalisation std[%d] = %g must be positive", k, p->std[k]);
-  if (n <= 0) return;
+static void ids_upload(cuda_ctx *c, int32_t *ids, const int32_t *h_ids, int n) {
   // The caller may overwrite h_ids as soon as we return (the trainer refills it for the next
   // batch while the GPU may still be a whole step behind). From pageable memory (the trainer's
   // malloc'd ids) cudaMemcpyAsync returns only after staging the bytes, so that is safe; from
@@ -76,12 +71,30 @@ void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const u
   } else {
     (void)cudaGetLastError(); // unknown pointer: treat as pageable (older runtimes error here)
   }
+}
+
+void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
+                     const uint8_t *image_labels, const int32_t *h_ids, int n,
+                     const prep_params *p) {
+  cuda_ctx *c = ctx_of(b);
+  if (p->size < 1 || p->size > PREP_MAX_SIZE) FATAL("batch image size %d is out of range", p->size);
+  for (int k = 0; k < 3; k++)
+    if (!(p->std[k] > 0.0f)) FATAL("normalisation std[%d] = %g must be positive", k, p->std[k]);
+  if (n <= 0) return;
+  if (c->capturing) {
+    // Each replay copies its step's ids to `ids` before the graph runs (graph.cu).
+    if (c->cap_preps++) FATAL("a captured training step assembles one batch, not two");
+    c->cap_ids = ids;
+    c->cap_n = n;
+  } else {
+    ids_upload(c, ids, h_ids, n);
+  }
   size_t count = (size_t)n * p->size * p->size;
   if (c->precision == 2)
     prep_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)x, labels, ids, images, image_labels, n, *p);
+        (bf16 *)x, labels, ids, images, image_labels, n, *p, cuda_vars(c));
   else
     prep_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)x, labels, ids, images, image_labels, n, *p);
+        (float *)x, labels, ids, images, image_labels, n, *p, cuda_vars(c));
   KERNEL_CHECK();
 }

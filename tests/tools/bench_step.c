@@ -1,8 +1,9 @@
 // bench_step.c - images/s of one full training step (batch assembly, forward, loss, backward,
 // Adam) of a VGG on one backend, for `make bench` and the GPU check.
 //   bench_step [--model vgg16] [--width 1] [--size 32] [--batch 64] [--steps 10] [--warmup 2]
-//              [--device cpu|cuda] [--precision fp32|tf32|bf16] [--threads N]
-// Prints one line: model, size, batch, device, img/s, ms/step, GFLOP/s.
+//              [--device cpu|cuda] [--precision fp32|tf32|bf16] [--threads N] [--graphs 0|1]
+// Prints one line: model, size, batch, device, img/s, ms/step, GFLOP/s. On CUDA the steps are
+// CUDA graph replays unless --graphs 0 (the first two warm-up steps build and capture them).
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
@@ -17,7 +18,7 @@
 int main(int argc, char **argv) {
   const char *name = "vgg16", *device = "cpu", *precision = "fp32";
   float width = 1;
-  int size = 32, batch = 64, steps = 10, warmup = 2, threads = 0;
+  int size = 32, batch = 64, steps = 10, warmup = 2, threads = 0, graphs = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
     const char *k = argv[i], *v = argv[i + 1];
     if (!strcmp(k, "--model")) name = v;
@@ -29,6 +30,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--device")) device = v;
     else if (!strcmp(k, "--precision")) precision = v;
     else if (!strcmp(k, "--threads")) threads = atoi(v);
+    else if (!strcmp(k, "--graphs")) graphs = atoi(v);
     else DIE_USAGE("bench_step: unknown option %s", k);
   }
   if (argc % 2 == 0) DIE_USAGE("bench_step: options come in pairs");
@@ -39,6 +41,7 @@ int main(int argc, char **argv) {
   model_build(&m, name, width, size, 10, 0.5f);
   net nt;
   net_init(&nt, &m, b, batch, 1 << 30);
+  nt.graphs = graphs;
   float *params = xmalloc(m.n_params * sizeof(float));
   model_init_params(&m, params, INIT_TORCHVISION, 1);
   net_upload_params(&nt, params);
@@ -59,12 +62,10 @@ int main(int argc, char **argv) {
       t0 = now_s();
     }
     for (int i = 0; i < batch; i++) ids[i] = (s * batch + i) % n_img;
-    net_prep(&nt, d_img, d_lab, ids, batch, &pp);
-    net_forward(&nt, batch, 1, 1, (uint32_t)s);
-    net_loss(&nt, batch, 1.0f / batch);
-    net_backward(&nt, batch, 1, (uint32_t)s, NULL);
-    adam_params ap = {1e-4f, 0.9f, 0.999f, 1e-8f, 1e-4f, s + 1, 0};
-    net_adam(&nt, &ap);
+    train_step ts = {.d_images = d_img, .d_labels = d_lab, .h_ids = ids, .n = batch,
+                     .grad_scale = 1.0f / batch, .pp = &pp, .seed = 1, .step = (uint32_t)s,
+                     .adam = {1e-4f, 0.9f, 0.999f, 1e-8f, 1e-4f, s + 1, 0}, .full = 1};
+    net_train_step(&nt, &ts, NULL);
   }
   b->ops->sync(b);
   double dt = (now_s() - t0) / steps;
@@ -75,8 +76,9 @@ int main(int argc, char **argv) {
     snprintf(mem, sizeof(mem), "device memory %.0f MiB", backend_cuda_memory_used(b) / 1048576.0);
   else
     snprintf(mem, sizeof(mem), "peak RSS %.0f MiB", ru.ru_maxrss / 1024.0);
-  printf("vgg_dist %s width %g %dx%d batch %d %s %s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, %s\n",
-         name, width, size, size, batch, b->ops->name, precision, batch / dt, dt * 1e3,
+  const char *how = b->ops->capture_begin ? (graphs ? " graphs" : " eager") : "";
+  printf("vgg_dist %s width %g %dx%d batch %d %s %s%s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, %s\n",
+         name, width, size, size, batch, b->ops->name, precision, how, batch / dt, dt * 1e3,
          batch / dt * model_train_flops(&m) * 1e-9, mem);
   free(ids);
   b->ops->release(b, d_lab);

@@ -8,6 +8,11 @@
 // ReLU / max-pool decisions within rounding of a kink may differ between the backends and move
 // a gradient by O(1) at one unit; for fp32 the number of differing decisions is printed with
 // the errors, so a failure there can be told from a kink.
+// Each batch differs from step to step (steps_spec.vary), so that every variable input of a step
+// moves. Then the same steps again on the same CUDA backend through CUDA graphs (step 1 eager,
+// step 2 captured, steps 3 and 4 replays) against the eager CUDA run: same plans, deterministic
+// engines, so the bound is 1e-6 on losses and gradients and on the parameter updates (params
+// minus initial params, where a stale Adam step or learning rate would show at 1e-1).
 // Exit status 0 when every case is within its bound.   usage: parity_step [SIZE ...]
 #include <math.h>
 #include <stdlib.h>
@@ -40,12 +45,14 @@ int main(int argc, char **argv) {
   }
   const char *prec_name[3] = {"fp32", "tf32", "bf16"};
   const double bound[3] = {1e-3, 2e-2, 1e-1};
+  const double graph_bound = 1e-6;
   int failures = 0;
   for (int si = 0; si < n_sizes; si++) {
     int size = sizes[si], n = size >= 128 ? 8 : 16;
     steps_spec s = {.model = "vgg16", .width = 0.25f, .dropout = 0.5f, .lr = 1e-3f,
                     .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-6f,
-                    .size = size, .n = n, .steps = 3, .adamw = 0, .seed = 4321, .record_branches = 1};
+                    .size = size, .n = n, .steps = 4, .adamw = 0, .seed = 4321, .record_branches = 1,
+                    .vary = 1};
     model m;
     model_build(&m, s.model, s.width, size, 10, s.dropout);
     backend *cpu = backend_cpu_create(0);
@@ -69,11 +76,34 @@ int main(int argc, char **argv) {
       int ok = worst <= bound[p];
       failures += !ok;
       printf("parity vgg16 w0.25 %3dx%-3d batch %2d %s: input %.1e loss %.1e grad %.1e (%s) "
-             "params@3 %.1e (%s)", size, size, n, prec_name[p], x_err, loss_err, grad_err, wg,
-             param_err, wp);
+             "params@%d %.1e (%s)", size, size, n, prec_name[p], x_err, loss_err, grad_err, wg,
+             s.steps, param_err, wp);
       if (sp.record_branches) printf(" branch flips %d", branch_flips(&m, &got, &ref, s.steps, n));
       printf(" -> %s (bound %.0e)\n", ok ? "ok" : "FAIL", bound[p]);
       fflush(stdout);
+
+      steps_spec sg = s;
+      sg.record_branches = 0;
+      sg.graphs = 1;
+      steps_result gr;
+      steps_run(&gr, gpu, &m, &sg);
+      double g_loss = 0;
+      for (int t = 0; t < s.steps; t++)
+        g_loss = fmax(g_loss, fabs(gr.loss[t] - got.loss[t]) / fabs(got.loss[t]));
+      char gw[64] = "", gu[64] = "";
+      double g_grad = steps_model_err(&m, gr.grads, got.grads, gw, sizeof(gw));
+      for (size_t i = 0; i < m.n_params; i++) { // parameters -> updates, in place
+        gr.params[i] -= gr.init_params[i];
+        got.params[i] -= got.init_params[i];
+      }
+      double g_upd = steps_model_err(&m, gr.params, got.params, gu, sizeof(gu));
+      int g_ok = fmax(g_loss, fmax(g_grad, g_upd)) <= graph_bound;
+      failures += !g_ok;
+      printf("parity graphs vs eager %3dx%-3d %s: loss %.1e grad %.1e (%s) updates@%d %.1e (%s) "
+             "-> %s (bound %.0e)\n", size, size, prec_name[p], g_loss, g_grad, gw, s.steps, g_upd,
+             gu, g_ok ? "ok" : "FAIL", graph_bound);
+      fflush(stdout);
+      steps_free(&gr);
       steps_free(&got);
       gpu->ops->destroy(gpu);
     }
