@@ -4,8 +4,9 @@
 #   0. finds nvcc, cuDNN and NCCL (the CUDA toolkit, else Python's nvidia-* wheels) and Open
 #      MPI (installed, else the .deb files staged by scripts/stage_gpu_deps.sh in .device/);
 #   1. builds, runs the CUDA op tests (build/gpu/test_unit cuda_) and the whole-step parity of
-#      the CUDA backend against the CPU backend (tests/tools/parity_step.c: fp32, tf32, bf16);
-#   2. a 1-rank NCCL training run of a few steps through mpirun;
+#      the CUDA backend against the CPU backend, and of CUDA graph replays against eager steps
+#      (tests/tools/parity_step.c: fp32, tf32, bf16);
+#   2. two 1-rank NCCL training runs through mpirun, CUDA graphs on and off: identical losses;
 #   3. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, fp32/tf32/bf16:
 #      images/s, model FLOP utilisation, device memory;
 #   4. if time is left, a short real-data run (VGG16 at 32x32, real CIFAR-10 subset).
@@ -105,30 +106,48 @@ grep -E "^(ok|FAIL|skip)|rel error|passed" /tmp/gc_unit.log | tail -n 25 | tee -
 timeout 150 $B/parity_step 32 128 > /tmp/gc_parity.log 2>&1 || FAILS=$((FAILS + 1))
 grep -E "^parity|error" /tmp/gc_parity.log | tee -a "$SUM"
 
-# ---- 2. one-rank NCCL run -----------------------------------------------------------------------
+# ---- 2. one-rank NCCL runs: CUDA graphs on and off -------------------------------------------
+# 800 train images in batches of 64: step 1 eager, step 2 captured, 3-12 replayed, the short
+# 13th eager. Deterministic engines make the two runs' losses identical; a stale step variable
+# in the graph (ids, flips, dropout step, Adam step or lr) would not.
 data=data/sample
 [ -r .device/data/data_batch_1.bin ] && data=.device/data
-timeout 120 mpirun --allow-run-as-root -np 1 ./vgg_dist --device cuda --data "$data" --model vgg11 \
-  --width 0.5 --image-size 32 --batch 64 --epochs 1 --val-size 200 --train-limit 1000 --lr 1e-3 \
-  --log-every 5 --metrics /tmp/gc_nccl.jsonl > /tmp/gc_nccl.log 2>&1
+nccl_run() { # nccl_run GRAPHS LOG
+  timeout 120 mpirun --allow-run-as-root -np 1 ./vgg_dist --device cuda --data "$data" --model vgg11 \
+    --width 0.5 --image-size 32 --batch 64 --epochs 1 --val-size 200 --train-limit 1000 --lr 1e-3 \
+    --log-every 5 --cuda-graphs "$1" > "$2" 2>&1
+}
+losses() { sed -n 's/^\(epoch [0-9]*\/[0-9]*: train loss [0-9.]* acc [0-9.]* | val loss [0-9.]* acc [0-9.]*\).*/\1/p' "$1"; }
+nccl_run 1 /tmp/gc_nccl.log
 rc=$?
-[ $rc -eq 0 ] || FAILS=$((FAILS + 1))
-grep -E "^device|^epoch [0-9]+/[0-9]+:|^test|error" /tmp/gc_nccl.log | sed 's/^/nccl 1 rank: /' | tee -a "$SUM"
-say "nccl 1 rank: exit $rc"
+nccl_run 0 /tmp/gc_nccl_eager.log
+rc0=$?
+grep -E "^device|^epoch [0-9]+/[0-9]+:|^device memory|^test|error" /tmp/gc_nccl.log | sed 's/^/nccl 1 rank, graphs: /' | tee -a "$SUM"
+grep -E "^epoch [0-9]+/[0-9]+:|error" /tmp/gc_nccl_eager.log | sed 's/^/nccl 1 rank, eager: /' | tee -a "$SUM"
+if [ $rc -eq 0 ] && [ $rc0 -eq 0 ] && [ -n "$(losses /tmp/gc_nccl.log)" ] &&
+   [ "$(losses /tmp/gc_nccl.log)" = "$(losses /tmp/gc_nccl_eager.log)" ]; then
+  say "nccl 1 rank: exit 0 and 0, graph and eager losses identical"
+else
+  FAILS=$((FAILS + 1))
+  say "nccl 1 rank: FAIL (exit $rc with graphs, $rc0 eager; losses must be identical)"
+fi
 
 # ---- 3. throughput ---------------------------------------------------------------------------
 peak() { case "$1" in fp32) echo 67e12 ;; tf32) echo 495e12 ;; bf16) echo 989e12 ;; esac; } # H100 SXM dense
 for size in 128 32; do
   for batch in 64 256; do
     for prec in bf16 tf32 fp32; do
+      if [ "$(elapsed)" -gt 320 ]; then say "bench: out of time, the rest skipped"; break 3; fi
       line=$(timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 --size $size --batch $batch \
              --precision $prec --steps 20 --warmup 5 2>&1 | tail -n 1)
       gf=$(echo "$line" | sed -n 's/.* \([0-9.]*\) GFLOP\/s.*/\1/p')
-      mfu=$(python3 -c "print(f'{float(\"${gf:-0}\")*1e9/$(peak $prec)*100:.1f}')" 2> /dev/null)
+      mfu=$(awk -v g="${gf:-0}" -v p="$(peak "$prec")" 'BEGIN { printf "%.1f", g * 1e9 / p * 100 }')
       say "bench: $line | MFU ${mfu:-?}% of $(peak $prec) FLOP/s"
     done
   done
-  [ "$(elapsed)" -gt 300 ] && break
+  # What the graphs save where launches weigh most: the small images, eagerly.
+  [ "$size" = 32 ] && say "bench: $(timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 \
+    --size 32 --batch 64 --precision bf16 --steps 20 --warmup 5 --graphs 0 2>&1 | tail -n 1)"
 done
 
 # ---- 4. real data, if time is left ------------------------------------------------------------
@@ -138,5 +157,5 @@ if [ "$(elapsed)" -lt 270 ] && [ -r .device/data/data_batch_1.bin ]; then
     --precision bf16 --log-every 100 > /tmp/gc_real.log 2>&1
   grep -E "^epoch [0-9]+/[0-9]+:|^test" /tmp/gc_real.log | sed 's/^/real: /' | tail -n 4 | tee -a "$SUM"
 fi
-say "gpu_check: $FAILS of the 3 correctness parts failed (op tests, parity, NCCL run)"
+say "gpu_check: $FAILS of the 3 correctness parts failed (op tests, parity, NCCL runs)"
 finish "$FAILS"

@@ -425,7 +425,7 @@ int train_run(const config *cfg, comm *c) {
   epoch_ctx e = {.train_ids = train_ids, .n_train = n_train, .d_images = d_train_img,
                  .d_labels = d_train_lab, .val = &val_split, .pp = &pp,
                  .order = xmalloc(sizeof(int32_t) * n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
-  int preempted = 0;
+  int preempted = 0, memory_reported = 0;
   while (r->st.epoch < cfg->epochs) {
     epoch_end how = train_epoch(r, &e);
     if (how == EPOCH_INTERRUPTED) {
@@ -433,6 +433,12 @@ int train_run(const config *cfg, comm *c) {
       break;
     }
     int early = end_epoch(r, &e);
+    if (!memory_reported && b->ops->stream(b)) {
+      // Every buffer, plan workspace and graph exists once a training step and an evaluation
+      // have run: this is the run's peak (the CUDA context and libraries included).
+      LOG0("device memory: %.0f MiB in use on rank 0's GPU\n", backend_cuda_memory_used(b) / 1048576.0);
+      memory_reported = 1;
+    }
     if (how == EPOCH_DONE_STOP) {
       LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_signal ? "signal" : "--max-steps");
       preempted = 1;

@@ -54,8 +54,15 @@ const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count) {
 
 // ---- memory ops ----------------------------------------------------------------------------
 
+// Memory ops allocate or synchronise, which a stream capture forbids; the trainer calls them
+// only between steps, and this says so if that ever changes.
+static void not_capturing(const cuda_ctx *c, const char *what) {
+  if (c->capturing) FATAL("%s during a CUDA graph capture", what);
+}
+
 static void *cuda_alloc(backend *b, size_t bytes) {
   cuda_ctx *c = ctx_of(b);
+  not_capturing(c, "alloc");
   void *p = NULL;
   size_t n = bytes ? bytes : 256; // a distinct non-NULL pointer even for empty tensors
   cudaError_t e = cudaMalloc(&p, n);
@@ -71,11 +78,13 @@ static void *cuda_alloc(backend *b, size_t bytes) {
 }
 
 static void cuda_release(backend *b, void *p) {
+  not_capturing(ctx_of(b), "release");
   if (p) cudaCheck(cudaFree(p));
 }
 
 static void cuda_upload(backend *b, void *dst, const void *h_src, size_t bytes) {
   cuda_ctx *c = ctx_of(b);
+  not_capturing(c, "upload");
   if (!bytes) return;
   cudaCheck(cudaMemcpyAsync(dst, h_src, bytes, cudaMemcpyHostToDevice, c->stream));
   cudaCheck(cudaStreamSynchronize(c->stream)); // h_src may be reused as soon as we return
@@ -83,6 +92,7 @@ static void cuda_upload(backend *b, void *dst, const void *h_src, size_t bytes) 
 
 static void cuda_download(backend *b, void *h_dst, const void *src, size_t bytes) {
   cuda_ctx *c = ctx_of(b);
+  not_capturing(c, "download");
   if (!bytes) return;
   cudaCheck(cudaMemcpyAsync(h_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
   cudaCheck(cudaStreamSynchronize(c->stream));
@@ -94,7 +104,10 @@ void cuda_zero(cuda_ctx *c, void *p, size_t bytes) {
 
 static void cuda_zero_op(backend *b, void *p, size_t bytes) { cuda_zero(ctx_of(b), p, bytes); }
 
-static void cuda_sync(backend *b) { cudaCheck(cudaStreamSynchronize(ctx_of(b)->stream)); }
+static void cuda_sync(backend *b) {
+  not_capturing(ctx_of(b), "sync");
+  cudaCheck(cudaStreamSynchronize(ctx_of(b)->stream));
+}
 
 static void *cuda_stream(backend *b) { return (void *)ctx_of(b)->stream; }
 

@@ -263,6 +263,9 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
   plan_key key = plan_key_make(op, N, H, W, C, K, c->precision, align);
   conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
   if (p) return p;
+  if (c->capturing) // autotuning times plans: the eager step before a capture builds them all
+    FATAL("a %s convolution N=%d H=%d W=%d C=%d K=%d first met during a CUDA graph capture "
+          "(run with --cuda-graphs 0 and report this)", op_name(op), N, H, W, C, K);
 
   p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
   cudnnDataType_t dt = c->precision == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
