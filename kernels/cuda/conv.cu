@@ -349,8 +349,7 @@ void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const v
     return;
   }
   size_t rows = (size_t)N * H * W;
-  if (relu) cuda_relu_mask(c, dy, y, rows * K);
-  if (db) cuda_colsum(c, db, dy, rows, K);
+  cuda_relu_bias_grad(c, db, dy, relu ? y : NULL, rows, K);
   if (dw) {
     if (c->precision == 2) { // cuDNN writes the bf16 gradient; the flat buffer is fp32
       bf16 *dw16 = (bf16 *)cuda_scratch(c, wcount * sizeof(bf16));

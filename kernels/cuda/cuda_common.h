@@ -95,8 +95,10 @@ const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count);
 void cuda_bias_act(cuda_ctx *c, void *y, const float *bias, size_t rows, int K, int relu);
 // dy = y > 0 ? dy : 0, in place.
 void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count);
-// db[k] = sum over rows of dy (rows, K) (written, deterministic).
-void cuda_colsum(cuda_ctx *c, float *db, const void *dy, size_t rows, int K);
+// The gradient through a ReLU and a bias, dy (rows, K): unless y is NULL, dy = y > 0 ? dy : 0
+// in place (the layer's output y); unless db is NULL, db[k] = sum over rows of dy (written,
+// deterministic). Both in one pass over dy.
+void cuda_relu_bias_grad(cuda_ctx *c, float *db, void *dy, const void *y, size_t rows, int K);
 void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count);
 void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count);
 void cuda_zero(cuda_ctx *c, void *p, size_t bytes);

@@ -1,5 +1,6 @@
 // elementwise.cu - small kernels the layer ops share: bias + ReLU epilogue, ReLU backward
-// mask, the deterministic per-channel column sum (bias gradients), fp32 <-> bf16 conversion.
+// mask, the deterministic per-channel column sum (bias gradients, with the ReLU mask applied
+// in the same pass), fp32 <-> bf16 conversion.
 // Each is one template over the activation type (float or bf16) and a launcher that picks the
 // type from the context's precision.
 #include "cuda_common.h"
@@ -49,8 +50,10 @@ void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count) {
 // chunk, a shared-memory tree sums them into partial[chunk][k]. Pass 2 sums the chunks in order.
 #define COLSUM_TX 32
 #define COLSUM_TY 8
+// With y, the same pass applies the ReLU-backward mask to dy first (as relu_mask_kernel), so
+// the masked gradient is written and summed in one read of dy.
 template <typename T>
-__global__ void colsum_partial_kernel(float *partial, const T *x, size_t rows, int K,
+__global__ void colsum_partial_kernel(float *partial, T *dy, const T *y, size_t rows, int K,
                                       size_t rows_per_chunk) {
   __shared__ float s[COLSUM_TY][COLSUM_TX];
   int k = blockIdx.x * COLSUM_TX + threadIdx.x;
@@ -58,7 +61,15 @@ __global__ void colsum_partial_kernel(float *partial, const T *x, size_t rows, i
   size_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
   float acc = 0.0f;
   if (k < K)
-    for (size_t r = r0 + threadIdx.y; r < r1; r += COLSUM_TY) acc += act_load(x, r * (size_t)K + k);
+    for (size_t r = r0 + threadIdx.y; r < r1; r += COLSUM_TY) {
+      size_t i = r * (size_t)K + k;
+      float g = act_load(dy, i);
+      if (y && act_load(y, i) <= 0.0f) {
+        g = 0.0f;
+        act_store(dy, i, 0.0f);
+      }
+      acc += g;
+    }
   s[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
   for (int h = COLSUM_TY / 2; h > 0; h /= 2) {
@@ -76,8 +87,12 @@ __global__ void colsum_final_kernel(float *out, const float *partial, int chunks
   out[k] = acc;
 }
 
-void cuda_colsum(cuda_ctx *c, float *db, const void *dy, size_t rows, int K) {
+void cuda_relu_bias_grad(cuda_ctx *c, float *db, void *dy, const void *y, size_t rows, int K) {
   if (K <= 0) return;
+  if (!db) {
+    if (y) cuda_relu_mask(c, dy, y, rows * (size_t)K);
+    return;
+  }
   if (rows == 0) {
     cuda_zero(c, db, (size_t)K * sizeof(float));
     return;
@@ -94,9 +109,11 @@ void cuda_colsum(cuda_ctx *c, float *db, const void *dy, size_t rows, int K) {
   float *partial = (float *)cuda_scratch(c, chunks * (size_t)K * sizeof(float));
   dim3 grid(tiles, (unsigned)chunks), block(COLSUM_TX, COLSUM_TY);
   if (c->precision == 2)
-    colsum_partial_kernel<bf16><<<grid, block, 0, c->stream>>>(partial, (const bf16 *)dy, rows, K, per);
+    colsum_partial_kernel<bf16><<<grid, block, 0, c->stream>>>(partial, (bf16 *)dy, (const bf16 *)y,
+                                                                rows, K, per);
   else
-    colsum_partial_kernel<float><<<grid, block, 0, c->stream>>>(partial, (const float *)dy, rows, K, per);
+    colsum_partial_kernel<float><<<grid, block, 0, c->stream>>>(partial, (float *)dy, (const float *)y,
+                                                                 rows, K, per);
   KERNEL_CHECK();
   colsum_final_kernel<<<(unsigned)((K + 255) / 256), 256, 0, c->stream>>>(db, partial, (int)chunks, K);
   KERNEL_CHECK();

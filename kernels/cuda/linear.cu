@@ -127,8 +127,7 @@ void cuda_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const
     if (db) cuda_zero(c, db, (size_t)out * sizeof(float));
     return;
   }
-  if (relu) cuda_relu_mask(c, dy, y, (size_t)N * out);
-  if (db) cuda_colsum(c, db, dy, (size_t)N, out);
+  cuda_relu_bias_grad(c, db, dy, relu ? y : NULL, (size_t)N, out);
   cudaDataType_t t = act_type(c);
   if (dw) {
     gemm_plan g = plan_linear_gemm(LINEAR_DW, N, in, out);
