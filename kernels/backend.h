@@ -157,6 +157,8 @@ int backend_cuda_device_count(void);
 // the CUDA context), for the benchmark's peak-memory figure; all buffers are allocated by the
 // first step, so after it this is the peak.
 size_t backend_cuda_memory_used(backend *b);
+// Device memory free on b's GPU now (for the start-up check that the buffers will fit).
+size_t backend_cuda_memory_free(backend *b);
 
 #ifdef __cplusplus
 }

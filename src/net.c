@@ -5,29 +5,48 @@
 
 #include "check.h"
 
+// Every buffer of a net, in one place: allocated on b, or with b == NULL only counted.
+static size_t net_buffers(net *n, const model *m, backend *b, size_t act_bytes, int max_n) {
+  size_t total = 0;
+#define TAKE(ptr, bytes)                                       \
+  do {                                                         \
+    size_t take_ = (bytes);                                    \
+    total += take_;                                            \
+    if (b) (ptr) = b->ops->alloc(b, take_);                    \
+  } while (0)
+  size_t pbytes = m->n_params * sizeof(float);
+  TAKE(n->params, pbytes);
+  TAKE(n->grads, pbytes);
+  TAKE(n->adam_m, pbytes);
+  TAKE(n->adam_v, pbytes);
+  size_t S = m->image_size;
+  TAKE(n->act[0], (size_t)max_n * S * S * 3 * act_bytes);
+  for (int i = 0; i < m->n_layers; i++) {
+    const layer *l = &m->layers[i];
+    size_t out = (size_t)max_n * l->oH * l->oW * l->K;
+    TAKE(n->act[i + 1], out * act_bytes);
+    if (l->kind == LAYER_POOL) TAKE(n->argmax[i], out * sizeof(int32_t));
+  }
+  for (int k = 0; k < 2; k++) TAKE(n->dbuf[k], (size_t)max_n * m->max_act * act_bytes);
+  TAKE(n->labels, (size_t)max_n * sizeof(int32_t));
+  TAKE(n->ids, (size_t)max_n * sizeof(int32_t));
+  TAKE(n->stats, 2 * sizeof(double));
+#undef TAKE
+  return total;
+}
+
+size_t net_memory_bytes(const model *m, int max_n, size_t act_bytes) {
+  net scratch;
+  memset(&scratch, 0, sizeof(scratch));
+  return net_buffers(&scratch, m, NULL, act_bytes, max_n);
+}
+
 void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count) {
   memset(n, 0, sizeof(*n));
   n->m = m;
   n->b = b;
   n->max_n = max_n;
-  const backend_ops *o = b->ops;
-  size_t pbytes = m->n_params * sizeof(float);
-  n->params = o->alloc(b, pbytes);
-  n->grads = o->alloc(b, pbytes);
-  n->adam_m = o->alloc(b, pbytes);
-  n->adam_v = o->alloc(b, pbytes);
-  size_t S = m->image_size;
-  n->act[0] = o->alloc(b, (size_t)max_n * S * S * 3 * b->act_bytes);
-  for (int i = 0; i < m->n_layers; i++) {
-    const layer *l = &m->layers[i];
-    size_t out = (size_t)max_n * l->oH * l->oW * l->K;
-    n->act[i + 1] = o->alloc(b, out * b->act_bytes);
-    if (l->kind == LAYER_POOL) n->argmax[i] = o->alloc(b, out * sizeof(int32_t));
-  }
-  for (int k = 0; k < 2; k++) n->dbuf[k] = o->alloc(b, (size_t)max_n * m->max_act * b->act_bytes);
-  n->labels = o->alloc(b, (size_t)max_n * sizeof(int32_t));
-  n->ids = o->alloc(b, (size_t)max_n * sizeof(int32_t));
-  n->stats = o->alloc(b, 2 * sizeof(double));
+  n->bytes = net_buffers(n, m, b, b->act_bytes, max_n);
   model_plan_buckets(&n->buckets, m, bucket_count);
 }
 

@@ -18,6 +18,7 @@ typedef struct net {
   const model *m;
   backend *b;
   int max_n;
+  size_t bytes;                            // backend memory of all the buffers below
   float *params, *grads, *adam_m, *adam_v; // n_params each, backend memory
   void *act[MODEL_MAX_LAYERS + 1];         // act[0]: input; act[i + 1]: output of layer i
   const void *in[MODEL_MAX_LAYERS];        // what layer i read and wrote in the last forward
@@ -49,6 +50,9 @@ typedef struct train_step {
 } train_step;
 
 void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count);
+// The backend memory net_init allocates (parameters, gradients, Adam state, activations for
+// max_n images of act_bytes per element), without allocating it.
+size_t net_memory_bytes(const model *m, int max_n, size_t act_bytes);
 void net_free(net *n); // accepts NULL fields
 
 void net_upload_params(net *n, const float *h_params);

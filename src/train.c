@@ -195,6 +195,26 @@ static void normalisation(run *r, const cifar10 *train, const int32_t *train_ids
        r->st.mean[0], r->st.mean[1], r->st.mean[2], r->st.std[0], r->st.std[1], r->st.std[2]);
 }
 
+// What the net's buffers will take, said before allocating them; on a GPU where they do not
+// fit, a clear error (with the figure and what to change) instead of a failed allocation.
+// Library workspaces (cuDNN plans, cuBLAS, NCCL) come on top and are sized during the first step.
+static void memory_check(run *r, int max_n, int local_batch) {
+  backend *b = r->b;
+  double gib = 1024.0 * 1024.0 * 1024.0;
+  size_t need = net_memory_bytes(&r->m, max_n, b->act_bytes);
+  size_t state = 4 * r->m.n_params * sizeof(float);
+  LOG0("memory per rank: %.2f GiB (parameters, gradients and Adam state %.2f GiB; activations "
+       "for %d images %.2f GiB), plus library workspaces\n", need / gib, state / gib, max_n,
+       (need - state) / gib);
+  if (!b->ops->stream(b)) return;
+  size_t avail = backend_cuda_memory_free(b);
+  if (need > avail)
+    DIE_USAGE("rank %d: the model's buffers need %.2f GiB but only %.2f GiB of GPU memory are free: "
+              "use a smaller per-GPU batch (--batch %d over %d ranks is %d per GPU; --eval-batch %d) "
+              "or more ranks", r->rank, need / gib, avail / gib, r->cfg->batch, r->world,
+              local_batch, r->cfg->eval_batch);
+}
+
 typedef struct epoch_ctx {
   const int32_t *train_ids;
   int n_train;
@@ -404,6 +424,7 @@ int train_run(const config *cfg, comm *c) {
 
   int local_batch = cfg->batch / r->world;
   int max_n = local_batch > cfg->eval_batch ? local_batch : cfg->eval_batch;
+  memory_check(r, max_n, local_batch);
   net_init(&r->net, &r->m, b, max_n, (size_t)(cfg->bucket_mb * 1e6 / sizeof(float)) + 1);
   r->net.graphs = cfg->cuda_graphs;
   r->gs = grad_sync_create(c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI, r->net.grads,

@@ -6,6 +6,7 @@
 // skipped and counted. conv is also compared with a direct 7-loop convolution in double, and
 // run with tiny im2col sub-chunks and on 1-3 threads so range and chunk boundaries are hit.
 // Adam/AdamW, xent, dropout masks and max-pool ties are checked against hand-computed values.
+#include <malloc.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,8 @@
 #include "backend.h"
 #include "check.h"
 #include "cpu/cpu_backend.h"
+#include "model.h"
+#include "net.h"
 #include "rng.h"
 #include "test.h"
 
@@ -664,5 +667,32 @@ TEST(cpu_memory_ops) {
   EXPECT(back[9] == h[9] && back[10] == 0 && back[109] == 0 && back[110] == h[110]);
   b->ops->release(b, p);
   b->ops->release(b, NULL);
+  b->ops->destroy(b);
+}
+
+// The start-up memory figure (net_memory_bytes, said before allocating, and checked against the
+// free GPU memory) is what net_init really allocates: measured here through the C heap, which
+// is where the CPU backend's buffers come from.
+TEST(net_memory_estimate_is_what_net_init_allocates) {
+  model m;
+  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f);
+  backend *b = backend_cpu_create(1);
+  const int n_images = 24;
+  size_t est = net_memory_bytes(&m, n_images, sizeof(float));
+  struct mallinfo2 before = mallinfo2();
+  net nt;
+  net_init(&nt, &m, b, n_images, (size_t)1 << 20);
+  struct mallinfo2 after = mallinfo2();
+  size_t got = (after.uordblks + after.hblkhd) - (before.uordblks + before.hblkhd);
+  EXPECT_EQ_INT(nt.bytes, est);
+  EXPECT(est > ((size_t)16 << 20)); // large beside the slack below
+  // Slack: 64-byte padding and a heap header or page rounding per buffer, the bucket plan.
+  EXPECT(got >= est && got - est < ((size_t)256 << 10));
+  printf("    net_init allocated %zu bytes, estimate %zu\n", got, est);
+  // bf16 activations shrink the activation part only (not the fp32 state, not the argmaxes).
+  size_t state = 4 * m.n_params * sizeof(float);
+  size_t est16 = net_memory_bytes(&m, n_images, 2);
+  EXPECT(est16 > state && est16 < est);
+  net_free(&nt);
   b->ops->destroy(b);
 }

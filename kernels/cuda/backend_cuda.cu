@@ -239,10 +239,19 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   return b;
 }
 
+static void memory_info(backend *b, size_t *free_bytes, size_t *total) {
+  cudaCheck(cudaSetDevice(ctx_of(b)->device));
+  cudaCheck(cudaMemGetInfo(free_bytes, total));
+}
+
 extern "C" size_t backend_cuda_memory_used(backend *b) {
-  cuda_ctx *c = ctx_of(b);
-  cudaCheck(cudaSetDevice(c->device));
   size_t free_bytes = 0, total = 0;
-  cudaCheck(cudaMemGetInfo(&free_bytes, &total));
+  memory_info(b, &free_bytes, &total);
   return total - free_bytes;
+}
+
+extern "C" size_t backend_cuda_memory_free(backend *b) {
+  size_t free_bytes = 0, total = 0;
+  memory_info(b, &free_bytes, &total);
+  return free_bytes;
 }

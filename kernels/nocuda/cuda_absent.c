@@ -12,3 +12,7 @@ backend *backend_cuda_create(int device, int precision) {
 size_t backend_cuda_memory_used(backend *b) {
   FATAL("backend_cuda_memory_used without CUDA");
 }
+
+size_t backend_cuda_memory_free(backend *b) {
+  FATAL("backend_cuda_memory_free without CUDA");
+}
