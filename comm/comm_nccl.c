@@ -5,16 +5,23 @@
 //
 // The communicator is non-blocking (ncclConfig_t.blocking = 0) so that init and collectives can
 // be abandoned: every NCCL call is followed by a poll of ncclCommGetAsyncError until it settles,
-// bounded by timeout_s. A watchdog thread watches the last wait()'s event: a reduction still
-// unfinished timeout_s after wait() was called, or an asynchronous NCCL error (a peer died, a
-// network failure), aborts the communicator and ends the job with the rank and the reason,
-// instead of leaving every rank hanging in a device synchronisation. Every NCCL call after
-// init is made under the watchdog's lock, so the two threads never use the communicator at once.
+// bounded by timeout_s. A watchdog thread ends the job with the rank and the reason, instead of
+// leaving every rank hanging in a device synchronisation, when
+//   - the communicator reports an asynchronous error (a peer died, a network failure);
+//   - a step's reductions are unfinished timeout_s after its wait(): each wait() records an
+//     event in a ring of WATCH_RING, and the oldest pending one is the clock (the host runs at
+//     most WATCH_RING steps ahead: wait() blocks on the oldest when the ring is full);
+//   - the main thread has been inside one NCCL call for timeout_s (blocked on a full queue).
+// Every NCCL call after init is made under the watchdog's lock, so the two threads never use
+// the communicator at once; the watchdog only tries the lock, so a blocked call cannot stop it.
+// Once a CUDA graph has captured a reduction, failures skip ncclCommAbort: NCCL's teardown waits
+// for such graphs to be destroyed, so the abort could hang where it should end the job.
 //
 // Optional bf16 wire format (bf16_wire): a range is converted into a bf16 scratch buffer,
 // reduced as ncclBfloat16 and converted back, halving the bytes moved.
 #include <pthread.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -34,6 +41,8 @@
             ncclGetLastError(NULL));                                                       \
   } while (0)
 
+#define WATCH_RING 4 // steps the host may run ahead of the watched reductions
+
 typedef struct nccl_sync {
   grad_sync base;
   ncclComm_t comm;
@@ -43,18 +52,36 @@ typedef struct nccl_sync {
   cudaEvent_t ready, done;
   uint16_t *wire; // bf16 copy of the gradient buffer (bf16_wire only)
   int started;    // reductions started since the last wait()
+  atomic_int captured;     // a CUDA graph holds reductions of this communicator
+  atomic_long call_since;  // ms clock at which the main thread entered an NCCL call; 0: none
   // Watchdog state, shared with the thread under `lock`.
   pthread_t thread;
   pthread_mutex_t lock;
-  int armed, quit;
-  double armed_at;
-  cudaEvent_t watch; // recorded on our stream at wait()
+  int quit;
+  cudaEvent_t watch[WATCH_RING]; // recorded on the compute stream at wait(), oldest at tail
+  double watch_at[WATCH_RING];
+  int watch_tail, watch_count;
 } nccl_sync;
 
-static VGG_NORETURN void nccl_fail(nccl_sync *s, const char *what, const char *reason) {
-  // Abort first: frees the GPU from a collective that will never complete.
-  ncclCommAbort(s->comm);
+// may_abort: 0 where the main thread may be inside an NCCL call on the communicator.
+static VGG_NORETURN void nccl_fail(nccl_sync *s, int may_abort, const char *what, const char *reason) {
+  // Abort first: frees the GPU from a collective that will never complete (not with a graph
+  // holding reductions: see the top of the file; the job's end frees the GPU as well).
+  if (may_abort && !atomic_load(&s->captured)) ncclCommAbort(s->comm);
   FATAL("rank %d: NCCL %s failed: %s", s->base.c ? s->base.c->rank : check_rank(), what, reason);
+}
+
+static long clock_ms(void) { return (long)(now_s() * 1e3) + 1; } // never 0 (0: no call)
+
+// Pops the watched steps that have finished; under the lock.
+static void watch_pop_done(nccl_sync *s) {
+  while (s->watch_count) {
+    cudaError_t q = cudaEventQuery(s->watch[s->watch_tail]);
+    if (q == cudaErrorNotReady) return;
+    if (q != cudaSuccess) nccl_fail(s, 1, "all-reduce", cudaGetErrorString(q));
+    s->watch_tail = (s->watch_tail + 1) % WATCH_RING;
+    s->watch_count--;
+  }
 }
 
 // Poll the communicator until the last (non-blocking) call settles; abort past the deadline.
@@ -63,17 +90,17 @@ static void nccl_settle(nccl_sync *s, const char *what, double timeout_s) {
   for (;;) {
     ncclResult_t st = ncclSuccess;
     ncclResult_t r = ncclCommGetAsyncError(s->comm, &st);
-    if (r != ncclSuccess) nccl_fail(s, what, ncclGetErrorString(r));
+    if (r != ncclSuccess) nccl_fail(s, 1, what, ncclGetErrorString(r));
     if (st == ncclSuccess) return;
     if (st != ncclInProgress) {
       char msg[512];
       snprintf(msg, sizeof(msg), "%s (%s)", ncclGetErrorString(st), ncclGetLastError(s->comm));
-      nccl_fail(s, what, msg);
+      nccl_fail(s, 1, what, msg);
     }
     if (timeout_s > 0 && now_s() - t0 > timeout_s) {
       char msg[128];
       snprintf(msg, sizeof(msg), "still in progress after %.0f s", timeout_s);
-      nccl_fail(s, what, msg);
+      nccl_fail(s, 1, what, msg);
     }
     sched_yield();
   }
@@ -85,7 +112,15 @@ static void *watchdog_main(void *arg) {
   for (;;) {
     struct timespec nap = {0, 50 * 1000 * 1000};
     nanosleep(&nap, NULL);
-    pthread_mutex_lock(&s->lock);
+    if (pthread_mutex_trylock(&s->lock) != 0) {
+      // The main thread holds the lock: inside an NCCL call, or briefly between its calls.
+      long since = atomic_load(&s->call_since);
+      if (s->timeout_s > 0 && since && (clock_ms() - since) * 1e-3 > s->timeout_s) {
+        nccl_fail(s, 0, "all-reduce", "an NCCL call has not returned for the --comm-timeout "
+                  "(a peer rank died or hangs?)");
+      }
+      continue;
+    }
     if (s->quit) {
       pthread_mutex_unlock(&s->lock);
       return NULL;
@@ -96,20 +131,14 @@ static void *watchdog_main(void *arg) {
       char msg[512];
       snprintf(msg, sizeof(msg), "asynchronous error: %s (%s)",
                ncclGetErrorString(r != ncclSuccess ? r : st), ncclGetLastError(s->comm));
-      nccl_fail(s, "all-reduce", msg);
+      nccl_fail(s, 1, "all-reduce", msg);
     }
-    if (s->armed) {
-      cudaError_t q = cudaEventQuery(s->watch);
-      if (q == cudaSuccess) {
-        s->armed = 0;
-      } else if (q != cudaErrorNotReady) {
-        nccl_fail(s, "all-reduce", cudaGetErrorString(q));
-      } else if (s->timeout_s > 0 && now_s() - s->armed_at > s->timeout_s) {
-        char msg[160];
-        snprintf(msg, sizeof(msg), "gradient all-reduce unfinished %.0f s after the step waited "
-                 "for it (a peer rank died or hangs?)", s->timeout_s);
-        nccl_fail(s, "all-reduce", msg);
-      }
+    watch_pop_done(s);
+    if (s->watch_count && s->timeout_s > 0 && now_s() - s->watch_at[s->watch_tail] > s->timeout_s) {
+      char msg[160];
+      snprintf(msg, sizeof(msg), "gradient all-reduce unfinished %.0f s after the step waited "
+               "for it (a peer rank died or hangs?)", s->timeout_s);
+      nccl_fail(s, 1, "all-reduce", msg);
     }
     pthread_mutex_unlock(&s->lock);
   }
@@ -136,9 +165,14 @@ static void nccl_start(grad_sync *g, size_t offset, size_t count) {
   // Under the watchdog's lock: NCCL gives no thread-safety guarantee for ncclCommGetAsyncError
   // (the watchdog's poll) concurrent with a call on the same communicator, and non-blocking
   // mode polls it inside every call (PyTorch hit hangs this way: pytorch#154055, #169484).
+  enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+  cudaCheck(cudaStreamIsCapturing(s->compute, &cs));
+  if (cs != cudaStreamCaptureStatusNone) atomic_store(&s->captured, 1);
   pthread_mutex_lock(&s->lock);
+  atomic_store(&s->call_since, clock_ms());
   ncclCheck(ncclAllReduce(buf, buf, count, type, ncclSum, s->comm, s->stream));
   nccl_settle(s, "all-reduce (enqueue)", s->timeout_s);
+  atomic_store(&s->call_since, 0);
   pthread_mutex_unlock(&s->lock);
   if (s->wire) cuda_wire_unpack(range, buf, count, s->stream);
   s->started++;
@@ -153,16 +187,27 @@ static void nccl_wait(grad_sync *g) {
     cudaCheck(cudaStreamWaitEvent(s->compute, s->done, 0));
     s->started = 0;
   }
-  // Arm the watchdog on the compute stream, behind the reductions it now waits for, or, with
+  // Watch this step on the compute stream, behind the reductions it now waits for, or, with
   // nothing started here, behind a replayed CUDA graph that holds them. Not while a graph is
   // being captured: nothing runs then.
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   cudaCheck(cudaStreamIsCapturing(s->compute, &cs));
   if (cs != cudaStreamCaptureStatusNone) return;
   pthread_mutex_lock(&s->lock);
-  cudaError_t e = cudaEventRecord(s->watch, s->compute);
-  s->armed = e == cudaSuccess;
-  s->armed_at = now_s();
+  watch_pop_done(s);
+  if (s->watch_count == WATCH_RING) {
+    // WATCH_RING steps ahead of the GPU: wait for the oldest (only this thread records the
+    // ring's events, so it stays put while the watchdog keeps timing it).
+    cudaEvent_t oldest = s->watch[s->watch_tail];
+    pthread_mutex_unlock(&s->lock);
+    cudaCheck(cudaEventSynchronize(oldest));
+    pthread_mutex_lock(&s->lock);
+    watch_pop_done(s);
+  }
+  int i = (s->watch_tail + s->watch_count) % WATCH_RING;
+  cudaError_t e = cudaEventRecord(s->watch[i], s->compute);
+  s->watch_at[i] = now_s();
+  s->watch_count += e == cudaSuccess;
   pthread_mutex_unlock(&s->lock);
   cudaCheck(e);
 }
@@ -180,7 +225,7 @@ static void nccl_destroy(grad_sync *g) {
   nccl_settle(s, "finalize", s->timeout_s);
   ncclCheck(ncclCommDestroy(s->comm));
   if (s->wire) g->b->ops->release(g->b, s->wire);
-  cudaCheck(cudaEventDestroy(s->watch));
+  for (int i = WATCH_RING - 1; i >= 0; i--) cudaCheck(cudaEventDestroy(s->watch[i]));
   cudaCheck(cudaEventDestroy(s->done));
   cudaCheck(cudaEventDestroy(s->ready));
   cudaCheck(cudaStreamDestroy(s->stream));
@@ -235,7 +280,8 @@ grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count
   cudaCheck(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
   cudaCheck(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming));
   cudaCheck(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
-  cudaCheck(cudaEventCreateWithFlags(&s->watch, cudaEventDisableTiming));
+  for (int i = 0; i < WATCH_RING; i++)
+    cudaCheck(cudaEventCreateWithFlags(&s->watch[i], cudaEventDisableTiming));
   if (bf16_wire && count) s->wire = b->ops->alloc(b, count * sizeof(uint16_t));
   if (pthread_mutex_init(&s->lock, NULL) != 0) FATAL("pthread_mutex_init failed");
   if (pthread_create(&s->thread, NULL, watchdog_main, s) != 0)

@@ -53,6 +53,12 @@ void *xcalloc_at(size_t count, size_t size, const char *file, int line) {
   return p;
 }
 
+void *xrealloc_at(void *p, size_t bytes, const char *file, int line) {
+  void *q = realloc(p, bytes ? bytes : 1);
+  if (!q) check_fail(1, file, line, "out of memory reallocating %zu bytes", bytes);
+  return q;
+}
+
 FILE *xfopen_at(const char *path, const char *mode, const char *file, int line) {
   FILE *f = fopen(path, mode);
   if (!f) check_fail(1, file, line, "cannot open %s: %s", path, strerror(errno));

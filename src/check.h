@@ -71,6 +71,7 @@ extern "C" {
 // Checked allocation and stdio helpers: abort with file:line on failure.
 void *xmalloc_at(size_t bytes, const char *file, int line);
 void *xcalloc_at(size_t count, size_t size, const char *file, int line);
+void *xrealloc_at(void *p, size_t bytes, const char *file, int line);
 FILE *xfopen_at(const char *path, const char *mode, const char *file, int line);
 void xfread_at(void *dst, size_t bytes, FILE *f, const char *path, const char *file, int line);
 void xfwrite_at(const void *src, size_t bytes, FILE *f, const char *path, const char *file,
@@ -81,6 +82,7 @@ void xfclose_at(FILE *f, const char *path, const char *file, int line);
 #endif
 #define xmalloc(bytes) xmalloc_at((bytes), __FILE__, __LINE__)
 #define xcalloc(n, size) xcalloc_at((n), (size), __FILE__, __LINE__)
+#define xrealloc(p, bytes) xrealloc_at((p), (bytes), __FILE__, __LINE__)
 #define xfopen(path, mode) xfopen_at((path), (mode), __FILE__, __LINE__)
 #define xfread(dst, bytes, f, path) xfread_at((dst), (bytes), (f), (path), __FILE__, __LINE__)
 #define xfwrite(src, bytes, f, path) xfwrite_at((src), (bytes), (f), (path), __FILE__, __LINE__)

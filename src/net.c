@@ -53,7 +53,7 @@ void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count
 void net_free(net *n) {
   if (!n || !n->b) return;
   backend *b = n->b;
-  if (n->graph) b->ops->graph_free(b, n->graph);
+  net_release_graph(n);
   void (*rel)(backend *, void *) = b->ops->release;
   rel(b, n->stats);
   rel(b, n->ids);
@@ -164,6 +164,12 @@ void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs
 
 void net_adam(net *n, const adam_params *ap) {
   n->b->ops->adam(n->b, n->params, n->grads, n->adam_m, n->adam_v, n->m->n_params, ap);
+}
+
+void net_release_graph(net *n) {
+  if (!n->graph) return;
+  n->b->ops->graph_free(n->b, n->graph);
+  n->graph = NULL;
 }
 
 static void step_eager(net *n, const train_step *s, grad_sync *gs) {

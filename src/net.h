@@ -74,6 +74,10 @@ void net_adam(net *n, const adam_params *ap);
 // replay. Other steps (a short last batch) run eagerly. `full` must be the same on every rank,
 // since whether a collective is captured must be.
 void net_train_step(net *n, const train_step *s, grad_sync *gs);
+// Frees the captured step, if any (net_free does too). A graph holding NCCL work keeps its
+// communicator from being destroyed (NCCL waits for such graphs to go), so this comes before
+// grad_sync_free.
+void net_release_graph(net *n);
 
 void net_reset_stats(net *n);
 void net_read_stats(net *n, double *loss_sum, double *correct);

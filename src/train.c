@@ -482,6 +482,7 @@ int train_run(const config *cfg, comm *c) {
   }
 
   metrics_close();
+  net_release_graph(&r->net); // before the communicator its NCCL work belongs to
   grad_sync_free(r->gs);
   net_free(&r->net);
   b->ops->release(b, d_test_lab);

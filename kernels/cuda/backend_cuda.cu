@@ -16,7 +16,9 @@
 // ---- workspaces ----------------------------------------------------------------------------
 
 // Plans are built in the first step (start-up), so growth is rare; freeing needs the stream
-// idle because queued work may still read the old buffer.
+// idle because queued work may still read the old buffer. A captured graph holds the buffer's
+// address for good, so while one exists an outgrown buffer is retired, not freed: evaluation's
+// larger batch or the short last batch may grow it after the capture.
 static void *grow(cuda_ctx *c, void **buf, size_t *have, size_t need, const char *what) {
   size_t want = plan_workspace_grow(*have, need);
   if (want == *have) return *buf;
@@ -24,7 +26,12 @@ static void *grow(cuda_ctx *c, void **buf, size_t *have, size_t need, const char
     FATAL("the %s must grow to %zu bytes during a CUDA graph capture (run with --cuda-graphs 0 "
           "and report this)", what, want);
   cudaCheck(cudaStreamSynchronize(c->stream));
-  if (*buf) cudaCheck(cudaFree(*buf));
+  if (*buf && c->graphs_live > 0) {
+    c->retired = (void **)xrealloc(c->retired, (size_t)(c->n_retired + 1) * sizeof(void *));
+    c->retired[c->n_retired++] = *buf;
+  } else if (*buf) {
+    cudaCheck(cudaFree(*buf));
+  }
   *buf = NULL;
   *have = 0;
   cudaError_t e = cudaMalloc(buf, want);
@@ -33,6 +40,15 @@ static void *grow(cuda_ctx *c, void **buf, size_t *have, size_t need, const char
           "--batch per GPU", what, want, c->device, cudaGetErrorString(e));
   *have = want;
   return *buf;
+}
+
+void cuda_free_retired(cuda_ctx *c) {
+  if (!c->n_retired) return;
+  cudaCheck(cudaStreamSynchronize(c->stream));
+  for (int i = c->n_retired - 1; i >= 0; i--) cudaCheck(cudaFree(c->retired[i]));
+  free(c->retired);
+  c->retired = NULL;
+  c->n_retired = 0;
 }
 
 void *cuda_workspace(cuda_ctx *c, size_t bytes) {
@@ -162,6 +178,7 @@ static void cuda_destroy(backend *b) {
   plan_cache_free(&c->convs, cuda_conv_plan_free, c);
   plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
+  cuda_free_retired(c);
   cudaCheck(cudaFree(c->d_vars));
   if (c->scratch) cudaCheck(cudaFree(c->scratch));
   if (c->ws) cudaCheck(cudaFree(c->ws));

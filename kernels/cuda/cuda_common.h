@@ -76,6 +76,9 @@ typedef struct cuda_ctx {
   graph_vars *d_vars;
   int32_t *cap_ids;
   int cap_n, cap_preps;
+  int graphs_live;  // captured graphs not yet freed: they hold the workspaces' addresses
+  void **retired;   // workspaces outgrown while graphs were live, freed with the last graph
+  int n_retired;
 } cuda_ctx;
 
 static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
@@ -87,6 +90,8 @@ static inline const graph_vars *cuda_vars(const cuda_ctx *c) { return c->capturi
 // Ensure the workspaces hold `bytes` (synchronises and reallocates when they grow).
 void *cuda_workspace(cuda_ctx *c, size_t bytes);
 void *cuda_scratch(cuda_ctx *c, size_t bytes);
+// Frees the retired workspaces (when no graph can use them any more).
+void cuda_free_retired(cuda_ctx *c);
 // The bf16 shadow of a parameter tensor inside the flat buffer (bf16 precision only).
 const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count);
 

@@ -10,6 +10,9 @@
 // read it have run (an event per slot), so the host may run a step ahead without waiting.
 //
 // Capture mode is thread-local: the NCCL watchdog thread keeps polling events meanwhile.
+// A graph holds the addresses of every buffer it was captured with: the workspaces are retired
+// rather than freed while a graph lives (backend_cuda.cu, grow), and a graph that holds NCCL
+// work must be freed before its communicator is destroyed (net_release_graph).
 #include <string.h>
 
 #include "cuda_common.h"
@@ -52,6 +55,7 @@ void *cuda_capture_end(backend *b) {
   if (G->n) cudaCheck(cudaMallocHost((void **)&G->h_ids, 2 * (size_t)G->n * sizeof(int32_t)));
   for (int s = 0; s < 2; s++) cudaCheck(cudaEventCreateWithFlags(&G->copied[s], cudaEventDisableTiming));
   cudaCheck(cudaGraphUpload(G->exec, c->stream)); // the first replay need not pay for it
+  c->graphs_live++;
   return G;
 }
 
@@ -87,4 +91,6 @@ void cuda_graph_free(backend *b, void *graph) {
   cudaCheck(cudaFreeHost(G->h_vars));
   cudaCheck(cudaGraphExecDestroy(G->exec));
   free(G);
+  cuda_ctx *c = ctx_of(b);
+  if (--c->graphs_live == 0) cuda_free_retired(c);
 }
