@@ -11,6 +11,9 @@
 
 #include "check.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
 void log_init(int rank);
 void log_printf(const char *fmt, ...) VGG_PRINTF(1, 2);
 #define LOG0(...) log_printf(__VA_ARGS__)
@@ -27,5 +30,8 @@ void metrics_close(void);
 void metrics_write(const char *event, const char *fmt, ...) VGG_PRINTF(2, 3);
 
 double now_s(void); // CLOCK_MONOTONIC seconds
+#ifdef __cplusplus
+}
+#endif
 
 #endif

@@ -72,25 +72,30 @@ TEST(cuda_engine_filter) {
   unsigned winograd = 1u << CUDNN_NUMERICAL_NOTE_WINOGRAD;
   unsigned nondet = 1u << CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
   EXPECT_EQ_INT(PLAN_NOTE_NONDETERMINISTIC, nondet);
-  EXPECT(plan_engine_allowed(0, 0));
-  EXPECT(plan_engine_allowed(0, winograd));
+  EXPECT(plan_engine_allowed(0, 0, 0));
+  EXPECT(plan_engine_allowed(0, winograd, 0));
   // Nondeterministic engines (atomics) are refused in every precision: runs repeat bit for bit.
-  EXPECT(!plan_engine_allowed(0, winograd | nondet));
-  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | nondet));
-  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd));
-  EXPECT(!plan_engine_allowed(0, ~0u));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_REDUCED_REDUCTION));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN));
-  EXPECT(plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_REDUCED_REDUCTION | winograd));
+  EXPECT(!plan_engine_allowed(0, winograd | nondet, 0));
+  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | nondet, 0));
+  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet, 0));
+  // ... unless no deterministic engine exists (the last resort); the other rules still hold.
+  EXPECT(plan_engine_allowed(0, winograd | nondet, 1));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet, 1));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE | nondet, 1));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN, 1));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE, 0));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd, 0));
+  EXPECT(!plan_engine_allowed(0, ~0u, 0));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_REDUCED_REDUCTION, 0));
+  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN, 0));
+  EXPECT(plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE, 0));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_REDUCED_REDUCTION | winograd, 0));
   // fp16 down-conversion is refused in every precision (fp16 range is too small for gradients).
-  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
-  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT));
+  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
+  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
   // Unreadable notes: refused in fp32 only.
-  EXPECT(plan_engine_allowed(1, PLAN_NOTES_UNKNOWN));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTES_UNKNOWN));
+  EXPECT(plan_engine_allowed(1, PLAN_NOTES_UNKNOWN, 0));
+  EXPECT(plan_engine_allowed(2, PLAN_NOTES_UNKNOWN, 0));
 }
 
 TEST(cuda_autotune_pick_and_workspace) {

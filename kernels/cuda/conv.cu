@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "cuda_common.h"
+#include "log.h"
 
 typedef cudnnBackendDescriptor_t bdesc;
 
@@ -157,9 +158,10 @@ typedef struct candidate {
 } candidate;
 
 // Finalize up to `max` allowed plans from one heuristics mode (runtime-compiled engines only
-// when allow_rtc); returns their number.
+// when allow_rtc, nondeterministic ones only when allow_nondet); returns their number.
 static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t mode,
-                                int allow_rtc, candidate *out, int max, bdesc *heur_out) {
+                                int allow_rtc, int allow_nondet, candidate *out, int max,
+                                bdesc *heur_out) {
   *heur_out = NULL;
   bdesc heur = desc_create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
   cudnnCheck(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
@@ -181,7 +183,7 @@ static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t
   int n = 0;
   for (int64_t i = 0; i < got; i++) {
     int used = 0, rtc = 0;
-    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i], &rtc)) &&
+    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i], &rtc), allow_nondet) &&
         (allow_rtc || !rtc)) {
       bdesc plan = desc_create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
       cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE,
@@ -282,19 +284,27 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
 
   // Precompiled engines first: a runtime-compiled one costs NVRTC time in finalize (times 3
   // candidates, 3 ops, every layer shape) and needs libnvrtc at run time; only when no
-  // precompiled engine fits (mode A, then FALLBACK) are they considered.
+  // precompiled engine fits (mode A, then FALLBACK) are they considered. Deterministic engines
+  // only, unless a shape has none at all.
   static const struct {
     cudnnBackendHeurMode_t mode;
-    int rtc;
-  } tries[4] = {{CUDNN_HEUR_MODE_A, 0}, {CUDNN_HEUR_MODE_FALLBACK, 0}, {CUDNN_HEUR_MODE_A, 1},
-                {CUDNN_HEUR_MODE_FALLBACK, 1}};
+    int rtc, nondet;
+  } tries[8] = {{CUDNN_HEUR_MODE_A, 0, 0}, {CUDNN_HEUR_MODE_FALLBACK, 0, 0},
+                {CUDNN_HEUR_MODE_A, 1, 0}, {CUDNN_HEUR_MODE_FALLBACK, 1, 0},
+                {CUDNN_HEUR_MODE_A, 0, 1}, {CUDNN_HEUR_MODE_FALLBACK, 0, 1},
+                {CUDNN_HEUR_MODE_A, 1, 1}, {CUDNN_HEUR_MODE_FALLBACK, 1, 1}};
   candidate cand[CONV_CANDIDATES];
-  int n = 0;
-  for (int t = 0; t < 4 && n == 0; t++) {
+  int n = 0, t = 0;
+  for (; t < 8 && n == 0; t++) {
     bdesc heur = NULL;
-    n = heuristic_candidates(c, graph, tries[t].mode, tries[t].rtc, cand, CONV_CANDIDATES, &heur);
-    if (heur) keep(p, heur); // 6 descriptors + 4 heuristics + the config: within CONV_KEEP
+    n = heuristic_candidates(c, graph, tries[t].mode, tries[t].rtc, tries[t].nondet, cand,
+                             CONV_CANDIDATES, &heur);
+    if (heur) keep(p, heur); // 6 descriptors + 8 heuristics + the config: within CONV_KEEP
   }
+  if (n > 0 && tries[t - 1].nondet)
+    LOG0("note: no deterministic cuDNN engine for the %s convolution N=%d H=%d W=%d C=%d K=%d; "
+         "a nondeterministic one runs it (results may differ in the last bits from run to run)\n",
+         op_name(op), N, H, W, C, K);
   if (n == 0)
     FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
           "(precision %d, alignment %d)", op_name(op), N, H, W, C, K, c->precision, align);

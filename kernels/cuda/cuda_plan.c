@@ -62,7 +62,8 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 
 // ---- engine choice -------------------------------------------------------------------------
 
-int plan_engine_allowed(int precision, unsigned notes) {
+int plan_engine_allowed(int precision, unsigned notes, int allow_nondet) {
+  if (allow_nondet && notes != PLAN_NOTES_UNKNOWN) notes &= ~PLAN_NOTE_NONDETERMINISTIC;
   if (precision == 0)
     return (notes & (PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_REDUCED_REDUCTION |
                      PLAN_NOTE_NONDETERMINISTIC)) == 0;

@@ -57,9 +57,10 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 // are refused. Every precision: no DOWN_CONVERT_INPUTS, which converts fp32/bf16 inputs to fp16
 // (range 6.5e4, so gradients overflow or flush to zero): PyTorch drops those engines always;
 // and no NONDETERMINISTIC engine (atomics in the reduction), so that a run, a resumed run and a
-// captured step repeat an eager one bit for bit. 1 tf32 and 2 bf16 allow everything else, and
-// engines of unknown notes.
-int plan_engine_allowed(int precision, unsigned notes);
+// captured step repeat an eager one bit for bit (unless allow_nondet: the last resort when a
+// shape has no deterministic engine). 1 tf32 and 2 bf16 allow everything else, and engines of
+// unknown notes.
+int plan_engine_allowed(int precision, unsigned notes, int allow_nondet);
 // Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
 // Returns -1 when every candidate failed.
 int plan_pick_fastest(const float *ms, int n);
