@@ -209,10 +209,10 @@ static void memory_check(run *r, int max_n, int local_batch) {
   if (!b->ops->stream(b)) return;
   size_t avail = backend_cuda_memory_free(b);
   if (need > avail)
-    DIE_USAGE("rank %d: the model's buffers need %.2f GiB but only %.2f GiB of GPU memory are free: "
-              "use a smaller per-GPU batch (--batch %d over %d ranks is %d per GPU; --eval-batch %d) "
-              "or more ranks", r->rank, need / gib, avail / gib, r->cfg->batch, r->world,
-              local_batch, r->cfg->eval_batch);
+    DIE_USAGE("the model's buffers need %.2f GiB but only %.2f GiB of GPU memory are free: use "
+              "a smaller per-GPU batch (--batch %d over %d ranks is %d per GPU; --eval-batch %d) "
+              "or more ranks", need / gib, avail / gib, r->cfg->batch, r->world, local_batch,
+              r->cfg->eval_batch);
 }
 
 typedef struct epoch_ctx {
