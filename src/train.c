@@ -65,7 +65,9 @@ typedef struct run {
 static backend *backend_choose(const config *cfg, comm *c) {
   int gpus = cfg->device == DEVICE_CPU ? 0 : backend_cuda_device_count();
   if (cfg->device == DEVICE_CUDA || (cfg->device == DEVICE_AUTO && gpus > 0)) {
-    if (gpus == 0) DIE_USAGE("--device cuda: no CUDA device is visible on this node");
+    // None visible: backend_cuda_create says why (no device, the driver's reason, or a build
+    // without CUDA) and exits.
+    if (gpus == 0) return backend_cuda_create(0, cfg->precision);
     if (comm_local_size(c) > gpus)
       DIE_USAGE("%d ranks on this node but only %d GPUs: one rank per GPU (use fewer ranks)",
                 comm_local_size(c), gpus);
