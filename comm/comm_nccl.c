@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <nccl.h>
 
@@ -54,6 +55,7 @@ typedef struct nccl_sync {
   int started;    // reductions started since the last wait()
   atomic_int captured;     // a CUDA graph holds reductions of this communicator
   atomic_long call_since;  // ms clock at which the main thread entered an NCCL call; 0: none
+  atomic_int failing;      // nccl_fail has begun
   // Watchdog state, shared with the thread under `lock`.
   pthread_t thread;
   pthread_mutex_t lock;
@@ -65,6 +67,9 @@ typedef struct nccl_sync {
 
 // may_abort: 0 where the main thread may be inside an NCCL call on the communicator.
 static VGG_NORETURN void nccl_fail(nccl_sync *s, int may_abort, const char *what, const char *reason) {
+  // One report: the watchdog and the main thread may see the same failure at once.
+  if (atomic_exchange(&s->failing, 1))
+    for (;;) pause(); // the first caller ends the process
   // Abort first: frees the GPU from a collective that will never complete (not with a graph
   // holding reductions: see the top of the file; the job's end frees the GPU as well).
   if (may_abort && !atomic_load(&s->captured)) ncclCommAbort(s->comm);
@@ -204,12 +209,15 @@ static void nccl_wait(grad_sync *g) {
     pthread_mutex_lock(&s->lock);
     watch_pop_done(s);
   }
+  // Slot i is free and only this thread records: the record itself (which may block on a full
+  // launch queue) happens outside the lock, so the watchdog keeps watching meanwhile.
   int i = (s->watch_tail + s->watch_count) % WATCH_RING;
-  cudaError_t e = cudaEventRecord(s->watch[i], s->compute);
-  s->watch_at[i] = now_s();
-  s->watch_count += e == cudaSuccess;
   pthread_mutex_unlock(&s->lock);
-  cudaCheck(e);
+  cudaCheck(cudaEventRecord(s->watch[i], s->compute));
+  pthread_mutex_lock(&s->lock);
+  s->watch_at[i] = now_s();
+  s->watch_count++;
+  pthread_mutex_unlock(&s->lock);
 }
 
 static void nccl_destroy(grad_sync *g) {

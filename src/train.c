@@ -356,6 +356,9 @@ static int end_epoch(run *r, epoch_ctx *e) {
     }
   }
   save_periodic(r);
+  // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
+  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout.
+  comm_barrier(r->c);
   if (early)
     LOG0("early stop: no better validation loss for %d epochs (best %.4f after epoch %d)\n",
          cfg->early_stop, st->best_val_loss, st->best_epoch + 1);
