@@ -204,7 +204,7 @@ static void memory_check(run *r, int max_n, int local_batch) {
   backend *b = r->b;
   double gib = 1024.0 * 1024.0 * 1024.0;
   size_t need = net_memory_bytes(&r->m, max_n, b->act_bytes);
-  size_t state = 4 * r->m.n_params * sizeof(float);
+  size_t state = net_memory_bytes(&r->m, 0, b->act_bytes); // what does not grow with the batch
   LOG0("memory per rank: %.2f GiB (parameters, gradients and Adam state %.2f GiB; activations "
        "for %d images %.2f GiB), plus library workspaces\n", need / gib, state / gib, max_n,
        (need - state) / gib);
