@@ -9,6 +9,9 @@
 
 typedef void (*test_fn)(void);
 void test_register(const char *name, test_fn fn);
+// A fixture is a test that other tests run on purpose (it fails or crashes by design): it runs
+// only when the name filter given to test_unit contains "fixture".
+void test_register_fixture(const char *name, test_fn fn);
 void test_fail(const char *file, int line, const char *fmt, ...);
 int test_failed_now(void);
 // Marks the running test as skipped (it needs what this machine lacks); not counted as passed.
@@ -24,6 +27,13 @@ int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len);
   static void test_##name(void);                                                          \
   __attribute__((constructor)) static void test_reg_##name(void) {                         \
     test_register(#name, test_##name);                                                    \
+  }                                                                                       \
+  static void test_##name(void)
+
+#define TEST_FIXTURE(name)                                                                \
+  static void test_##name(void);                                                          \
+  __attribute__((constructor)) static void test_reg_##name(void) {                         \
+    test_register_fixture(#name, test_##name);                                            \
   }                                                                                       \
   static void test_##name(void)
 

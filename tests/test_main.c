@@ -1,5 +1,6 @@
 // test_main.c - runs every TEST registered by the linked test files; prints "N passed, N failed".
-// Usage: test_unit [substring]  (only tests whose name contains substring)
+// Usage: test_unit [--isolate] [--limit S] [substring]  (only tests whose name contains
+// substring; --isolate runs each test in its own process, killed after S seconds, default 300)
 #include "test.h"
 
 #include <stdarg.h>
@@ -8,6 +9,8 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <fcntl.h>
+#include <errno.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +18,7 @@
 static struct {
   const char *name;
   test_fn fn;
+  int fixture;
 } tests[MAX_TESTS];
 static int n_tests, current_failed;
 static const char *current_skip;
@@ -26,7 +30,13 @@ void test_register(const char *name, test_fn fn) {
   }
   tests[n_tests].name = name;
   tests[n_tests].fn = fn;
+  tests[n_tests].fixture = 0;
   n_tests++;
+}
+
+void test_register_fixture(const char *name, test_fn fn) {
+  test_register(name, fn);
+  tests[n_tests - 1].fixture = 1;
 }
 
 void test_fail(const char *file, int line, const char *fmt, ...) {
@@ -116,26 +126,85 @@ int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
   return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
+// Runs test i in this process and prints its line; returns 0 passed, 1 failed, 2 skipped.
+static int run_one(int i) {
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  current_failed = 0;
+  current_skip = NULL;
+  tests[i].fn();
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
+  if (current_skip && !current_failed) {
+    printf("skip %s (%s)\n", tests[i].name, current_skip);
+    return 2;
+  }
+  printf("%s %s (%.2fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, s);
+  return current_failed;
+}
+
+// --isolate: test i in a forked child, so that a test that ends its process (a FATAL inside a
+// library call, a crash, a hang past `limit_s` seconds) is reported as that test's failure and
+// the others still run. The parent never touches a GPU: each child makes its own CUDA context.
+enum { CHILD_PASSED = 0, CHILD_FAILED = 10, CHILD_SKIPPED = 11 };
+static int run_isolated(int i, unsigned limit_s) {
+  fflush(stdout);
+  fflush(stderr);
+  pid_t pid = fork();
+  if (pid < 0) {
+    perror("fork");
+    exit(1);
+  }
+  if (pid == 0) {
+    alarm(limit_s);
+    int r = run_one(i);
+    fflush(stdout);
+    _exit(r == 0 ? CHILD_PASSED : r == 1 ? CHILD_FAILED : CHILD_SKIPPED);
+  }
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0)
+    if (errno != EINTR) {
+      perror("waitpid");
+      exit(1);
+    }
+  if (WIFEXITED(status)) {
+    int code = WEXITSTATUS(status);
+    if (code == CHILD_PASSED) return 0;
+    if (code == CHILD_SKIPPED) return 2;
+    if (code == CHILD_FAILED) return 1;
+    printf("FAIL %s (the test ended its process with exit status %d: see the error above)\n",
+           tests[i].name, code);
+    return 1;
+  }
+  int sig = WTERMSIG(status);
+  printf("FAIL %s (killed by signal %d%s)\n", tests[i].name, sig,
+         sig == SIGALRM ? ": over the time limit" : "");
+  return 1;
+}
+
+// usage: test_unit [--isolate] [--limit S] [substring]
 int main(int argc, char **argv) {
   setvbuf(stdout, NULL, _IOLBF, 0);
-  const char *filter = argc > 1 ? argv[1] : NULL;
+  const char *filter = NULL;
+  int isolate = 0;
+  unsigned limit_s = 300;
+  for (int a = 1; a < argc; a++) {
+    if (!strcmp(argv[a], "--isolate")) isolate = 1;
+    else if (!strcmp(argv[a], "--limit") && a + 1 < argc) limit_s = (unsigned)atoi(argv[++a]);
+    else if (argv[a][0] == '-') {
+      fprintf(stderr, "test_unit: unknown option %s (usage: test_unit [--isolate] [--limit S] "
+                      "[substring])\n", argv[a]);
+      return 2;
+    } else filter = argv[a];
+  }
   int passed = 0, failed = 0, skipped = 0;
   for (int i = 0; i < n_tests; i++) {
     if (filter && !strstr(tests[i].name, filter)) continue;
-    struct timespec t0, t1;
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    current_failed = 0;
-    current_skip = NULL;
-    tests[i].fn();
-    clock_gettime(CLOCK_MONOTONIC, &t1);
-    double s = (t1.tv_sec - t0.tv_sec) + 1e-9 * (t1.tv_nsec - t0.tv_nsec);
-    if (current_skip && !current_failed) {
-      printf("skip %s (%s)\n", tests[i].name, current_skip);
-      skipped++;
-      continue;
-    }
-    printf("%s %s (%.2fs)\n", current_failed ? "FAIL" : "ok  ", tests[i].name, s);
-    if (current_failed) failed++; else passed++;
+    if (tests[i].fixture && !(filter && strstr(filter, "fixture"))) continue;
+    int r = isolate ? run_isolated(i, limit_s) : run_one(i);
+    passed += r == 0;
+    failed += r == 1;
+    skipped += r == 2;
   }
   if (skipped) printf("%d skipped (see the skip lines)\n", skipped);
   printf("%d passed, %d failed\n", passed, failed);

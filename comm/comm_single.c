@@ -1,0 +1,57 @@
+// comm_single.c - comm.h for one process without MPI: what the single-process tools link
+// (build/test_unit, bench_step, parity_step) instead of comm_mpi.c, so that they build and run
+// where libmpi is absent or cannot load (the GPU check on a machine whose glibc is older than the
+// staged Open MPI's). vgg_dist itself always links comm_mpi.c.
+//
+// A world of one rank: every collective is the identity (a sum or max over one rank, a broadcast
+// from oneself), the host gradient reducer has nothing to add, and comm_abort ends this process.
+// The device (NCCL) reducer needs a communicator built over MPI and is refused here.
+#include <stdlib.h>
+
+#include "check.h"
+#include "comm.h"
+
+struct comm {
+  int unused;
+};
+
+struct grad_sync {
+  size_t count;
+};
+
+comm *comm_init(int *argc, char ***argv) {
+  check_set_rank(0);
+  return xcalloc(1, sizeof(comm));
+}
+
+void comm_finalize(comm *c) { free(c); }
+int comm_rank(const comm *c) { return 0; }
+int comm_world(const comm *c) { return 1; }
+int comm_local_rank(const comm *c) { return 0; }
+int comm_local_size(const comm *c) { return 1; }
+void comm_barrier(comm *c) {}
+void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
+  if (root != 0) FATAL("broadcast from rank %d in a world of one rank", root);
+}
+void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {}
+void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {}
+void comm_abort(comm *c, int code) { exit(code); }
+
+grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
+                            int bf16_wire, double timeout_s) {
+  if (kind != GRAD_SYNC_MPI)
+    FATAL("this single-process build has no NCCL gradient reducer (run vgg_dist under mpirun)");
+  grad_sync *g = xcalloc(1, sizeof(grad_sync));
+  g->count = count;
+  return g;
+}
+
+void grad_sync_free(grad_sync *g) { free(g); }
+
+void grad_sync_start(grad_sync *g, size_t offset, size_t count) {
+  if (offset + count > g->count)
+    FATAL("gradient bucket [%zu, %zu) outside the %zu-element buffer", offset, offset + count, g->count);
+}
+
+void grad_sync_poll(grad_sync *g) {}
+void grad_sync_wait(grad_sync *g) {}
