@@ -1,39 +1,89 @@
 #!/usr/bin/env bash
-# gpu_check.sh - the GPU check, one command on a (possibly bare) GPU machine, under 6 minutes
-# on one H100 including the build:
-#   0. finds nvcc, cuDNN and NCCL (the CUDA toolkit, else Python's nvidia-* wheels) and Open
-#      MPI (installed, else the .deb files staged by scripts/stage_gpu_deps.sh in .device/);
-#   1. builds, runs the CUDA op tests (build/gpu/test_unit cuda_) and the whole-step parity of
-#      the CUDA backend against the CPU backend, and of CUDA graph replays against eager steps
-#      (tests/tools/parity_step.c: fp32, tf32, bf16);
-#   2. two 1-rank NCCL training runs through mpirun, CUDA graphs on and off: identical losses;
-#   3. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, fp32/tf32/bf16:
-#      images/s, model FLOP utilisation, device memory;
-#   4. if time is left, a short real-data run (VGG16 at 32x32, real CIFAR-10 subset).
-# Prints a compact summary and writes it to $OUT/gpu_check.txt when OUT is set.
-# usage: scripts/gpu_check.sh    (from the device tool: carry [".device"])
+# gpu_check.sh - the GPU check: one command on a (possibly bare) GPU machine that always returns
+# a usable diagnosis. A lent GPU is one shot (15 minutes, about one issue in ten), so every part
+# writes its log into $OUT as it goes, the summary grows line by line, and a part that fails or
+# cannot run is reported while the others still run. Parts, within GPU_CHECK_BUDGET seconds
+# (default 420; each optional part checks the time left):
+#   0. environment: glibc, GPU, nvcc, cuDNN and NCCL (the toolkit, else Python's nvidia-* wheels),
+#      Open MPI and OpenBLAS (installed, else the .deb files staged by scripts/stage_gpu_deps.sh
+#      in .device/debs, unpacked into $GPU_CHECK_ROOT under /tmp, never into a carried folder);
+#   1. build (WERROR=0: a newer host gcc may warn anew) of the single-process tools, which need
+#      no MPI (test_unit, parity_step, bench_step), then of vgg_dist; `ldd` of each: what cannot
+#      load is listed, and the tools run even when libmpi cannot (an older glibc);
+#   2. the CUDA op tests, each in its own process (test_unit --isolate cuda_);
+#   3. whole-step parity of the CUDA backend against the CPU backend, and of CUDA graph replays
+#      against eager steps (parity_step: fp32, tf32, bf16) -- the first part that needs a GPU;
+#   4. two 1-rank NCCL training runs through mpirun, CUDA graphs on and off, with the
+#      deterministic autotune (--autotune first): identical losses;
+#   5. the per-op time profile (bench_step --profile: VGG16 at 128x128, batch 64, bf16);
+#   6. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, bf16/tf32/fp32;
+#   7. if time is left, a short real-data run, then compute-sanitizer over the CUDA op tests.
+# --dry-run (for machines without a GPU; `make test` runs it on a fresh clone): every part that
+# needs no GPU runs (staging, build, ldd, the host op tests, a CPU run through the staged
+# mpirun), the check stops at part 3 with a "no CUDA device" line, and exits 0 if all before
+# passed.
+# $OUT (the device tool's folder; default build/gpu_check_out) receives at most 8 files:
+# gpu_check.txt (the summary) and env/build/unit/parity/nccl/bench/real .log.
+# usage: scripts/gpu_check.sh [--dry-run]     the device call: README.md, "The GPU check"
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 ROOT=$(pwd)
 T0=$(date +%s)
-SUM=$(mktemp)
-say() { echo "$*" | tee -a "$SUM"; }
-elapsed() { echo $(( $(date +%s) - T0 )); }
-finish() {
-  say "gpu_check: finished in $(elapsed) s"
-  if [ -n "${OUT:-}" ]; then cp "$SUM" "$OUT/gpu_check.txt"; fi
-  exit "${1:-0}"
-}
+DRY=${GPU_CHECK_DRY_RUN:-0}
+case "${1:-}" in
+  --dry-run) DRY=1 ;;
+  "") ;;
+  *) echo "usage: scripts/gpu_check.sh [--dry-run]" >&2; exit 2 ;;
+esac
+BUDGET=${GPU_CHECK_BUDGET:-420}
+OUT=${OUT:-$ROOT/build/gpu_check_out}
+DEVROOT=${GPU_CHECK_ROOT:-/tmp/vgg_gpu_root}
+mkdir -p "$OUT" "$ROOT/build" || exit 1
+WORK=$(mktemp -d /tmp/vgg_gpu_check.XXXXXX) || exit 1
+SUM=$OUT/gpu_check.txt
+: > "$SUM"
+B=build/gpu
+FAILS=0
+STATUS=0
 
-# ---- 0. tools -------------------------------------------------------------------------------
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUM"
+say() { echo "$*" | tee -a "$SUM"; }
+elapsed() { echo $(($(date +%s) - T0)); }
+left() { echo $((BUDGET - $(elapsed))); }
+fail() { FAILS=$((FAILS + 1)); say "$*"; }
+# log FILE TITLE CMD...: append TITLE and the command's output to $OUT/FILE; returns its status.
+log() {
+  local file=$OUT/$1 title=$2
+  shift 2
+  echo "==== $title ($(elapsed) s): $*" >> "$file"
+  "$@" >> "$file" 2>&1
+}
+finish() {
+  local f
+  for f in "$OUT"/*; do # the device returns files of at most 16 MiB: keep the end of a longer log
+    [ -f "$f" ] && [ "$(stat -c %s "$f")" -gt 15728640 ] &&
+      { tail -c 15728640 "$f" > "$WORK/cut" && mv "$WORK/cut" "$f"; }
+  done
+  say "gpu_check: finished in $(elapsed) s"
+  rm -rf "$WORK"
+}
+trap finish EXIT
+trap 'say "gpu_check: stopped by a signal at $(elapsed) s"; exit 143' TERM INT HUP
+
+# ---- 0. environment -----------------------------------------------------------------------------
+say "gpu_check: $([ "$DRY" = 1 ] && echo "DRY RUN (no GPU needed)" || echo "GPU run") on $(hostname), $(date -u +%FT%TZ), budget $BUDGET s"
+say "glibc: $(ldd --version 2>&1 | head -n 1)"
+if command -v nvidia-smi > /dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUM"
+  log env.log "nvidia-smi" nvidia-smi
+else
+  say "gpu: no nvidia-smi"
+fi
+log env.log "uname, cpus" sh -c 'uname -a; nproc; free -g'
 CUDA_HOME=${CUDA_HOME:-$(dirname "$(dirname "$(command -v nvcc 2> /dev/null || echo /usr/local/cuda/bin/nvcc)")")}
-[ -x "$CUDA_HOME/bin/nvcc" ] || { say "gpu_check: no nvcc"; finish 1; }
+[ -x "$CUDA_HOME/bin/nvcc" ] || { fail "gpu_check: no nvcc (CUDA_HOME=$CUDA_HOME)"; exit 1; }
 say "nvcc: $("$CUDA_HOME/bin/nvcc" --version | tail -n 1)"
-mkdir -p .device/lib
 site=$(python3 -c 'import nvidia, os; print(os.path.dirname(nvidia.__path__[0]))' 2> /dev/null || true)
-# find_lib NAME HEADER LIB: sets <NAME>_INC and <NAME>_LIB from the toolkit, the system, or
-# Python's nvidia-* wheels (whose layout varies: nvidia/cudnn/, nvidia/cu13/, ...).
+mkdir -p "$WORK/lib"
 find_first() { # find_first FILE DIR...: the first directory holding FILE
   local file=$1 d hit
   shift
@@ -44,118 +94,179 @@ find_first() { # find_first FILE DIR...: the first directory holding FILE
   done
   return 1
 }
+# find_lib NAME HEADER LIB: sets NAME_INC and NAME_LIB from the toolkit, the system, or Python's
+# nvidia-* wheels (whose layout varies: nvidia/cudnn/, nvidia/cu13/, ...).
 find_lib() {
   local name=$1 header=$2 lib=$3 inc dir
   inc=$(find_first "$header" "$CUDA_HOME/include" /usr/include ${site:+"$site/nvidia"}) || true
   dir=$(find_first "lib$lib.so*" "$CUDA_HOME/lib64" /usr/lib/x86_64-linux-gnu ${site:+"$site/nvidia"}) || true
-  [ -n "$inc" ] && [ -n "$dir" ] || { say "gpu_check: $header / lib$lib not found"; finish 1; }
+  [ -n "$inc" ] && [ -n "$dir" ] || { fail "gpu_check: $header / lib$lib not found"; exit 1; }
   # Wheels ship only libX.so.N: give the linker its libX.so.
-  [ -e "$dir/lib$lib.so" ] || ln -sf "$(ls "$dir/lib$lib.so".* | head -n 1)" ".device/lib/lib$lib.so"
+  [ -e "$dir/lib$lib.so" ] || ln -sf "$(ls "$dir/lib$lib.so".* | head -n 1)" "$WORK/lib/lib$lib.so"
   printf -v "${name}_INC" '%s' "$inc"
   printf -v "${name}_LIB" '%s' "$dir"
 }
 find_lib CUDNN cudnn.h cudnn
 find_lib NCCL nccl.h nccl
 say "cudnn: $CUDNN_INC $CUDNN_LIB | nccl: $NCCL_INC $NCCL_LIB"
-export LIBRARY_PATH="$ROOT/.device/lib:$CUDNN_LIB:$NCCL_LIB${LIBRARY_PATH:+:$LIBRARY_PATH}"
+export LIBRARY_PATH="$WORK/lib:$CUDNN_LIB:$NCCL_LIB${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$CUDNN_LIB:$NCCL_LIB:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
-# Open MPI and OpenBLAS: installed, else unpacked from the staged .deb files.
+# Open MPI and OpenBLAS: installed, else (or with GPU_CHECK_STAGED=1) the staged .deb files.
 unpack_debs() {
-  [ -e .device/root/.unpacked ] && return 0
-  ls .device/debs/*.deb > /dev/null 2>&1 || { say "gpu_check: no staged .deb files (run scripts/stage_gpu_deps.sh here, carry .device)"; finish 1; }
+  [ -e "$DEVROOT/.unpacked" ] && return 0
+  ls .device/debs/*.deb > /dev/null 2>&1 ||
+    { fail "gpu_check: no staged .deb files (run scripts/stage_gpu_deps.sh here and carry .device)"; exit 1; }
+  mkdir -p "$DEVROOT" || exit 1
   local f
   for f in .device/debs/*.deb; do
-    if command -v dpkg-deb > /dev/null 2>&1; then dpkg-deb -x "$f" .device/root
-    else (mkdir -p .device/x && cd .device/x && ar x "../../$f" && tar -xf data.tar.* -C ../root && rm -f ./*); fi ||
-      { say "gpu_check: cannot unpack $f"; finish 1; }
+    if command -v dpkg-deb > /dev/null 2>&1; then dpkg-deb -x "$f" "$DEVROOT"
+    else (cd "$WORK" && ar x "$ROOT/$f" && tar -xf data.tar.* -C "$DEVROOT" && rm -f ./*.tar.* debian-binary); fi ||
+      { fail "gpu_check: cannot unpack $f into $DEVROOT"; exit 1; }
   done
-  touch .device/root/.unpacked
+  touch "$DEVROOT/.unpacked"
 }
-mkdir -p .device/root .device/bin
-STAGED=${GPU_CHECK_STAGED:-0} # 1: use the staged copies even where the system has its own
+STAGED=${GPU_CHECK_STAGED:-0}
 BLAS=()
 if [ "$STAGED" = 1 ] || { ! [ -e /usr/include/x86_64-linux-gnu/cblas.h ] && ! [ -e /usr/include/cblas.h ]; }; then
   unpack_debs
-  BLAS=(OPENBLAS_INC="$ROOT/.device/root/usr/include/x86_64-linux-gnu/openblas-pthread"
-        OPENBLAS_LIB="$ROOT/.device/root/usr/lib/x86_64-linux-gnu/openblas-pthread")
-  say "openblas: staged copy in .device/root"
+  BLAS=(OPENBLAS_INC="$DEVROOT/usr/include/x86_64-linux-gnu/openblas-pthread"
+        OPENBLAS_LIB="$DEVROOT/usr/lib/x86_64-linux-gnu/openblas-pthread")
+  say "openblas: staged copy in $DEVROOT"
 fi
 if [ "$STAGED" = 1 ] || ! command -v mpicc > /dev/null 2>&1; then
   unpack_debs
-  export OPAL_PREFIX="$ROOT/.device/root/usr"
-  ln -sf "$OPAL_PREFIX/bin/mpicc.openmpi" .device/bin/mpicc
-  ln -sf "$OPAL_PREFIX/bin/orterun" .device/bin/mpirun
-  export PATH="$ROOT/.device/bin:$OPAL_PREFIX/bin:$PATH"
+  export OPAL_PREFIX="$DEVROOT/usr"
+  mkdir -p "$WORK/bin"
+  ln -sf "$OPAL_PREFIX/bin/mpicc.openmpi" "$WORK/bin/mpicc"
+  ln -sf "$OPAL_PREFIX/bin/orterun" "$WORK/bin/mpirun"
+  export PATH="$WORK/bin:$OPAL_PREFIX/bin:$PATH"
   export LD_LIBRARY_PATH="$OPAL_PREFIX/lib/x86_64-linux-gnu:$OPAL_PREFIX/lib/x86_64-linux-gnu/openmpi/lib:$LD_LIBRARY_PATH"
-  say "mpi: staged Open MPI in .device/root"
+  say "mpi: staged Open MPI in $DEVROOT"
 fi
 say "mpi: $(mpirun --version 2>&1 | head -n 1)"
 
-# ---- 1. build, op tests, parity ----------------------------------------------------------------
-B=build/gpu
-MK=(make -j"$(nproc)" "BUILD=$B" CUDA=1 CUDA_ARCH="${CUDA_ARCH:-90}" CUDA_HOME="$CUDA_HOME"
-    CUDNN_INC="$CUDNN_INC" CUDNN_LIB="$CUDNN_LIB" NCCL_INC="$NCCL_INC" NCCL_LIB="$NCCL_LIB" "${BLAS[@]}")
-if ! "${MK[@]}" vgg_dist $B/test_unit $B/bench_step $B/parity_step > $B.log 2>&1; then
-  tail -n 30 $B.log; say "gpu_check: build FAILED (see above)"; finish 1
+# ---- 1. build, ldd ------------------------------------------------------------------------------
+MK=(make -j"$(nproc)" "BUILD=$B" "BIN=$B/vgg_dist" CUDA=1 WERROR=0 CUDA_ARCH="${CUDA_ARCH:-90}"
+    CUDA_HOME="$CUDA_HOME" CUDNN_INC="$CUDNN_INC" CUDNN_LIB="$CUDNN_LIB" NCCL_INC="$NCCL_INC"
+    NCCL_LIB="$NCCL_LIB" "${BLAS[@]}")
+if ! log build.log "single-process tools" "${MK[@]}" $B/test_unit $B/parity_step $B/bench_step; then
+  tail -n 30 "$OUT/build.log"
+  fail "gpu_check: build of the tools FAILED (build.log)"
+  exit 1
 fi
-say "build: ok at $(elapsed) s"
-FAILS=0
-timeout 120 $B/test_unit cuda_ > /tmp/gc_unit.log 2>&1 || FAILS=$((FAILS + 1))
-grep -E "^(ok|FAIL|skip)|rel error|passed" /tmp/gc_unit.log | tail -n 25 | tee -a "$SUM"
-timeout 150 $B/parity_step 32 128 > /tmp/gc_parity.log 2>&1 || FAILS=$((FAILS + 1))
-grep -E "^parity|error" /tmp/gc_parity.log | tee -a "$SUM"
+HAVE_BIN=1
+log build.log "vgg_dist" "${MK[@]}" $B/vgg_dist || { HAVE_BIN=0; fail "build: vgg_dist FAILED (build.log); the MPI parts are skipped"; }
+say "build: ok at $(elapsed) s (CUDA_ARCH ${CUDA_ARCH:-90}, WERROR=0; warnings: $(grep -c 'warning' "$OUT/build.log"))"
+for bin in $B/test_unit $B/parity_step $B/bench_step $B/vgg_dist; do
+  [ -x "$bin" ] || continue
+  missing=$(ldd "$bin" 2>&1 | grep -E "not found|version .* not found" | sed 's/^[[:space:]]*//' | sort -u | tr '\n' ' ')
+  if [ -n "$missing" ]; then
+    say "ldd $bin: cannot load: $missing"
+    [ "$bin" = $B/vgg_dist ] && HAVE_BIN=0
+  else
+    say "ldd $bin: every library found"
+  fi
+done
+if [ "$HAVE_BIN" = 1 ]; then # the staged mpirun starts ranks: a CPU run of 2 ranks, seconds
+  if log env.log "mpi smoke test" timeout 60 mpirun --allow-run-as-root --oversubscribe -np 2 $B/vgg_dist \
+       --device cpu --data data/sample --model vgg11 --width 0.125 --image-size 32 --batch 32 \
+       --epochs 1 --train-limit 96 --val-size 32 --test-limit 32 --threads 1; then
+    say "mpi: 2 CPU ranks through mpirun: ok"
+  else
+    HAVE_BIN=0
+    fail "mpi: 2 CPU ranks through mpirun FAILED (env.log); the MPI parts are skipped"
+  fi
+fi
 
-# ---- 2. one-rank NCCL runs: CUDA graphs on and off -------------------------------------------
-# 800 train images in batches of 64: step 1 eager, step 2 captured, 3-12 replayed, the short
-# 13th eager. Deterministic engines make the two runs' losses identical; a stale step variable
-# in the graph (ids, flips, dropout step, Adam step or lr) would not.
+# ---- 2. CUDA op tests, one process each -----------------------------------------------------------
+log unit.log "CUDA op tests" timeout 240 $B/test_unit --isolate --limit 120 cuda_ || FAILS=$((FAILS + 1))
+grep -E "^(ok|FAIL|skip)|error|FATAL|rel error|passed" "$OUT/unit.log" | tail -n 40 | sed 's/^/unit: /' | tee -a "$SUM"
+
+# ---- 3. parity: the first part that needs a GPU ------------------------------------------------
+log parity.log "parity" timeout 150 $B/parity_step 32 128
+rc=$?
+if grep -q "no CUDA device" "$OUT/parity.log"; then
+  say "gpu_check: no CUDA device: $(grep -m 1 'no CUDA device' "$OUT/parity.log" | sed 's/^vgg_dist: error: //')"
+  if [ "$DRY" = 1 ]; then
+    say "gpu_check: dry run stops at the first part that needs a GPU; $FAILS parts failed before it"
+    exit $((FAILS > 0))
+  fi
+  fail "gpu_check: a GPU run without a GPU"
+  exit 1
+fi
+grep -E "^parity|error|FATAL" "$OUT/parity.log" | tee -a "$SUM"
+[ $rc -eq 0 ] || fail "parity: FAIL (exit $rc, parity.log)"
+[ "$DRY" = 1 ] && say "gpu_check: dry run, but a CUDA device answered: running the GPU parts too"
+
+# ---- 4. one-rank NCCL runs: CUDA graphs on and off ------------------------------------------
+# 1000 train images in batches of 64: step 1 eager, step 2 captured, later ones replayed, the
+# short last one eager. With --autotune first both processes pick the same (deterministic)
+# engines, so the losses must be identical; a stale step variable in the graph (ids, flips,
+# dropout step, Adam step or lr) would not.
 data=data/sample
 [ -r .device/data/data_batch_1.bin ] && data=.device/data
-nccl_run() { # nccl_run GRAPHS LOG
-  timeout 120 mpirun --allow-run-as-root -np 1 ./vgg_dist --device cuda --data "$data" --model vgg11 \
-    --width 0.5 --image-size 32 --batch 64 --epochs 1 --val-size 200 --train-limit 1000 --lr 1e-3 \
-    --log-every 5 --cuda-graphs "$1" > "$2" 2>&1
+nccl_run() { # nccl_run GRAPHS
+  log nccl.log "1 rank, --cuda-graphs $1" timeout 120 mpirun --allow-run-as-root -np 1 $B/vgg_dist \
+    --device cuda --data "$data" --model vgg11 --width 0.5 --image-size 32 --batch 64 --epochs 1 \
+    --val-size 200 --train-limit 1000 --lr 1e-3 --log-every 5 --autotune first --cuda-graphs "$1"
 }
-losses() { sed -n 's/^\(epoch [0-9]*\/[0-9]*: train loss [0-9.]* acc [0-9.]* | val loss [0-9.]* acc [0-9.]*\).*/\1/p' "$1"; }
-nccl_run 1 /tmp/gc_nccl.log
-rc=$?
-nccl_run 0 /tmp/gc_nccl_eager.log
-rc0=$?
-grep -E "^device|^epoch [0-9]+/[0-9]+:|^device memory|^test|error" /tmp/gc_nccl.log | sed 's/^/nccl 1 rank, graphs: /' | tee -a "$SUM"
-grep -E "^epoch [0-9]+/[0-9]+:|error" /tmp/gc_nccl_eager.log | sed 's/^/nccl 1 rank, eager: /' | tee -a "$SUM"
-if [ $rc -eq 0 ] && [ $rc0 -eq 0 ] && [ -n "$(losses /tmp/gc_nccl.log)" ] &&
-   [ "$(losses /tmp/gc_nccl.log)" = "$(losses /tmp/gc_nccl_eager.log)" ]; then
-  say "nccl 1 rank: exit 0 and 0, graph and eager losses identical"
+losses() { # the epoch lines of one run's section of nccl.log
+  awk -v s="--cuda-graphs $1" 'index($0, "==== ") == 1 { on = index($0, s) > 0 } on' "$OUT/nccl.log" |
+    sed -n 's/^\(epoch [0-9]*\/[0-9]*: train loss [0-9.]* acc [0-9.]* | val loss [0-9.]* acc [0-9.]*\).*/\1/p'
+}
+if [ "$HAVE_BIN" = 1 ]; then
+  nccl_run 1; rc=$?
+  nccl_run 0; rc0=$?
+  grep -E "^device|^epoch [0-9]+/[0-9]+:|^device memory|^test|error|FATAL" "$OUT/nccl.log" | sed 's/^/nccl: /' | tee -a "$SUM"
+  if [ $rc -eq 0 ] && [ $rc0 -eq 0 ] && [ -n "$(losses 1)" ] && [ "$(losses 1)" = "$(losses 0)" ]; then
+    say "nccl 1 rank: exit 0 and 0, graph and eager losses identical"
+  else
+    fail "nccl 1 rank: FAIL (exit $rc with graphs, $rc0 eager; losses must be identical)"
+  fi
 else
-  FAILS=$((FAILS + 1))
-  say "nccl 1 rank: FAIL (exit $rc with graphs, $rc0 eager; losses must be identical)"
+  fail "nccl 1 rank: not run (vgg_dist cannot run here: see above)"
 fi
 
-# ---- 3. throughput ---------------------------------------------------------------------------
-peak() { case "$1" in fp32) echo 67e12 ;; tf32) echo 495e12 ;; bf16) echo 989e12 ;; esac; } # H100 SXM dense
+# ---- 5. per-op profile ----------------------------------------------------------------------------
+log bench.log "profile" timeout 120 $B/bench_step --device cuda --model vgg16 --width 1 --size 128 \
+  --batch 64 --precision bf16 --steps 10 --warmup 3 --profile 1 || say "profile: FAILED (bench.log)"
+awk '/^==== profile/ { on = 1; next } /^==== / { on = 0 } on' "$OUT/bench.log" | sed 's/^/profile: /' | tee -a "$SUM"
+
+# ---- 6. throughput ---------------------------------------------------------------------------------
+peak() { case "$1" in fp32) echo 67e12 ;; tf32) echo 495e12 ;; bf16) echo 989e12 ;; esac; } # H100/H200 SXM dense
+bench() { # bench ARGS...: one bench_step line into the summary
+  local line gf mfu prec=$1
+  shift
+  log bench.log "bench $prec $*" timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 \
+    --precision "$prec" --steps 20 --warmup 5 "$@"
+  line=$(tail -n 1 "$OUT/bench.log")
+  gf=$(echo "$line" | sed -n 's/.* \([0-9.]*\) GFLOP\/s.*/\1/p')
+  mfu=$(awk -v g="${gf:-0}" -v p="$(peak "$prec")" 'BEGIN { printf "%.1f", g * 1e9 / p * 100 }')
+  say "bench: $line | MFU ${mfu}% of $(peak "$prec") FLOP/s"
+}
 for size in 128 32; do
   for batch in 64 256; do
     for prec in bf16 tf32 fp32; do
-      if [ "$(elapsed)" -gt 320 ]; then say "bench: out of time, the rest skipped"; break 3; fi
-      line=$(timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 --size $size --batch $batch \
-             --precision $prec --steps 20 --warmup 5 2>&1 | tail -n 1)
-      gf=$(echo "$line" | sed -n 's/.* \([0-9.]*\) GFLOP\/s.*/\1/p')
-      mfu=$(awk -v g="${gf:-0}" -v p="$(peak "$prec")" 'BEGIN { printf "%.1f", g * 1e9 / p * 100 }')
-      say "bench: $line | MFU ${mfu:-?}% of $(peak $prec) FLOP/s"
+      if [ "$(left)" -lt 90 ]; then say "bench: out of time, the rest skipped"; break 3; fi
+      bench $prec --size $size --batch $batch
     done
   done
   # What the graphs save where launches weigh most: the small images, eagerly.
-  [ "$size" = 32 ] && say "bench: $(timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 \
-    --size 32 --batch 64 --precision bf16 --steps 20 --warmup 5 --graphs 0 2>&1 | tail -n 1)"
+  [ "$size" = 32 ] && [ "$(left)" -ge 90 ] && bench bf16 --size 32 --batch 64 --graphs 0
 done
 
-# ---- 4. real data, if time is left ------------------------------------------------------------
-if [ "$(elapsed)" -lt 270 ] && [ -r .device/data/data_batch_1.bin ]; then
-  timeout $(( 340 - $(elapsed) )) mpirun --allow-run-as-root -np 1 ./vgg_dist --device cuda --data .device/data \
-    --model vgg16 --width 1 --image-size 32 --batch 64 --lr 1e-4 --epochs 12 --val-size 300 \
-    --precision bf16 --log-every 100 > /tmp/gc_real.log 2>&1
-  grep -E "^epoch [0-9]+/[0-9]+:|^test" /tmp/gc_real.log | sed 's/^/real: /' | tail -n 4 | tee -a "$SUM"
+# ---- 7. real data, then compute-sanitizer, if time is left ----------------------------------
+if [ "$HAVE_BIN" = 1 ] && [ "$(left)" -gt 60 ] && [ -r .device/data/data_batch_1.bin ]; then
+  log real.log "real data" timeout $(($(left) - 30)) mpirun --allow-run-as-root -np 1 $B/vgg_dist \
+    --device cuda --data .device/data --model vgg16 --width 1 --image-size 32 --batch 64 --lr 1e-4 \
+    --epochs 12 --val-size 300 --precision bf16 --log-every 100
+  grep -E "^epoch [0-9]+/[0-9]+:|^test" "$OUT/real.log" | sed 's/^/real: /' | tail -n 4 | tee -a "$SUM"
 fi
-say "gpu_check: $FAILS of the 3 correctness parts failed (op tests, parity, NCCL runs)"
-finish "$FAILS"
+if [ "$(left)" -gt 40 ] && command -v compute-sanitizer > /dev/null 2>&1; then
+  log unit.log "compute-sanitizer" timeout $(($(left) - 10)) compute-sanitizer --tool memcheck \
+    --error-exitcode 3 $B/test_unit cuda_gpu
+  say "sanitizer: exit $? ($(grep -E 'ERROR SUMMARY' "$OUT/unit.log" | tail -n 1))"
+fi
+say "gpu_check: $FAILS parts failed (op tests, parity, NCCL runs, build and MPI start-up)"
+exit $((FAILS > 0))

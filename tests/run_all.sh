@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # run_all.sh - `make test`: every suite, then one closing line "N passed, N failed".
 # Suites: the C unit tests (build/test_unit, which also runs the PyTorch golden comparisons),
-# and the multi-rank tests of the binary under mpirun (tests/test_mpi.sh).
+# the multi-rank tests of the binary under mpirun (tests/test_mpi.sh), and the GPU check's dry
+# run on a fresh clone of the committed tree (tests/test_gpu_check.sh).
 # usage: tests/run_all.sh BUILD/test_unit ./vgg_dist
 set -u
 unit=${1:-build/test_unit}
@@ -38,6 +39,7 @@ run_suite() {
 }
 run_suite unit "$unit"
 run_suite mpi "$here/test_mpi.sh" "$bin"
+run_suite gpu_check "$here/test_gpu_check.sh"
 echo "== all suites"
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]
