@@ -57,6 +57,29 @@ TEST(cuda_plan_cache) {
     EXPECT(!plan_key_equal(&v[i], &k));
     EXPECT(plan_cache_find(&pc, &v[i]) == NULL);
   }
+  // A convolution's key holds the alignment of each tensor (x, w, y), each one part of the key;
+  // plan_key_make gives all three the same class (linear layers).
+  const int a16[3] = {16, 16, 16};
+  plan_key c16 = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a16);
+  EXPECT(plan_key_equal(&c16, &k));
+  EXPECT_EQ_INT(c16.align[0], 16);
+  EXPECT_EQ_INT(c16.align[1], 16);
+  EXPECT_EQ_INT(c16.align[2], 16);
+  for (int t = 0; t < 3; t++) {
+    int a[3] = {16, 16, 16};
+    a[t] = 4; // only this tensor misaligned
+    plan_key one = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a);
+    EXPECT_EQ_INT(one.align[t], 4);
+    EXPECT_EQ_INT(one.align[(t + 1) % 3], 16); // the others keep their own class
+    EXPECT(!plan_key_equal(&one, &k));
+    EXPECT(plan_cache_find(&pc, &one) == NULL);
+    for (int u = 0; u < 3; u++) {
+      int b[3] = {16, 16, 16};
+      b[u] = 4;
+      plan_key other = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, b);
+      EXPECT_EQ_INT(plan_key_equal(&one, &other), t == u);
+    }
+  }
   freed_count = 0;
   plan_cache_free(&pc, count_free, NULL);
   EXPECT_EQ_INT(freed_count, 40);

@@ -2,11 +2,12 @@
 // activations and KRSC filters (cuDNN's NHWC filter format), plus the bias/ReLU epilogue and
 // the bias gradient from elementwise.cu.
 //
-// Per distinct (op, N, H, W, C, K, precision, alignment) we build, once, an operation graph of
-// one convolution node, ask the heuristics (mode A, then FALLBACK) for engine configs, drop the
-// engines the precision forbids (fp32: any tensor-core/TF32 or down-converting engine), finalize
-// up to CONV_CANDIDATES execution plans, time each on the live buffers and keep the fastest. The
-// chosen plan and every descriptor it was built from live in the plan cache until destroy.
+// Per distinct (op, N, H, W, C, K, precision, byte alignment of x, w and y, each declared on
+// its own tensor) we build, once, an operation graph of one convolution node, ask the
+// heuristics (mode A, then FALLBACK) for engine configs, drop the engines the precision forbids
+// (fp32: any tensor-core/TF32 or down-converting engine), finalize up to CONV_CANDIDATES
+// execution plans, time each on the live buffers and keep the fastest. The chosen plan and
+// every descriptor it was built from live in the plan cache until destroy.
 //
 // Why not the fused conv+bias+ReLU graph: cuDNN only has runtime-fusion engines for that
 // pattern, mostly tensor-core only, so fp32 would need the unfused path anyway; without a GPU
@@ -260,9 +261,11 @@ static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3]) {
 
 static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
                                 void *const ptrs[3]) {
-  int align = plan_alignment(ptrs[0]);
-  for (int i = 1; i < 3; i++) align = plan_alignment(ptrs[i]) < align ? plan_alignment(ptrs[i]) : align;
-  plan_key key = plan_key_make(op, N, H, W, C, K, c->precision, align);
+  // Each tensor declares its own alignment: the minimum over the three would let one weight
+  // tensor at an odd offset of the flat buffer push x and y off the vectorised engines too.
+  int align[3];
+  for (int i = 0; i < 3; i++) align[i] = plan_alignment(ptrs[i]);
+  plan_key key = plan_key_conv(op, N, H, W, C, K, c->precision, align);
   conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
   if (p) return p;
   if (c->capturing) // autotuning times plans: the eager step before a capture builds them all
@@ -271,9 +274,9 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
 
   p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
   cudnnDataType_t dt = c->precision == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align);
-  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align); // (K,3,3,C) = KRSC
-  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align);
+  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align[0]);
+  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align[1]); // (K,3,3,C) = KRSC
+  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align[2]);
   bdesc cd = conv_desc();
   bdesc o = conv_operation(op, tx, tw, ty, cd);
   bdesc graph = desc_create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
@@ -307,7 +310,8 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
          op_name(op), N, H, W, C, K);
   if (n == 0)
     FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
-          "(precision %d, alignment %d)", op_name(op), N, H, W, C, K, c->precision, align);
+          "(precision %d, byte alignment x %d w %d y %d)", op_name(op), N, H, W, C, K,
+          c->precision, align[0], align[1], align[2]);
   int best = autotune(c, cand, n, ptrs);
   if (best < 0)
     FATAL("every cuDNN plan failed for the %s convolution N=%d H=%d W=%d C=%d K=%d",

@@ -17,7 +17,7 @@ extern "C" {
 #endif
 
 // ---- plan cache ----------------------------------------------------------------------------
-// One key per distinct (operation, shape, precision, pointer alignment class); plans are built
+// One key per distinct (operation, shape, precision, pointer alignment classes); plans are built
 // once, at the first step, so a linear scan over a few dozen entries is all we need.
 typedef enum {
   PLAN_CONV_FWD = 1,
@@ -27,7 +27,11 @@ typedef enum {
 } plan_op;
 
 typedef struct plan_key {
-  int op, N, H, W, C, K, precision, align; // linear: H = in, W = out, C = relu
+  int op, N, H, W, C, K, precision; // linear: H = in, W = out, C = relu
+  // Byte alignment class (plan_alignment) of each tensor: a convolution's x-like, w-like and
+  // y-like tensor (each its own, so one misaligned weight does not push x and y off the
+  // vectorised/tensor-core engines); a linear layer has one class for all three.
+  int align[3];
 } plan_key;
 
 typedef struct plan_cache {
@@ -36,7 +40,11 @@ typedef struct plan_cache {
   int n, cap;
 } plan_cache;
 
+// One alignment class for every tensor (linear layers).
 plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align);
+// A convolution's key: align[0..2] of its x-like, w-like and y-like tensors.
+plan_key plan_key_conv(int op, int N, int H, int W, int C, int K, int precision,
+                       const int align[3]);
 int plan_key_equal(const plan_key *a, const plan_key *b);
 void *plan_cache_find(const plan_cache *pc, const plan_key *k); // NULL when absent
 void plan_cache_insert(plan_cache *pc, const plan_key *k, void *val); // key must be absent
