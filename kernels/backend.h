@@ -151,6 +151,19 @@ struct backend {
 backend *backend_cpu_create(int threads);
 // The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
 backend *backend_cuda_create(int device, int precision);
+
+// How the CUDA backend chooses a convolution's cuDNN engine among the allowed candidates the
+// heuristics offer, at the convolution's first use:
+//   AUTOTUNE_FASTEST  time each candidate on the live buffers and keep the fastest (timings
+//                     vary, so two processes may keep different, each deterministic, engines
+//                     and differ in the last bits);
+//   AUTOTUNE_FIRST    the first candidate in the heuristics' fixed order that runs, untimed:
+//                     every process on the same GPU model and library versions picks the same
+//                     engine (the GPU check's graphs-on / graphs-off runs agree bit for bit).
+typedef enum { AUTOTUNE_FASTEST = 0, AUTOTUNE_FIRST = 1 } autotune_mode;
+// Sets the mode of a CUDA backend (default AUTOTUNE_FASTEST): right after backend_cuda_create,
+// before the first convolution (aborts with a message otherwise, or when b is not CUDA).
+void backend_cuda_set_autotune(backend *b, autotune_mode mode);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int backend_cuda_device_count(void);
 // Device memory in use on b's GPU (all of it: this process's buffers, library workspaces and

@@ -129,6 +129,19 @@ TEST(cuda_autotune_pick_and_workspace) {
   float c[2] = {-1.0f, -1.0f};
   EXPECT_EQ_INT(plan_pick_fastest(c, 2), -1);
   EXPECT_EQ_INT(plan_pick_fastest(c, 0), -1);
+  // The mode: fastest is plan_pick_fastest; first takes the first candidate that ran, whatever
+  // the times (deterministic across processes), skipping failed ones.
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, a, 4), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, a, 4), 0);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, b, 3), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, b, 3), 1);
+  float first[3] = {PLAN_MS_FAILED, 0.0f, PLAN_MS_UNTRIED}; // what autotune notes in first mode
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, first, 3), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, first, 3), 1);
+  float none[2] = {PLAN_MS_FAILED, PLAN_MS_UNTRIED};
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, none, 2), -1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, none, 2), -1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, none, 0), -1);
   const size_t mib = (size_t)1 << 20;
   EXPECT_EQ_INT(plan_workspace_grow(0, 0), 0);
   EXPECT_EQ_INT(plan_workspace_grow(0, 1), mib);

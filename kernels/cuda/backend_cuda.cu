@@ -226,6 +226,7 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   cuda_ctx *c = (cuda_ctx *)xcalloc(1, sizeof(cuda_ctx));
   c->device = device;
   c->precision = precision;
+  c->autotune = AUTOTUNE_FASTEST;
   cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
   cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
   cudnnCheck(cudnnCreate(&c->cudnn));
@@ -254,6 +255,16 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   b->act_bytes = precision == 2 ? 2 : 4;
   b->impl = c;
   return b;
+}
+
+extern "C" void backend_cuda_set_autotune(backend *b, autotune_mode mode) {
+  if (!b || b->ops->destroy != cuda_destroy) FATAL("backend_cuda_set_autotune: not a CUDA backend");
+  if (mode != AUTOTUNE_FASTEST && mode != AUTOTUNE_FIRST) FATAL("unknown autotune mode %d", (int)mode);
+  cuda_ctx *c = ctx_of(b);
+  if (mode != c->autotune && c->convs.n > 0)
+    FATAL("backend_cuda_set_autotune after the first convolution: its engines were already "
+          "chosen the other way (set the mode right after backend_cuda_create)");
+  c->autotune = mode;
 }
 
 static void memory_info(backend *b, size_t *free_bytes, size_t *total) {

@@ -6,8 +6,9 @@
 // its own tensor) we build, once, an operation graph of one convolution node, ask the
 // heuristics (mode A, then FALLBACK) for engine configs, drop the engines the precision forbids
 // (fp32: any tensor-core/TF32 or down-converting engine), finalize up to CONV_CANDIDATES
-// execution plans, time each on the live buffers and keep the fastest. The chosen plan and
-// every descriptor it was built from live in the plan cache until destroy.
+// execution plans and keep one (autotune mode fastest: each timed on the live buffers, the
+// fastest kept; first: the first that runs, untimed). The chosen plan and every descriptor it
+// was built from live in the plan cache until destroy.
 //
 // Why not the fused conv+bias+ReLU graph: cuDNN only has runtime-fusion engines for that
 // pattern, mostly tensor-core only, so fp32 would need the unfused path anyway; without a GPU
@@ -233,30 +234,44 @@ static const char *op_name(int op) {
   return op == PLAN_CONV_FWD ? "forward" : op == PLAN_CONV_BWD_DATA ? "backward-data" : "backward-filter";
 }
 
-// Time every candidate on the live buffers (1 warm-up + 2 runs) and return the fastest.
-static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3]) {
-  float ms[2 * CONV_CANDIDATES];
-  int64_t most = 0;
-  for (int i = 0; i < n; i++) most = cand[i].workspace > most ? cand[i].workspace : most;
-  if (most > 0) cuda_workspace(c, (size_t)most);
-  if (n == 1) return 0;
-  for (int i = 0; i < n; i++) {
-    ms[i] = -1.0f;
-    if (plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) != CUDNN_STATUS_SUCCESS) continue;
-    cudaCheck(cudaEventRecord(c->ev0, c->stream));
-    int ok = 1;
-    for (int r = 0; r < 2 && ok; r++)
-      ok = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
-    cudaCheck(cudaEventRecord(c->ev1, c->stream));
-    cudaCheck(cudaEventSynchronize(c->ev1));
-    float t = 0.0f;
-    cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
-    if (ok) ms[i] = t;
+// Choose among the n finalized candidates (in the heuristics' order), noting in ms[] what each
+// did (see plan_pick). AUTOTUNE_FASTEST times each on the live buffers (1 warm-up + 2 runs,
+// ms per run) and keeps the fastest; a lone candidate is kept untimed. AUTOTUNE_FIRST runs
+// them once each, untimed, in order, and keeps the first that runs: no timing, so every process
+// keeps the same engine. Runs only write the op's output, which the real run then overwrites.
+static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3], float *ms) {
+  for (int i = 0; i < n; i++) ms[i] = PLAN_MS_UNTRIED;
+  if (c->autotune == AUTOTUNE_FIRST) {
+    for (int i = 0; i < n; i++) {
+      int ran = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
+      ms[i] = ran ? 0.0f : PLAN_MS_FAILED;
+      if (ran) break;
+    }
+  } else if (n == 1) {
+    if (cand[0].workspace > 0) cuda_workspace(c, (size_t)cand[0].workspace);
+    ms[0] = 0.0f;
+  } else {
+    int64_t most = 0;
+    for (int i = 0; i < n; i++) most = cand[i].workspace > most ? cand[i].workspace : most;
+    if (most > 0) cuda_workspace(c, (size_t)most);
+    for (int i = 0; i < n; i++) {
+      ms[i] = PLAN_MS_FAILED;
+      if (plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) != CUDNN_STATUS_SUCCESS) continue;
+      cudaCheck(cudaEventRecord(c->ev0, c->stream));
+      int ok = 1;
+      for (int r = 0; r < 2 && ok; r++)
+        ok = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
+      cudaCheck(cudaEventRecord(c->ev1, c->stream));
+      cudaCheck(cudaEventSynchronize(c->ev1));
+      float t = 0.0f;
+      cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
+      if (ok) ms[i] = t / 2;
+    }
   }
   // A candidate that failed to launch may leave a (non-sticky) launch error behind, which the
   // next KERNEL_CHECK would pin on an innocent kernel; the candidate is already discarded.
   (void)cudaGetLastError();
-  return plan_pick_fastest(ms, n);
+  return plan_pick(c->autotune, ms, n);
 }
 
 static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
@@ -312,7 +327,8 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
     FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
           "(precision %d, byte alignment x %d w %d y %d)", op_name(op), N, H, W, C, K,
           c->precision, align[0], align[1], align[2]);
-  int best = autotune(c, cand, n, ptrs);
+  float ms[CONV_CANDIDATES];
+  int best = autotune(c, cand, n, ptrs, ms);
   if (best < 0)
     FATAL("every cuDNN plan failed for the %s convolution N=%d H=%d W=%d C=%d K=%d",
           op_name(op), N, H, W, C, K);

@@ -68,7 +68,8 @@ typedef struct cuda_ctx {
   size_t param_count;
   bf16 *params_bf16;
   plan_cache convs, gemms;
-  cudaEvent_t ev0, ev1; // autotune timing
+  autotune_mode autotune; // how a conv plan's engine is chosen (backend_cuda_set_autotune)
+  cudaEvent_t ev0, ev1;   // autotune timing
   // Graph capture (graph.cu): while capturing, nothing runs, nothing may allocate or
   // synchronise, and prep_batch notes where the batch's ids go (cap_ids, cap_n) so that each
   // replay copies that step's ids there.

@@ -86,6 +86,13 @@ int plan_pick_fastest(const float *ms, int n) {
   return best;
 }
 
+int plan_pick(autotune_mode mode, const float *ms, int n) {
+  if (mode == AUTOTUNE_FASTEST) return plan_pick_fastest(ms, n);
+  for (int i = 0; i < n; i++)
+    if (ms[i] >= 0.0f) return i;
+  return -1;
+}
+
 size_t plan_workspace_grow(size_t have, size_t need) {
   if (need <= have) return have;
   const size_t mib = (size_t)1 << 20;

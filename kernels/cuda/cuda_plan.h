@@ -1,7 +1,8 @@
 // cuda_plan.h - the host-only planning logic of the CUDA backend, kept apart from any CUDA
 // call so that it is unit-tested on machines without a GPU (tests/test_cuda_host.c):
 //   - the plan cache (cuDNN execution plans / cuBLASLt algorithms, one per layer shape),
-//   - which cuDNN engines a precision allows (numerical notes) and the autotune pick,
+//   - which cuDNN engines a precision allows (numerical notes) and the autotune pick (fastest
+//     or first),
 //   - workspace growth,
 //   - the column-major GEMM that computes each row-major linear product,
 //   - launch sizes, pointer alignment classes, bf16 rounding.
@@ -11,6 +12,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "backend.h" // autotune_mode
 
 #ifdef __cplusplus
 extern "C" {
@@ -72,6 +75,14 @@ int plan_engine_allowed(int precision, unsigned notes, int allow_nondet);
 // Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
 // Returns -1 when every candidate failed.
 int plan_pick_fastest(const float *ms, int n);
+// What autotuning noted per candidate, in the heuristics' order: a time in ms (>= 0; 0 when it
+// ran untimed), PLAN_MS_FAILED (it did not run) or PLAN_MS_UNTRIED (not run: an earlier one
+// was taken).
+#define PLAN_MS_FAILED (-1.0f)
+#define PLAN_MS_UNTRIED (-2.0f)
+// The candidate the mode keeps: AUTOTUNE_FASTEST the fastest (plan_pick_fastest),
+// AUTOTUNE_FIRST the first that ran, whatever the times. -1 when none ran.
+int plan_pick(autotune_mode mode, const float *ms, int n);
 // Workspace size after a request: unchanged when it suffices, else `need` rounded up to 1 MiB.
 size_t plan_workspace_grow(size_t have, size_t need);
 

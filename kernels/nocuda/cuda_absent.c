@@ -16,3 +16,7 @@ size_t backend_cuda_memory_used(backend *b) {
 size_t backend_cuda_memory_free(backend *b) {
   FATAL("backend_cuda_memory_free without CUDA");
 }
+
+void backend_cuda_set_autotune(backend *b, autotune_mode mode) {
+  FATAL("backend_cuda_set_autotune without CUDA");
+}

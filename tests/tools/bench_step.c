@@ -2,6 +2,7 @@
 // Adam) of a VGG on one backend, for `make bench` and the GPU check.
 //   bench_step [--model vgg16] [--width 1] [--size 32] [--batch 64] [--steps 10] [--warmup 2]
 //              [--device cpu|cuda] [--precision fp32|tf32|bf16] [--threads N] [--graphs 0|1]
+//              [--autotune fastest|first]
 // Prints one line: model, size, batch, device, img/s, ms/step, GFLOP/s. On CUDA the steps are
 // CUDA graph replays unless --graphs 0 (the first two warm-up steps build and capture them).
 #include <stdlib.h>
@@ -16,7 +17,7 @@
 #include "rng.h"
 
 int main(int argc, char **argv) {
-  const char *name = "vgg16", *device = "cpu", *precision = "fp32";
+  const char *name = "vgg16", *device = "cpu", *precision = "fp32", *autotune = "fastest";
   float width = 1;
   int size = 32, batch = 64, steps = 10, warmup = 2, threads = 0, graphs = 1;
   for (int i = 1; i + 1 < argc; i += 2) {
@@ -31,12 +32,17 @@ int main(int argc, char **argv) {
     else if (!strcmp(k, "--precision")) precision = v;
     else if (!strcmp(k, "--threads")) threads = atoi(v);
     else if (!strcmp(k, "--graphs")) graphs = atoi(v);
+    else if (!strcmp(k, "--autotune")) autotune = v;
     else DIE_USAGE("bench_step: unknown option %s", k);
   }
   if (argc % 2 == 0) DIE_USAGE("bench_step: options come in pairs");
   if (batch < 1 || steps < 1 || warmup < 0) DIE_USAGE("bench_step: bad --batch/--steps/--warmup");
   int prec = !strcmp(precision, "tf32") ? 1 : !strcmp(precision, "bf16") ? 2 : 0;
+  if (strcmp(autotune, "fastest") && strcmp(autotune, "first"))
+    DIE_USAGE("bench_step: --autotune: '%s' is not one of fastest|first", autotune);
   backend *b = !strcmp(device, "cuda") ? backend_cuda_create(0, prec) : backend_cpu_create(threads);
+  if (!strcmp(device, "cuda"))
+    backend_cuda_set_autotune(b, !strcmp(autotune, "first") ? AUTOTUNE_FIRST : AUTOTUNE_FASTEST);
   model m;
   model_build(&m, name, width, size, 10, 0.5f);
   net nt;
@@ -77,8 +83,9 @@ int main(int argc, char **argv) {
   else
     snprintf(mem, sizeof(mem), "peak RSS %.0f MiB", ru.ru_maxrss / 1024.0);
   const char *how = b->ops->capture_begin ? (graphs ? " graphs" : " eager") : "";
-  printf("vgg_dist %s width %g %dx%d batch %d %s %s%s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, %s\n",
-         name, width, size, size, batch, b->ops->name, precision, how, batch / dt, dt * 1e3,
+  const char *tune = b->ops->stream(b) && !strcmp(autotune, "first") ? " autotune-first" : "";
+  printf("vgg_dist %s width %g %dx%d batch %d %s %s%s%s: %.1f img/s, %.1f ms/step, %.1f GFLOP/s, %s\n",
+         name, width, size, size, batch, b->ops->name, precision, how, tune, batch / dt, dt * 1e3,
          batch / dt * model_train_flops(&m) * 1e-9, mem);
   free(ids);
   b->ops->release(b, d_lab);
