@@ -2,8 +2,9 @@
 // engine filtering by precision, autotune pick, workspace growth, the column-major GEMM plans of
 // the linear layers (checked against row-major products), launch sizes, alignment, bf16
 // rounding, the resize coefficients (against the CPU backend's resize), the Adam coefficients
-// (against the CPU backend's Adam), and the behaviour without a GPU (device count 0 and a clear
-// error from backend_cuda_create).
+// (against the CPU backend's Adam), the per-op profile's table (made-up region times: rows,
+// percentages, order, conv plan lines), and the behaviour without a GPU (device count 0 and a
+// clear error from backend_cuda_create).
 // On a machine with a GPU the cuda_gpu_* tests also compare every op of the CUDA backend, in
 // each precision, with the CPU reference backend on small shapes (they skip without a GPU).
 #ifdef VGG_HAVE_CUDA
@@ -19,6 +20,7 @@
 #include "check.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_plan.h"
+#include "cuda/prof_table.h"
 #include "resize.h"
 #include "rng.h"
 #include "test.h"
@@ -316,6 +318,155 @@ TEST(cuda_without_gpu) {
   REQUIRE(waitpid(pid, &status, 0) == pid);
   EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0);
   EXPECT(strstr(msg, "--device cuda: no CUDA device visible (") != NULL);
+}
+
+// ---- the per-op profile's table (bench_step --profile), from made-up region times -------------
+
+static prof_sample sample(prof_kind kind, const char *shape, float ms) {
+  prof_sample s;
+  memset(&s, 0, sizeof(s));
+  s.kind = kind;
+  snprintf(s.shape, sizeof(s.shape), "%s", shape);
+  s.ms = ms;
+  return s;
+}
+
+// The printed table as a string (free it).
+static char *table_text(const prof_table *t) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = CHECK_PTR(open_memstream(&buf, &len));
+  prof_table_print(t, f);
+  fclose(f);
+  return buf;
+}
+
+// Whether the needles appear in text in this order.
+static int in_order(const char *text, const char *const *needles, int n) {
+  const char *at = text;
+  for (int i = 0; i < n; i++) {
+    const char *hit = strstr(at, needles[i]);
+    if (!hit) {
+      printf("    '%s' missing (or out of order)\n", needles[i]);
+      return 0;
+    }
+    at = hit + strlen(needles[i]);
+  }
+  return 1;
+}
+
+TEST(cuda_profile_table) {
+  prof_table t;
+  memset(&t, 0, sizeof(t));
+  prof_table_warmup(&t, 900.0); // the step that built the plans
+  prof_table_warmup(&t, 8.0);
+  // Two timed steps of the same four regions, in step order (not sorted by time).
+  prof_sample a[4] = {sample(PROF_PREP, "64 images 32x32", 1.0f), sample(PROF_CONV_FWD, "32x32 3->64", 2.0f),
+                      sample(PROF_CONV_EPILOGUE, "32x32x64 bias+relu", 1.0f), sample(PROF_ADAM, "0.0M params", 0.5f)};
+  EXPECT(prof_table_step(&t, a, 4, 5.0));
+  a[1].ms = 4.0f;
+  EXPECT(prof_table_step(&t, a, 4, 7.0));
+  // A step with other regions is left out, counted.
+  EXPECT(!prof_table_step(&t, a, 3, 100.0));
+  prof_sample b[4] = {a[0], a[1], a[2], sample(PROF_ADAM, "other", 0.5f)};
+  EXPECT(!prof_table_step(&t, b, 4, 100.0));
+  EXPECT_EQ_INT(t.steps, 2);
+  EXPECT_EQ_INT(t.skipped, 2);
+  EXPECT_EQ_INT(t.warmups, 2);
+  EXPECT_NEAR(t.first_wall_ms, 900.0, 0);
+  REQUIRE(t.n_rows == 4);
+  EXPECT_EQ_INT(t.rows[0].kind, PROF_PREP);
+  EXPECT_EQ_INT(t.rows[1].kind, PROF_CONV_FWD);
+  EXPECT_EQ_INT(t.rows[3].kind, PROF_ADAM);
+  EXPECT_NEAR(prof_table_row_ms(&t, 0), 1.0, 1e-9);
+  EXPECT_NEAR(prof_table_row_ms(&t, 1), 3.0, 1e-9); // mean of 2 and 4
+  EXPECT_NEAR(prof_table_step_ms(&t), 6.0, 1e-9);  // mean wall of the kept steps
+  EXPECT_NEAR(prof_table_pct(&t, prof_table_row_ms(&t, 1)), 50.0, 1e-9);
+  EXPECT_NEAR(prof_table_sum_ms(&t), 5.5, 1e-9);
+  EXPECT_NEAR(prof_table_pct(&t, prof_table_sum_ms(&t)), 100.0 * 5.5 / 6.0, 1e-9);
+
+  // A conv plan: three candidates timed, one failed, configs refused for two reasons.
+  prof_conv *r = prof_table_conv(&t);
+  r->kind = PROF_CONV_FWD;
+  snprintf(r->shape, sizeof(r->shape), "32x32 3->64");
+  r->N = 64;
+  r->align[0] = r->align[1] = r->align[2] = 16;
+  snprintf(r->heuristics, sizeof(r->heuristics), "mode A");
+  EXPECT_EQ_INT(prof_conv_note(r, 25, PLAN_NOTE_TENSOR_CORE, 0, PROF_CAND_REFUSED_NOTES), 0);
+  EXPECT_EQ_INT(prof_conv_note(r, 12, 0, 2 << 20, PROF_CAND_UNTRIED), 1);
+  EXPECT_EQ_INT(prof_conv_note(r, 7, 0, 0, PROF_CAND_REFUSED_RTC), 2);
+  EXPECT_EQ_INT(prof_conv_note(r, 31, PLAN_NOTE_NONDETERMINISTIC, 0, PROF_CAND_REFUSED_NOTES), 3);
+  EXPECT_EQ_INT(prof_conv_note(r, 3, 0, 0, PROF_CAND_UNTRIED), 4);
+  EXPECT_EQ_INT(prof_conv_note(r, 0, 0, 0, PROF_CAND_UNTRIED), 5);
+  EXPECT_EQ_INT(prof_conv_note(NULL, 1, 0, 0, PROF_CAND_UNTRIED), -1); // profiling off
+  r->cand[1].status = PROF_CAND_TIMED;
+  r->cand[1].ms = 0.105f;
+  r->cand[4].status = PROF_CAND_TIMED;
+  r->cand[4].ms = 0.220f;
+  r->cand[5].status = PROF_CAND_FAILED;
+  r->chosen = 1;
+  r->build_ms = 35.25;
+  r->tune_ms = 3.5;
+  prof_conv *full = prof_table_conv(&t);
+  full->kind = PROF_CONV_BWD_FILTER;
+  for (int i = 0; i < PROF_MAX_CANDS; i++) prof_conv_note(full, i, 0, 0, PROF_CAND_REFUSED_RTC);
+  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), -1); // full: counted only
+  EXPECT_EQ_INT(full->more, 1);
+  EXPECT_NEAR(prof_table_build_ms(&t), 35.25, 1e-9);
+
+  char *text = table_text(&t);
+  printf("%s", text);
+  const char *const rows[] = {
+      "2 timed eager steps after 2 warm-up",
+      "2 more timed steps ran other regions than the first one, left out",
+      "   1  prep 64 images 32x32", "1.000", "16.7%",
+      "   2  conv fwd 32x32 3->64", "3.000", "50.0%",
+      "   3  conv epilogue 32x32x64 bias+relu", "1.000", "16.7%",
+      "   4  adam 0.0M params", "0.500", "8.3%",
+      "all-reduce wait", "(no gradient reducer in this run)",
+      "sum of the regions", "5.500", "91.7%",
+      "step wall time (host)", "6.000", "100.0%", "(0.500 ms outside the regions",
+      "by kind:", "prep", "conv fwd", "3.000", "50.0%", "(1 region)", "adam",
+      "conv plans (autotune fastest",
+      "conv fwd 32x32 3->64, N 64, align x16 w16 y16: engine 12 (tensor cores: no, deterministic: yes)",
+      "workspace 2.00 MiB", "heuristics mode A", "built in 35.2 ms (autotune 3.5 ms)",
+      "engine 12", "0.105 ms   <- kept",
+      "engine 3", "0.220 ms\n",
+      "engine 0", "failed to run\n",
+      "refused (numerical notes not allowed): engine 25, 31\n",
+      "refused (runtime-compiled): engine 7\n",
+      "(1 more config not recorded)",
+      "plan building (host, at first use): 2 conv plans in 35.2 ms (autotune 3.5 ms of it)",
+      "the first step took 900.0 ms wall, a timed step 6.000 ms",
+  };
+  EXPECT(in_order(text, rows, (int)(sizeof(rows) / sizeof(rows[0]))));
+  free(text);
+
+  // A reducer's wait is a row like any other; autotune first changes the heading.
+  prof_table u;
+  memset(&u, 0, sizeof(u));
+  u.autotune_first = 1;
+  prof_sample w[2] = {sample(PROF_ADAM, "1.0M params", 1.0f), sample(PROF_ALLREDUCE_WAIT, "bucket 0", 3.0f)};
+  prof_table_step(&u, w, 2, 3.0); // the regions exceed the wall time (host and GPU overlap)
+  prof_conv *fr = prof_table_conv(&u);
+  fr->kind = PROF_CONV_BWD_DATA;
+  prof_conv_note(fr, 5, PLAN_NOTES_UNKNOWN, 0, PROF_CAND_RAN);
+  prof_conv_note(fr, 6, 0, 0, PROF_CAND_UNTRIED);
+  fr->chosen = 0;
+  text = table_text(&u);
+  printf("%s", text);
+  const char *const rows2[] = {"   2  all-reduce wait bucket 0", "3.000", "100.0%",
+                               "(the regions exceed it by 1.000 ms)",
+                               "conv plans (autotune first",
+                               "conv bwd data", "engine 5 (numerical notes unknown)",
+                               "ran, untimed   <- kept", "engine 6", "not run\n",
+                               "1 conv plan in 0.0 ms (autotune 0.0 ms of it)\n"};
+  EXPECT(in_order(text, rows2, (int)(sizeof(rows2) / sizeof(rows2[0]))));
+  EXPECT(strstr(text, "no gradient reducer") == NULL);
+  free(text);
+  prof_table_free(&u);
+  prof_table_free(&t);
+  prof_table_free(&t); // freed tables stay valid
 }
 
 // ---- GPU vs CPU (run only where a GPU is visible) ---------------------------------------------
