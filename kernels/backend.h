@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -166,6 +167,19 @@ typedef enum { AUTOTUNE_FASTEST = 0, AUTOTUNE_FIRST = 1 } autotune_mode;
 void backend_cuda_set_autotune(backend *b, autotune_mode mode);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int backend_cuda_device_count(void);
+// Per-op profile of a CUDA backend's eager steps (bench_step --profile): CUDA events around
+// every op (convolutions split into forward, epilogue, bias gradient, backward-filter and
+// backward-data), each conv plan's engine and candidates, the plan building time. Off unless
+// enabled, and then free: nothing is recorded.
+// enable: before the first op and before any graph capture; from then on b has no capture
+//   entries (eager steps only: profiling and CUDA graphs are exclusive). Aborts with a message
+//   when b is not CUDA, or is too late.
+// step: after each step, with its host wall time (ms); synchronises, reads the step's events and
+//   adds the step to the means when keep (0 for warm-up steps: the first one builds the plans).
+// print: the table (see kernels/cuda/prof_table.h).
+void backend_cuda_profile_enable(backend *b);
+void backend_cuda_profile_step(backend *b, double wall_ms, int keep);
+void backend_cuda_profile_print(backend *b, FILE *f);
 // Device memory in use on b's GPU (all of it: this process's buffers, library workspaces and
 // the CUDA context), for the benchmark's peak-memory figure; all buffers are allocated by the
 // first step, so after it this is the peak.

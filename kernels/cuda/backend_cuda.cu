@@ -175,6 +175,7 @@ static void cuda_destroy(backend *b) {
   if (!b) return;
   cuda_ctx *c = ctx_of(b);
   cudaCheck(cudaStreamSynchronize(c->stream));
+  cuda_prof_free(b);
   plan_cache_free(&c->convs, cuda_conv_plan_free, c);
   plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
@@ -257,10 +258,15 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   return b;
 }
 
+// The profiler swaps b->ops for a copy with wrapped entries, but destroy stays cuda_destroy.
+cuda_ctx *cuda_ctx_checked(backend *b, const char *who) {
+  if (!b || !b->ops || b->ops->destroy != cuda_destroy) FATAL("%s: not a CUDA backend", who);
+  return ctx_of(b);
+}
+
 extern "C" void backend_cuda_set_autotune(backend *b, autotune_mode mode) {
-  if (!b || b->ops->destroy != cuda_destroy) FATAL("backend_cuda_set_autotune: not a CUDA backend");
+  cuda_ctx *c = cuda_ctx_checked(b, "backend_cuda_set_autotune");
   if (mode != AUTOTUNE_FASTEST && mode != AUTOTUNE_FIRST) FATAL("unknown autotune mode %d", (int)mode);
-  cuda_ctx *c = ctx_of(b);
   if (mode != c->autotune && c->convs.n > 0)
     FATAL("backend_cuda_set_autotune after the first convolution: its engines were already "
           "chosen the other way (set the mode right after backend_cuda_create)");
