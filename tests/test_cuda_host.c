@@ -734,3 +734,57 @@ TEST(cuda_gpu_adam_prep) {
 }
 
 #endif
+
+// ---- bench_step --profile refuses with one line where it cannot run (any build, no GPU) ------
+// bench_step.c is included with its main renamed (as llama2.c's test.c includes run.c), so the
+// test runs its real argument handling in a child.
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "backend.h"
+#include "test.h"
+
+#define main bench_step_main
+#include "tools/bench_step.c"
+#undef main
+
+static void bench_child(void *line) {
+  char buf[512], *argv[32];
+  int argc = 0;
+  snprintf(buf, sizeof(buf), "bench_step %s", (const char *)line);
+  for (char *t = strtok(buf, " "); t && argc < 31; t = strtok(NULL, " ")) argv[argc++] = t;
+  argv[argc] = NULL;
+  exit(bench_step_main(argc, argv));
+}
+
+TEST(bench_profile_refusals) {
+  // Small enough to finish at once should a refusal ever be lost.
+  const char *tiny = "--model vgg11 --width 0.0625 --size 32 --batch 2 --steps 1";
+  struct {
+    const char *args, *needle;
+    int needs_no_gpu;
+  } cases[] = {
+      {"--device cpu --profile", "--profile times CUDA ops with events: it needs --device cuda, not cpu", 0},
+      {"--profile --graphs 1", "cannot run with --graphs 1", 0},
+      {"--profile --warmup 0", "--profile needs --warmup 1 or more", 0},
+      {"--profile --autotune soon", "--autotune: 'soon' is not one of fastest|first", 0},
+      {"--profile", "--profile needs a CUDA GPU and none is visible here", 1},
+      {"--profile --device cuda --graphs 0", "--profile needs a CUDA GPU and none is visible here", 1},
+  };
+  int gpus = backend_cuda_device_count();
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    if (cases[i].needs_no_gpu && gpus > 0) {
+      printf("    (a CUDA device is present: '%s' not checked)\n", cases[i].args);
+      continue;
+    }
+    char line[512], err[1024];
+    snprintf(line, sizeof(line), "%s %s", tiny, cases[i].args);
+    int status = test_in_child(bench_child, line, err, sizeof(err));
+    if (status != 2) test_fail(__FILE__, __LINE__, "'%s': exit %d, expected 2 (%s)", cases[i].args, status, err);
+    if (!strstr(err, cases[i].needle))
+      test_fail(__FILE__, __LINE__, "'%s': message '%s' lacks '%s'", cases[i].args, err, cases[i].needle);
+    if (strchr(err, '\n') != strrchr(err, '\n'))
+      test_fail(__FILE__, __LINE__, "'%s': message is not one line: '%s'", cases[i].args, err);
+  }
+}
