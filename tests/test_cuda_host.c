@@ -6,7 +6,9 @@
 // percentages, order, conv plan lines), and the behaviour without a GPU (device count 0 and a
 // clear error from backend_cuda_create).
 // On a machine with a GPU the cuda_gpu_* tests also compare every op of the CUDA backend, in
-// each precision, with the CPU reference backend on small shapes (they skip without a GPU).
+// each precision, with the CPU reference backend on small shapes, check that --autotune first
+// repeats bit for bit across two backends, and run the per-op profiler (they skip without a
+// GPU).
 #ifdef VGG_HAVE_CUDA
 
 #include <cudnn.h>
@@ -21,8 +23,12 @@
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_plan.h"
 #include "cuda/prof_table.h"
+#include "log.h"
+#include "model.h"
+#include "net.h"
 #include "resize.h"
 #include "rng.h"
+#include "steps.h"
 #include "test.h"
 
 static int freed_count;
@@ -731,6 +737,123 @@ TEST(cuda_gpu_adam_prep) {
   for (int i = 0; i < 6; i++) p.gpu->ops->release(p.gpu, bufs[i]);
   free(w); free(g); free(m); free(v); free(hw); free(img);
   pair_close(&p);
+}
+
+// --autotune first: two fresh backends (as two processes would) keep the same engines, so two
+// runs agree bit for bit (losses, gradients, parameters).
+TEST(cuda_gpu_autotune_first_repeats) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  for (int prec = 0; prec < 3; prec += 2) {
+    steps_spec s = {.model = "vgg11", .width = 0.125f, .dropout = 0.5f, .lr = 1e-3f,
+                    .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                    .size = 32, .n = 8, .steps = 2, .seed = 77, .vary = 1};
+    model m;
+    model_build(&m, s.model, s.width, s.size, 10, s.dropout);
+    steps_result r[2];
+    for (int k = 0; k < 2; k++) {
+      backend *g = backend_cuda_create(0, prec);
+      backend_cuda_set_autotune(g, AUTOTUNE_FIRST);
+      steps_run(&r[k], g, &m, &s);
+      g->ops->destroy(g);
+    }
+    printf("    precision %d: losses %.9g %.9g and %.9g %.9g\n", prec, r[0].loss[0], r[0].loss[1],
+           r[1].loss[0], r[1].loss[1]);
+    EXPECT(memcmp(r[0].loss, r[1].loss, sizeof(double) * s.steps) == 0);
+    EXPECT(memcmp(r[0].grads, r[1].grads, m.n_params * sizeof(float)) == 0);
+    EXPECT(memcmp(r[0].params, r[1].params, m.n_params * sizeof(float)) == 0);
+    steps_free(&r[0]);
+    steps_free(&r[1]);
+  }
+}
+
+// `steps` eager training steps of m (batch n) on b; returns the last step's mean loss. With
+// profile, each step is handed to the profiler (the first as the warm-up that builds plans).
+static double run_steps(backend *b, const model *m, int n, int steps, int profile) {
+  net nt;
+  net_init(&nt, m, b, n, (size_t)1 << 30);
+  nt.graphs = 0;
+  float *params = xmalloc(m->n_params * sizeof(float));
+  model_init_params(m, params, INIT_TORCHVISION, 3);
+  net_upload_params(&nt, params);
+  int images = 2 * n;
+  uint8_t *img = xmalloc((size_t)images * 3072), lab[64];
+  for (int i = 0; i < images * 3072; i++) img[i] = (uint8_t)rng_bits(5, 9, 0, 0, (uint32_t)i);
+  for (int i = 0; i < images; i++) lab[i] = (uint8_t)(i % 10);
+  uint8_t *d_img = b->ops->alloc(b, (size_t)images * 3072), *d_lab = b->ops->alloc(b, images);
+  b->ops->upload(b, d_img, img, (size_t)images * 3072);
+  b->ops->upload(b, d_lab, lab, images);
+  prep_params pp = {.size = m->image_size, .augment = 1, .flip_p = 0.5f, .seed = 3,
+                    .mean = {0.49f, 0.48f, 0.45f}, .std = {0.25f, 0.24f, 0.26f}};
+  int32_t ids[32];
+  double loss = 0, correct = 0;
+  for (int t = 0; t < steps; t++) {
+    for (int i = 0; i < n; i++) ids[i] = (t * n + i) % images;
+    train_step ts = {.d_images = d_img, .d_labels = d_lab, .h_ids = ids, .n = n,
+                     .grad_scale = 1.0f / n, .pp = &pp, .seed = 3, .step = (uint32_t)t,
+                     .adam = {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-4f, t + 1, 0}, .full = 1};
+    net_reset_stats(&nt);
+    b->ops->sync(b);
+    double t0 = now_s();
+    net_train_step(&nt, &ts, NULL);
+    b->ops->sync(b);
+    if (profile) backend_cuda_profile_step(b, (now_s() - t0) * 1e3, t > 0);
+    net_read_stats(&nt, &loss, &correct);
+  }
+  b->ops->release(b, d_lab);
+  b->ops->release(b, d_img);
+  free(img);
+  free(params);
+  net_free(&nt);
+  return loss / n;
+}
+
+// The profiler on a GPU: a table with every part of every layer, conv engines with candidates,
+// no capture entries while on, and the same numbers as an unprofiled run.
+TEST(cuda_gpu_profile) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  model m;
+  model_build(&m, "vgg11", 0.125f, 32, 10, 0.5f);
+  const int n = 8;
+  backend *plain = backend_cuda_create(0, 0);
+  backend_cuda_set_autotune(plain, AUTOTUNE_FIRST);
+  double want = run_steps(plain, &m, n, 3, 0);
+  plain->ops->destroy(plain);
+
+  backend *g = backend_cuda_create(0, 0);
+  backend_cuda_set_autotune(g, AUTOTUNE_FIRST);
+  backend_cuda_profile_enable(g);
+  EXPECT(g->ops->capture_begin == NULL && g->ops->replay == NULL); // eager only
+  double got = run_steps(g, &m, n, 3, 1);
+  printf("    loss unprofiled %.9g, profiled %.9g\n", want, got);
+  EXPECT(memcmp(&want, &got, sizeof(double)) == 0);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = CHECK_PTR(open_memstream(&text, &len));
+  backend_cuda_profile_print(g, f);
+  fclose(f);
+  printf("%s", text);
+  // vgg11 width 0.125: first conv 3->8 at 32x32, first FC 64 -> 512.
+  const char *const rows[] = {"2 timed eager steps after 1 warm-up", "prep 8 images 32x32",
+                              "conv fwd 32x32 3->8", "conv epilogue 32x32x8 bias+relu",
+                              "pool fwd 32x32x8", "fc fwd 64->512 +relu", "dropout fwd 512",
+                              "loss 10 classes +grad", "fc bwd", "conv bias grad",
+                              "conv bwd filter", "conv bwd data", "conv bwd filter 32x32 3->8",
+                              "adam", "all-reduce wait", "sum of the regions",
+                              "step wall time (host)", "by kind:",
+                              "conv plans (autotune first", "conv fwd 32x32 3->8, N 8",
+                              "<- kept", "plan building (host, at first use)"};
+  EXPECT(in_order(text, rows, (int)(sizeof(rows) / sizeof(rows[0]))));
+  EXPECT(strstr(text, "warning") == NULL);
+  EXPECT(strstr(text, "left out") == NULL);
+  EXPECT(strstr(text, "no engine kept") == NULL);
+  free(text);
+  g->ops->destroy(g);
 }
 
 #endif
