@@ -20,6 +20,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -151,8 +152,34 @@ struct backend {
 backend *backend_cpu_create(int threads);
 // The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
 backend *backend_cuda_create(int device, int precision);
+
+// How the CUDA backend chooses a convolution's cuDNN engine among the allowed candidates the
+// heuristics offer, at the convolution's first use:
+//   AUTOTUNE_FASTEST  time each candidate on the live buffers and keep the fastest (timings
+//                     vary, so two processes may keep different, each deterministic, engines
+//                     and differ in the last bits);
+//   AUTOTUNE_FIRST    the first candidate in the heuristics' fixed order that runs, untimed:
+//                     every process on the same GPU model and library versions picks the same
+//                     engine (the GPU check's graphs-on / graphs-off runs agree bit for bit).
+typedef enum { AUTOTUNE_FASTEST = 0, AUTOTUNE_FIRST = 1 } autotune_mode;
+// Sets the mode of a CUDA backend (default AUTOTUNE_FASTEST): right after backend_cuda_create,
+// before the first convolution (aborts with a message otherwise, or when b is not CUDA).
+void backend_cuda_set_autotune(backend *b, autotune_mode mode);
 // Number of visible CUDA devices; 0 when there is no driver or no device (never aborts).
 int backend_cuda_device_count(void);
+// Per-op profile of a CUDA backend's eager steps (bench_step --profile): CUDA events around
+// every op (convolutions split into forward, epilogue, bias gradient, backward-filter and
+// backward-data), each conv plan's engine and candidates, the plan building time. Off unless
+// enabled, and then free: nothing is recorded.
+// enable: before the first op and before any graph capture; from then on b has no capture
+//   entries (eager steps only: profiling and CUDA graphs are exclusive). Aborts with a message
+//   when b is not CUDA, or is too late.
+// step: after each step, with its host wall time (ms); synchronises, reads the step's events and
+//   adds the step to the means when keep (0 for warm-up steps: the first one builds the plans).
+// print: the table (see kernels/cuda/prof_table.h).
+void backend_cuda_profile_enable(backend *b);
+void backend_cuda_profile_step(backend *b, double wall_ms, int keep);
+void backend_cuda_profile_print(backend *b, FILE *f);
 // Device memory in use on b's GPU (all of it: this process's buffers, library workspaces and
 // the CUDA context), for the benchmark's peak-memory figure; all buffers are allocated by the
 // first step, so after it this is the peak.

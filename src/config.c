@@ -66,6 +66,8 @@ static const option_spec options[] = {
     {"mean", OPT_VEC3, F(mean), 0, 0, NULL, "R,G,B", "normalisation mean (default: the train split's own)"},
     {"std", OPT_VEC3, F(std), 0, 0, NULL, "R,G,B", "normalisation std (default: the train split's own)"},
     {"cuda-graphs", OPT_INT, F(cuda_graphs), 0, 1, NULL, "0|1", "capture the training step as a CUDA graph and replay it (full batches)"},
+    {"autotune", OPT_ENUM, F(autotune), 0, 0, "fastest|first", "NAME",
+     "CUDA conv engine: fastest (each candidate timed at start-up) | first (the heuristics' first that runs, untimed: every process picks the same)"},
     {"grad-allreduce", OPT_ENUM, F(grad_bf16), 0, 0, "fp32|bf16", "NAME", "gradient all-reduce precision on the wire (NCCL)"},
     {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "abort when a collective makes no progress for S seconds"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), 0.001, 4096, NULL, "MB", "gradient all-reduce bucket size"},
@@ -108,6 +110,7 @@ void config_defaults(config *c) {
   c->comm_timeout = 300;
   c->bucket_mb = 25;
   c->cuda_graphs = 1;
+  c->autotune = AUTOTUNE_FASTEST;
 }
 
 // The cpu-demo preset: a narrow VGG11 at 32x32 that learns real CIFAR-10 on two CPU cores in a

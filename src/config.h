@@ -11,6 +11,8 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "backend.h" // autotune_mode
+
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_kind;
 typedef enum { PREC_FP32, PREC_TF32, PREC_BF16 } precision_kind;
 typedef enum { INIT_TORCHVISION, INIT_PYTORCH, INIT_PAPER } init_kind;
@@ -49,6 +51,7 @@ typedef struct config {
   float comm_timeout;
   float bucket_mb;
   int cuda_graphs;             // capture full training steps as CUDA graphs
+  autotune_mode autotune;      // --autotune fastest|first (the choices in enum order)
   int max_steps;               // stop (with a checkpoint) after this many optimizer steps; 0 = off
 } config;
 

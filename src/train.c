@@ -72,9 +72,12 @@ static backend *backend_choose(const config *cfg, comm *c) {
       DIE_USAGE("%d ranks on this node but only %d GPUs: one rank per GPU (use fewer ranks)",
                 comm_local_size(c), gpus);
     LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s, "
-         "CUDA graphs %s\n", gpus, comm_local_size(c), config_precision_name(cfg->precision),
-         cfg->cuda_graphs ? "on (full batches)" : "off");
-    return backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision);
+         "CUDA graphs %s, conv autotune %s\n", gpus, comm_local_size(c),
+         config_precision_name(cfg->precision), cfg->cuda_graphs ? "on (full batches)" : "off",
+         cfg->autotune == AUTOTUNE_FIRST ? "first (untimed)" : "fastest");
+    backend *b = backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision);
+    backend_cuda_set_autotune(b, cfg->autotune);
+    return b;
   }
   if (cfg->precision != PREC_FP32) DIE_USAGE("--precision %s needs --device cuda", config_precision_name(cfg->precision));
   // Threads per rank: --threads, else OMP_NUM_THREADS, else the node's cores shared by its

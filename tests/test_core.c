@@ -35,6 +35,7 @@ TEST(config_defaults_follow_the_recipe) {
   EXPECT_EQ_INT(c.val_size, 10000);
   EXPECT_EQ_INT(c.seed, 11);
   EXPECT_NEAR(c.dropout, 0.5, 0);
+  EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
 }
 
 TEST(config_preset_is_overridden_wherever_options_stand) {
@@ -51,6 +52,10 @@ TEST(config_preset_is_overridden_wherever_options_stand) {
   EXPECT_EQ_INT(c.precision, PREC_BF16);
   EXPECT_EQ_INT(c.device, DEVICE_CPU);
   EXPECT(c.seed == 123456789012ull);
+  parse(&c, "--autotune first");
+  EXPECT_EQ_INT(c.autotune, AUTOTUNE_FIRST);
+  parse(&c, "--autotune first --autotune fastest");
+  EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
 }
 
 static void parse_child(void *line) {
@@ -72,6 +77,7 @@ TEST(config_rejects_bad_input_with_status_2_naming_the_option) {
       {"--preset fast", "--preset"},
       {"--mean 0.5,0.5", "--mean"},
       {"--resume auto", "--resume"},
+      {"--autotune slowest", "--autotune"},
       {"--epochs", "--epochs"},
       {"stray", "stray"},
   };

@@ -2,10 +2,13 @@
 // engine filtering by precision, autotune pick, workspace growth, the column-major GEMM plans of
 // the linear layers (checked against row-major products), launch sizes, alignment, bf16
 // rounding, the resize coefficients (against the CPU backend's resize), the Adam coefficients
-// (against the CPU backend's Adam), and the behaviour without a GPU (device count 0 and a clear
-// error from backend_cuda_create).
+// (against the CPU backend's Adam), the per-op profile's table (made-up region times: rows,
+// percentages, order, conv plan lines), and the behaviour without a GPU (device count 0 and a
+// clear error from backend_cuda_create).
 // On a machine with a GPU the cuda_gpu_* tests also compare every op of the CUDA backend, in
-// each precision, with the CPU reference backend on small shapes (they skip without a GPU).
+// each precision, with the CPU reference backend on small shapes, check that --autotune first
+// repeats bit for bit across two backends, and run the per-op profiler (they skip without a
+// GPU).
 #ifdef VGG_HAVE_CUDA
 
 #include <cudnn.h>
@@ -19,8 +22,13 @@
 #include "check.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_plan.h"
+#include "cuda/prof_table.h"
+#include "log.h"
+#include "model.h"
+#include "net.h"
 #include "resize.h"
 #include "rng.h"
+#include "steps.h"
 #include "test.h"
 
 static int freed_count;
@@ -56,6 +64,29 @@ TEST(cuda_plan_cache) {
   for (int i = 0; i < 8; i++) {
     EXPECT(!plan_key_equal(&v[i], &k));
     EXPECT(plan_cache_find(&pc, &v[i]) == NULL);
+  }
+  // A convolution's key holds the alignment of each tensor (x, w, y), each one part of the key;
+  // plan_key_make gives all three the same class (linear layers).
+  const int a16[3] = {16, 16, 16};
+  plan_key c16 = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a16);
+  EXPECT(plan_key_equal(&c16, &k));
+  EXPECT_EQ_INT(c16.align[0], 16);
+  EXPECT_EQ_INT(c16.align[1], 16);
+  EXPECT_EQ_INT(c16.align[2], 16);
+  for (int t = 0; t < 3; t++) {
+    int a[3] = {16, 16, 16};
+    a[t] = 4; // only this tensor misaligned
+    plan_key one = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a);
+    EXPECT_EQ_INT(one.align[t], 4);
+    EXPECT_EQ_INT(one.align[(t + 1) % 3], 16); // the others keep their own class
+    EXPECT(!plan_key_equal(&one, &k));
+    EXPECT(plan_cache_find(&pc, &one) == NULL);
+    for (int u = 0; u < 3; u++) {
+      int b[3] = {16, 16, 16};
+      b[u] = 4;
+      plan_key other = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, b);
+      EXPECT_EQ_INT(plan_key_equal(&one, &other), t == u);
+    }
   }
   freed_count = 0;
   plan_cache_free(&pc, count_free, NULL);
@@ -106,6 +137,19 @@ TEST(cuda_autotune_pick_and_workspace) {
   float c[2] = {-1.0f, -1.0f};
   EXPECT_EQ_INT(plan_pick_fastest(c, 2), -1);
   EXPECT_EQ_INT(plan_pick_fastest(c, 0), -1);
+  // The mode: fastest is plan_pick_fastest; first takes the first candidate that ran, whatever
+  // the times (deterministic across processes), skipping failed ones.
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, a, 4), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, a, 4), 0);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, b, 3), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, b, 3), 1);
+  float first[3] = {PLAN_MS_FAILED, 0.0f, PLAN_MS_UNTRIED}; // what autotune notes in first mode
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, first, 3), 1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, first, 3), 1);
+  float none[2] = {PLAN_MS_FAILED, PLAN_MS_UNTRIED};
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, none, 2), -1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FASTEST, none, 2), -1);
+  EXPECT_EQ_INT(plan_pick(AUTOTUNE_FIRST, none, 0), -1);
   const size_t mib = (size_t)1 << 20;
   EXPECT_EQ_INT(plan_workspace_grow(0, 0), 0);
   EXPECT_EQ_INT(plan_workspace_grow(0, 1), mib);
@@ -280,6 +324,155 @@ TEST(cuda_without_gpu) {
   REQUIRE(waitpid(pid, &status, 0) == pid);
   EXPECT(WIFEXITED(status) && WEXITSTATUS(status) != 0);
   EXPECT(strstr(msg, "--device cuda: no CUDA device visible (") != NULL);
+}
+
+// ---- the per-op profile's table (bench_step --profile), from made-up region times -------------
+
+static prof_sample sample(prof_kind kind, const char *shape, float ms) {
+  prof_sample s;
+  memset(&s, 0, sizeof(s));
+  s.kind = kind;
+  snprintf(s.shape, sizeof(s.shape), "%s", shape);
+  s.ms = ms;
+  return s;
+}
+
+// The printed table as a string (free it).
+static char *table_text(const prof_table *t) {
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = CHECK_PTR(open_memstream(&buf, &len));
+  prof_table_print(t, f);
+  fclose(f);
+  return buf;
+}
+
+// Whether the needles appear in text in this order.
+static int in_order(const char *text, const char *const *needles, int n) {
+  const char *at = text;
+  for (int i = 0; i < n; i++) {
+    const char *hit = strstr(at, needles[i]);
+    if (!hit) {
+      printf("    '%s' missing (or out of order)\n", needles[i]);
+      return 0;
+    }
+    at = hit + strlen(needles[i]);
+  }
+  return 1;
+}
+
+TEST(cuda_profile_table) {
+  prof_table t;
+  memset(&t, 0, sizeof(t));
+  prof_table_warmup(&t, 900.0); // the step that built the plans
+  prof_table_warmup(&t, 8.0);
+  // Two timed steps of the same four regions, in step order (not sorted by time).
+  prof_sample a[4] = {sample(PROF_PREP, "64 images 32x32", 1.0f), sample(PROF_CONV_FWD, "32x32 3->64", 2.0f),
+                      sample(PROF_CONV_EPILOGUE, "32x32x64 bias+relu", 1.0f), sample(PROF_ADAM, "0.0M params", 0.5f)};
+  EXPECT(prof_table_step(&t, a, 4, 5.0));
+  a[1].ms = 4.0f;
+  EXPECT(prof_table_step(&t, a, 4, 7.0));
+  // A step with other regions is left out, counted.
+  EXPECT(!prof_table_step(&t, a, 3, 100.0));
+  prof_sample b[4] = {a[0], a[1], a[2], sample(PROF_ADAM, "other", 0.5f)};
+  EXPECT(!prof_table_step(&t, b, 4, 100.0));
+  EXPECT_EQ_INT(t.steps, 2);
+  EXPECT_EQ_INT(t.skipped, 2);
+  EXPECT_EQ_INT(t.warmups, 2);
+  EXPECT_NEAR(t.first_wall_ms, 900.0, 0);
+  REQUIRE(t.n_rows == 4);
+  EXPECT_EQ_INT(t.rows[0].kind, PROF_PREP);
+  EXPECT_EQ_INT(t.rows[1].kind, PROF_CONV_FWD);
+  EXPECT_EQ_INT(t.rows[3].kind, PROF_ADAM);
+  EXPECT_NEAR(prof_table_row_ms(&t, 0), 1.0, 1e-9);
+  EXPECT_NEAR(prof_table_row_ms(&t, 1), 3.0, 1e-9); // mean of 2 and 4
+  EXPECT_NEAR(prof_table_step_ms(&t), 6.0, 1e-9);  // mean wall of the kept steps
+  EXPECT_NEAR(prof_table_pct(&t, prof_table_row_ms(&t, 1)), 50.0, 1e-9);
+  EXPECT_NEAR(prof_table_sum_ms(&t), 5.5, 1e-9);
+  EXPECT_NEAR(prof_table_pct(&t, prof_table_sum_ms(&t)), 100.0 * 5.5 / 6.0, 1e-9);
+
+  // A conv plan: three candidates timed, one failed, configs refused for two reasons.
+  prof_conv *r = prof_table_conv(&t);
+  r->kind = PROF_CONV_FWD;
+  snprintf(r->shape, sizeof(r->shape), "32x32 3->64");
+  r->N = 64;
+  r->align[0] = r->align[1] = r->align[2] = 16;
+  snprintf(r->heuristics, sizeof(r->heuristics), "mode A");
+  EXPECT_EQ_INT(prof_conv_note(r, 25, PLAN_NOTE_TENSOR_CORE, 0, PROF_CAND_REFUSED_NOTES), 0);
+  EXPECT_EQ_INT(prof_conv_note(r, 12, 0, 2 << 20, PROF_CAND_UNTRIED), 1);
+  EXPECT_EQ_INT(prof_conv_note(r, 7, 0, 0, PROF_CAND_REFUSED_RTC), 2);
+  EXPECT_EQ_INT(prof_conv_note(r, 31, PLAN_NOTE_NONDETERMINISTIC, 0, PROF_CAND_REFUSED_NOTES), 3);
+  EXPECT_EQ_INT(prof_conv_note(r, 3, 0, 0, PROF_CAND_UNTRIED), 4);
+  EXPECT_EQ_INT(prof_conv_note(r, 0, 0, 0, PROF_CAND_UNTRIED), 5);
+  EXPECT_EQ_INT(prof_conv_note(NULL, 1, 0, 0, PROF_CAND_UNTRIED), -1); // profiling off
+  r->cand[1].status = PROF_CAND_TIMED;
+  r->cand[1].ms = 0.105f;
+  r->cand[4].status = PROF_CAND_TIMED;
+  r->cand[4].ms = 0.220f;
+  r->cand[5].status = PROF_CAND_FAILED;
+  r->chosen = 1;
+  r->build_ms = 35.25;
+  r->tune_ms = 3.5;
+  prof_conv *full = prof_table_conv(&t);
+  full->kind = PROF_CONV_BWD_FILTER;
+  for (int i = 0; i < PROF_MAX_CANDS; i++) prof_conv_note(full, i, 0, 0, PROF_CAND_REFUSED_RTC);
+  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), -1); // full: counted only
+  EXPECT_EQ_INT(full->more, 1);
+  EXPECT_NEAR(prof_table_build_ms(&t), 35.25, 1e-9);
+
+  char *text = table_text(&t);
+  printf("%s", text);
+  const char *const rows[] = {
+      "2 timed eager steps after 2 warm-up",
+      "2 more timed steps ran other regions than the first one, left out",
+      "   1  prep 64 images 32x32", "1.000", "16.7%",
+      "   2  conv fwd 32x32 3->64", "3.000", "50.0%",
+      "   3  conv epilogue 32x32x64 bias+relu", "1.000", "16.7%",
+      "   4  adam 0.0M params", "0.500", "8.3%",
+      "all-reduce wait", "(no gradient reducer in this run)",
+      "sum of the regions", "5.500", "91.7%",
+      "step wall time (host)", "6.000", "100.0%", "(0.500 ms outside the regions",
+      "by kind:", "prep", "conv fwd", "3.000", "50.0%", "(1 region)", "adam",
+      "conv plans (autotune fastest",
+      "conv fwd 32x32 3->64, N 64, align x16 w16 y16: engine 12 (tensor cores: no, deterministic: yes)",
+      "workspace 2.00 MiB", "heuristics mode A", "built in 35.2 ms (autotune 3.5 ms)",
+      "engine 12", "0.105 ms   <- kept",
+      "engine 3", "0.220 ms\n",
+      "engine 0", "failed to run\n",
+      "refused (numerical notes not allowed): engine 25, 31\n",
+      "refused (runtime-compiled): engine 7\n",
+      "(1 more config not recorded)",
+      "plan building (host, at first use): 2 conv plans in 35.2 ms (autotune 3.5 ms of it)",
+      "the first step took 900.0 ms wall, a timed step 6.000 ms",
+  };
+  EXPECT(in_order(text, rows, (int)(sizeof(rows) / sizeof(rows[0]))));
+  free(text);
+
+  // A reducer's wait is a row like any other; autotune first changes the heading.
+  prof_table u;
+  memset(&u, 0, sizeof(u));
+  u.autotune_first = 1;
+  prof_sample w[2] = {sample(PROF_ADAM, "1.0M params", 1.0f), sample(PROF_ALLREDUCE_WAIT, "bucket 0", 3.0f)};
+  prof_table_step(&u, w, 2, 3.0); // the regions exceed the wall time (host and GPU overlap)
+  prof_conv *fr = prof_table_conv(&u);
+  fr->kind = PROF_CONV_BWD_DATA;
+  prof_conv_note(fr, 5, PLAN_NOTES_UNKNOWN, 0, PROF_CAND_RAN);
+  prof_conv_note(fr, 6, 0, 0, PROF_CAND_UNTRIED);
+  fr->chosen = 0;
+  text = table_text(&u);
+  printf("%s", text);
+  const char *const rows2[] = {"   2  all-reduce wait bucket 0", "3.000", "100.0%",
+                               "(the regions exceed it by 1.000 ms)",
+                               "conv plans (autotune first",
+                               "conv bwd data", "engine 5 (numerical notes unknown)",
+                               "ran, untimed   <- kept", "engine 6", "not run\n",
+                               "1 conv plan in 0.0 ms (autotune 0.0 ms of it)\n"};
+  EXPECT(in_order(text, rows2, (int)(sizeof(rows2) / sizeof(rows2[0]))));
+  EXPECT(strstr(text, "no gradient reducer") == NULL);
+  free(text);
+  prof_table_free(&u);
+  prof_table_free(&t);
+  prof_table_free(&t); // freed tables stay valid
 }
 
 // ---- GPU vs CPU (run only where a GPU is visible) ---------------------------------------------
@@ -546,4 +739,175 @@ TEST(cuda_gpu_adam_prep) {
   pair_close(&p);
 }
 
+// --autotune first: two fresh backends (as two processes would) keep the same engines, so two
+// runs agree bit for bit (losses, gradients, parameters).
+TEST(cuda_gpu_autotune_first_repeats) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  for (int prec = 0; prec < 3; prec += 2) {
+    steps_spec s = {.model = "vgg11", .width = 0.125f, .dropout = 0.5f, .lr = 1e-3f,
+                    .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
+                    .size = 32, .n = 8, .steps = 2, .seed = 77, .vary = 1};
+    model m;
+    model_build(&m, s.model, s.width, s.size, 10, s.dropout);
+    steps_result r[2];
+    for (int k = 0; k < 2; k++) {
+      backend *g = backend_cuda_create(0, prec);
+      backend_cuda_set_autotune(g, AUTOTUNE_FIRST);
+      steps_run(&r[k], g, &m, &s);
+      g->ops->destroy(g);
+    }
+    printf("    precision %d: losses %.9g %.9g and %.9g %.9g\n", prec, r[0].loss[0], r[0].loss[1],
+           r[1].loss[0], r[1].loss[1]);
+    EXPECT(memcmp(r[0].loss, r[1].loss, sizeof(double) * s.steps) == 0);
+    EXPECT(memcmp(r[0].grads, r[1].grads, m.n_params * sizeof(float)) == 0);
+    EXPECT(memcmp(r[0].params, r[1].params, m.n_params * sizeof(float)) == 0);
+    steps_free(&r[0]);
+    steps_free(&r[1]);
+  }
+}
+
+// `steps` eager training steps of m (batch n) on b; returns the last step's mean loss. With
+// profile, each step is handed to the profiler (the first as the warm-up that builds plans).
+static double run_steps(backend *b, const model *m, int n, int steps, int profile) {
+  net nt;
+  net_init(&nt, m, b, n, (size_t)1 << 30);
+  nt.graphs = 0;
+  float *params = xmalloc(m->n_params * sizeof(float));
+  model_init_params(m, params, INIT_TORCHVISION, 3);
+  net_upload_params(&nt, params);
+  int images = 2 * n;
+  uint8_t *img = xmalloc((size_t)images * 3072), lab[64];
+  for (int i = 0; i < images * 3072; i++) img[i] = (uint8_t)rng_bits(5, 9, 0, 0, (uint32_t)i);
+  for (int i = 0; i < images; i++) lab[i] = (uint8_t)(i % 10);
+  uint8_t *d_img = b->ops->alloc(b, (size_t)images * 3072), *d_lab = b->ops->alloc(b, images);
+  b->ops->upload(b, d_img, img, (size_t)images * 3072);
+  b->ops->upload(b, d_lab, lab, images);
+  prep_params pp = {.size = m->image_size, .augment = 1, .flip_p = 0.5f, .seed = 3,
+                    .mean = {0.49f, 0.48f, 0.45f}, .std = {0.25f, 0.24f, 0.26f}};
+  int32_t ids[32];
+  double loss = 0, correct = 0;
+  for (int t = 0; t < steps; t++) {
+    for (int i = 0; i < n; i++) ids[i] = (t * n + i) % images;
+    train_step ts = {.d_images = d_img, .d_labels = d_lab, .h_ids = ids, .n = n,
+                     .grad_scale = 1.0f / n, .pp = &pp, .seed = 3, .step = (uint32_t)t,
+                     .adam = {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-4f, t + 1, 0}, .full = 1};
+    net_reset_stats(&nt);
+    b->ops->sync(b);
+    double t0 = now_s();
+    net_train_step(&nt, &ts, NULL);
+    b->ops->sync(b);
+    if (profile) backend_cuda_profile_step(b, (now_s() - t0) * 1e3, t > 0);
+    net_read_stats(&nt, &loss, &correct);
+  }
+  b->ops->release(b, d_lab);
+  b->ops->release(b, d_img);
+  free(img);
+  free(params);
+  net_free(&nt);
+  return loss / n;
+}
+
+// The profiler on a GPU: a table with every part of every layer, conv engines with candidates,
+// no capture entries while on, and the same numbers as an unprofiled run.
+TEST(cuda_gpu_profile) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  model m;
+  model_build(&m, "vgg11", 0.125f, 32, 10, 0.5f);
+  const int n = 8;
+  backend *plain = backend_cuda_create(0, 0);
+  backend_cuda_set_autotune(plain, AUTOTUNE_FIRST);
+  double want = run_steps(plain, &m, n, 3, 0);
+  plain->ops->destroy(plain);
+
+  backend *g = backend_cuda_create(0, 0);
+  backend_cuda_set_autotune(g, AUTOTUNE_FIRST);
+  backend_cuda_profile_enable(g);
+  EXPECT(g->ops->capture_begin == NULL && g->ops->replay == NULL); // eager only
+  double got = run_steps(g, &m, n, 3, 1);
+  printf("    loss unprofiled %.9g, profiled %.9g\n", want, got);
+  EXPECT(memcmp(&want, &got, sizeof(double)) == 0);
+  char *text = NULL;
+  size_t len = 0;
+  FILE *f = CHECK_PTR(open_memstream(&text, &len));
+  backend_cuda_profile_print(g, f);
+  fclose(f);
+  printf("%s", text);
+  // vgg11 width 0.125: first conv 3->8 at 32x32, first FC 64 -> 512.
+  const char *const rows[] = {"2 timed eager steps after 1 warm-up", "prep 8 images 32x32",
+                              "conv fwd 32x32 3->8", "conv epilogue 32x32x8 bias+relu",
+                              "pool fwd 32x32x8", "fc fwd 64->512 +relu", "dropout fwd 512",
+                              "loss 10 classes +grad", "fc bwd", "conv bias grad",
+                              "conv bwd filter", "conv bwd data", "conv bwd filter 32x32 3->8",
+                              "adam", "all-reduce wait", "sum of the regions",
+                              "step wall time (host)", "by kind:",
+                              "conv plans (autotune first", "conv fwd 32x32 3->8, N 8",
+                              "<- kept", "plan building (host, at first use)"};
+  EXPECT(in_order(text, rows, (int)(sizeof(rows) / sizeof(rows[0]))));
+  EXPECT(strstr(text, "warning") == NULL);
+  EXPECT(strstr(text, "left out") == NULL);
+  EXPECT(strstr(text, "no engine kept") == NULL);
+  free(text);
+  g->ops->destroy(g);
+}
+
 #endif
+
+// ---- bench_step --profile refuses with one line where it cannot run (any build, no GPU) ------
+// bench_step.c is included with its main renamed (as llama2.c's test.c includes run.c), so the
+// test runs its real argument handling in a child.
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "backend.h"
+#include "test.h"
+
+#define main bench_step_main
+#include "tools/bench_step.c"
+#undef main
+
+static void bench_child(void *line) {
+  char buf[512], *argv[32];
+  int argc = 0;
+  snprintf(buf, sizeof(buf), "bench_step %s", (const char *)line);
+  for (char *t = strtok(buf, " "); t && argc < 31; t = strtok(NULL, " ")) argv[argc++] = t;
+  argv[argc] = NULL;
+  exit(bench_step_main(argc, argv));
+}
+
+TEST(bench_profile_refusals) {
+  // Small enough to finish at once should a refusal ever be lost.
+  const char *tiny = "--model vgg11 --width 0.0625 --size 32 --batch 2 --steps 1";
+  struct {
+    const char *args, *needle;
+    int needs_no_gpu;
+  } cases[] = {
+      {"--device cpu --profile", "--profile times CUDA ops with events: it needs --device cuda, not cpu", 0},
+      {"--profile --graphs 1", "cannot run with --graphs 1", 0},
+      {"--profile --warmup 0", "--profile needs --warmup 1 or more", 0},
+      {"--profile --autotune soon", "--autotune: 'soon' is not one of fastest|first", 0},
+      {"--profile", "--profile needs a CUDA GPU and none is visible here", 1},
+      {"--profile --device cuda --graphs 0", "--profile needs a CUDA GPU and none is visible here", 1},
+  };
+  int gpus = backend_cuda_device_count();
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    if (cases[i].needs_no_gpu && gpus > 0) {
+      printf("    (a CUDA device is present: '%s' not checked)\n", cases[i].args);
+      continue;
+    }
+    char line[512], err[1024];
+    snprintf(line, sizeof(line), "%s %s", tiny, cases[i].args);
+    int status = test_in_child(bench_child, line, err, sizeof(err));
+    if (status != 2) test_fail(__FILE__, __LINE__, "'%s': exit %d, expected 2 (%s)", cases[i].args, status, err);
+    if (!strstr(err, cases[i].needle))
+      test_fail(__FILE__, __LINE__, "'%s': message '%s' lacks '%s'", cases[i].args, err, cases[i].needle);
+    if (strchr(err, '\n') != strrchr(err, '\n'))
+      test_fail(__FILE__, __LINE__, "'%s': message is not one line: '%s'", cases[i].args, err);
+  }
+}

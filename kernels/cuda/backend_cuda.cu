@@ -175,6 +175,7 @@ static void cuda_destroy(backend *b) {
   if (!b) return;
   cuda_ctx *c = ctx_of(b);
   cudaCheck(cudaStreamSynchronize(c->stream));
+  cuda_prof_free(b);
   plan_cache_free(&c->convs, cuda_conv_plan_free, c);
   plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
@@ -226,6 +227,7 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   cuda_ctx *c = (cuda_ctx *)xcalloc(1, sizeof(cuda_ctx));
   c->device = device;
   c->precision = precision;
+  c->autotune = AUTOTUNE_FASTEST;
   cudaCheck(cudaDeviceGetAttribute(&c->sm_count, cudaDevAttrMultiProcessorCount, device));
   cudaCheck(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
   cudnnCheck(cudnnCreate(&c->cudnn));
@@ -254,6 +256,21 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   b->act_bytes = precision == 2 ? 2 : 4;
   b->impl = c;
   return b;
+}
+
+// The profiler swaps b->ops for a copy with wrapped entries, but destroy stays cuda_destroy.
+cuda_ctx *cuda_ctx_checked(backend *b, const char *who) {
+  if (!b || !b->ops || b->ops->destroy != cuda_destroy) FATAL("%s: not a CUDA backend", who);
+  return ctx_of(b);
+}
+
+extern "C" void backend_cuda_set_autotune(backend *b, autotune_mode mode) {
+  cuda_ctx *c = cuda_ctx_checked(b, "backend_cuda_set_autotune");
+  if (mode != AUTOTUNE_FASTEST && mode != AUTOTUNE_FIRST) FATAL("unknown autotune mode %d", (int)mode);
+  if (mode != c->autotune && c->convs.n > 0)
+    FATAL("backend_cuda_set_autotune after the first convolution: its engines were already "
+          "chosen the other way (set the mode right after backend_cuda_create)");
+  c->autotune = mode;
 }
 
 static void memory_info(backend *b, size_t *free_bytes, size_t *total) {

@@ -2,11 +2,13 @@
 // activations and KRSC filters (cuDNN's NHWC filter format), plus the bias/ReLU epilogue and
 // the bias gradient from elementwise.cu.
 //
-// Per distinct (op, N, H, W, C, K, precision, alignment) we build, once, an operation graph of
-// one convolution node, ask the heuristics (mode A, then FALLBACK) for engine configs, drop the
-// engines the precision forbids (fp32: any tensor-core/TF32 or down-converting engine), finalize
-// up to CONV_CANDIDATES execution plans, time each on the live buffers and keep the fastest. The
-// chosen plan and every descriptor it was built from live in the plan cache until destroy.
+// Per distinct (op, N, H, W, C, K, precision, byte alignment of x, w and y, each declared on
+// its own tensor) we build, once, an operation graph of one convolution node, ask the
+// heuristics (mode A, then FALLBACK) for engine configs, drop the engines the precision forbids
+// (fp32: any tensor-core/TF32 or down-converting engine), finalize up to CONV_CANDIDATES
+// execution plans and keep one (autotune mode fastest: each timed on the live buffers, the
+// fastest kept; first: the first that runs, untimed). The chosen plan and every descriptor it
+// was built from live in the plan cache until destroy.
 //
 // Why not the fused conv+bias+ReLU graph: cuDNN only has runtime-fusion engines for that
 // pattern, mostly tensor-core only, so fp32 would need the unfused path anyway; without a GPU
@@ -122,17 +124,23 @@ static bdesc conv_operation(int op, bdesc tx, bdesc tw, bdesc ty, bdesc cd) {
   return o;
 }
 
-// The numerical notes of a config's engine (PLAN_NOTES_UNKNOWN when unreadable), and in *rtc
-// whether the engine is compiled at run time (NVRTC inside finalize: up to seconds per plan).
-static unsigned engine_notes(bdesc cfg, int *rtc) {
+// The numerical notes of a config's engine (PLAN_NOTES_UNKNOWN when unreadable), in *rtc
+// whether the engine is compiled at run time (NVRTC inside finalize: up to seconds per plan),
+// and in *id its CUDNN_ATTR_ENGINE_GLOBAL_INDEX (-1 when unreadable; for the profile).
+static unsigned engine_info(bdesc cfg, int *rtc, int64_t *id) {
   bdesc eng = desc_create(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
   int64_t got = 0;
   unsigned mask = 0;
   *rtc = 0;
+  *id = -1;
   if (cudnnBackendGetAttribute(cfg, CUDNN_ATTR_ENGINECFG_ENGINE, CUDNN_TYPE_BACKEND_DESCRIPTOR, 1,
                                &got, &eng) != CUDNN_STATUS_SUCCESS || got != 1) {
     mask = PLAN_NOTES_UNKNOWN; // unknown engine: forbidden in fp32
   } else {
+    int64_t idx = -1, one = 0;
+    if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_GLOBAL_INDEX, CUDNN_TYPE_INT64, 1, &one,
+                                 &idx) == CUDNN_STATUS_SUCCESS && one == 1)
+      *id = idx;
     cudnnBackendNumericalNote_t notes[CUDNN_NUMERICAL_NOTE_TYPE_COUNT];
     int64_t n = 0;
     if (cudnnBackendGetAttribute(eng, CUDNN_ATTR_ENGINE_NUMERICAL_NOTE, CUDNN_TYPE_NUMERICAL_NOTE,
@@ -155,13 +163,44 @@ static unsigned engine_notes(bdesc cfg, int *rtc) {
 typedef struct candidate {
   bdesc cfg, plan;
   int64_t workspace;
+  int rec; // its index in the profile's record (-1 when not profiling)
 } candidate;
 
+// Finalizes the plan of one allowed config into *out; else returns why it is not a candidate
+// (PROF_CAND_UNTRIED meaning: it is one). Failed finalizations are expected (an engine that
+// does not support the shape), so their status is an answer, not an error.
+static prof_cand_status finalize_candidate(cuda_ctx *c, bdesc cfg, candidate *out,
+                                           int64_t *workspace) {
+  bdesc plan = desc_create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
+  cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE, 1,
+                                      &c->cudnn));
+  cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
+                                      CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfg));
+  int64_t ws = 0, one = 0;
+  prof_cand_status st = PROF_CAND_UNTRIED;
+  if (cudnnBackendFinalize(plan) != CUDNN_STATUS_SUCCESS ||
+      cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64, 1,
+                               &one, &ws) != CUDNN_STATUS_SUCCESS || ws < 0)
+    st = PROF_CAND_NOT_FINALIZED;
+  else if (ws > CONV_MAX_WORKSPACE)
+    st = PROF_CAND_WORKSPACE;
+  *workspace = ws > 0 ? ws : 0;
+  if (st != PROF_CAND_UNTRIED) {
+    cudnnCheck(cudnnBackendDestroyDescriptor(plan));
+    return st;
+  }
+  out->cfg = cfg;
+  out->plan = plan;
+  out->workspace = ws;
+  return st;
+}
+
 // Finalize up to `max` allowed plans from one heuristics mode (runtime-compiled engines only
-// when allow_rtc, nondeterministic ones only when allow_nondet); returns their number.
+// when allow_rtc, nondeterministic ones only when allow_nondet); returns their number. With a
+// profile record, every config looked at is noted there: a candidate, or why it is not one.
 static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t mode,
                                 int allow_rtc, int allow_nondet, candidate *out, int max,
-                                bdesc *heur_out) {
+                                bdesc *heur_out, prof_conv *rec) {
   *heur_out = NULL;
   bdesc heur = desc_create(CUDNN_BACKEND_ENGINEHEUR_DESCRIPTOR);
   cudnnCheck(cudnnBackendSetAttribute(heur, CUDNN_ATTR_ENGINEHEUR_OPERATION_GRAPH,
@@ -182,29 +221,18 @@ static int heuristic_candidates(cuda_ctx *c, bdesc graph, cudnnBackendHeurMode_t
                                       CUDNN_TYPE_BACKEND_DESCRIPTOR, count, &got, cfgs));
   int n = 0;
   for (int64_t i = 0; i < got; i++) {
-    int used = 0, rtc = 0;
-    if (n < max && plan_engine_allowed(c->precision, engine_notes(cfgs[i], &rtc), allow_nondet) &&
-        (allow_rtc || !rtc)) {
-      bdesc plan = desc_create(CUDNN_BACKEND_EXECUTION_PLAN_DESCRIPTOR);
-      cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_HANDLE, CUDNN_TYPE_HANDLE,
-                                          1, &c->cudnn));
-      cudnnCheck(cudnnBackendSetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_ENGINE_CONFIG,
-                                          CUDNN_TYPE_BACKEND_DESCRIPTOR, 1, &cfgs[i]));
-      int64_t ws = 0, one = 0;
-      if (cudnnBackendFinalize(plan) == CUDNN_STATUS_SUCCESS &&
-          cudnnBackendGetAttribute(plan, CUDNN_ATTR_EXECUTION_PLAN_WORKSPACE_SIZE, CUDNN_TYPE_INT64,
-                                   1, &one, &ws) == CUDNN_STATUS_SUCCESS &&
-          ws >= 0 && ws <= CONV_MAX_WORKSPACE) {
-        out[n].cfg = cfgs[i];
-        out[n].plan = plan;
-        out[n].workspace = ws;
-        n++;
-        used = 1;
-      } else {
-        cudnnCheck(cudnnBackendDestroyDescriptor(plan));
-      }
+    prof_cand_status st = PROF_CAND_NOT_FINALIZED;
+    if (n < max) { // the rest are not looked at
+      int rtc = 0;
+      int64_t id = -1, ws = 0;
+      unsigned notes = engine_info(cfgs[i], &rtc, &id);
+      if (!plan_engine_allowed(c->precision, notes, allow_nondet)) st = PROF_CAND_REFUSED_NOTES;
+      else if (rtc && !allow_rtc) st = PROF_CAND_REFUSED_RTC;
+      else st = finalize_candidate(c, cfgs[i], &out[n], &ws);
+      int r = prof_conv_note(rec, id, notes, ws, st);
+      if (st == PROF_CAND_UNTRIED) out[n++].rec = r;
     }
-    if (!used) cudnnCheck(cudnnBackendDestroyDescriptor(cfgs[i]));
+    if (st != PROF_CAND_UNTRIED) cudnnCheck(cudnnBackendDestroyDescriptor(cfgs[i]));
   }
   for (int64_t i = got; i < count; i++) cudnnCheck(cudnnBackendDestroyDescriptor(cfgs[i]));
   free(cfgs);
@@ -232,48 +260,70 @@ static const char *op_name(int op) {
   return op == PLAN_CONV_FWD ? "forward" : op == PLAN_CONV_BWD_DATA ? "backward-data" : "backward-filter";
 }
 
-// Time every candidate on the live buffers (1 warm-up + 2 runs) and return the fastest.
-static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3]) {
-  float ms[2 * CONV_CANDIDATES];
-  int64_t most = 0;
-  for (int i = 0; i < n; i++) most = cand[i].workspace > most ? cand[i].workspace : most;
-  if (most > 0) cuda_workspace(c, (size_t)most);
-  if (n == 1) return 0;
-  for (int i = 0; i < n; i++) {
-    ms[i] = -1.0f;
-    if (plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) != CUDNN_STATUS_SUCCESS) continue;
-    cudaCheck(cudaEventRecord(c->ev0, c->stream));
-    int ok = 1;
-    for (int r = 0; r < 2 && ok; r++)
-      ok = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
-    cudaCheck(cudaEventRecord(c->ev1, c->stream));
-    cudaCheck(cudaEventSynchronize(c->ev1));
-    float t = 0.0f;
-    cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
-    if (ok) ms[i] = t;
+// Choose among the n finalized candidates (in the heuristics' order), noting in ms[] what each
+// did (see plan_pick). AUTOTUNE_FASTEST times each on the live buffers (1 warm-up + 2 runs,
+// ms per run) and keeps the fastest; a lone candidate is kept untimed. AUTOTUNE_FIRST runs
+// them once each, untimed, in order, and keeps the first that runs: no timing, so every process
+// keeps the same engine. Runs only write the op's output, which the real run then overwrites.
+static int autotune(cuda_ctx *c, candidate *cand, int n, void *const ptrs[3], float *ms) {
+  for (int i = 0; i < n; i++) ms[i] = PLAN_MS_UNTRIED;
+  if (c->autotune == AUTOTUNE_FIRST) {
+    for (int i = 0; i < n; i++) {
+      int ran = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
+      ms[i] = ran ? 0.0f : PLAN_MS_FAILED;
+      if (ran) break;
+    }
+  } else if (n == 1) {
+    if (cand[0].workspace > 0) cuda_workspace(c, (size_t)cand[0].workspace);
+    ms[0] = 0.0f;
+  } else {
+    int64_t most = 0;
+    for (int i = 0; i < n; i++) most = cand[i].workspace > most ? cand[i].workspace : most;
+    if (most > 0) cuda_workspace(c, (size_t)most);
+    for (int i = 0; i < n; i++) {
+      ms[i] = PLAN_MS_FAILED;
+      if (plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) != CUDNN_STATUS_SUCCESS) continue;
+      cudaCheck(cudaEventRecord(c->ev0, c->stream));
+      int ok = 1;
+      for (int r = 0; r < 2 && ok; r++)
+        ok = plan_execute(c, cand[i].plan, cand[i].workspace, ptrs) == CUDNN_STATUS_SUCCESS;
+      cudaCheck(cudaEventRecord(c->ev1, c->stream));
+      cudaCheck(cudaEventSynchronize(c->ev1));
+      float t = 0.0f;
+      cudaCheck(cudaEventElapsedTime(&t, c->ev0, c->ev1));
+      if (ok) ms[i] = t / 2;
+    }
   }
   // A candidate that failed to launch may leave a (non-sticky) launch error behind, which the
   // next KERNEL_CHECK would pin on an innocent kernel; the candidate is already discarded.
   (void)cudaGetLastError();
-  return plan_pick_fastest(ms, n);
+  return plan_pick(c->autotune, ms, n);
 }
 
-static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
-                                void *const ptrs[3]) {
-  int align = plan_alignment(ptrs[0]);
-  for (int i = 1; i < 3; i++) align = plan_alignment(ptrs[i]) < align ? plan_alignment(ptrs[i]) : align;
-  plan_key key = plan_key_make(op, N, H, W, C, K, c->precision, align);
-  conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
-  if (p) return p;
-  if (c->capturing) // autotuning times plans: the eager step before a capture builds them all
-    FATAL("a %s convolution N=%d H=%d W=%d C=%d K=%d first met during a CUDA graph capture "
-          "(run with --cuda-graphs 0 and report this)", op_name(op), N, H, W, C, K);
+// The profile record's view of autotuning: each candidate's time or fate, and the one kept.
+static void note_autotune(prof_conv *rec, const cuda_ctx *c, const candidate *cand, int n,
+                          const float *ms, int best) {
+  if (!rec) return;
+  int timed = c->autotune == AUTOTUNE_FASTEST && n > 1;
+  for (int i = 0; i < n; i++) {
+    if (cand[i].rec < 0) continue;
+    prof_cand *pc = &rec->cand[cand[i].rec];
+    pc->status = ms[i] >= 0.0f ? (timed ? PROF_CAND_TIMED : PROF_CAND_RAN)
+                 : ms[i] == PLAN_MS_FAILED ? PROF_CAND_FAILED
+                                           : PROF_CAND_UNTRIED;
+    pc->ms = ms[i] >= 0.0f ? ms[i] : 0.0f;
+  }
+  rec->chosen = best >= 0 ? cand[best].rec : -1;
+}
 
-  p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
+// The one-node operation graph of op on tensors of the given alignments; its descriptors are
+// kept by p.
+static bdesc conv_graph(cuda_ctx *c, conv_plan *p, int op, int N, int H, int W, int C, int K,
+                        const int align[3]) {
   cudnnDataType_t dt = c->precision == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align);
-  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align); // (K,3,3,C) = KRSC
-  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align);
+  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align[0]);
+  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align[1]); // (K,3,3,C) = KRSC
+  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align[2]);
   bdesc cd = conv_desc();
   bdesc o = conv_operation(op, tx, tw, ty, cd);
   bdesc graph = desc_create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
@@ -281,11 +331,16 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
   cudnnCheck(cudnnBackendSetAttribute(graph, CUDNN_ATTR_OPERATIONGRAPH_HANDLE, CUDNN_TYPE_HANDLE, 1, &c->cudnn));
   cudnnCheck(cudnnBackendFinalize(graph));
   keep(p, tx); keep(p, tw); keep(p, ty); keep(p, cd); keep(p, o); keep(p, graph);
+  return graph;
+}
 
-  // Precompiled engines first: a runtime-compiled one costs NVRTC time in finalize (times 3
-  // candidates, 3 ops, every layer shape) and needs libnvrtc at run time; only when no
-  // precompiled engine fits (mode A, then FALLBACK) are they considered. Deterministic engines
-  // only, unless a shape has none at all.
+// Precompiled engines first: a runtime-compiled one costs NVRTC time in finalize (times 3
+// candidates, 3 ops, every layer shape) and needs libnvrtc at run time; only when no
+// precompiled engine fits (mode A, then FALLBACK) are they considered. Deterministic engines
+// only, unless a shape has none at all. Returns the number of candidates, and in *nondet
+// whether they came from the nondeterministic last resort.
+static int conv_candidates(cuda_ctx *c, conv_plan *p, bdesc graph, candidate *cand, int *nondet,
+                           prof_conv *rec) {
   static const struct {
     cudnnBackendHeurMode_t mode;
     int rtc, nondet;
@@ -293,22 +348,70 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
                 {CUDNN_HEUR_MODE_A, 1, 0}, {CUDNN_HEUR_MODE_FALLBACK, 1, 0},
                 {CUDNN_HEUR_MODE_A, 0, 1}, {CUDNN_HEUR_MODE_FALLBACK, 0, 1},
                 {CUDNN_HEUR_MODE_A, 1, 1}, {CUDNN_HEUR_MODE_FALLBACK, 1, 1}};
-  candidate cand[CONV_CANDIDATES];
   int n = 0, t = 0;
   for (; t < 8 && n == 0; t++) {
     bdesc heur = NULL;
     n = heuristic_candidates(c, graph, tries[t].mode, tries[t].rtc, tries[t].nondet, cand,
-                             CONV_CANDIDATES, &heur);
+                             CONV_CANDIDATES, &heur, rec);
     if (heur) keep(p, heur); // 6 descriptors + 8 heuristics + the config: within CONV_KEEP
   }
-  if (n > 0 && tries[t - 1].nondet)
+  *nondet = n > 0 && tries[t - 1].nondet;
+  if (rec && n > 0)
+    snprintf(rec->heuristics, sizeof(rec->heuristics), "%s%s%s",
+             tries[t - 1].mode == CUDNN_HEUR_MODE_A ? "mode A" : "FALLBACK",
+             tries[t - 1].rtc ? ", runtime-compiled allowed" : "",
+             tries[t - 1].nondet ? ", nondeterministic allowed" : "");
+  return n;
+}
+
+// A new record in the profile for the plan about to be built (NULL unless profiling). The
+// stream is drained first so that the host time measured for the build is the build's own.
+static prof_conv *profile_record(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
+                                 const int align[3]) {
+  if (!c->prof) return NULL;
+  cudaCheck(cudaStreamSynchronize(c->stream));
+  prof_conv *rec = cuda_prof_conv(c);
+  rec->kind = op == PLAN_CONV_FWD ? PROF_CONV_FWD : op == PLAN_CONV_BWD_DATA ? PROF_CONV_BWD_DATA
+                                                                             : PROF_CONV_BWD_FILTER;
+  snprintf(rec->shape, sizeof(rec->shape), "%dx%d %d->%d", H, W, C, K);
+  rec->N = N;
+  for (int i = 0; i < 3; i++) rec->align[i] = align[i];
+  return rec;
+}
+
+static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
+                                void *const ptrs[3]) {
+  // Each tensor declares its own alignment: the minimum over the three would let one weight
+  // tensor at an odd offset of the flat buffer push x and y off the vectorised engines too.
+  int align[3];
+  for (int i = 0; i < 3; i++) align[i] = plan_alignment(ptrs[i]);
+  plan_key key = plan_key_conv(op, N, H, W, C, K, c->precision, align);
+  conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
+  if (p) return p;
+  if (c->capturing) // autotuning times plans: the eager step before a capture builds them all
+    FATAL("a %s convolution N=%d H=%d W=%d C=%d K=%d first met during a CUDA graph capture "
+          "(run with --cuda-graphs 0 and report this)", op_name(op), N, H, W, C, K);
+
+  // rec stays valid through this build: no other record is added meanwhile.
+  prof_conv *rec = profile_record(c, op, N, H, W, C, K, align);
+  double t_build = rec ? now_s() : 0.0;
+  p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
+  bdesc graph = conv_graph(c, p, op, N, H, W, C, K, align);
+  candidate cand[CONV_CANDIDATES];
+  int nondet = 0, n = conv_candidates(c, p, graph, cand, &nondet, rec);
+  if (nondet)
     LOG0("note: no deterministic cuDNN engine for the %s convolution N=%d H=%d W=%d C=%d K=%d; "
          "a nondeterministic one runs it (results may differ in the last bits from run to run)\n",
          op_name(op), N, H, W, C, K);
   if (n == 0)
     FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
-          "(precision %d, alignment %d)", op_name(op), N, H, W, C, K, c->precision, align);
-  int best = autotune(c, cand, n, ptrs);
+          "(precision %d, byte alignment x %d w %d y %d)", op_name(op), N, H, W, C, K,
+          c->precision, align[0], align[1], align[2]);
+  float ms[CONV_CANDIDATES];
+  double t_tune = rec ? now_s() : 0.0;
+  int best = autotune(c, cand, n, ptrs, ms);
+  note_autotune(rec, c, cand, n, ms, best);
+  if (rec) rec->tune_ms = (now_s() - t_tune) * 1e3;
   if (best < 0)
     FATAL("every cuDNN plan failed for the %s convolution N=%d H=%d W=%d C=%d K=%d",
           op_name(op), N, H, W, C, K);
@@ -321,6 +424,7 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
   p->workspace = cand[best].workspace;
   keep(p, cand[best].cfg);
   plan_cache_insert(&c->convs, &key, p);
+  if (rec) rec->build_ms = (now_s() - t_build) * 1e3;
   return p;
 }
 
@@ -341,12 +445,17 @@ static const void *conv_weights(cuda_ctx *c, const float *w, int C, int K) {
   return c->precision == 2 ? (const void *)cuda_shadow(c, w, (size_t)K * 9 * C) : (const void *)w;
 }
 
+// With the profiler on, each part of a convolution is a region of its own (see profile.cu).
 void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
                    int H, int W, int C, int K, int relu) {
   cuda_ctx *c = ctx_of(b);
   if (N == 0) return;
+  PROF_BEGIN(c, PROF_CONV_FWD, "%dx%d %d->%d", H, W, C, K);
   conv_run(c, PLAN_CONV_FWD, (void *)x, (void *)conv_weights(c, w, C, K), y, N, H, W, C, K);
+  PROF_END(c);
+  PROF_BEGIN(c, PROF_CONV_EPILOGUE, "%dx%dx%d %s", H, W, K, relu ? "bias+relu" : "bias");
   cuda_bias_act(c, y, bias, (size_t)N * H * W, K, relu);
+  PROF_END(c);
 }
 
 void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
@@ -359,15 +468,24 @@ void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const v
     return;
   }
   size_t rows = (size_t)N * H * W;
+  PROF_BEGIN(c, PROF_CONV_BIAS_GRAD, "%dx%dx%d%s", H, W, K, relu ? " +relu mask" : "");
   cuda_relu_bias_grad(c, db, dy, relu ? y : NULL, rows, K);
+  PROF_END(c);
   if (dw) {
     if (c->precision == 2) { // cuDNN writes the bf16 gradient; the flat buffer is fp32
+      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d +widen", H, W, C, K);
       bf16 *dw16 = (bf16 *)cuda_scratch(c, wcount * sizeof(bf16));
       conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw16, dy, N, H, W, C, K);
       cuda_bf16_to_f32(c, dw, dw16, wcount);
     } else {
+      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d", H, W, C, K);
       conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw, dy, N, H, W, C, K);
     }
+    PROF_END(c);
   }
-  if (dx) conv_run(c, PLAN_CONV_BWD_DATA, dx, (void *)conv_weights(c, w, C, K), dy, N, H, W, C, K);
+  if (dx) {
+    PROF_BEGIN(c, PROF_CONV_BWD_DATA, "%dx%d %d->%d", H, W, C, K);
+    conv_run(c, PLAN_CONV_BWD_DATA, dx, (void *)conv_weights(c, w, C, K), dy, N, H, W, C, K);
+    PROF_END(c);
+  }
 }

@@ -18,6 +18,7 @@
 #include "check.h"
 #include "cuda_check.h"
 #include "cuda_plan.h"
+#include "prof_table.h"
 
 // ---- check macros (file:line, the expression and the library's own message) ---------------
 #define cudnnCheck(expr)                                                                   \
@@ -51,6 +52,8 @@ typedef struct graph_vars {
   uint32_t step;  // dropout_key.step
 } graph_vars;
 
+struct cuda_prof; // the per-op profiler (profile.cu)
+
 typedef struct cuda_ctx {
   int device, precision;
   int sm_count;
@@ -68,7 +71,8 @@ typedef struct cuda_ctx {
   size_t param_count;
   bf16 *params_bf16;
   plan_cache convs, gemms;
-  cudaEvent_t ev0, ev1; // autotune timing
+  autotune_mode autotune; // how a conv plan's engine is chosen (backend_cuda_set_autotune)
+  cudaEvent_t ev0, ev1;   // autotune timing
   // Graph capture (graph.cu): while capturing, nothing runs, nothing may allocate or
   // synchronise, and prep_batch notes where the batch's ids go (cap_ids, cap_n) so that each
   // replay copies that step's ids there.
@@ -79,9 +83,15 @@ typedef struct cuda_ctx {
   int graphs_live;  // captured graphs not yet freed: they hold the workspaces' addresses
   void **retired;   // workspaces outgrown while graphs were live, freed with the last graph
   int n_retired;
+  // The per-op profiler: NULL unless backend_cuda_profile_enable (never with graphs: the two
+  // are exclusive, so nothing below records events into a capture).
+  struct cuda_prof *prof;
 } cuda_ctx;
 
 static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
+// b's context, after checking that b is a CUDA backend (FATAL naming `who` otherwise): for the
+// entry points of backend.h that take any backend.
+cuda_ctx *cuda_ctx_checked(backend *b, const char *who);
 
 // What a launcher passes to its kernel for the step variables: the device copy while a step is
 // being captured, else NULL (the kernel uses the launcher's arguments).
@@ -138,6 +148,26 @@ void cuda_graph_free(backend *b, void *graph);
 void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const uint8_t *images,
                      const uint8_t *image_labels, const int32_t *h_ids, int n,
                      const prep_params *p);
+
+// ---- per-op profiler (profile.cu) ----------------------------------------------------------
+// A region times a part of an op with two CUDA events on the stream, read after the step's
+// synchronisation. Only while profiling: the macros cost one NULL test otherwise. Regions do
+// not nest. The op-level ones (prep, pool, FC, dropout, loss, Adam) are opened by profile.cu's
+// wrappers; conv.cu opens one per part of a convolution.
+void cuda_prof_begin(cuda_ctx *c, prof_kind kind, const char *fmt, ...) VGG_PRINTF(3, 4);
+void cuda_prof_end(cuda_ctx *c);
+#define PROF_BEGIN(c, ...)                        \
+  do {                                            \
+    if ((c)->prof) cuda_prof_begin((c), __VA_ARGS__); \
+  } while (0)
+#define PROF_END(c)                      \
+  do {                                   \
+    if ((c)->prof) cuda_prof_end(c);     \
+  } while (0)
+// A new conv plan record in the profile (only while profiling); valid until the next one.
+prof_conv *cuda_prof_conv(cuda_ctx *c);
+// Frees the profiler and gives b its plain ops table back (accepts a backend without one).
+void cuda_prof_free(backend *b);
 
 // ---- device element access (activations are float or bf16) --------------------------------
 __device__ __forceinline__ float act_load(const float *p, size_t i) { return p[i]; }

@@ -11,17 +11,24 @@
 
 // ---- plan cache ----------------------------------------------------------------------------
 
-plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align) {
+plan_key plan_key_conv(int op, int N, int H, int W, int C, int K, int precision,
+                       const int align[3]) {
   plan_key k;
   memset(&k, 0, sizeof(k));
   k.op = op; k.N = N; k.H = H; k.W = W; k.C = C; k.K = K; k.precision = precision;
-  k.align = align;
+  for (int i = 0; i < 3; i++) k.align[i] = align[i];
   return k;
+}
+
+plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align) {
+  const int all[3] = {align, align, align};
+  return plan_key_conv(op, N, H, W, C, K, precision, all);
 }
 
 int plan_key_equal(const plan_key *a, const plan_key *b) {
   return a->op == b->op && a->N == b->N && a->H == b->H && a->W == b->W && a->C == b->C &&
-         a->K == b->K && a->precision == b->precision && a->align == b->align;
+         a->K == b->K && a->precision == b->precision && a->align[0] == b->align[0] &&
+         a->align[1] == b->align[1] && a->align[2] == b->align[2];
 }
 
 void *plan_cache_find(const plan_cache *pc, const plan_key *k) {
@@ -77,6 +84,13 @@ int plan_pick_fastest(const float *ms, int n) {
   for (int i = 0; i < n; i++)
     if (ms[i] >= 0.0f && (best < 0 || ms[i] < ms[best])) best = i;
   return best;
+}
+
+int plan_pick(autotune_mode mode, const float *ms, int n) {
+  if (mode == AUTOTUNE_FASTEST) return plan_pick_fastest(ms, n);
+  for (int i = 0; i < n; i++)
+    if (ms[i] >= 0.0f) return i;
+  return -1;
 }
 
 size_t plan_workspace_grow(size_t have, size_t need) {

@@ -1,7 +1,8 @@
 // cuda_plan.h - the host-only planning logic of the CUDA backend, kept apart from any CUDA
 // call so that it is unit-tested on machines without a GPU (tests/test_cuda_host.c):
 //   - the plan cache (cuDNN execution plans / cuBLASLt algorithms, one per layer shape),
-//   - which cuDNN engines a precision allows (numerical notes) and the autotune pick,
+//   - which cuDNN engines a precision allows (numerical notes) and the autotune pick (fastest
+//     or first),
 //   - workspace growth,
 //   - the column-major GEMM that computes each row-major linear product,
 //   - launch sizes, pointer alignment classes, bf16 rounding.
@@ -12,12 +13,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h" // autotune_mode
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 // ---- plan cache ----------------------------------------------------------------------------
-// One key per distinct (operation, shape, precision, pointer alignment class); plans are built
+// One key per distinct (operation, shape, precision, pointer alignment classes); plans are built
 // once, at the first step, so a linear scan over a few dozen entries is all we need.
 typedef enum {
   PLAN_CONV_FWD = 1,
@@ -27,7 +30,11 @@ typedef enum {
 } plan_op;
 
 typedef struct plan_key {
-  int op, N, H, W, C, K, precision, align; // linear: H = in, W = out, C = relu
+  int op, N, H, W, C, K, precision; // linear: H = in, W = out, C = relu
+  // Byte alignment class (plan_alignment) of each tensor: a convolution's x-like, w-like and
+  // y-like tensor (each its own, so one misaligned weight does not push x and y off the
+  // vectorised/tensor-core engines); a linear layer has one class for all three.
+  int align[3];
 } plan_key;
 
 typedef struct plan_cache {
@@ -36,7 +43,11 @@ typedef struct plan_cache {
   int n, cap;
 } plan_cache;
 
+// One alignment class for every tensor (linear layers).
 plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align);
+// A convolution's key: align[0..2] of its x-like, w-like and y-like tensors.
+plan_key plan_key_conv(int op, int N, int H, int W, int C, int K, int precision,
+                       const int align[3]);
 int plan_key_equal(const plan_key *a, const plan_key *b);
 void *plan_cache_find(const plan_cache *pc, const plan_key *k); // NULL when absent
 void plan_cache_insert(plan_cache *pc, const plan_key *k, void *val); // key must be absent
@@ -64,6 +75,14 @@ int plan_engine_allowed(int precision, unsigned notes, int allow_nondet);
 // Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
 // Returns -1 when every candidate failed.
 int plan_pick_fastest(const float *ms, int n);
+// What autotuning noted per candidate, in the heuristics' order: a time in ms (>= 0; 0 when it
+// ran untimed), PLAN_MS_FAILED (it did not run) or PLAN_MS_UNTRIED (not run: an earlier one
+// was taken).
+#define PLAN_MS_FAILED (-1.0f)
+#define PLAN_MS_UNTRIED (-2.0f)
+// The candidate the mode keeps: AUTOTUNE_FASTEST the fastest (plan_pick_fastest),
+// AUTOTUNE_FIRST the first that ran, whatever the times. -1 when none ran.
+int plan_pick(autotune_mode mode, const float *ms, int n);
 // Workspace size after a request: unchanged when it suffices, else `need` rounded up to 1 MiB.
 size_t plan_workspace_grow(size_t have, size_t need);
 

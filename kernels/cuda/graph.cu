@@ -30,6 +30,9 @@ typedef struct cuda_graph {
 void cuda_capture_begin(backend *b) {
   cuda_ctx *c = ctx_of(b);
   if (c->capturing) FATAL("CUDA graph capture begun twice");
+  if (c->prof) // the profiled ops table has no capture entries; this is a caller holding the old one
+    FATAL("CUDA graph capture while the per-op profiler is on: the two are exclusive (profile "
+          "eager steps)");
   cudaCheck(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
   c->capturing = 1;
   c->cap_ids = NULL;

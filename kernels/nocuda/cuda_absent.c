@@ -16,3 +16,19 @@ size_t backend_cuda_memory_used(backend *b) {
 size_t backend_cuda_memory_free(backend *b) {
   FATAL("backend_cuda_memory_free without CUDA");
 }
+
+void backend_cuda_set_autotune(backend *b, autotune_mode mode) {
+  FATAL("backend_cuda_set_autotune without CUDA");
+}
+
+void backend_cuda_profile_enable(backend *b) {
+  DIE_USAGE("the per-op profile needs CUDA: this build has none (rebuild with the CUDA toolkit)");
+}
+
+void backend_cuda_profile_step(backend *b, double wall_ms, int keep) {
+  FATAL("backend_cuda_profile_step without CUDA");
+}
+
+void backend_cuda_profile_print(backend *b, FILE *f) {
+  FATAL("backend_cuda_profile_print without CUDA");
+}
