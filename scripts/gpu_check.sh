@@ -246,7 +246,7 @@ fi
 
 # ---- 5. per-op profile ----------------------------------------------------------------------------
 log bench.log "profile" timeout 120 $B/bench_step --device cuda --model vgg16 --width 1 --size 128 \
-  --batch 64 --precision bf16 --steps 10 --warmup 3 --profile 1 || say "profile: FAILED (bench.log)"
+  --batch 64 --precision bf16 --steps 10 --warmup 3 --profile || say "profile: FAILED (bench.log)"
 awk '/^==== profile/ { on = 1; next } /^==== / { on = 0 } on' "$OUT/bench.log" | sed 's/^/profile: /' | tee -a "$SUM"
 
 # ---- 6. throughput ---------------------------------------------------------------------------------
