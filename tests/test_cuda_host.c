@@ -19,6 +19,7 @@
 #include "check.h"
 #include "cpu/cpu_backend.h"
 #include "cuda/cuda_plan.h"
+#include "cuda/rowwise.h"
 #include "resize.h"
 #include "rng.h"
 #include "test.h"
@@ -191,6 +192,98 @@ TEST(cuda_launch_alignment_bf16) {
   EXPECT(isnan(plan_bf16_to_f32(plan_f32_to_bf16(NAN))));
   EXPECT(isinf(plan_bf16_to_f32(plan_f32_to_bf16(INFINITY))));
   EXPECT_NEAR(plan_bf16_to_f32(plan_f32_to_bf16(3.14159f)), 3.140625, 0);
+}
+
+// bias_act_kernel's loops (elementwise.cu) on the host: how often each (row, chunk) is visited.
+static int row_shape_covers_once(size_t rows, unsigned chunks, unsigned max_blocks) {
+  const row_shape s = row_shape_plan(rows, chunks, 256, max_blocks);
+  if (s.bx < 1 || s.by < 1 || s.bx * s.by > 256 || s.gx < 1 || s.gy < 1 || s.gy > 65535) return 0;
+  if ((size_t)s.gx * s.gy > (max_blocks > s.gx ? max_blocks : s.gx)) return 0;
+  if (chunks <= 256 && s.bx != chunks) return 0; // a block's threads cover whole rows, in order
+  unsigned char *seen = xcalloc(rows * chunks, 1);
+  for (unsigned bx = 0; bx < s.gx; bx++)
+    for (unsigned by = 0; by < s.gy; by++)
+      for (unsigned ty = 0; ty < s.by; ty++)
+        for (unsigned tx = 0; tx < s.bx; tx++) {
+          unsigned c = bx * s.bx + tx;
+          if (c >= chunks) continue;
+          for (size_t r = (size_t)by * s.by + ty; r < rows; r += (size_t)s.gy * s.by)
+            seen[r * chunks + c]++;
+        }
+  int ok = 1;
+  for (size_t i = 0; i < rows * chunks; i++) ok &= seen[i] == 1;
+  free(seen);
+  return ok;
+}
+
+TEST(cuda_rowwise_shapes) {
+  // Vector width: K a multiple of ROW_VEC and every tensor on a ROW_VEC-element boundary.
+  char buf[64] __attribute__((aligned(16)));
+  EXPECT_EQ_INT(ROW_VEC, 4);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf, NULL), 4);
+  EXPECT_EQ_INT(row_vec_width(64, 4, buf, buf + 32), 4);
+  EXPECT_EQ_INT(row_vec_width(512, 2, buf + 8, buf + 48), 4); // bf16: 8-byte boundaries
+  EXPECT_EQ_INT(row_vec_width(3, 4, buf, NULL), 1);           // the first conv's input C
+  EXPECT_EQ_INT(row_vec_width(10, 4, buf, NULL), 1);          // the classifier's out
+  EXPECT_EQ_INT(row_vec_width(10, 2, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(6, 2, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(0, 4, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf + 4, NULL), 1); // fp32 needs 16 bytes
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf + 8, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf + 2, NULL), 1); // bf16 needs 8
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf + 4, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf, buf + 4), 1);  // either tensor decides
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf, buf + 2), 1);
+
+  // bias + ReLU: every (row, column chunk) exactly once, whatever the shape and the block cap.
+  const size_t rows[5] = {1, 3, 255, 1000, 4099};
+  const unsigned chunks[8] = {1, 2, 3, 10, 16, 256, 257, 1024}; // K = 4 .. 4096 at ROW_VEC, 3, 10
+  const unsigned caps[3] = {1, 7, 132 * 32};
+  for (int r = 0; r < 5; r++)
+    for (int c = 0; c < 8; c++)
+      for (int m = 0; m < 3; m++)
+        if (!row_shape_covers_once(rows[r], chunks[c], caps[m]))
+          test_fail(__FILE__, __LINE__, "row_shape_plan(%zu, %u, 256, %u) misses or repeats", rows[r],
+                    chunks[c], caps[m]);
+  row_shape s = row_shape_plan((size_t)1 << 32, 2, 256, 1u << 30); // grid y limit
+  EXPECT_EQ_INT(s.gy, 65535);
+  EXPECT_EQ_INT(s.bx * s.by, 256);
+  s = row_shape_plan(131072, 2, 256, 4224); // conv1 at width 0.125, fp32: K = 8 in chunks of 4
+  EXPECT_EQ_INT(s.bx, 2);
+  EXPECT_EQ_INT(s.by, 128);
+  EXPECT_EQ_INT(s.gx, 1);
+  EXPECT_EQ_INT(s.gy, 1024);
+
+  // Column sums: the row chunks do not depend on the vector width (same order, same bits), they
+  // cover the rows, and the blocks across cover the channels.
+  const size_t crows[6] = {1, 63, 65, 1000, 131072, (size_t)1 << 26};
+  const int cK[6] = {3, 8, 10, 64, 512, 4096};
+  for (int r = 0; r < 6; r++)
+    for (int k = 0; k < 6; k++)
+      for (int sm = 0; sm <= 132; sm += 132) {
+        colsum_shape a = colsum_plan(crows[r], cK[k], 1, sm);
+        EXPECT(a.chunks >= 1 && a.chunks <= 65535);
+        EXPECT((a.chunks - 1) * a.per < crows[r] && crows[r] <= a.chunks * a.per);
+        EXPECT_EQ_INT(a.gx, (cK[k] + 31) / 32);
+        if (cK[k] % ROW_VEC) continue;
+        colsum_shape v = colsum_plan(crows[r], cK[k], ROW_VEC, sm);
+        EXPECT_EQ_INT(v.chunks, a.chunks);
+        EXPECT_EQ_INT(v.per, a.per);
+        EXPECT((size_t)v.gx * COLSUM_TX * ROW_VEC >= (size_t)cK[k]);
+        EXPECT((size_t)(v.gx - 1) * COLSUM_TX * ROW_VEC < (size_t)cK[k]);
+      }
+  // The values the scalar-only code computed (by hand from its formula): 132 SMs.
+  colsum_shape a = colsum_plan(131072, 8, ROW_VEC, 132); // 1 tile: want 528 chunks
+  EXPECT_EQ_INT(a.per, 249);
+  EXPECT_EQ_INT(a.chunks, 527);
+  EXPECT_EQ_INT(a.gx, 1);
+  a = colsum_plan(2048, 512, ROW_VEC, 132); // 16 tiles: want 33, at most 2048 / 64
+  EXPECT_EQ_INT(a.chunks, 32);
+  EXPECT_EQ_INT(a.per, 64);
+  EXPECT_EQ_INT(a.gx, 4);
+  a = colsum_plan(100, 10, 1, 0); // unknown SM count: 64
+  EXPECT_EQ_INT(a.chunks, 2);
+  EXPECT_EQ_INT(a.per, 50);
 }
 
 // The device kernel's resize arithmetic, on the host: must equal cpu_resize_plane bit for bit.
