@@ -593,6 +593,87 @@ TEST(cuda_gpu_pool_dropout_xent) {
   }
 }
 
+// ---- an invalid label, reported by the GPU ------------------------------------------------------
+// The CUDA cross-entropy records a label outside [0, classes) and the host FATALs with it once
+// the kernel has run (loss.cu): at the next cross-entropy, the next replay, or when a graph is
+// freed. A FATAL ends the process, so each case runs in a child, and the child must be a fresh
+// process: CUDA cannot be used in a child forked after its parent initialised CUDA (this process
+// has: the device count, the GPU tests before). The child therefore execs this binary again on
+// the helper test cuda_gpu_xent_child, the case in VGG_XENT_CHILD ("eager|graph precision").
+
+static void xent_child_exec(void *mode) {
+  setenv("VGG_XENT_CHILD", (const char *)mode, 1);
+  execl("/proc/self/exe", "test_unit", "cuda_gpu_xent_child", (char *)NULL);
+  perror("execl /proc/self/exe");
+  _exit(127);
+}
+
+TEST(cuda_gpu_xent_child) {
+  const char *mode = getenv("VGG_XENT_CHILD");
+  if (!mode) {
+    test_skip("a helper: runs inside cuda_gpu_xent_invalid_label");
+    return;
+  }
+  char kind[16];
+  int prec = -1;
+  REQUIRE(sscanf(mode, "%15s %d", kind, &prec) == 2);
+  enum { N = 4, L = 10 };
+  pair p = {NULL, backend_cuda_create(0, prec), prec};
+  backend *g = p.gpu;
+  // Samples 1 (label 12) and 3 (label -1) are invalid: the first of them is the one reported.
+  int32_t good[N] = {1, 9, 0, 5}, bad[N] = {1, 12, 0, -1};
+  float *lg = rand_buf(N * L, 8, 2.0f), fill[N * L], dl[N * L];
+  for (int i = 0; i < N * L; i++) fill[i] = 7.0f; // no gradient is this large
+  void *d_lg = up_act(&p, lg, N * L), *d_dl = up_act(&p, fill, N * L);
+  int32_t *d_good = up_f32(&p, (const float *)(const void *)good, N);
+  int32_t *d_bad = up_f32(&p, (const float *)(const void *)bad, N);
+  double *d_st = g->ops->alloc(g, 2 * sizeof(double)), st[2];
+  if (strcmp(kind, "eager") == 0) {
+    g->ops->xent(g, d_dl, d_st, d_lg, d_bad, N, L, 0.25f);
+    down_act(&p, dl, d_dl, N * L);
+    g->ops->download(g, st, d_st, sizeof(st));
+    int zero = 1, written = 1;
+    for (int j = 0; j < L; j++) {
+      zero &= dl[1 * L + j] == 0.0f && dl[3 * L + j] == 0.0f;
+      written &= fabsf(dl[0 * L + j]) < 1.0f && fabsf(dl[2 * L + j]) < 1.0f;
+    }
+    fprintf(stderr, "child: invalid rows %s, valid rows %s, loss %s\n", zero ? "zero" : "NOT zero",
+            written ? "written" : "NOT written", isnan(st[0]) ? "NaN" : "not NaN");
+    g->ops->xent(g, d_dl, d_st, d_lg, d_good, N, L, 0.25f); // reports the first launch's label
+  } else {
+    g->ops->xent(g, d_dl, d_st, d_lg, d_good, N, L, 0.25f); // eager and valid: nothing to report
+    g->ops->sync(g);
+    g->ops->capture_begin(g);
+    g->ops->xent(g, d_dl, d_st, d_lg, d_bad, N, L, 0.25f);
+    void *graph = g->ops->capture_end(g);
+    step_vars v = {NULL, 0, 0, 0, {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 0}};
+    fprintf(stderr, "child: captured\n");
+    g->ops->replay(g, graph, &v);
+    g->ops->graph_free(g, graph); // synchronises, then reports
+  }
+  fprintf(stderr, "child: no error reported\n");
+  free(lg);
+}
+
+TEST(cuda_gpu_xent_invalid_label) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  const char *modes[4] = {"eager 0", "eager 2", "graph 0", "graph 2"};
+  for (int m = 0; m < 4; m++) {
+    char err[4096];
+    int status = test_in_child(xent_child_exec, (void *)modes[m], err, sizeof(err));
+    int ok = status != 0 && strstr(err, "xent: label 12 of sample 1 outside [0, 10)") != NULL &&
+             strstr(err, "child: no error reported") == NULL;
+    if (modes[m][0] == 'e')
+      ok &= strstr(err, "child: invalid rows zero, valid rows written, loss NaN") != NULL;
+    else
+      ok &= strstr(err, "child: captured") != NULL;
+    if (!ok) test_fail(__FILE__, __LINE__, "%s: exit status %d, stderr:\n%s", modes[m], status, err);
+  }
+}
+
 TEST(cuda_gpu_adam_prep) {
   pair p;
   if (!pair_open(&p, 0)) return;
