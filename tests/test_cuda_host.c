@@ -522,6 +522,108 @@ TEST(cuda_gpu_conv_linear) {
     conv_linear_case(prec, 3, 4, 16, 32, 1, 7);
     conv_linear_case(prec, 1, 4, 8, 8, 0, 5);
     conv_linear_case(prec, 2, 4, 3, 10, 1, 3); // odd K: 8-byte aligned tensors after the bias
+    conv_linear_case(prec, 2, 4, 8, 64, 1, 8); // K, out % 4 == 0: the row-wise vector paths
+  }
+}
+
+// Uploads h (n) as activations one element past an aligned allocation when off = 1, so that a
+// K % 4 == 0 tensor takes the scalar path of elementwise.cu; *base is what to release.
+static void *up_act_at(pair *p, void **base, const float *h, size_t n, int off) {
+  float *t = xcalloc(n + 1, sizeof(float));
+  memcpy(t + off, h, n * sizeof(float));
+  *base = up_act(p, t, n + 1);
+  free(t);
+  return (char *)*base + (size_t)off * p->gpu->act_bytes;
+}
+
+static void bf16_round(float *h, size_t n) {
+  for (size_t i = 0; i < n; i++) h[i] = plan_bf16_to_f32(plan_f32_to_bf16(h[i]));
+}
+
+// The row-wise kernels of elementwise.cu on (N, out) tensors, each on its vector path (out % 4
+// == 0, aligned) and its scalar path (out = 3 or 10, or one element off), against the CPU.
+// 1. The ReLU-backward mask and the bias gradient (linear_bwd without dw and dx runs only
+//    cuda_relu_bias_grad): zeros, -0 and NaNs in y (a NaN passes dy, as threshold_backward);
+//    both paths must give the same bits (same order, same bits).
+// 2. Bias + ReLU (linear_fwd with a bias that is not 16-byte aligned: cuda_bias_act adds it,
+//    not the cuBLASLt epilogue).
+static void rowwise_case(pair *p, int N, int out) {
+  const int prec = p->prec, in = 16;
+  const size_t n = (size_t)N * out, nw = (size_t)out * in, np = nw + 1 + out;
+  backend *g = p->gpu;
+  float *dy = rand_buf(n, 11, 1.0f), *y = rand_buf(n, 12, 1.0f), *x1 = rand_buf(N, 13, 1.0f);
+  for (size_t i = 0; i < n; i += 7) y[i] = 0.0f;
+  for (size_t i = 3; i < n; i += 11) y[i] = -0.0f;
+  for (size_t i = 5; i < n; i += 13) y[i] = NAN;
+  if (prec == 2) {
+    bf16_round(dy, n);
+    bf16_round(y, n);
+  }
+  float *cdy = xmalloc(n * 4), *cdb = xmalloc(out * 4), *cdw = xmalloc(out * 4);
+  memcpy(cdy, dy, n * 4);
+  p->cpu->ops->linear_bwd(p->cpu, NULL, cdw, cdb, cdy, x1, NULL, y, N, 1, out, 1);
+  float *hdy[2] = {xmalloc(n * 4), xmalloc(n * 4)}, *hdb[2] = {xmalloc(out * 4), xmalloc(out * 4)};
+  char what[64];
+  for (int off = 0; off < 2; off++) {
+    void *b_dy, *b_y;
+    void *d_dy = up_act_at(p, &b_dy, dy, n, off), *d_y = up_act_at(p, &b_y, y, n, off);
+    float *d_db = g->ops->alloc(g, out * 4);
+    g->ops->linear_bwd(g, NULL, NULL, d_db, d_dy, NULL, NULL, d_y, N, 1, out, 1);
+    down_act(p, hdy[off], d_dy, n);
+    g->ops->download(g, hdb[off], d_db, out * 4);
+    snprintf(what, sizeof(what), "relu mask N %d K %d +%d", N, out, off);
+    expect_close(what, prec, hdy[off], cdy, n, 0);
+    snprintf(what, sizeof(what), "bias grad N %d K %d +%d", N, out, off);
+    expect_close(what, prec, hdb[off], cdb, out, prec_tol(prec));
+    g->ops->release(g, d_db);
+    g->ops->release(g, b_y);
+    g->ops->release(g, b_dy);
+  }
+  if (memcmp(hdb[0], hdb[1], out * 4) != 0 || memcmp(hdy[0], hdy[1], n * 4) != 0)
+    test_fail(__FILE__, __LINE__, "precision %d N %d K %d: the vector and scalar paths differ", prec,
+              N, out);
+
+  float *params = rand_buf(np, 14, 0.3f), *x = rand_buf((size_t)N * in, 15, 1.0f);
+  float *cy = xmalloc(n * 4), *hy = xmalloc(n * 4);
+  if (prec == 2) { // the GPU reads bf16 x and the bf16 shadow of w; the bias stays fp32
+    bf16_round(x, (size_t)N * in);
+    bf16_round(params, nw);
+  }
+  float *d_params = up_f32(p, params, np);
+  g->ops->set_params(g, d_params, np);
+  void *d_x = up_act(p, x, (size_t)N * in);
+  for (int relu = 0; relu < 2; relu++) {
+    p->cpu->ops->linear_fwd(p->cpu, cy, x, params, params + nw + 1, N, in, out, relu);
+    for (int off = 0; off < 2; off++) {
+      void *b_y = g->ops->alloc(g, (n + 1) * g->act_bytes);
+      void *d_y = (char *)b_y + (size_t)off * g->act_bytes;
+      g->ops->linear_fwd(g, d_y, d_x, d_params, d_params + nw + 1, N, in, out, relu);
+      down_act(p, hy, d_y, n);
+      snprintf(what, sizeof(what), "bias+relu%d N %d K %d +%d", relu, N, out, off);
+      expect_close(what, prec, hy, cy, n, prec_tol(prec));
+      g->ops->release(g, b_y);
+    }
+  }
+  g->ops->release(g, d_x);
+  g->ops->release(g, d_params);
+  free(params); free(x); free(cy); free(hy);
+  free(dy); free(y); free(x1); free(cdy); free(cdb); free(cdw);
+  for (int i = 0; i < 2; i++) {
+    free(hdy[i]);
+    free(hdb[i]);
+  }
+}
+
+TEST(cuda_gpu_rowwise_paths) {
+  const int outs[4] = {3, 8, 10, 64}; // scalar, vector, scalar, vector (when aligned)
+  for (int prec = 0; prec < 3; prec++) {
+    pair p;
+    if (!pair_open(&p, prec)) return;
+    for (int i = 0; i < 4; i++) {
+      rowwise_case(&p, 5, outs[i]);
+      rowwise_case(&p, 1000, outs[i]);
+    }
+    pair_close(&p);
   }
 }
 
