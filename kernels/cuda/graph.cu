@@ -68,10 +68,10 @@ void cuda_replay(backend *b, void *graph, const step_vars *v) {
   cuda_graph *G = (cuda_graph *)graph;
   if (v->n != G->n)
     FATAL("replaying a training step captured for %d images with %d", G->n, v->n);
-  cuda_xent_check(c); // an invalid label met by an earlier replay (or eager step) that has run
   int s = G->slot;
   G->slot ^= 1;
   cudaCheck(cudaEventSynchronize(G->copied[s])); // the copies that last read slot s have run
+  cuda_xent_check(c); // an invalid label met by an earlier replay (or eager step) that has run
   G->h_vars[s].adam = adam_plan(&v->adam);
   G->h_vars[s].epoch = v->epoch;
   G->h_vars[s].step = v->step;
