@@ -26,6 +26,7 @@
 #include "log.h"
 #include "model.h"
 #include "net.h"
+#include "cuda/rowwise.h"
 #include "resize.h"
 #include "rng.h"
 #include "steps.h"
@@ -235,6 +236,98 @@ TEST(cuda_launch_alignment_bf16) {
   EXPECT(isnan(plan_bf16_to_f32(plan_f32_to_bf16(NAN))));
   EXPECT(isinf(plan_bf16_to_f32(plan_f32_to_bf16(INFINITY))));
   EXPECT_NEAR(plan_bf16_to_f32(plan_f32_to_bf16(3.14159f)), 3.140625, 0);
+}
+
+// bias_act_kernel's loops (elementwise.cu) on the host: how often each (row, chunk) is visited.
+static int row_shape_covers_once(size_t rows, unsigned chunks, unsigned max_blocks) {
+  const row_shape s = row_shape_plan(rows, chunks, 256, max_blocks);
+  if (s.bx < 1 || s.by < 1 || s.bx * s.by > 256 || s.gx < 1 || s.gy < 1 || s.gy > 65535) return 0;
+  if ((size_t)s.gx * s.gy > (max_blocks > s.gx ? max_blocks : s.gx)) return 0;
+  if (chunks <= 256 && s.bx != chunks) return 0; // a block's threads cover whole rows, in order
+  unsigned char *seen = xcalloc(rows * chunks, 1);
+  for (unsigned bx = 0; bx < s.gx; bx++)
+    for (unsigned by = 0; by < s.gy; by++)
+      for (unsigned ty = 0; ty < s.by; ty++)
+        for (unsigned tx = 0; tx < s.bx; tx++) {
+          unsigned c = bx * s.bx + tx;
+          if (c >= chunks) continue;
+          for (size_t r = (size_t)by * s.by + ty; r < rows; r += (size_t)s.gy * s.by)
+            seen[r * chunks + c]++;
+        }
+  int ok = 1;
+  for (size_t i = 0; i < rows * chunks; i++) ok &= seen[i] == 1;
+  free(seen);
+  return ok;
+}
+
+TEST(cuda_rowwise_shapes) {
+  // Vector width: K a multiple of ROW_VEC and every tensor on a ROW_VEC-element boundary.
+  char buf[64] __attribute__((aligned(16)));
+  EXPECT_EQ_INT(ROW_VEC, 4);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf, NULL), 4);
+  EXPECT_EQ_INT(row_vec_width(64, 4, buf, buf + 32), 4);
+  EXPECT_EQ_INT(row_vec_width(512, 2, buf + 8, buf + 48), 4); // bf16: 8-byte boundaries
+  EXPECT_EQ_INT(row_vec_width(3, 4, buf, NULL), 1);           // the first conv's input C
+  EXPECT_EQ_INT(row_vec_width(10, 4, buf, NULL), 1);          // the classifier's out
+  EXPECT_EQ_INT(row_vec_width(10, 2, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(6, 2, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(0, 4, buf, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf + 4, NULL), 1); // fp32 needs 16 bytes
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf + 8, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf + 2, NULL), 1); // bf16 needs 8
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf + 4, NULL), 1);
+  EXPECT_EQ_INT(row_vec_width(8, 4, buf, buf + 4), 1);  // either tensor decides
+  EXPECT_EQ_INT(row_vec_width(8, 2, buf, buf + 2), 1);
+
+  // bias + ReLU: every (row, column chunk) exactly once, whatever the shape and the block cap.
+  const size_t rows[5] = {1, 3, 255, 1000, 4099};
+  const unsigned chunks[8] = {1, 2, 3, 10, 16, 256, 257, 1024}; // K = 4 .. 4096 at ROW_VEC, 3, 10
+  const unsigned caps[3] = {1, 7, 132 * 32};
+  for (int r = 0; r < 5; r++)
+    for (int c = 0; c < 8; c++)
+      for (int m = 0; m < 3; m++)
+        if (!row_shape_covers_once(rows[r], chunks[c], caps[m]))
+          test_fail(__FILE__, __LINE__, "row_shape_plan(%zu, %u, 256, %u) misses or repeats", rows[r],
+                    chunks[c], caps[m]);
+  row_shape s = row_shape_plan((size_t)1 << 32, 2, 256, 1u << 30); // grid y limit
+  EXPECT_EQ_INT(s.gy, 65535);
+  EXPECT_EQ_INT(s.bx * s.by, 256);
+  s = row_shape_plan(131072, 2, 256, 4224); // conv1 at width 0.125, fp32: K = 8 in chunks of 4
+  EXPECT_EQ_INT(s.bx, 2);
+  EXPECT_EQ_INT(s.by, 128);
+  EXPECT_EQ_INT(s.gx, 1);
+  EXPECT_EQ_INT(s.gy, 1024);
+
+  // Column sums: the row chunks do not depend on the vector width (same order, same bits), they
+  // cover the rows, and the blocks across cover the channels.
+  const size_t crows[6] = {1, 63, 65, 1000, 131072, (size_t)1 << 26};
+  const int cK[6] = {3, 8, 10, 64, 512, 4096};
+  for (int r = 0; r < 6; r++)
+    for (int k = 0; k < 6; k++)
+      for (int sm = 0; sm <= 132; sm += 132) {
+        colsum_shape a = colsum_plan(crows[r], cK[k], 1, sm);
+        EXPECT(a.chunks >= 1 && a.chunks <= 65535);
+        EXPECT((a.chunks - 1) * a.per < crows[r] && crows[r] <= a.chunks * a.per);
+        EXPECT_EQ_INT(a.gx, (cK[k] + 31) / 32);
+        if (cK[k] % ROW_VEC) continue;
+        colsum_shape v = colsum_plan(crows[r], cK[k], ROW_VEC, sm);
+        EXPECT_EQ_INT(v.chunks, a.chunks);
+        EXPECT_EQ_INT(v.per, a.per);
+        EXPECT((size_t)v.gx * COLSUM_TX * ROW_VEC >= (size_t)cK[k]);
+        EXPECT((size_t)(v.gx - 1) * COLSUM_TX * ROW_VEC < (size_t)cK[k]);
+      }
+  // The values the scalar-only code computed (by hand from its formula): 132 SMs.
+  colsum_shape a = colsum_plan(131072, 8, ROW_VEC, 132); // 1 tile: want 528 chunks
+  EXPECT_EQ_INT(a.per, 249);
+  EXPECT_EQ_INT(a.chunks, 527);
+  EXPECT_EQ_INT(a.gx, 1);
+  a = colsum_plan(2048, 512, ROW_VEC, 132); // 16 tiles: want 33, at most 2048 / 64
+  EXPECT_EQ_INT(a.chunks, 32);
+  EXPECT_EQ_INT(a.per, 64);
+  EXPECT_EQ_INT(a.gx, 4);
+  a = colsum_plan(100, 10, 1, 0); // unknown SM count: 64
+  EXPECT_EQ_INT(a.chunks, 2);
+  EXPECT_EQ_INT(a.per, 50);
 }
 
 // The device kernel's resize arithmetic, on the host: must equal cpu_resize_plane bit for bit.
@@ -622,6 +715,108 @@ TEST(cuda_gpu_conv_linear) {
     conv_linear_case(prec, 3, 4, 16, 32, 1, 7);
     conv_linear_case(prec, 1, 4, 8, 8, 0, 5);
     conv_linear_case(prec, 2, 4, 3, 10, 1, 3); // odd K: 8-byte aligned tensors after the bias
+    conv_linear_case(prec, 2, 4, 8, 64, 1, 8); // K, out % 4 == 0: the row-wise vector paths
+  }
+}
+
+// Uploads h (n) as activations one element past an aligned allocation when off = 1, so that a
+// K % 4 == 0 tensor takes the scalar path of elementwise.cu; *base is what to release.
+static void *up_act_at(pair *p, void **base, const float *h, size_t n, int off) {
+  float *t = xcalloc(n + 1, sizeof(float));
+  memcpy(t + off, h, n * sizeof(float));
+  *base = up_act(p, t, n + 1);
+  free(t);
+  return (char *)*base + (size_t)off * p->gpu->act_bytes;
+}
+
+static void bf16_round(float *h, size_t n) {
+  for (size_t i = 0; i < n; i++) h[i] = plan_bf16_to_f32(plan_f32_to_bf16(h[i]));
+}
+
+// The row-wise kernels of elementwise.cu on (N, out) tensors, each on its vector path (out % 4
+// == 0, aligned) and its scalar path (out = 3 or 10, or one element off), against the CPU.
+// 1. The ReLU-backward mask and the bias gradient (linear_bwd without dw and dx runs only
+//    cuda_relu_bias_grad): zeros, -0 and NaNs in y (a NaN passes dy, as threshold_backward);
+//    both paths must give the same bits (same order, same bits).
+// 2. Bias + ReLU (linear_fwd with a bias that is not 16-byte aligned: cuda_bias_act adds it,
+//    not the cuBLASLt epilogue).
+static void rowwise_case(pair *p, int N, int out) {
+  const int prec = p->prec, in = 16;
+  const size_t n = (size_t)N * out, nw = (size_t)out * in, np = nw + 1 + out;
+  backend *g = p->gpu;
+  float *dy = rand_buf(n, 11, 1.0f), *y = rand_buf(n, 12, 1.0f), *x1 = rand_buf(N, 13, 1.0f);
+  for (size_t i = 0; i < n; i += 7) y[i] = 0.0f;
+  for (size_t i = 3; i < n; i += 11) y[i] = -0.0f;
+  for (size_t i = 5; i < n; i += 13) y[i] = NAN;
+  if (prec == 2) {
+    bf16_round(dy, n);
+    bf16_round(y, n);
+  }
+  float *cdy = xmalloc(n * 4), *cdb = xmalloc(out * 4), *cdw = xmalloc(out * 4);
+  memcpy(cdy, dy, n * 4);
+  p->cpu->ops->linear_bwd(p->cpu, NULL, cdw, cdb, cdy, x1, NULL, y, N, 1, out, 1);
+  float *hdy[2] = {xmalloc(n * 4), xmalloc(n * 4)}, *hdb[2] = {xmalloc(out * 4), xmalloc(out * 4)};
+  char what[64];
+  for (int off = 0; off < 2; off++) {
+    void *b_dy, *b_y;
+    void *d_dy = up_act_at(p, &b_dy, dy, n, off), *d_y = up_act_at(p, &b_y, y, n, off);
+    float *d_db = g->ops->alloc(g, out * 4);
+    g->ops->linear_bwd(g, NULL, NULL, d_db, d_dy, NULL, NULL, d_y, N, 1, out, 1);
+    down_act(p, hdy[off], d_dy, n);
+    g->ops->download(g, hdb[off], d_db, out * 4);
+    snprintf(what, sizeof(what), "relu mask N %d K %d +%d", N, out, off);
+    expect_close(what, prec, hdy[off], cdy, n, 0);
+    snprintf(what, sizeof(what), "bias grad N %d K %d +%d", N, out, off);
+    expect_close(what, prec, hdb[off], cdb, out, prec_tol(prec));
+    g->ops->release(g, d_db);
+    g->ops->release(g, b_y);
+    g->ops->release(g, b_dy);
+  }
+  if (memcmp(hdb[0], hdb[1], out * 4) != 0 || memcmp(hdy[0], hdy[1], n * 4) != 0)
+    test_fail(__FILE__, __LINE__, "precision %d N %d K %d: the vector and scalar paths differ", prec,
+              N, out);
+
+  float *params = rand_buf(np, 14, 0.3f), *x = rand_buf((size_t)N * in, 15, 1.0f);
+  float *cy = xmalloc(n * 4), *hy = xmalloc(n * 4);
+  if (prec == 2) { // the GPU reads bf16 x and the bf16 shadow of w; the bias stays fp32
+    bf16_round(x, (size_t)N * in);
+    bf16_round(params, nw);
+  }
+  float *d_params = up_f32(p, params, np);
+  g->ops->set_params(g, d_params, np);
+  void *d_x = up_act(p, x, (size_t)N * in);
+  for (int relu = 0; relu < 2; relu++) {
+    p->cpu->ops->linear_fwd(p->cpu, cy, x, params, params + nw + 1, N, in, out, relu);
+    for (int off = 0; off < 2; off++) {
+      void *b_y = g->ops->alloc(g, (n + 1) * g->act_bytes);
+      void *d_y = (char *)b_y + (size_t)off * g->act_bytes;
+      g->ops->linear_fwd(g, d_y, d_x, d_params, d_params + nw + 1, N, in, out, relu);
+      down_act(p, hy, d_y, n);
+      snprintf(what, sizeof(what), "bias+relu%d N %d K %d +%d", relu, N, out, off);
+      expect_close(what, prec, hy, cy, n, prec_tol(prec));
+      g->ops->release(g, b_y);
+    }
+  }
+  g->ops->release(g, d_x);
+  g->ops->release(g, d_params);
+  free(params); free(x); free(cy); free(hy);
+  free(dy); free(y); free(x1); free(cdy); free(cdb); free(cdw);
+  for (int i = 0; i < 2; i++) {
+    free(hdy[i]);
+    free(hdb[i]);
+  }
+}
+
+TEST(cuda_gpu_rowwise_paths) {
+  const int outs[4] = {3, 8, 10, 64}; // scalar, vector, scalar, vector (when aligned)
+  for (int prec = 0; prec < 3; prec++) {
+    pair p;
+    if (!pair_open(&p, prec)) return;
+    for (int i = 0; i < 4; i++) {
+      rowwise_case(&p, 5, outs[i]);
+      rowwise_case(&p, 1000, outs[i]);
+    }
+    pair_close(&p);
   }
 }
 
@@ -690,6 +885,76 @@ TEST(cuda_gpu_pool_dropout_xent) {
     free(x); free(g); free(y); free(dx); free(hy); free(hdx); free(am); free(ham);
     free(a); free(b); free(hb); free(lg); free(dl); free(hdl);
     pair_close(&p);
+  }
+}
+
+// ---- an invalid label, reported by the GPU ------------------------------------------------------
+// The CUDA cross-entropy records a label outside [0, classes) and the host FATALs with it once
+// the kernel has run (loss.cu): at the next download or sync, cross-entropy or replay, or when
+// a graph is freed. A FATAL ends the process, so each case runs in a child, and the child must be a fresh
+// process: CUDA cannot be used in a child forked after its parent initialised CUDA (this process
+// has: the device count, the GPU tests before). The child therefore execs this binary again on
+// the fixture cuda_gpu_xent_fixture, the case in VGG_XENT_CHILD ("eager|graph precision").
+
+static void xent_child_exec(void *mode) {
+  setenv("VGG_XENT_CHILD", (const char *)mode, 1);
+  execl("/proc/self/exe", "test_unit", "cuda_gpu_xent_fixture", (char *)NULL);
+  perror("execl /proc/self/exe");
+  _exit(127);
+}
+
+TEST_FIXTURE(cuda_gpu_xent_fixture) {
+  const char *mode = getenv("VGG_XENT_CHILD");
+  REQUIRE(mode != NULL);
+  char kind[16];
+  int prec = -1;
+  REQUIRE(sscanf(mode, "%15s %d", kind, &prec) == 2);
+  enum { N = 4, L = 10 };
+  pair p = {NULL, backend_cuda_create(0, prec), prec};
+  backend *g = p.gpu;
+  // Samples 1 (label 12) and 3 (label -1) are invalid: the first of them is the one reported.
+  int32_t good[N] = {1, 9, 0, 5}, bad[N] = {1, 12, 0, -1};
+  float *lg = rand_buf(N * L, 8, 2.0f), fill[N * L];
+  for (int i = 0; i < N * L; i++) fill[i] = 7.0f; // no gradient is this large
+  void *d_lg = up_act(&p, lg, N * L), *d_dl = up_act(&p, fill, N * L);
+  int32_t *d_good = up_f32(&p, (const float *)(const void *)good, N);
+  int32_t *d_bad = up_f32(&p, (const float *)(const void *)bad, N);
+  double *d_st = g->ops->alloc(g, 2 * sizeof(double)), st[2];
+  if (strcmp(kind, "eager") == 0) {
+    g->ops->xent(g, d_dl, d_st, d_lg, d_bad, N, L, 0.25f);
+    fprintf(stderr, "child: launched\n");
+    g->ops->download(g, st, d_st, sizeof(st)); // synchronises, then reports
+  } else {
+    g->ops->xent(g, d_dl, d_st, d_lg, d_good, N, L, 0.25f); // eager and valid: nothing to report
+    g->ops->sync(g);
+    g->ops->capture_begin(g);
+    g->ops->xent(g, d_dl, d_st, d_lg, d_bad, N, L, 0.25f);
+    void *graph = g->ops->capture_end(g);
+    step_vars v = {NULL, 0, 0, 0, {1e-3f, 0.9f, 0.999f, 1e-8f, 0.0f, 1, 0}};
+    fprintf(stderr, "child: captured\n");
+    g->ops->replay(g, graph, &v);
+    g->ops->graph_free(g, graph); // synchronises, then reports
+  }
+  fprintf(stderr, "child: no error reported\n");
+  free(lg);
+}
+
+TEST(cuda_gpu_xent_invalid_label) {
+  if (backend_cuda_device_count() <= 0) {
+    test_skip("no CUDA device: runs in scripts/gpu_check.sh");
+    return;
+  }
+  const char *modes[4] = {"eager 0", "eager 2", "graph 0", "graph 2"};
+  for (int m = 0; m < 4; m++) {
+    char err[4096];
+    int status = test_in_child(xent_child_exec, (void *)modes[m], err, sizeof(err));
+    int ok = status != 0 && strstr(err, "xent: label 12 of sample 1 outside [0, 10)") != NULL &&
+             strstr(err, "child: no error reported") == NULL;
+    if (modes[m][0] == 'e')
+      ok &= strstr(err, "child: launched") != NULL;
+    else
+      ok &= strstr(err, "child: captured") != NULL;
+    if (!ok) test_fail(__FILE__, __LINE__, "%s: exit status %d, stderr:\n%s", modes[m], status, err);
   }
 }
 

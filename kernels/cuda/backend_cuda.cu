@@ -112,6 +112,7 @@ static void cuda_download(backend *b, void *h_dst, const void *src, size_t bytes
   if (!bytes) return;
   cudaCheck(cudaMemcpyAsync(h_dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
   cudaCheck(cudaStreamSynchronize(c->stream));
+  cuda_xent_check(c); // every loss kernel so far has run: a statistics download reports at once
 }
 
 void cuda_zero(cuda_ctx *c, void *p, size_t bytes) {
@@ -123,6 +124,7 @@ static void cuda_zero_op(backend *b, void *p, size_t bytes) { cuda_zero(ctx_of(b
 static void cuda_sync(backend *b) {
   not_capturing(ctx_of(b), "sync");
   cudaCheck(cudaStreamSynchronize(ctx_of(b)->stream));
+  cuda_xent_check(ctx_of(b));
 }
 
 static void *cuda_stream(backend *b) { return (void *)ctx_of(b)->stream; }
@@ -176,6 +178,7 @@ static void cuda_destroy(backend *b) {
   cuda_ctx *c = ctx_of(b);
   cudaCheck(cudaStreamSynchronize(c->stream));
   cuda_prof_free(b);
+  cuda_xent_free(c);
   plan_cache_free(&c->convs, cuda_conv_plan_free, c);
   plan_cache_free(&c->gemms, cuda_gemm_plan_free, c);
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));

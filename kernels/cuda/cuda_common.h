@@ -86,6 +86,9 @@ typedef struct cuda_ctx {
   // The per-op profiler: NULL unless backend_cuda_profile_enable (never with graphs: the two
   // are exclusive, so nothing below records events into a capture).
   struct cuda_prof *prof;
+  // The first invalid label a cross-entropy kernel met (loss.cu): page-locked, mapped host
+  // memory the kernel writes through d_xent_bad and the host reads without a copy.
+  struct xent_bad_label *xent_bad, *d_xent_bad;
 } cuda_ctx;
 
 static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
@@ -139,6 +142,13 @@ void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, 
                       float p, dropout_key key);
 void cuda_xent(backend *b, void *dlogits, double *stats, const void *logits,
                const int32_t *labels, int N, int classes, float grad_scale);
+// An invalid label cannot stop the host from a kernel: the kernel records it and these report it
+// once the kernel has run. prepare allocates the record (before a capture: it cannot allocate
+// during one); check FATALs with the label and sample if one was recorded (no CUDA call, no
+// sync: it sees what finished kernels wrote); free releases the record (for cuda_destroy).
+void cuda_xent_prepare(cuda_ctx *c);
+void cuda_xent_check(const cuda_ctx *c);
+void cuda_xent_free(cuda_ctx *c);
 void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
                const adam_params *p);
 void cuda_capture_begin(backend *b);

@@ -9,6 +9,9 @@
 // and launches the graph behind the copies. A slot is refilled only after the copies that last
 // read it have run (an event per slot), so the host may run a step ahead without waiting.
 //
+// An invalid label met by the captured cross-entropy is recorded in host memory by the kernel
+// (loss.cu); replay and graph_free report it (FATAL) once a replay that met it has run.
+//
 // Capture mode is thread-local: the NCCL watchdog thread keeps polling events meanwhile.
 // A graph holds the addresses of every buffer it was captured with: the workspaces are retired
 // rather than freed while a graph lives (backend_cuda.cu, grow), and a graph that holds NCCL
@@ -33,6 +36,7 @@ void cuda_capture_begin(backend *b) {
   if (c->prof) // the profiled ops table has no capture entries; this is a caller holding the old one
     FATAL("CUDA graph capture while the per-op profiler is on: the two are exclusive (profile "
           "eager steps)");
+  cuda_xent_prepare(c); // allocates: not allowed once the capture has begun
   cudaCheck(cudaStreamBeginCapture(c->stream, cudaStreamCaptureModeThreadLocal));
   c->capturing = 1;
   c->cap_ids = NULL;
@@ -70,6 +74,7 @@ void cuda_replay(backend *b, void *graph, const step_vars *v) {
   int s = G->slot;
   G->slot ^= 1;
   cudaCheck(cudaEventSynchronize(G->copied[s])); // the copies that last read slot s have run
+  cuda_xent_check(c); // an invalid label met by an earlier replay (or eager step) that has run
   G->h_vars[s].adam = adam_plan(&v->adam);
   G->h_vars[s].epoch = v->epoch;
   G->h_vars[s].step = v->step;
@@ -89,6 +94,7 @@ void cuda_graph_free(backend *b, void *graph) {
   cuda_graph *G = (cuda_graph *)graph;
   if (!G) return;
   cudaCheck(cudaStreamSynchronize(ctx_of(b)->stream)); // a replay may still be running
+  cuda_xent_check(ctx_of(b)); // every replay has run: the last ones' labels are checked too
   for (int s = 1; s >= 0; s--) cudaCheck(cudaEventDestroy(G->copied[s]));
   if (G->h_ids) cudaCheck(cudaFreeHost(G->h_ids));
   cudaCheck(cudaFreeHost(G->h_vars));

@@ -7,6 +7,12 @@
 // in fp32, writes bf16 activations and fp32 weight gradients (GemmEx with Ctype 32F).
 // The forward algorithm is chosen once per (N, in, out, relu, epilogue, alignment) and cached;
 // when cuBLASLt offers none, the forward falls back to GemmEx + our bias/ReLU kernel.
+// The bias is the fp32 one from the flat parameters in every precision, in the epilogue as in
+// the fallback: bf16 sets CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE to CUDA_R_32F (fp32 and tf32 have
+// it by default: the bias type defaults to the output type). cublasLt.h documents the bias as
+// the output's type except for IMMA and fp8 kernels, so a bf16 GEMM with an fp32 bias may have
+// no algorithm on some GPU / cuBLAS version: then the heuristic returns none for that key and
+// the forward takes the fallback, which adds the same fp32 bias (cuda_bias_act).
 #include "cuda_common.h"
 
 typedef struct lt_plan {
@@ -48,8 +54,10 @@ static void gemm_ex(cuda_ctx *c, const gemm_plan *g, const void *A, cudaDataType
                            CUBLAS_GEMM_DEFAULT));
 }
 
+// The key holds everything the heuristic saw: the bias type follows from the precision, and
+// epilogue_bias = 1 means a 16-byte aligned fp32 bias pointer (the heuristic reads its alignment).
 static lt_plan *lt_plan_get(cuda_ctx *c, int N, int in, int out, int relu, int epilogue_bias,
-                            int align, const void *bias) {
+                            int align, const float *bias) {
   plan_key key = plan_key_make(PLAN_LINEAR_FWD, N, in, out, relu, epilogue_bias, c->precision, align);
   lt_plan *p = (lt_plan *)plan_cache_find(&c->gemms, &key);
   if (p) return p;
@@ -65,6 +73,11 @@ static lt_plan *lt_plan_get(cuda_ctx *c, int N, int in, int out, int relu, int e
                            : relu         ? CUBLASLT_EPILOGUE_RELU_BIAS
                                           : CUBLASLT_EPILOGUE_BIAS;
   cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_EPILOGUE, &epi, sizeof(epi)));
+  if (epilogue_bias && t != CUDA_R_32F) { // bf16 output, fp32 bias (see the top)
+    const cudaDataType_t bias_type = CUDA_R_32F;
+    cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE,
+                                               &bias_type, sizeof(bias_type)));
+  }
   // The heuristic reads the bias pointer's alignment (cublasLt.h: "routines that don't
   // dereference this pointer ... depend on its value"): give it a real one, not the NULL default.
   if (epilogue_bias)
@@ -98,17 +111,16 @@ void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const f
   cuda_ctx *c = ctx_of(b);
   if (N == 0) return;
   const void *wp = linear_weights(c, w, (size_t)in * out);
-  // The epilogue bias has the output's type: the bf16 shadow in bf16 precision.
-  const void *bp = bias ? linear_weights(c, bias, (size_t)out) : NULL;
-  int epilogue_bias = bp != NULL && plan_alignment(bp) == 16;
+  // The epilogue reads the fp32 bias in every precision (bf16: BIAS_DATA_TYPE, see the top).
+  int epilogue_bias = bias != NULL && plan_alignment(bias) == 16;
   int align = plan_alignment(wp);
   align = plan_alignment(x) < align ? plan_alignment(x) : align;
   align = plan_alignment(y) < align ? plan_alignment(y) : align;
-  lt_plan *p = lt_plan_get(c, N, in, out, relu, epilogue_bias, align, bp);
+  lt_plan *p = lt_plan_get(c, N, in, out, relu, epilogue_bias, align, bias);
   if (p->ok) {
     const float alpha = 1.0f, beta = 0.0f;
     if (epilogue_bias)
-      cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp, sizeof(bp)));
+      cublasCheck(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof(bias)));
     cublasCheck(cublasLtMatmul(c->lt, p->op, &alpha, wp, p->a, x, p->b, &beta, y, p->d, y, p->d,
                                &p->algo, c->lt_ws, c->lt_ws_bytes, c->stream));
     if (!epilogue_bias) cuda_bias_act(c, y, bias, (size_t)N, out, relu);
