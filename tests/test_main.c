@@ -77,12 +77,8 @@ const char *test_tmp_dir(void) {
 }
 
 
-int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
-  int fds[2];
-  if (pipe(fds) != 0) {
-    perror("pipe");
-    exit(1);
-  }
+// fork() after flushing stdio (so that nothing buffered is printed twice); exits on failure.
+static pid_t fork_flushed(void) {
   fflush(stdout);
   fflush(stderr);
   pid_t pid = fork();
@@ -90,6 +86,16 @@ int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
     perror("fork");
     exit(1);
   }
+  return pid;
+}
+
+int test_in_child(void (*fn)(void *), void *arg, char *err, size_t len) {
+  int fds[2];
+  if (pipe(fds) != 0) {
+    perror("pipe");
+    exit(1);
+  }
+  pid_t pid = fork_flushed();
   if (pid == 0) {
     close(fds[0]);
     dup2(fds[1], STDERR_FILENO);
@@ -148,13 +154,7 @@ static int run_one(int i) {
 // the others still run. The parent never touches a GPU: each child makes its own CUDA context.
 enum { CHILD_PASSED = 0, CHILD_FAILED = 10, CHILD_SKIPPED = 11 };
 static int run_isolated(int i, unsigned limit_s) {
-  fflush(stdout);
-  fflush(stderr);
-  pid_t pid = fork();
-  if (pid < 0) {
-    perror("fork");
-    exit(1);
-  }
+  pid_t pid = fork_flushed();
   if (pid == 0) {
     alarm(limit_s);
     int r = run_one(i);
