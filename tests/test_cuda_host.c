@@ -509,8 +509,13 @@ TEST(cuda_profile_table) {
   prof_conv *full = prof_table_conv(&t);
   full->kind = PROF_CONV_BWD_FILTER;
   for (int i = 0; i < PROF_MAX_CANDS; i++) prof_conv_note(full, i, 0, 0, PROF_CAND_REFUSED_RTC);
-  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), -1); // full: counted only
-  EXPECT_EQ_INT(full->more, 1);
+  EXPECT_EQ_INT(prof_conv_note(full, 98, 0, 0, PROF_CAND_REFUSED_RTC), -1); // full: counted only
+  // A candidate still gets in, in place of the last refused config, and so does the next one.
+  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 1);
+  EXPECT_EQ_INT(prof_conv_note(full, 97, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 2);
+  EXPECT(full->cand[PROF_MAX_CANDS - 1].engine == 99 && full->cand[PROF_MAX_CANDS - 2].engine == 97);
+  EXPECT_EQ_INT(full->n_cand, PROF_MAX_CANDS);
+  EXPECT_EQ_INT(full->more, 3);
   EXPECT_NEAR(prof_table_build_ms(&t), 35.25, 1e-9);
 
   char *text = table_text(&t);
@@ -534,7 +539,7 @@ TEST(cuda_profile_table) {
       "engine 0", "failed to run\n",
       "refused (numerical notes not allowed): engine 25, 31\n",
       "refused (runtime-compiled): engine 7\n",
-      "(1 more config not recorded)",
+      "(3 more configs not recorded)",
       "plan building (host, at first use): 2 conv plans in 35.2 ms (autotune 3.5 ms of it)",
       "the first step took 900.0 ms wall, a timed step 6.000 ms",
   };

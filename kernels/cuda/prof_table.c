@@ -35,17 +35,24 @@ const char *prof_kind_name(prof_kind k) {
 int prof_conv_note(prof_conv *rec, int64_t engine, unsigned notes, int64_t workspace,
                    prof_cand_status status) {
   if (!rec) return -1;
-  if (rec->n_cand == PROF_MAX_CANDS) {
+  int slot = rec->n_cand;
+  if (slot == PROF_MAX_CANDS) {
+    // Full of configs looked at: a refused one is dropped (counted in `more`), but a candidate
+    // takes the place of the last refused entry, so that the engine kept is always in the record.
     rec->more++;
-    return -1;
+    if (status != PROF_CAND_UNTRIED) return -1;
+    for (slot = PROF_MAX_CANDS - 1; slot >= 0 && rec->cand[slot].status == PROF_CAND_UNTRIED; slot--) {
+    }
+    if (slot < 0) return -1;
   }
-  prof_cand *c = &rec->cand[rec->n_cand];
+  prof_cand *c = &rec->cand[slot];
   c->engine = engine;
   c->notes = notes;
   c->workspace = workspace;
   c->ms = 0.0f;
   c->status = status;
-  return rec->n_cand++;
+  if (slot == rec->n_cand) rec->n_cand++;
+  return slot;
 }
 
 static int same_regions(const prof_table *t, const prof_sample *s, int n) {
