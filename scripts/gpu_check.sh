@@ -3,13 +3,15 @@
 # a usable diagnosis. A lent GPU is one shot (15 minutes, about one issue in ten), so every part
 # writes its log into $OUT as it goes, the summary grows line by line, and a part that fails or
 # cannot run is reported while the others still run. Parts, within GPU_CHECK_BUDGET seconds
-# (default 420; each optional part checks the time left):
+# (default 420, for a device call of 480 s; every part's timeout is cut to the time left, and a
+# part with too little left is skipped with a line saying so):
 #   0. environment: glibc, GPU, nvcc, cuDNN and NCCL (the toolkit, else Python's nvidia-* wheels),
 #      Open MPI and OpenBLAS (installed, else the .deb files staged by scripts/stage_gpu_deps.sh
 #      in .device/debs, unpacked into $GPU_CHECK_ROOT under /tmp, never into a carried folder);
 #   1. build (WERROR=0: a newer host gcc may warn anew) of the single-process tools, which need
-#      no MPI (test_unit, parity_step, bench_step), then of vgg_dist; `ldd` of each: what cannot
-#      load is listed, and the tools run even when libmpi cannot (an older glibc);
+#      no MPI (test_unit, parity_step, bench_step), then of vgg_dist; `ldd` of each and of cuDNN's
+#      own sub-libraries: what cannot load is listed, and the tools still run when only libmpi
+#      cannot (the staged OpenBLAS needs glibc >= 2.34, the staged Open MPI >= 2.36);
 #   2. the CUDA op tests, each in its own process (test_unit --isolate cuda_);
 #   3. whole-step parity of the CUDA backend against the CPU backend, and of CUDA graph replays
 #      against eager steps (parity_step: fp32, tf32, bf16) -- the first part that needs a GPU;
@@ -17,7 +19,8 @@
 #      deterministic autotune (--autotune first): identical losses;
 #   5. the per-op time profile (bench_step --profile: VGG16 at 128x128, batch 64, bf16);
 #   6. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, bf16/tf32/fp32;
-#   7. if time is left, a short real-data run, then compute-sanitizer over the CUDA op tests.
+#   7. if time is left, compute-sanitizer over the op tests of the row-wise and loss kernels,
+#      then a short real-data run.
 # --dry-run (for machines without a GPU; `make test` runs it on a fresh clone): every part that
 # needs no GPU runs (staging, build, ldd, the host op tests, a CPU run through the staged
 # mpirun), the check stops at part 3 with a "no CUDA device" line, and exits 0 if all before
@@ -44,18 +47,36 @@ SUM=$OUT/gpu_check.txt
 : > "$SUM"
 B=build/gpu
 FAILS=0
-STATUS=0
+CHILD=
 
 say() { echo "$*" | tee -a "$SUM"; }
 elapsed() { echo $(($(date +%s) - T0)); }
 left() { echo $((BUDGET - $(elapsed))); }
 fail() { FAILS=$((FAILS + 1)); say "$*"; }
 # log FILE TITLE CMD...: append TITLE and the command's output to $OUT/FILE; returns its status.
+# The command runs in the background and is waited for, so that a signal to this script is
+# handled at once (bash defers traps while a foreground child runs) and ends the child too.
 log() {
-  local file=$OUT/$1 title=$2
+  local file=$OUT/$1 title=$2 rc
   shift 2
   echo "==== $title ($(elapsed) s): $*" >> "$file"
-  "$@" >> "$file" 2>&1
+  "$@" >> "$file" 2>&1 < /dev/null &
+  CHILD=$!
+  wait $CHILD
+  rc=$?
+  CHILD=
+  return $rc
+}
+# tmo CAP MIN NAME: a part's timeout, CAP seconds cut to the budget left (10 s kept for the
+# end); prints nothing and says why when fewer than MIN seconds remain.
+tmo() {
+  local t=$(($(left) - 10))
+  [ "$t" -gt "$1" ] && t=$1
+  if [ "$t" -lt "$2" ]; then
+    say "$3: skipped, $(left) s of the budget left (needs $(($2 + 10)))" >&2
+    return 1
+  fi
+  echo "$t"
 }
 finish() {
   local f
@@ -67,7 +88,7 @@ finish() {
   rm -rf "$WORK"
 }
 trap finish EXIT
-trap 'say "gpu_check: stopped by a signal at $(elapsed) s"; exit 143' TERM INT HUP
+trap '[ -n "$CHILD" ] && kill -TERM "$CHILD" 2> /dev/null; say "gpu_check: stopped by a signal at $(elapsed) s"; exit 143' TERM INT HUP
 
 # ---- 0. environment -----------------------------------------------------------------------------
 say "gpu_check: $([ "$DRY" = 1 ] && echo "DRY RUN (no GPU needed)" || echo "GPU run") on $(uname -n), $(date -u +%FT%TZ), budget $BUDGET s"
@@ -76,9 +97,10 @@ for tool in make gcc; do
   command -v $tool > /dev/null 2>&1 || { fail "gpu_check: no $tool on this machine: nothing can be built"; exit 1; }
 done
 say "host: $(gcc --version | head -n 1), $(make --version | head -n 1), $(nproc) cpus"
-if command -v nvidia-smi > /dev/null 2>&1; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUM"
-  log env.log "nvidia-smi" nvidia-smi
+if command -v nvidia-smi > /dev/null 2>&1; then # a GPU in a bad state can hang it: bounded
+  timeout 20 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUM"
+  log env.log "nvidia-smi" timeout 20 nvidia-smi
+  say "gpu: driver supports $(grep -o 'CUDA Version: [0-9.]*' "$OUT/env.log" | head -n 1)"
 else
   say "gpu: no nvidia-smi"
 fi
@@ -113,6 +135,9 @@ find_lib() {
 find_lib CUDNN cudnn.h cudnn
 find_lib NCCL nccl.h nccl
 say "cudnn: $CUDNN_INC $CUDNN_LIB | nccl: $NCCL_INC $NCCL_LIB"
+glibc=$(ldd --version 2>&1 | head -n 1 | grep -o '[0-9]*\.[0-9]*$')
+glibc_at_least() { awk -v have="${glibc:-0}" -v need="$1" 'BEGIN { split(have, h, "."); split(need, n, ".");
+  exit !(h[1] > n[1] || (h[1] == n[1] && h[2] >= n[2])) }'; }
 export LIBRARY_PATH="$WORK/lib:$CUDNN_LIB:$NCCL_LIB${LIBRARY_PATH:+:$LIBRARY_PATH}"
 export LD_LIBRARY_PATH="$CUDNN_LIB:$NCCL_LIB:$CUDA_HOME/lib64${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 
@@ -154,26 +179,38 @@ say "mpi: $(mpirun --version 2>&1 | head -n 1)"
 MK=(make -j"$(nproc)" "BUILD=$B" "BIN=$B/vgg_dist" CUDA=1 WERROR=0 CUDA_ARCH="${CUDA_ARCH:-90}"
     CUDA_HOME="$CUDA_HOME" CUDNN_INC="$CUDNN_INC" CUDNN_LIB="$CUDNN_LIB" NCCL_INC="$NCCL_INC"
     NCCL_LIB="$NCCL_LIB" "${BLAS[@]}")
+if [ ${#BLAS[@]} -gt 0 ] && ! glibc_at_least 2.34; then
+  say "glibc: $glibc is older than the staged OpenBLAS needs (2.34): expect no binary to load"
+elif [ -n "${OPAL_PREFIX:-}" ] && ! glibc_at_least 2.36; then
+  say "glibc: $glibc is older than the staged Open MPI needs (2.36): vgg_dist will not load, the tools will"
+fi
 if ! log build.log "single-process tools" "${MK[@]}" $B/test_unit $B/parity_step $B/bench_step; then
-  tail -n 30 "$OUT/build.log"
+  grep -E "error|Error" "$OUT/build.log" | head -n 20 | tee -a "$SUM"
   fail "gpu_check: build of the tools FAILED (build.log)"
   exit 1
 fi
 HAVE_BIN=1
-log build.log "vgg_dist" "${MK[@]}" $B/vgg_dist || { HAVE_BIN=0; fail "build: vgg_dist FAILED (build.log); the MPI parts are skipped"; }
-say "build: ok at $(elapsed) s (CUDA_ARCH ${CUDA_ARCH:-90}, WERROR=0; warnings: $(grep -c 'warning' "$OUT/build.log"))"
-for bin in $B/test_unit $B/parity_step $B/bench_step $B/vgg_dist; do
+if log build.log "vgg_dist" "${MK[@]}" $B/vgg_dist; then
+  say "build: ok at $(elapsed) s (CUDA_ARCH ${CUDA_ARCH:-90}, WERROR=0; warnings: $(grep -c 'warning' "$OUT/build.log"))"
+else
+  HAVE_BIN=0
+  grep -E "error|Error|undefined" "$OUT/build.log" | tail -n 10 | tee -a "$SUM"
+  fail "build: the tools built, vgg_dist FAILED (build.log); the MPI parts are skipped"
+fi
+# cuDNN 9 loads its engine sub-libraries itself (they need cuBLASLt/NVRTC of their CUDA major):
+# ldd of our binaries does not show them, so they are listed here.
+for bin in $B/test_unit $B/parity_step $B/bench_step $B/vgg_dist "$CUDNN_LIB"/libcudnn*.so.[0-9]*; do
   [ -x "$bin" ] || continue
   missing=$(ldd "$bin" 2>&1 | grep -E "not found|version .* not found" | sed 's/^[[:space:]]*//' | sort -u | tr '\n' ' ')
   if [ -n "$missing" ]; then
     say "ldd $bin: cannot load: $missing"
     [ "$bin" = $B/vgg_dist ] && HAVE_BIN=0
   else
-    say "ldd $bin: every library found"
+    case "$bin" in "$B"/*) say "ldd $bin: every library found" ;; esac
   fi
 done
 if [ "$HAVE_BIN" = 1 ]; then # the staged mpirun starts ranks: a CPU run of 2 ranks, seconds
-  if log env.log "mpi smoke test" timeout 60 mpirun --allow-run-as-root --oversubscribe -np 2 $B/vgg_dist \
+  if log env.log "mpi smoke test" timeout 45 mpirun --allow-run-as-root --oversubscribe -np 2 $B/vgg_dist \
        --device cpu --data data/sample --model vgg11 --width 0.125 --image-size 32 --batch 32 \
        --epochs 1 --train-limit 96 --val-size 32 --test-limit 32 --threads 1; then
     say "mpi: 2 CPU ranks through mpirun: ok"
@@ -184,11 +221,16 @@ if [ "$HAVE_BIN" = 1 ]; then # the staged mpirun starts ranks: a CPU run of 2 ra
 fi
 
 # ---- 2. CUDA op tests, one process each -----------------------------------------------------------
-log unit.log "CUDA op tests" timeout 240 $B/test_unit --isolate --limit 120 cuda_ || FAILS=$((FAILS + 1))
-grep -E "^(ok|FAIL|skip)|error|FATAL|rel error|passed" "$OUT/unit.log" | tail -n 40 | sed 's/^/unit: /' | tee -a "$SUM"
+if t=$(tmo 150 30 unit); then
+  log unit.log "CUDA op tests" timeout "$t" $B/test_unit --isolate --limit 45 cuda_
+  rc=$?
+  grep -E "^(ok|FAIL|skip)|error|FATAL|rel error|passed" "$OUT/unit.log" | tail -n 40 | sed 's/^/unit: /' | tee -a "$SUM"
+  [ $rc -eq 0 ] || fail "unit: FAIL (exit $rc$([ $rc -eq 124 ] && echo ": over its $t s"); unit.log)"
+fi
 
 # ---- 3. parity: the first part that needs a GPU ------------------------------------------------
-log parity.log "parity" timeout 150 $B/parity_step 32 128
+t=$(tmo 150 20 parity) || t=20 # the first GPU part always runs: it tells whether there is a GPU
+log parity.log "parity" timeout "$t" $B/parity_step 32 128
 rc=$?
 if grep -q "no CUDA device" "$OUT/parity.log"; then
   say "gpu_check: no CUDA device: $(grep -m 1 'no CUDA device' "$OUT/parity.log" | sed 's/^vgg_dist: error: //')"
@@ -200,7 +242,7 @@ if grep -q "no CUDA device" "$OUT/parity.log"; then
   exit 1
 fi
 grep -E "^parity|error|FATAL" "$OUT/parity.log" | tee -a "$SUM"
-[ $rc -eq 0 ] || fail "parity: FAIL (exit $rc, parity.log)"
+[ $rc -eq 0 ] || fail "parity: FAIL (exit $rc$([ $rc -eq 124 ] && echo ": over its $t s"); parity.log)"
 [ "$DRY" = 1 ] && say "gpu_check: dry run, but a CUDA device answered: running the GPU parts too"
 
 # ---- 4. one-rank NCCL runs: CUDA graphs on and off ------------------------------------------
@@ -211,12 +253,15 @@ grep -E "^parity|error|FATAL" "$OUT/parity.log" | tee -a "$SUM"
 data=data/sample
 [ -r .device/data/data_batch_1.bin ] && data=.device/data
 nccl_run() { # nccl_run GRAPHS
-  log nccl.log "1 rank, --cuda-graphs $1" timeout 120 mpirun --allow-run-as-root -np 1 $B/vgg_dist \
+  local t
+  t=$(tmo 90 20 "nccl --cuda-graphs $1") || return 124
+  log nccl.log "1 rank, --cuda-graphs $1" timeout "$t" mpirun --allow-run-as-root -np 1 $B/vgg_dist \
     --device cuda --data "$data" --model vgg11 --width 0.5 --image-size 32 --batch 64 --epochs 1 \
     --val-size 200 --train-limit 1000 --lr 1e-3 --log-every 5 --autotune first --cuda-graphs "$1" \
     --metrics "$WORK/nccl_$1.jsonl"
 }
 same_losses() { # every step and epoch loss and accuracy (%.6f in the metrics) of the two runs
+  [ -s "$WORK/nccl_1.jsonl" ] && [ -s "$WORK/nccl_0.jsonl" ] || { echo "a run wrote no metrics"; return 1; }
   python3 - "$WORK/nccl_1.jsonl" "$WORK/nccl_0.jsonl" << 'PY'
 import json, sys
 def figures(path):
@@ -232,7 +277,8 @@ PY
 if [ "$HAVE_BIN" = 1 ]; then
   nccl_run 1; rc=$?
   nccl_run 0; rc0=$?
-  grep -E "^device|^epoch [0-9]+/[0-9]+:|^device memory|^test|error|FATAL" "$OUT/nccl.log" | sed 's/^/nccl: /' | tee -a "$SUM"
+  grep -E "^device|^epoch [0-9]+/[0-9]+:|^device memory|^test|error|FATAL|WARN|signal|Abort|noticed" \
+    "$OUT/nccl.log" | head -n 40 | sed 's/^/nccl: /' | tee -a "$SUM"
   cmp=$(same_losses 2>&1)
   crc=$?
   if [ $rc -eq 0 ] && [ $rc0 -eq 0 ] && [ $crc -eq 0 ]; then
@@ -245,17 +291,26 @@ else
 fi
 
 # ---- 5. per-op profile ----------------------------------------------------------------------------
-log bench.log "profile" timeout 120 $B/bench_step --device cuda --model vgg16 --width 1 --size 128 \
-  --batch 64 --precision bf16 --steps 10 --warmup 3 --profile || say "profile: FAILED (bench.log)"
-awk '/^==== profile/ { on = 1; next } /^==== / { on = 0 } on' "$OUT/bench.log" | sed 's/^/profile: /' | tee -a "$SUM"
+# The summary keeps the per-op table, the totals by kind and the plan-building line; every
+# convolution's engine and candidates stay in bench.log.
+if t=$(tmo 120 30 profile); then
+  log bench.log "profile" timeout "$t" $B/bench_step --device cuda --model vgg16 --width 1 --size 128 \
+    --batch 64 --precision bf16 --steps 10 --warmup 3 --profile || fail "profile: FAILED (bench.log)"
+  awk '/^==== profile/ { on = 1; next } /^==== / { on = 0 } /^conv plans/ { plans = 1 }
+       on && (!plans || /^plan building/)' "$OUT/bench.log" | sed 's/^/profile: /' | tee -a "$SUM"
+fi
 
 # ---- 6. throughput ---------------------------------------------------------------------------------
 peak() { case "$1" in fp32) echo 67e12 ;; tf32) echo 495e12 ;; bf16) echo 989e12 ;; esac; } # H100/H200 SXM dense
 bench() { # bench ARGS...: one bench_step line into the summary
-  local line gf mfu prec=$1
+  local line gf mfu t prec=$1
   shift
-  log bench.log "bench $prec $*" timeout 90 $B/bench_step --device cuda --model vgg16 --width 1 \
-    --precision "$prec" --steps 20 --warmup 5 "$@"
+  t=$(tmo 60 20 "bench $prec $*") || return
+  if ! log bench.log "bench $prec $*" timeout "$t" $B/bench_step --device cuda --model vgg16 --width 1 \
+       --precision "$prec" --steps 20 --warmup 5 "$@"; then
+    say "bench $prec $*: FAILED or over its $t s (bench.log)"
+    return
+  fi
   line=$(tail -n 1 "$OUT/bench.log")
   gf=$(echo "$line" | sed -n 's/.* \([0-9.]*\) GFLOP\/s.*/\1/p')
   mfu=$(awk -v g="${gf:-0}" -v p="$(peak "$prec")" 'BEGIN { printf "%.1f", g * 1e9 / p * 100 }')
@@ -264,25 +319,30 @@ bench() { # bench ARGS...: one bench_step line into the summary
 for size in 128 32; do
   for batch in 64 256; do
     for prec in bf16 tf32 fp32; do
-      if [ "$(left)" -lt 90 ]; then say "bench: out of time, the rest skipped"; break 3; fi
+      if [ "$(left)" -lt 40 ]; then say "bench: out of time, the rest skipped"; break 3; fi
       bench $prec --size $size --batch $batch
     done
   done
   # What the graphs save where launches weigh most: the small images, eagerly.
-  [ "$size" = 32 ] && [ "$(left)" -ge 90 ] && bench bf16 --size 32 --batch 64 --graphs 0
+  [ "$size" = 32 ] && [ "$(left)" -ge 40 ] && bench bf16 --size 32 --batch 64 --graphs 0
 done
 
-# ---- 7. real data, then compute-sanitizer, if time is left ----------------------------------
-if [ "$HAVE_BIN" = 1 ] && [ "$(left)" -gt 60 ] && [ -r .device/data/data_batch_1.bin ]; then
-  log real.log "real data" timeout $(($(left) - 30)) mpirun --allow-run-as-root -np 1 $B/vgg_dist \
+# ---- 7. compute-sanitizer, then real data, if time is left -----------------------------------
+# memcheck over the kernels written without a GPU (one process each: a refusal is reported).
+SAN=$CUDA_HOME/bin/compute-sanitizer
+if [ -x "$SAN" ]; then
+  for t_name in cuda_gpu_rowwise_paths cuda_gpu_pool_dropout_xent; do
+    t=$(tmo 60 20 "sanitizer $t_name") || break
+    log unit.log "compute-sanitizer $t_name" timeout "$t" "$SAN" --tool memcheck --error-exitcode 3 \
+      $B/test_unit "$t_name"
+    say "sanitizer $t_name: exit $? ($(grep -E 'ERROR SUMMARY|Device not supported' "$OUT/unit.log" | tail -n 1))"
+  done
+fi
+if [ "$HAVE_BIN" = 1 ] && [ -r .device/data/data_batch_1.bin ] && t=$(tmo 200 60 "real data"); then
+  log real.log "real data" timeout "$t" mpirun --allow-run-as-root -np 1 $B/vgg_dist \
     --device cuda --data .device/data --model vgg16 --width 1 --image-size 32 --batch 64 --lr 1e-4 \
     --epochs 12 --val-size 300 --precision bf16 --log-every 100
   grep -E "^epoch [0-9]+/[0-9]+:|^test" "$OUT/real.log" | sed 's/^/real: /' | tail -n 4 | tee -a "$SUM"
 fi
-if [ "$(left)" -gt 40 ] && command -v compute-sanitizer > /dev/null 2>&1; then
-  log unit.log "compute-sanitizer" timeout $(($(left) - 10)) compute-sanitizer --tool memcheck \
-    --error-exitcode 3 $B/test_unit cuda_gpu
-  say "sanitizer: exit $? ($(grep -E 'ERROR SUMMARY' "$OUT/unit.log" | tail -n 1))"
-fi
-say "gpu_check: $FAILS parts failed (op tests, parity, NCCL runs, build and MPI start-up)"
+say "gpu_check: $FAILS parts failed (of: build, MPI start-up, op tests, parity, NCCL runs, profile)"
 exit $((FAILS > 0))

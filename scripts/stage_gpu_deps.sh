@@ -16,10 +16,17 @@ pkgs=(openmpi-bin openmpi-common libopenmpi3 libopenmpi-dev libpmix2 libhwloc15
       librdmacm1 libpsm2-2 libpsm-infinipath1 libnl-3-200 libnl-route-3-200 libnuma1 libmunge2
       libxnvctrl0 libpciaccess0 libltdl7 libgfortran5 libx11-6 libxext6 libxcb1 libxau6
       libxdmcp6 libbsd0 libmd0 libx11-data libopenblas0-pthread libopenblas-pthread-dev)
-# apt-get download needs the package lists: a fresh machine may have none yet.
-download() { (cd .device/debs && apt-get download -q "${pkgs[@]}") 2>&1 | { grep -v "unsandboxed as root" || true; }; }
-download || { apt-get update -q > /dev/null && download; } ||
-  { echo "stage_gpu_deps: apt-get download failed" >&2; exit 1; }
+# Only what is not staged yet is downloaded (a rerun needs no network). apt-get download needs
+# the package lists: a fresh machine may have none yet.
+missing=()
+for p in "${pkgs[@]}"; do
+  ls .device/debs/"${p}"_*.deb > /dev/null 2>&1 || missing+=("$p")
+done
+download() { (cd .device/debs && apt-get download -qq "${missing[@]}") 2>&1 | { grep -v "unsandboxed as root" || true; }; }
+if [ ${#missing[@]} -gt 0 ]; then
+  download || { apt-get update -q > /dev/null && download; } ||
+    { echo "stage_gpu_deps: apt-get download of ${missing[*]} failed" >&2; exit 1; }
+fi
 src=../shared/data/cifar-10-subset-bin
 if [ -r "$src/data_batch_1.bin" ]; then cp "$src"/*.bin "$src"/batches.meta.txt .device/data/; fi
 for stray in .device/root .device/lib .device/bin .device/x; do # older gpu_check.sh unpacked here

@@ -10,7 +10,8 @@
 // here the sample gets a NaN loss and a zero gradient row, the summing block records the first
 // such sample of the batch in page-locked host memory (xent_bad_label, mapped into the device's
 // address space), and the host FATALs with the same message when it next looks: at the next
-// cross-entropy launch, the next graph replay, or when a graph is freed (which synchronises).
+// cross-entropy launch or graph replay, and after the synchronisation of a download, a sync or
+// a graph's release.
 // Looking is a read of host memory, so it needs no synchronisation and works the same whether
 // the kernel ran eagerly or inside a replayed graph.
 #include <atomic>
