@@ -316,12 +316,18 @@ TEST(cuda_rowwise_shapes) {
         EXPECT((size_t)v.gx * COLSUM_TX * ROW_VEC >= (size_t)cK[k]);
         EXPECT((size_t)(v.gx - 1) * COLSUM_TX * ROW_VEC < (size_t)cK[k]);
       }
-  // The values the scalar-only code computed (by hand from its formula): 132 SMs.
-  colsum_shape a = colsum_plan(131072, 8, ROW_VEC, 132); // 1 tile: want 528 chunks
+  // Values by hand from the formula (132 SMs): tiles of COLSUM_TX * ROW_VEC channels, about 4
+  // blocks per SM on the vector path.
+  colsum_shape a = colsum_plan((size_t)1 << 20, 512, ROW_VEC, 132); // 4 tiles: want 132 chunks
+  EXPECT_EQ_INT(a.chunks, 132);
+  EXPECT_EQ_INT(a.per, 7944);
+  EXPECT_EQ_INT(a.gx, 4);
+  EXPECT_EQ_INT(colsum_plan((size_t)1 << 20, 512, 1, 132).gx, 16);
+  a = colsum_plan(131072, 8, ROW_VEC, 132); // 1 tile: want 528 chunks
   EXPECT_EQ_INT(a.per, 249);
   EXPECT_EQ_INT(a.chunks, 527);
   EXPECT_EQ_INT(a.gx, 1);
-  a = colsum_plan(2048, 512, ROW_VEC, 132); // 16 tiles: want 33, at most 2048 / 64
+  a = colsum_plan(2048, 512, ROW_VEC, 132); // 4 tiles: want 132, at most 2048 / 64
   EXPECT_EQ_INT(a.chunks, 32);
   EXPECT_EQ_INT(a.per, 64);
   EXPECT_EQ_INT(a.gx, 4);

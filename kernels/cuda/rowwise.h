@@ -57,9 +57,10 @@ static inline row_shape row_shape_plan(size_t rows, unsigned chunks, unsigned th
 // channels in order, a fixed tree over ty combines the COLSUM_TY sums, and partial[chunk][k]
 // holds the result. Pass 2 adds the chunks of each channel in order.
 // Each channel's sum therefore depends only on (rows, chunks, per): they are computed from the
-// scalar tile count ceil(K / COLSUM_TX) whatever the vector width, so the vector path adds the same
-// numbers in the same order as the scalar one, and the bits do not change with vec. Only gx (the
-// blocks across the channels) depends on vec.
+// vector tile count ceil(K / (COLSUM_TX * ROW_VEC)) whatever the width in use, so the vector path
+// adds the same numbers in the same order as the scalar one, and the bits do not change with vec.
+// Only gx (the blocks across the channels) depends on vec. (Counting tiles of the vector width
+// lets the vector path, the common one, fill the GPU: about 4 blocks per SM.)
 #define COLSUM_TX 32
 #define COLSUM_TY 8
 
@@ -72,7 +73,7 @@ typedef struct colsum_shape {
 // rows >= 1, K >= 1, vec 1 or ROW_VEC (dividing K); sm_count <= 0 when unknown.
 static inline colsum_shape colsum_plan(size_t rows, int K, int vec, int sm_count) {
   colsum_shape s;
-  const unsigned tiles = (unsigned)((K + COLSUM_TX - 1) / COLSUM_TX);
+  const unsigned tiles = (unsigned)((K + COLSUM_TX * ROW_VEC - 1) / (COLSUM_TX * ROW_VEC));
   // Enough chunks to fill the GPU, each at least 64 rows long, at most 65535 (grid y limit).
   size_t want = ((size_t)(sm_count > 0 ? sm_count : 64) * 4 + tiles - 1) / tiles;
   size_t max_chunks = (rows + 63) / 64;
