@@ -460,21 +460,61 @@ static int in_order(const char *text, const char *const *needles, int n) {
   return 1;
 }
 
-TEST(cuda_profile_table) {
-  prof_table t;
-  memset(&t, 0, sizeof(t));
-  prof_table_warmup(&t, 900.0); // the step that built the plans
-  prof_table_warmup(&t, 8.0);
-  // Two timed steps of the same four regions, in step order (not sorted by time).
+// Two warm-up and two timed steps of the same four regions, in step order (not sorted by time),
+// and two timed steps with other regions, which are left out.
+static void example_steps(prof_table *t) {
+  memset(t, 0, sizeof(*t));
+  prof_table_warmup(t, 900.0); // the step that built the plans
+  prof_table_warmup(t, 8.0);
   prof_sample a[4] = {sample(PROF_PREP, "64 images 32x32", 1.0f), sample(PROF_CONV_FWD, "32x32 3->64", 2.0f),
                       sample(PROF_CONV_EPILOGUE, "32x32x64 bias+relu", 1.0f), sample(PROF_ADAM, "0.0M params", 0.5f)};
-  EXPECT(prof_table_step(&t, a, 4, 5.0));
+  EXPECT(prof_table_step(t, a, 4, 5.0));
   a[1].ms = 4.0f;
-  EXPECT(prof_table_step(&t, a, 4, 7.0));
-  // A step with other regions is left out, counted.
-  EXPECT(!prof_table_step(&t, a, 3, 100.0));
+  EXPECT(prof_table_step(t, a, 4, 7.0));
+  EXPECT(!prof_table_step(t, a, 3, 100.0));
   prof_sample b[4] = {a[0], a[1], a[2], sample(PROF_ADAM, "other", 0.5f)};
-  EXPECT(!prof_table_step(&t, b, 4, 100.0));
+  EXPECT(!prof_table_step(t, b, 4, 100.0));
+}
+
+// A conv plan record: three candidates (two timed, one failed), configs refused for two reasons.
+static void example_conv(prof_table *t) {
+  prof_conv *r = prof_table_conv(t);
+  r->kind = PROF_CONV_FWD;
+  snprintf(r->shape, sizeof(r->shape), "32x32 3->64");
+  r->N = 64;
+  r->align[0] = r->align[1] = r->align[2] = 16;
+  snprintf(r->heuristics, sizeof(r->heuristics), "mode A");
+  EXPECT_EQ_INT(prof_conv_note(r, 25, PLAN_NOTE_TENSOR_CORE, 0, PROF_CAND_REFUSED_NOTES), 0);
+  EXPECT_EQ_INT(prof_conv_note(r, 12, 0, 2 << 20, PROF_CAND_UNTRIED), 1);
+  EXPECT_EQ_INT(prof_conv_note(r, 7, 0, 0, PROF_CAND_REFUSED_RTC), 2);
+  EXPECT_EQ_INT(prof_conv_note(r, 31, PLAN_NOTE_NONDETERMINISTIC, 0, PROF_CAND_REFUSED_NOTES), 3);
+  EXPECT_EQ_INT(prof_conv_note(r, 3, 0, 0, PROF_CAND_UNTRIED), 4);
+  EXPECT_EQ_INT(prof_conv_note(r, 0, 0, 0, PROF_CAND_UNTRIED), 5);
+  r->cand[1].status = PROF_CAND_TIMED;
+  r->cand[1].ms = 0.105f;
+  r->cand[4].status = PROF_CAND_TIMED;
+  r->cand[4].ms = 0.220f;
+  r->cand[5].status = PROF_CAND_FAILED;
+  r->chosen = 1;
+  r->build_ms = 35.25;
+  r->tune_ms = 3.5;
+}
+
+// A record that filled up with refused configs before its candidates came.
+static prof_conv *example_full_conv(prof_table *t) {
+  prof_conv *full = prof_table_conv(t);
+  full->kind = PROF_CONV_BWD_FILTER;
+  for (int i = 0; i < PROF_MAX_CANDS; i++) prof_conv_note(full, i, 0, 0, PROF_CAND_REFUSED_RTC);
+  EXPECT_EQ_INT(prof_conv_note(full, 98, 0, 0, PROF_CAND_REFUSED_RTC), -1); // full: counted only
+  // A candidate still gets in, in place of the last refused config, and so does the next one.
+  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 1);
+  EXPECT_EQ_INT(prof_conv_note(full, 97, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 2);
+  return full;
+}
+
+TEST(cuda_profile_steps) {
+  prof_table t;
+  example_steps(&t);
   EXPECT_EQ_INT(t.steps, 2);
   EXPECT_EQ_INT(t.skipped, 2);
   EXPECT_EQ_INT(t.warmups, 2);
@@ -489,41 +529,28 @@ TEST(cuda_profile_table) {
   EXPECT_NEAR(prof_table_pct(&t, prof_table_row_ms(&t, 1)), 50.0, 1e-9);
   EXPECT_NEAR(prof_table_sum_ms(&t), 5.5, 1e-9);
   EXPECT_NEAR(prof_table_pct(&t, prof_table_sum_ms(&t)), 100.0 * 5.5 / 6.0, 1e-9);
+  prof_table_free(&t);
+  prof_table_free(&t); // freed tables stay valid
+}
 
-  // A conv plan: three candidates timed, one failed, configs refused for two reasons.
-  prof_conv *r = prof_table_conv(&t);
-  r->kind = PROF_CONV_FWD;
-  snprintf(r->shape, sizeof(r->shape), "32x32 3->64");
-  r->N = 64;
-  r->align[0] = r->align[1] = r->align[2] = 16;
-  snprintf(r->heuristics, sizeof(r->heuristics), "mode A");
-  EXPECT_EQ_INT(prof_conv_note(r, 25, PLAN_NOTE_TENSOR_CORE, 0, PROF_CAND_REFUSED_NOTES), 0);
-  EXPECT_EQ_INT(prof_conv_note(r, 12, 0, 2 << 20, PROF_CAND_UNTRIED), 1);
-  EXPECT_EQ_INT(prof_conv_note(r, 7, 0, 0, PROF_CAND_REFUSED_RTC), 2);
-  EXPECT_EQ_INT(prof_conv_note(r, 31, PLAN_NOTE_NONDETERMINISTIC, 0, PROF_CAND_REFUSED_NOTES), 3);
-  EXPECT_EQ_INT(prof_conv_note(r, 3, 0, 0, PROF_CAND_UNTRIED), 4);
-  EXPECT_EQ_INT(prof_conv_note(r, 0, 0, 0, PROF_CAND_UNTRIED), 5);
+TEST(cuda_profile_conv_record) {
+  prof_table t;
+  memset(&t, 0, sizeof(t));
+  example_conv(&t);
   EXPECT_EQ_INT(prof_conv_note(NULL, 1, 0, 0, PROF_CAND_UNTRIED), -1); // profiling off
-  r->cand[1].status = PROF_CAND_TIMED;
-  r->cand[1].ms = 0.105f;
-  r->cand[4].status = PROF_CAND_TIMED;
-  r->cand[4].ms = 0.220f;
-  r->cand[5].status = PROF_CAND_FAILED;
-  r->chosen = 1;
-  r->build_ms = 35.25;
-  r->tune_ms = 3.5;
-  prof_conv *full = prof_table_conv(&t);
-  full->kind = PROF_CONV_BWD_FILTER;
-  for (int i = 0; i < PROF_MAX_CANDS; i++) prof_conv_note(full, i, 0, 0, PROF_CAND_REFUSED_RTC);
-  EXPECT_EQ_INT(prof_conv_note(full, 98, 0, 0, PROF_CAND_REFUSED_RTC), -1); // full: counted only
-  // A candidate still gets in, in place of the last refused config, and so does the next one.
-  EXPECT_EQ_INT(prof_conv_note(full, 99, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 1);
-  EXPECT_EQ_INT(prof_conv_note(full, 97, 0, 0, PROF_CAND_UNTRIED), PROF_MAX_CANDS - 2);
+  prof_conv *full = example_full_conv(&t);
   EXPECT(full->cand[PROF_MAX_CANDS - 1].engine == 99 && full->cand[PROF_MAX_CANDS - 2].engine == 97);
   EXPECT_EQ_INT(full->n_cand, PROF_MAX_CANDS);
   EXPECT_EQ_INT(full->more, 3);
   EXPECT_NEAR(prof_table_build_ms(&t), 35.25, 1e-9);
+  prof_table_free(&t);
+}
 
+TEST(cuda_profile_print) {
+  prof_table t;
+  example_steps(&t);
+  example_conv(&t);
+  example_full_conv(&t);
   char *text = table_text(&t);
   printf("%s", text);
   const char *const rows[] = {
@@ -551,6 +578,7 @@ TEST(cuda_profile_table) {
   };
   EXPECT(in_order(text, rows, (int)(sizeof(rows) / sizeof(rows[0]))));
   free(text);
+  prof_table_free(&t);
 
   // A reducer's wait is a row like any other; autotune first changes the heading.
   prof_table u;
@@ -575,8 +603,6 @@ TEST(cuda_profile_table) {
   EXPECT(strstr(text, "no gradient reducer") == NULL);
   free(text);
   prof_table_free(&u);
-  prof_table_free(&t);
-  prof_table_free(&t); // freed tables stay valid
 }
 
 // ---- GPU vs CPU (run only where a GPU is visible) ---------------------------------------------
