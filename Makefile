@@ -1,7 +1,9 @@
 # Makefile - builds ./vgg_dist (both backends in one binary) and the tests, out of tree in build/.
 #   make                 release build          make debug   -O0 -g with ASan/UBSan on host code
 #   make test            all tests              make bench   CPU benchmark beside PyTorch
-#   make run             set up and train       make clean
+#   make run             set up and train       make clean, make help
+# `make test` and `make run` first install what they need (scripts/setup.sh); run, test, clean
+# and help never stop on detection, which only the build rules need.
 # Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), NVCC, MPICC, HOSTCC, CUDNN_INC/CUDNN_LIB,
 # NCCL_INC/NCCL_LIB (when cuDNN or NCCL live outside CUDA_HOME), OPENBLAS_INC/OPENBLAS_LIB,
 # DEBUG=1, SANITIZE=1, CUDA=0 (build without the CUDA backend), WERROR=0 (nvcc and host-compiler
@@ -33,16 +35,31 @@ ifeq ($(SANITIZE),1)
 endif
 
 # ---- detection (printed once per make invocation) ------------------------------------------
+# The goals that need nothing detected: they set up first (run, test) or build nothing.
+NODEPS_GOALS := run test clean help
+BUILDING := $(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all))
 # MPI is needed by vgg_dist alone: its absence stops those rules (require_mpi), not make.
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
 require_mpi = @command -v $(MPICC) > /dev/null 2>&1 || { echo "mpicc not found: install Open MPI \
   (apt-get install openmpi-bin libopenmpi-dev) or set MPICC" >&2; exit 1; }
-# OPENBLAS_INC / OPENBLAS_LIB: an OpenBLAS outside the system paths (the GPU check's staged copy).
-OPENBLAS_INC ?=
-OPENBLAS_LIB ?=
-HAVE_OPENBLAS := $(shell test -e "$(OPENBLAS_INC)/cblas.h" -o -e /usr/include/x86_64-linux-gnu/cblas.h -o -e /usr/include/cblas.h -o -e /usr/include/openblas/cblas.h && echo 1 || echo 0)
-ifeq ($(HAVE_OPENBLAS),0)
-  $(error OpenBLAS not found: apt-get install libopenblas-dev)
+# OpenBLAS itself, not any cblas.h: Debian's alternatives may point the generic cblas.h at
+# netlib's (libblas-dev), which has neither -lopenblas nor openblas_set_num_threads. OpenBLAS's
+# own include directory goes first on the include path, so <cblas.h> is OpenBLAS's.
+# OPENBLAS_INC / OPENBLAS_LIB: set them for an OpenBLAS elsewhere (the GPU check's staged copy);
+# else pkg-config's openblas, else Debian's and the usual directories.
+OPENBLAS_INC ?= $(firstword $(shell pkg-config --variable=includedir openblas 2>/dev/null) \
+                  $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/x86_64-linux-gnu/openblas-openmp \
+                  /usr/include/openblas /opt/OpenBLAS/include))
+OPENBLAS_LIB ?= $(firstword $(shell pkg-config --variable=libdir openblas 2>/dev/null) \
+                  $(patsubst %/libopenblas.so,%,$(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so \
+                  /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so /usr/lib/x86_64-linux-gnu/libopenblas.so \
+                  /opt/OpenBLAS/lib/libopenblas.so)))
+HAVE_OPENBLAS := $(shell grep -qs openblas_set_num_threads "$(OPENBLAS_INC)/cblas.h" && \
+                   test -e "$(OPENBLAS_LIB)/libopenblas.so" && echo 1 || echo 0)
+ifneq ($(BUILDING),)
+  ifeq ($(HAVE_OPENBLAS),0)
+    $(error OpenBLAS not found (its cblas.h and libopenblas.so): run scripts/setup.sh, or apt-get install libopenblas-dev, or set OPENBLAS_INC and OPENBLAS_LIB)
+  endif
 endif
 CUDNN_INC ?= $(CUDA_HOME)/include
 NCCL_INC ?= $(CUDA_HOME)/include
@@ -53,19 +70,17 @@ CUDA_LIBDIR ?= $(CUDA_HOME)/lib64
 CUDNN_LIB ?= $(CUDA_LIBDIR)
 NCCL_LIB ?= $(CUDA_LIBDIR)
 MPI_VERSION := $(if $(filter 1,$(HAVE_MPI)),$(shell $(MPICC) -showme:version 2>/dev/null | head -c 40),none)
-$(info vgg_dist build: MPI=$(MPI_VERSION) OpenBLAS=yes CUDA=$(CUDA) (CUDA_HOME=$(CUDA_HOME), arch $(CUDA_ARCH)) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE))
+ifneq ($(BUILDING),)
+$(info vgg_dist build: MPI=$(MPI_VERSION) OpenBLAS=$(OPENBLAS_LIB) CUDA=$(CUDA) (CUDA_HOME=$(CUDA_HOME), arch $(CUDA_ARCH)) DEBUG=$(DEBUG) SANITIZE=$(SANITIZE))
+endif
 
 CC := $(HOSTCC)
 WARN := -Wall -Wextra -Wno-unused-parameter
 CFLAGS := -std=gnu11 $(OPT) $(WARN) -ffp-contract=off -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
 LDLIBS := -lopenblas -lm
 LDFLAGS := -fopenmp $(SAN)
-ifneq ($(OPENBLAS_INC),)
-  CFLAGS += -I$(OPENBLAS_INC)
-endif
-ifneq ($(OPENBLAS_LIB),)
-  LDFLAGS += -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB)
-endif
+CFLAGS += -I$(OPENBLAS_INC)
+LDFLAGS += -L$(OPENBLAS_LIB) -Wl,-rpath,$(OPENBLAS_LIB)
 
 HOST_SRC := $(filter-out src/main.c,$(wildcard src/*.c)) $(wildcard kernels/*.c) \
             $(wildcard kernels/cpu/*.c)
@@ -92,8 +107,20 @@ SOLO_OBJ := $(OBJ) $(BUILD)/comm/comm_single.o # the single-process tools
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all debug test bench run clean
+.PHONY: all debug test check bench run clean help FORCE
 all: $(BIN)
+
+# The configuration a build directory was made with: when it changes (CUDA=1 then CUDA=0, another
+# arch, DEBUG, SANITIZE, another OpenBLAS or compiler), every object is rebuilt, never mixed.
+CONFIG := CUDA=$(CUDA) arch=$(CUDA_ARCH) opt=$(OPT) san=$(SAN) werror=$(WERROR) \
+          blas=$(OPENBLAS_INC) cc=$(HOSTCC) nvcc=$(NVCC) mpicc=$(MPICC)
+STAMP := $(BUILD)/config.stamp
+$(STAMP): FORCE
+	@mkdir -p $(BUILD)
+	@if [ "$$(cat $@ 2> /dev/null)" != "$(CONFIG)" ]; then \
+	  if [ -e $@ ]; then echo "build configuration changed: rebuilding everything in $(BUILD)"; fi; \
+	  echo "$(CONFIG)" > $@; fi
+FORCE:
 
 $(BIN): $(BUILD)/src/main.o $(OBJ) $(MPI_OBJ)
 	$(require_mpi)
@@ -111,17 +138,17 @@ $(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ)
 $(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ)
 	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/%.o: %.c
+$(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@
 
 # The communicator that includes mpi.h: compiled by the MPI wrapper.
-$(MPI_OBJ): $(BUILD)/%.o: %.c
+$(MPI_OBJ): $(BUILD)/%.o: %.c $(STAMP)
 	$(require_mpi)
 	@mkdir -p $(dir $@)
 	$(MPICC) $(CFLAGS) -c $< -o $@
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c $< -o $@
 
@@ -129,7 +156,12 @@ $(BUILD)/%.cu.o: %.cu
 debug:
 	$(MAKE) DEBUG=1 BUILD=build/debug BIN=build/debug/vgg_dist build/debug/vgg_dist build/debug/test_unit
 
-test: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
+# test: install what the build and the tests need, then build and run every suite (check).
+test:
+	scripts/setup.sh test
+	$(MAKE) check
+
+check: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
 	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./$(BIN)
 
 bench: $(BUILD)/bench_step
@@ -140,5 +172,13 @@ run:
 
 clean:
 	rm -rf build vgg_dist
+
+help:
+	@echo "make          build ./vgg_dist (CUDA backend when the toolkit, cuDNN and NCCL are found)"
+	@echo "make run      install what training needs, build, find CIFAR-10, train (ARGS=\"...\")"
+	@echo "make test     install what the tests need, build, run every suite (make check: no install)"
+	@echo "make bench    CPU benchmark beside PyTorch      make debug   ASan/UBSan build in build/debug"
+	@echo "make clean    remove build/ and ./vgg_dist"
+	@echo "variables: CUDA=0|1 CUDA_ARCH CUDA_HOME DEBUG=1 SANITIZE=1 WERROR=0 MPICC HOSTCC OPENBLAS_INC OPENBLAS_LIB"
 
 -include $(SOLO_OBJ:.o=.d) $(MPI_OBJ:.o=.d) $(TEST_OBJ:.o=.d) $(BUILD)/src/main.d

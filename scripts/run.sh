@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # run.sh - `make run`: from a fresh machine to a training run.
-#  1. installs missing Debian packages (Open MPI, OpenBLAS) when it can (root + apt-get);
+#  1. installs missing Debian packages (scripts/setup.sh run: Open MPI, OpenBLAS, the compiler);
 #  2. builds vgg_dist;
 #  3. finds CIFAR-10 ($CIFAR10_DIR, data/cifar-10-batches-bin), else tries to download it,
 #     else trains on the small real sample bundled in data/sample (and says so);
@@ -10,20 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v mpicc > /dev/null 2>&1 || need+=(openmpi-bin libopenmpi-dev)
-[ -e /usr/include/x86_64-linux-gnu/cblas.h ] || [ -e /usr/include/cblas.h ] || need+=(libopenblas-dev)
-command -v make > /dev/null 2>&1 && command -v gcc > /dev/null 2>&1 || need+=(build-essential)
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -eq 0 ] && command -v apt-get > /dev/null 2>&1; then
-    echo "run: installing ${need[*]}"
-    DEBIAN_FRONTEND=noninteractive apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-  else
-    echo "run: missing packages: ${need[*]} (install them, e.g. with apt-get as root)" >&2
-    exit 1
-  fi
-fi
+scripts/setup.sh run
 
 make -j"$(nproc)" vgg_dist
 

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# test_build.sh - the newcomer's path through the Makefile: the goals that need nothing (help,
+# clean, and run/test, which set up first) never stop on detection; OpenBLAS is found as
+# OpenBLAS (not any cblas.h); a build directory rebuilds when its configuration changes instead
+# of mixing objects; scripts/setup.sh. Prints "N passed, N failed" last.
+# usage: tests/test_build.sh
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+pass=0
+fail=0
+ok() { echo "ok   $1"; pass=$((pass + 1)); }
+bad() { echo "FAIL $1"; fail=$((fail + 1)); }
+check() { # check NAME COMMAND...
+  local name=$1
+  shift
+  if "$@"; then ok "$name"; else bad "$name"; fi
+}
+quiet() { "$@" > /dev/null 2>&1; }
+T=$(mktemp -d /tmp/vgg_build_XXXXXX)
+trap 'rm -rf "$T"' EXIT
+NONE=(MPICC=/nonexistent/mpicc OPENBLAS_INC="$T/none" OPENBLAS_LIB="$T/none")
+
+check "make help without MPI or OpenBLAS" quiet make -s "${NONE[@]}" help
+check "make clean without MPI or OpenBLAS (dry run)" quiet make -n "${NONE[@]}" clean
+check "make run parses without MPI or OpenBLAS (dry run)" quiet make -n "${NONE[@]}" run
+check "make test sets up before anything is detected" \
+  sh -c "make -n ${NONE[*]} test 2> /dev/null | head -n 1 | grep -qx 'scripts/setup.sh test'"
+# A netlib cblas.h (as libblas-dev's alternative provides) is not OpenBLAS: refused by name.
+mkdir -p "$T/netlib"
+printf 'void cblas_sgemm(void);\n' > "$T/netlib/cblas.h"
+make -n OPENBLAS_INC="$T/netlib" OPENBLAS_LIB=/usr/lib/x86_64-linux-gnu vgg_dist > "$T/netlib.log" 2>&1
+check "a netlib cblas.h is refused with one line naming OpenBLAS" grep -q "OpenBLAS not found" "$T/netlib.log"
+check "OpenBLAS's own include directory is on the compile line" \
+  sh -c "make -n BUILD=$T/b1 $T/b1/src/check.o | grep -q -- '-I$(pkg-config --variable=includedir openblas 2> /dev/null || echo /usr/include)'"
+# The same build directory with CUDA=0, then CUDA=1 where the toolkit is, then CUDA=0 again: every
+# switch rebuilds (a mixed directory failed to link, or linked the other configuration's objects).
+B=$T/b2
+make -s BUILD="$B" CUDA=0 "$B/gen_cifar" > "$T/sw1.log" 2>&1
+make BUILD="$B" CUDA=0 WERROR=0 "$B/gen_cifar" > "$T/sw2.log" 2>&1
+check "changing the configuration says so and rebuilds" \
+  sh -c "grep -q 'build configuration changed' '$T/sw2.log' && grep -q -- '-c src/check.c' '$T/sw2.log'"
+make BUILD="$B" CUDA=0 WERROR=0 "$B/gen_cifar" > "$T/sw3.log" 2>&1
+check "the same configuration again rebuilds nothing" \
+  sh -c "! grep -q -- ' -c ' '$T/sw3.log' && ! grep -q 'configuration changed' '$T/sw3.log'"
+scripts/setup.sh nonsense > /dev/null 2>&1
+check "scripts/setup.sh refuses an unknown argument (exit 2)" test $? -eq 2
+check "scripts/setup.sh test: everything the tests need is installed (exit 0)" scripts/setup.sh test
+echo "$pass passed, $fail failed"
+[ "$fail" -eq 0 ]
