@@ -7,6 +7,7 @@
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
+unset MAKEFLAGS MFLAGS MAKELEVEL # as a user's shell: not the make that runs this suite
 pass=0
 fail=0
 ok() { echo "ok   $1"; pass=$((pass + 1)); }
