@@ -3,7 +3,9 @@
 // Files: data_batch_1..5.bin (train), test_batch.bin (test); records of 1 label byte and 3072
 // pixel bytes (R, G, B planes of 32x32, row-major). The record count comes from the file size;
 // a size that is not a whole number of records, a label outside 0..9, or a missing file is a
-// one-line error naming the file (and record) and exit status 1. Never a partial load.
+// one-line error naming the file (and record) and exit status 1. Never a partial load. Every
+// file is checked whole (size and every label) whatever the limit: a limit only decides what
+// is kept.
 //
 // Sample ids: an image's index in the concatenation of the files it was loaded from (train:
 // data_batch_1 records first). Every random decision is keyed by sample id (see rng.h).
@@ -24,9 +26,10 @@ typedef struct cifar10 {
 } cifar10;
 
 // Loads data_batch_1..5.bin (train = 1) or test_batch.bin (train = 0) from dir, keeping at
-// most `limit` images (limit <= 0: all). Errors are fatal with a clear message.
+// most `limit` images (limit <= 0: all). Every file is checked whole whatever the limit.
+// Errors are fatal with a clear message.
 void cifar10_load(cifar10 *out, const char *dir, int train, int limit);
-// Loads one file (used by the above and by tests); appends to out.
+// Loads one file (used by the above and by tests); appends to out. Checks the whole file.
 void cifar10_load_file(cifar10 *out, const char *path, int limit);
 void cifar10_free(cifar10 *d);
 

@@ -37,10 +37,11 @@ static void write_bytes(const char *path, const uint8_t *p, size_t n) {
 }
 
 // A load run in a child by test_in_child (bad files end the process by design).
-// mode 0: cifar10_load_file(arg); 1: cifar10_load(arg, train); 2: cifar10_load(arg, test).
+// mode 0: cifar10_load_file(arg); 1: cifar10_load(arg, train); 2: cifar10_load(arg, test);
+// limit as the loaders take it (0: all).
 typedef struct load_job {
   const char *arg;
-  int mode;
+  int mode, limit;
 } load_job;
 
 static void load_in_child(void *p) {
@@ -48,15 +49,27 @@ static void load_in_child(void *p) {
   // The child must exit by itself, never through an MPI abort hook another test installed.
   check_set_abort_hook(NULL);
   cifar10 d = {0};
-  if (job->mode == 0) cifar10_load_file(&d, job->arg, 0);
-  else cifar10_load(&d, job->arg, job->mode == 1, 0);
+  if (job->mode == 0) cifar10_load_file(&d, job->arg, job->limit);
+  else cifar10_load(&d, job->arg, job->mode == 1, job->limit);
   cifar10_free(&d);
 }
 
 // Returns the child's exit status (0 if the load returned) and its stderr in msg.
-static int child_load(const char *arg, int mode, char *msg, size_t cap) {
-  load_job job = {arg, mode};
+static int child_load_limit(const char *arg, int mode, int limit, char *msg, size_t cap) {
+  load_job job = {arg, mode, limit};
   return test_in_child(load_in_child, &job, msg, cap);
+}
+
+static int child_load(const char *arg, int mode, char *msg, size_t cap) {
+  return child_load_limit(arg, mode, 0, msg, cap);
+}
+
+// Overwrites the label byte of one record of a file in place.
+static void set_label(const char *path, long record, uint8_t label) {
+  FILE *f = xfopen(path, "r+b");
+  CHECK_ZERO(fseek(f, record * CIFAR_RECORD, SEEK_SET));
+  xfwrite(&label, 1, f, path);
+  xfclose(f, path);
 }
 
 static int count_lines(const char *s) {
@@ -117,21 +130,8 @@ TEST(data_load_limit) {
   cifar10_free(&part);
   cifar10_free(&big);
 
-  // Only what is needed is opened: with data_batch_2..5 gone, a limit within file 1 loads.
-  char p[600];
-  for (int k = 2; k <= 5; k++) {
-    snprintf(p, sizeof(p), "%s/data_batch_%d.bin", dir, k);
-    CHECK_ZERO(unlink(p));
-  }
-  cifar10 one;
-  cifar10_load(&one, dir, 1, 20);
-  EXPECT_EQ_INT(one.n, 20);
-  cifar10_free(&one);
-  char msg[2048];
-  EXPECT_EQ_INT(child_load(dir, 1, msg, sizeof(msg)), 1); // but all of them are needed here
-  EXPECT(strstr(msg, "data_batch_2.bin") != NULL);
-
   // load_file appends to what is already there.
+  char p[600];
   cifar10 acc = {0};
   snprintf(p, sizeof(p), "%s/data_batch_1.bin", dir);
   cifar10_load_file(&acc, p, 5);
@@ -201,6 +201,86 @@ TEST(data_bad_files) {
   EXPECT_EQ_INT(child_load(path, 0, msg, sizeof(msg)), 0);
   EXPECT_EQ_INT(child_load(dir, 2, msg, sizeof(msg)), 0);
   free(buf);
+}
+
+// Every file is checked whole, whatever the limit: a limit decides what is kept, not what is
+// checked (a bad file beyond it would otherwise surface only in a later run with another limit).
+TEST(data_bad_files_beyond_limit) {
+  char dir[512], path[600], msg[2048];
+  gen_dir(dir, sizeof(dir), "gen_beyond", 20, 30, 6);
+  // The harness: a limit within data_batch_1 loads from the good directory.
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 0);
+
+  // A truncated later file, the limit within data_batch_1.
+  snprintf(path, sizeof(path), "%s/data_batch_3.bin", dir);
+  CHECK_ZERO(truncate(path, (off_t)20 * CIFAR_RECORD - 7));
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "not a whole number of 3073-byte records") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  printf("    truncated later file: %s", msg);
+  cifar_gen_write_file(path, 20, 6, 3);
+
+  // A missing later file.
+  snprintf(path, sizeof(path), "%s/data_batch_5.bin", dir);
+  CHECK_ZERO(unlink(path));
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 45, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "cannot open") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  cifar_gen_write_file(path, 20, 6, 5);
+
+  // A bad label beyond the limit: in the file the limit ends in, and in a later file.
+  snprintf(path, sizeof(path), "%s/data_batch_2.bin", dir);
+  set_label(path, 12, 255);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 25, msg, sizeof(msg)), 1); // keeps records 0..4 of it
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 12: label 255 outside 0..9") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  printf("    bad label beyond the limit: %s", msg);
+  set_label(path, 12, 3);
+  snprintf(path, sizeof(path), "%s/data_batch_4.bin", dir);
+  set_label(path, 19, 10);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 19: label 10") != NULL);
+  set_label(path, 19, 0);
+
+  // The test file: a bad label and a truncation beyond --test-limit.
+  snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+  set_label(path, 29, 200);
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 29: label 200 outside 0..9") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  set_label(path, 29, 1);
+  CHECK_ZERO(truncate(path, (off_t)30 * CIFAR_RECORD + 1));
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "not a whole number") != NULL);
+  cifar_gen_write_file(path, 30, 6, 0);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 0); // all restored
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 0);
+}
+
+// Labels beyond the limit are read in chunks (cifar10.c, SCAN_RECORDS = 341): a bad label at a
+// chunk's first record and at the file's last record, through load_file's limit.
+TEST(data_scan_bad_label) {
+  char path[600], msg[2048];
+  tmp_path(path, sizeof(path), "chunks.bin");
+  enum { N = 700, LIMIT = 10 };
+  cifar_gen_write_file(path, N, 8, 1);
+  EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 0);
+  const long at[] = {LIMIT, LIMIT + 341, N - 1};
+  for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+    set_label(path, at[i], 77);
+    char want[64];
+    snprintf(want, sizeof(want), "record %ld: label 77", at[i]);
+    EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 1);
+    if (!strstr(msg, want)) test_fail(__FILE__, __LINE__, "expected '%s' in: %s", want, msg);
+    set_label(path, at[i], (uint8_t)cifar_gen_label(8, 1, (int)at[i]));
+  }
+  EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 0);
 }
 
 TEST(data_resolve_dir) {

@@ -136,6 +136,9 @@ expect_fail "value out of range" 2 "--lr" "$BIN" --lr -1
 expect_fail "batch not divisible by the ranks" 2 "not divisible" "${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --batch 32
 mkdir -p "$T/trunc" && cp "$T/data"/* "$T/trunc/" && truncate -s -5 "$T/trunc/data_batch_2.bin"
 expect_fail "truncated dataset" 1 "data_batch_2.bin.*not a whole number" "$BIN" "${SMALL[@]}" --data "$T/trunc"
+# Every file is checked whole whatever the limits: the limit here ends in data_batch_2.
+mkdir -p "$T/trunc5" && cp "$T/data"/* "$T/trunc5/" && truncate -s -5 "$T/trunc5/data_batch_5.bin"
+expect_fail "truncated file beyond --train-limit" 1 "data_batch_5.bin.*not a whole number" "$BIN" "${SMALL[@]}" --data "$T/trunc5" --train-limit 150
 mkdir -p "$T/nodata"
 expect_fail "missing dataset" 1 "cannot open.*data_batch_1.bin" "$BIN" "${SMALL[@]}" --data "$T/nodata"
 expect_fail "validation split larger than the data" 2 "--val-size" "$BIN" "${SMALL[@]}" --val-size 600
