@@ -4,7 +4,7 @@
 // Invariants: a file is validated whole (regular, non-empty, a whole number of 3073-byte
 // records, every label in 0..9, kept or not) before anything of it is appended, so a load
 // either succeeds completely or ends the process with a one-line message naming the file (and
-// record).
+// record). batches.meta.txt is validated the same way (see cifar10_read_classes).
 // All randomness is Philox keyed by (seed, stream, counter): the same seed gives the same
 // split and the same epoch order on every rank and every machine.
 #include "cifar10.h"
@@ -114,15 +114,100 @@ void cifar10_load_file(cifar10 *out, const char *path, int limit) {
 void cifar10_load(cifar10 *out, const char *dir, int train, int limit) {
   memset(out, 0, sizeof(*out));
   char path[4096];
+  int len = snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  if (len < 0 || (size_t)len >= sizeof(path)) DIE_DATA("data directory path too long: %s", dir);
+  out->classes_from_file = cifar10_read_classes(out->classes, path);
   // Every file is checked whole (size, every label), whatever the limit: a bad file beyond
   // the limit is an error now, not in a later run with another limit.
   int files = train ? 5 : 1;
   for (int k = 1; k <= files; k++) {
     long long left = limit > 0 ? limit - out->n : 0x7fffffffLL;
-    int len = train ? snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, k)
-                    : snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+    len = train ? snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, k)
+                : snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
     if (len < 0 || (size_t)len >= sizeof(path)) DIE_DATA("data directory path too long: %s", dir);
     read_file(out, path, left);
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// class names (batches.meta.txt)
+
+static const char *const official_classes[CIFAR_CLASSES] = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
+// Ten names at most CIFAR_NAME_CAP - 1 bytes each, their line ends and one empty line fit
+// well within this; anything larger is not a class-names file.
+enum { META_MAX_BYTES = 4096 };
+
+// Validates the text of batches.meta.txt and copies the names: 10 lines of printable ASCII,
+// not empty or blank, then at most one empty line. A line may end in "\r\n" (a file edited on
+// Windows); a final line may lack its "\n".
+static void parse_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *text,
+                          long len, const char *path) {
+  int n = 0;
+  long i = 0; // start of the current line
+  for (int line = 1; i < len; line++) {
+    long end = i;
+    while (end < len && text[end] != '\n') end++;
+    long width = end - i - (end > i && text[end - 1] == '\r');
+    int blank = 1;
+    for (long k = i; k < i + width; k++) {
+      unsigned char ch = (unsigned char)text[k];
+      if (ch < 0x20 || ch > 0x7e)
+        DIE_DATA("%s: line %d: byte 0x%02x is not a printable character (expected %d class "
+                 "names, one per line)", path, line, ch, CIFAR_CLASSES);
+      blank &= ch == ' ';
+    }
+    if (blank && end + 1 >= len) break; // the optional trailing empty line (counted below)
+    if (n == CIFAR_CLASSES) {
+      if (!blank) DIE_DATA("%s: more than %d class names (line %d)", path, CIFAR_CLASSES, line);
+      DIE_DATA("%s: line %d: more lines after the %d class names (one empty line at most)",
+               path, line + 1, CIFAR_CLASSES);
+    }
+    if (blank)
+      DIE_DATA("%s: line %d is empty (expected %d class names, one per line)", path, line,
+               CIFAR_CLASSES);
+    if (width >= CIFAR_NAME_CAP)
+      DIE_DATA("%s: line %d: a class name of %ld characters (at most %d)", path, line, width,
+               CIFAR_NAME_CAP - 1);
+    memcpy(names[n], text + i, (size_t)width);
+    names[n][width] = '\0';
+    n++;
+    i = end + 1;
+  }
+  if (n < CIFAR_CLASSES)
+    DIE_DATA("%s: %d class names, expected %d (one per line)", path, n, CIFAR_CLASSES);
+}
+
+int cifar10_read_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f && errno == ENOENT) {
+    for (int k = 0; k < CIFAR_CLASSES; k++)
+      snprintf(names[k], CIFAR_NAME_CAP, "%s", official_classes[k]);
+    return 0;
+  }
+  if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0) DIE_DATA("cannot stat %s: %s", path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) DIE_DATA("%s is not a regular file", path);
+  if (st.st_size > META_MAX_BYTES)
+    DIE_DATA("%s: %lld bytes, too large for %d class names", path, (long long)st.st_size,
+             CIFAR_CLASSES);
+  char text[META_MAX_BYTES];
+  long len = (long)st.st_size;
+  if (len > 0) xfread(text, (size_t)len, f, path);
+  xfclose(f, path);
+  parse_classes(names, text, len, path);
+  return 1;
+}
+
+void cifar10_class_list(char *out, size_t cap, const cifar10 *d) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (int k = 0; k < CIFAR_CLASSES && used < cap; k++) {
+    int w = snprintf(out + used, cap - used, "%s%d %s", k ? ", " : "", k, d->classes[k]);
+    if (w < 0) break;
+    used += (size_t)w;
   }
 }
 

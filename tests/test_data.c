@@ -38,7 +38,7 @@ static void write_bytes(const char *path, const uint8_t *p, size_t n) {
 
 // A load run in a child by test_in_child (bad files end the process by design).
 // mode 0: cifar10_load_file(arg); 1: cifar10_load(arg, train); 2: cifar10_load(arg, test);
-// limit as the loaders take it (0: all).
+// 3: cifar10_read_classes(arg). limit as the loaders take it (0: all).
 typedef struct load_job {
   const char *arg;
   int mode, limit;
@@ -50,6 +50,7 @@ static void load_in_child(void *p) {
   check_set_abort_hook(NULL);
   cifar10 d = {0};
   if (job->mode == 0) cifar10_load_file(&d, job->arg, job->limit);
+  else if (job->mode == 3) cifar10_read_classes(d.classes, job->arg);
   else cifar10_load(&d, job->arg, job->mode == 1, job->limit);
   cifar10_free(&d);
 }
@@ -281,6 +282,129 @@ TEST(data_scan_bad_label) {
     set_label(path, at[i], (uint8_t)cifar_gen_label(8, 1, (int)at[i]));
   }
   EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 0);
+}
+
+// ----------------------------------------------------------------------------------------
+// class names (batches.meta.txt)
+
+static const char *const official[CIFAR_CLASSES] = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
+static int names_equal(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *const want[]) {
+  int same = 1;
+  for (int k = 0; k < CIFAR_CLASSES; k++) same &= strcmp(names[k], want[k]) == 0;
+  return same;
+}
+
+TEST(data_classes_file) {
+  char dir[512], path[600];
+  gen_dir(dir, sizeof(dir), "gen_classes", 3, 3, 2);
+  cifar10 tr, te;
+  cifar10_load(&tr, dir, 1, 0);
+  cifar10_load(&te, dir, 0, 0);
+  EXPECT_EQ_INT(tr.classes_from_file, 1);
+  EXPECT_EQ_INT(te.classes_from_file, 1);
+  EXPECT(names_equal(tr.classes, official));
+  EXPECT(names_equal(te.classes, official));
+  char line[512];
+  cifar10_class_list(line, sizeof(line), &tr);
+  EXPECT(strcmp(line, "0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog, "
+                      "7 horse, 8 ship, 9 truck") == 0);
+  cifar10_class_list(line, 12, &tr); // cut, still a string
+  EXPECT(strcmp(line, "0 airplane,") == 0);
+  cifar10_free(&tr);
+  cifar10_free(&te);
+
+  // Other names, as they are: no trailing empty line, "\r\n" line ends, no final "\n",
+  // spaces inside a name, a name of the longest length.
+  static const char *const mine[CIFAR_CLASSES] = {
+      "pickup truck", "b", "c", "d", "e", "f", "g", "h", "i",
+      "a name of exactly 31 characters"};
+  REQUIRE(strlen(mine[9]) == CIFAR_NAME_CAP - 1);
+  static const char *const texts[] = {
+      "pickup truck\nb\nc\nd\ne\nf\ng\nh\ni\na name of exactly 31 characters\n",
+      "pickup truck\r\nb\r\nc\r\nd\r\ne\r\nf\r\ng\r\nh\r\ni\r\na name of exactly 31 characters\r\n\r\n",
+      "pickup truck\nb\nc\nd\ne\nf\ng\nh\ni\na name of exactly 31 characters",
+  };
+  tmp_path(path, sizeof(path), "meta_good.txt");
+  for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
+    write_bytes(path, (const uint8_t *)texts[t], strlen(texts[t]));
+    char names[CIFAR_CLASSES][CIFAR_NAME_CAP];
+    EXPECT_EQ_INT(cifar10_read_classes(names, path), 1);
+    if (!names_equal(names, mine)) test_fail(__FILE__, __LINE__, "names of text %zu", t);
+  }
+}
+
+// Without batches.meta.txt the load goes on with the official names; the caller warns.
+TEST(data_classes_missing) {
+  char dir[512], path[600];
+  gen_dir(dir, sizeof(dir), "gen_nometa", 3, 3, 2);
+  snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  CHECK_ZERO(unlink(path));
+  cifar10 tr;
+  cifar10_load(&tr, dir, 1, 0);
+  EXPECT_EQ_INT(tr.n, 15);
+  EXPECT_EQ_INT(tr.classes_from_file, 0);
+  EXPECT(names_equal(tr.classes, official));
+  cifar10_free(&tr);
+}
+
+TEST(data_classes_malformed) {
+  typedef struct bad_meta {
+    const char *text;
+    size_t len; // 0: strlen(text)
+    const char *want;
+  } bad_meta;
+  static const bad_meta cases[] = {
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\n\n", 0, "9 class names, expected 10"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\n", 0, "9 class names, expected 10"},
+      {"", 0, "0 class names, expected 10"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n", 0, "more than 10 class names (line 11)"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n\n\n", 0, "line 12: more lines after the 10 class names"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n\nk\n", 0, "line 12: more lines after the 10 class names"},
+      {"a\nb\nc\n\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 4 is empty"},
+      {"a\nb\n   \nc\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 3 is empty"},
+      {"a\nb\nthis class name is 32 characters\nd\ne\nf\ng\nh\ni\nj\n", 0,
+       "line 3: a class name of 32 characters (at most 31)"},
+      {"a\nb\x00x\nc\nd\ne\nf\ng\nh\ni\nj\n", 22, "line 2: byte 0x00 is not a printable character"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\xff\xfe\n", 0, "line 10: byte 0xff is not a printable"},
+      {"a\tb\nb\nc\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 1: byte 0x09"},
+  };
+  char path[600], msg[2048];
+  tmp_path(path, sizeof(path), "meta_bad.txt");
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const bad_meta *c = &cases[i];
+    write_bytes(path, (const uint8_t *)c->text, c->len ? c->len : strlen(c->text));
+    int status = child_load(path, 3, msg, sizeof(msg));
+    if (status != 1 || !strstr(msg, path) || !strstr(msg, c->want) || count_lines(msg) != 1)
+      test_fail(__FILE__, __LINE__, "case %zu: exit %d, want one line with '%s', got: %s", i,
+                status, c->want, msg);
+  }
+  printf("    last: %s", msg);
+
+  // Binary junk of a data file's size, and a directory in its place.
+  uint8_t *junk = xcalloc(CIFAR_RECORD, 1);
+  write_bytes(path, junk, CIFAR_RECORD);
+  EXPECT_EQ_INT(child_load(path, 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "line 1: byte 0x00") != NULL);
+  free(junk);
+  uint8_t big[5000];
+  memset(big, 'a', sizeof(big));
+  write_bytes(path, big, sizeof(big));
+  EXPECT_EQ_INT(child_load(path, 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "5000 bytes, too large for 10 class names") != NULL);
+  EXPECT_EQ_INT(child_load(test_tmp_dir(), 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "not a regular file") != NULL);
+
+  // Through the loader: a malformed file in the data directory ends the load.
+  char dir[512];
+  gen_dir(dir, sizeof(dir), "gen_badmeta", 3, 3, 2);
+  snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  write_bytes(path, (const uint8_t *)"a\nb\n", 4);
+  EXPECT_EQ_INT(child_load(dir, 1, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "2 class names, expected 10") != NULL);
+  EXPECT_EQ_INT(child_load(dir, 2, msg, sizeof(msg)), 1);
 }
 
 TEST(data_resolve_dir) {
@@ -1105,7 +1229,7 @@ TEST(data_channel_stats) {
       images[i * CIFAR_PIXELS + 2048 + k] = ((k / 32 + k) & 1) ? 255 : 0;
     }
   uint8_t labels[2] = {0, 1};
-  cifar10 d = {images, labels, 2};
+  cifar10 d = {.images = images, .labels = labels, .n = 2};
   int32_t ids[2] = {0, 1};
   float mean[3], std[3];
   cifar10_channel_stats(mean, std, &d, ids, 2);

@@ -62,6 +62,14 @@ ok = ok and {"test_loss", "test_acc"} <= set(te[0]) and all(0 <= e["val_acc"] <=
 sys.exit(0 if ok else 1)
 PY
 
+# ---- class names: from batches.meta.txt, else the official ones with a warning ----
+check "class names logged once (rank 0 of 2)" bash -c "[ \$(grep -c '^classes: 0 airplane, 1 automobile, .*, 9 truck\$' '$T/ws2.log') -eq 1 ]"
+mkdir -p "$T/nometa" && cp "$T/data"/*.bin "$T/nometa/"
+"$BIN" "${SMALL[@]}" --data "$T/nometa" --epochs 1 --train-limit 132 --test-limit 50 > "$T/nometa.log" 2>&1
+rc=$?
+check "no batches.meta.txt: one warning line, the official names, the run goes on" bash -c \
+  "[ $rc -eq 0 ] && [ \$(grep -c 'warning: no .*batches.meta.txt' '$T/nometa.log') -eq 1 ] && grep -q '^classes: 0 airplane' '$T/nometa.log' && grep -q '^test (best model' '$T/nometa.log'"
+
 # ---- resume: stop mid-epoch, continue, and land on the very same bits ----
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rs" --max-steps 5 > "$T/rs1.log" 2>&1
 check "--max-steps stops with a mid-epoch checkpoint" test -f "$T/rs/ckpt_e0000_b000005.bin"
