@@ -1,9 +1,10 @@
 // cifar10.c - the CIFAR-10 binary reader, the train/validation split, epoch order and sharding.
 //
 // Owns the uint8 dataset in host memory (images (n, 3, 32, 32), labels (n)); see cifar10.h.
-// Invariants: a file is validated (regular, non-empty, a whole number of 3073-byte records,
-// every kept label in 0..9) before anything of it is appended, so a load either succeeds
-// completely or ends the process with a one-line message naming the file (and record).
+// Invariants: a file is validated whole (regular, non-empty, a whole number of 3073-byte
+// records, every label in 0..9, kept or not) before anything of it is appended, so a load
+// either succeeds completely or ends the process with a one-line message naming the file (and
+// record). batches.meta.txt is validated the same way (see cifar10_read_classes).
 // All randomness is Philox keyed by (seed, stream, counter): the same seed gives the same
 // split and the same epoch order on every rank and every machine.
 #include "cifar10.h"
@@ -19,9 +20,15 @@
 // ----------------------------------------------------------------------------------------
 // reader
 
-// Appends up to `limit` records (limit <= 0: all) of one file to out. out must be zeroed or
-// hold an earlier load.
-void cifar10_load_file(cifar10 *out, const char *path, int limit) {
+// Labels of records beyond what is kept are checked through a buffer of this many records
+// (1 MiB). A label is every 3073 bytes, closer than a 4 KiB page, so the kernel reads every
+// page of the file whatever we do: one fseek + 1-byte read per record would save no I/O and
+// cost 10,000 calls per file, and reading the whole file at once would hold 30 MB for nothing.
+enum { SCAN_RECORDS = 341 };
+
+// Opens path and checks what its size says: a regular, non-empty file of whole records.
+// Returns the stream; *records is the record count.
+static FILE *open_records(const char *path, long long *records) {
   // Plain fopen, not xfopen: a missing file is the user's error (one line, no file:line).
   FILE *f = fopen(path, "rb");
   if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
@@ -33,30 +40,66 @@ void cifar10_load_file(cifar10 *out, const char *path, int limit) {
   if (size % CIFAR_RECORD != 0)
     DIE_DATA("%s: size %lld bytes is not a whole number of %d-byte records", path, size,
              CIFAR_RECORD);
-  long long records = size / CIFAR_RECORD;
-  if (records > 0x7fffffffLL - out->n) DIE_DATA("%s: too many records (%lld)", path, records);
-  int take = (limit > 0 && limit < records) ? limit : (int)records;
+  *records = size / CIFAR_RECORD;
+  return f;
+}
 
-  // Read only what is kept; validate every label before touching `out`.
-  size_t bytes = (size_t)take * CIFAR_RECORD;
-  uint8_t *buf = xmalloc(bytes);
-  xfread(buf, bytes, f, path);
-  xfclose(f, path);
-  for (int r = 0; r < take; r++) {
-    int label = buf[(size_t)r * CIFAR_RECORD];
-    if (label >= CIFAR_CLASSES) {
-      free(buf); // nothing left for a leak checker to report on the way out
-      DIE_DATA("%s: record %d: label %d outside 0..%d", path, r, label, CIFAR_CLASSES - 1);
+// Index of the first of `count` records in buf whose label is outside 0..9, or -1.
+static long long first_bad_label(const uint8_t *buf, long long count) {
+  for (long long r = 0; r < count; r++)
+    if (buf[r * CIFAR_RECORD] >= CIFAR_CLASSES) return r;
+  return -1;
+}
+
+// Reads records [first, records) of f (positioned at record `first`) and checks their labels,
+// keeping nothing. Returns the first record whose label is outside 0..9 (*label: that label),
+// or -1.
+static long long scan_labels(FILE *f, const char *path, long long first, long long records,
+                             int *label) {
+  uint8_t *buf = xmalloc((size_t)SCAN_RECORDS * CIFAR_RECORD);
+  long long bad = -1;
+  for (long long r0 = first; r0 < records && bad < 0; r0 += SCAN_RECORDS) {
+    long long count = records - r0 < SCAN_RECORDS ? records - r0 : SCAN_RECORDS;
+    xfread(buf, (size_t)count * CIFAR_RECORD, f, path);
+    long long r = first_bad_label(buf, count);
+    if (r >= 0) {
+      bad = r0 + r;
+      *label = buf[r * CIFAR_RECORD];
     }
   }
+  free(buf);
+  return bad;
+}
 
-  int n = out->n + take;
+// Checks the whole file (size, every label) and appends its first `keep` records to out
+// (keep 0: out is untouched and may be NULL). One pass: the kept records are read into the
+// buffer that is appended, the rest through scan_labels. Nothing reaches out before the whole
+// file has passed.
+static void read_file(cifar10 *out, const char *path, long long keep) {
+  long long records;
+  FILE *f = open_records(path, &records);
+  int have = out ? out->n : 0;
+  if (records > 0x7fffffffLL - have) DIE_DATA("%s: too many records (%lld)", path, records);
+  int take = (int)(keep < records ? keep : records);
+  uint8_t *buf = take > 0 ? xmalloc((size_t)take * CIFAR_RECORD) : NULL;
+  if (take > 0) xfread(buf, (size_t)take * CIFAR_RECORD, f, path);
+  long long bad = first_bad_label(buf, take);
+  int label = bad >= 0 ? buf[bad * CIFAR_RECORD] : 0;
+  if (bad < 0) bad = scan_labels(f, path, take, records, &label);
+  xfclose(f, path);
+  if (bad >= 0) {
+    free(buf); // nothing left for a leak checker to report on the way out
+    DIE_DATA("%s: record %lld: label %d outside 0..%d", path, bad, label, CIFAR_CLASSES - 1);
+  }
+  if (take == 0) return;
+
+  int n = have + take;
   uint8_t *images = CHECK_PTR(realloc(out->images, (size_t)n * CIFAR_PIXELS));
   uint8_t *labels = CHECK_PTR(realloc(out->labels, (size_t)n));
   for (int r = 0; r < take; r++) {
     const uint8_t *rec = buf + (size_t)r * CIFAR_RECORD;
-    labels[out->n + r] = rec[0];
-    memcpy(images + (size_t)(out->n + r) * CIFAR_PIXELS, rec + 1, CIFAR_PIXELS);
+    labels[have + r] = rec[0];
+    memcpy(images + (size_t)(have + r) * CIFAR_PIXELS, rec + 1, CIFAR_PIXELS);
   }
   out->images = images;
   out->labels = labels;
@@ -64,19 +107,107 @@ void cifar10_load_file(cifar10 *out, const char *path, int limit) {
   free(buf);
 }
 
+void cifar10_load_file(cifar10 *out, const char *path, int limit) {
+  read_file(out, path, limit > 0 ? limit : 0x7fffffffLL);
+}
+
 void cifar10_load(cifar10 *out, const char *dir, int train, int limit) {
-  out->images = NULL;
-  out->labels = NULL;
-  out->n = 0;
+  memset(out, 0, sizeof(*out));
   char path[4096];
+  int len = snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  if (len < 0 || (size_t)len >= sizeof(path)) DIE_DATA("data directory path too long: %s", dir);
+  out->classes_from_file = cifar10_read_classes(out->classes, path);
+  // Every file is checked whole (size, every label), whatever the limit: a bad file beyond
+  // the limit is an error now, not in a later run with another limit.
   int files = train ? 5 : 1;
   for (int k = 1; k <= files; k++) {
-    int left = limit > 0 ? limit - out->n : 0;
-    if (limit > 0 && left <= 0) break; // loading only what is needed
-    int len = train ? snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, k)
-                    : snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+    long long left = limit > 0 ? limit - out->n : 0x7fffffffLL;
+    len = train ? snprintf(path, sizeof(path), "%s/data_batch_%d.bin", dir, k)
+                : snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
     if (len < 0 || (size_t)len >= sizeof(path)) DIE_DATA("data directory path too long: %s", dir);
-    cifar10_load_file(out, path, left);
+    read_file(out, path, left);
+  }
+}
+
+// ----------------------------------------------------------------------------------------
+// class names (batches.meta.txt)
+
+static const char *const official_classes[CIFAR_CLASSES] = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
+// Ten names at most CIFAR_NAME_CAP - 1 bytes each, their line ends and one empty line fit
+// well within this; anything larger is not a class-names file.
+enum { META_MAX_BYTES = 4096 };
+
+// Validates the text of batches.meta.txt and copies the names: 10 lines of printable ASCII,
+// not empty or blank, then at most one empty line. A line may end in "\r\n" (a file edited on
+// Windows); a final line may lack its "\n".
+static void parse_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *text,
+                          long len, const char *path) {
+  int n = 0;
+  long i = 0; // start of the current line
+  for (int line = 1; i < len; line++) {
+    long end = i;
+    while (end < len && text[end] != '\n') end++;
+    long width = end - i - (end > i && text[end - 1] == '\r');
+    int blank = 1;
+    for (long k = i; k < i + width; k++) {
+      unsigned char ch = (unsigned char)text[k];
+      if (ch < 0x20 || ch > 0x7e)
+        DIE_DATA("%s: line %d: byte 0x%02x is not a printable character (expected %d class "
+                 "names, one per line)", path, line, ch, CIFAR_CLASSES);
+      blank &= ch == ' ';
+    }
+    if (blank && end + 1 >= len) break; // the optional trailing empty line (counted below)
+    if (n == CIFAR_CLASSES) {
+      if (!blank) DIE_DATA("%s: more than %d class names (line %d)", path, CIFAR_CLASSES, line);
+      DIE_DATA("%s: line %d: more lines after the %d class names (one empty line at most)",
+               path, line + 1, CIFAR_CLASSES);
+    }
+    if (blank)
+      DIE_DATA("%s: line %d is empty (expected %d class names, one per line)", path, line,
+               CIFAR_CLASSES);
+    if (width >= CIFAR_NAME_CAP)
+      DIE_DATA("%s: line %d: a class name of %ld characters (at most %d)", path, line, width,
+               CIFAR_NAME_CAP - 1);
+    memcpy(names[n], text + i, (size_t)width);
+    names[n][width] = '\0';
+    n++;
+    i = end + 1;
+  }
+  if (n < CIFAR_CLASSES)
+    DIE_DATA("%s: %d class names, expected %d (one per line)", path, n, CIFAR_CLASSES);
+}
+
+int cifar10_read_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f && errno == ENOENT) {
+    for (int k = 0; k < CIFAR_CLASSES; k++)
+      snprintf(names[k], CIFAR_NAME_CAP, "%s", official_classes[k]);
+    return 0;
+  }
+  if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
+  struct stat st;
+  if (fstat(fileno(f), &st) != 0) DIE_DATA("cannot stat %s: %s", path, strerror(errno));
+  if (!S_ISREG(st.st_mode)) DIE_DATA("%s is not a regular file", path);
+  if (st.st_size > META_MAX_BYTES)
+    DIE_DATA("%s: %lld bytes, too large for %d class names", path, (long long)st.st_size,
+             CIFAR_CLASSES);
+  char text[META_MAX_BYTES];
+  long len = (long)st.st_size;
+  if (len > 0) xfread(text, (size_t)len, f, path);
+  xfclose(f, path);
+  parse_classes(names, text, len, path);
+  return 1;
+}
+
+void cifar10_class_list(char *out, size_t cap, const cifar10 *d) {
+  size_t used = 0;
+  out[0] = '\0';
+  for (int k = 0; k < CIFAR_CLASSES && used < cap; k++) {
+    int w = snprintf(out + used, cap - used, "%s%d %s", k ? ", " : "", k, d->classes[k]);
+    if (w < 0) break;
+    used += (size_t)w;
   }
 }
 

@@ -426,6 +426,11 @@ int train_run(const config *cfg, comm *c) {
   int32_t *test_ids = xmalloc(sizeof(int32_t) * test.n);
   for (int i = 0; i < test.n; i++) test_ids[i] = i;
   LOG0("data: %s: %d train, %d validation, %d test images\n", dir, n_train, cfg->val_size, test.n);
+  if (!train.classes_from_file)
+    LOG0("warning: no %s/batches.meta.txt: using the official CIFAR-10 class names\n", dir);
+  char classes[CIFAR_CLASSES * (CIFAR_NAME_CAP + 8)];
+  cifar10_class_list(classes, sizeof(classes), &train);
+  LOG0("classes: %s\n", classes);
   if (!resumed) normalisation(r, &train, train_ids, n_train);
   split val_split = {d_train_img, d_train_lab, val_ids, cfg->val_size};
   split test_split = {d_test_img, d_test_lab, test_ids, test.n};

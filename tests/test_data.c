@@ -37,10 +37,11 @@ static void write_bytes(const char *path, const uint8_t *p, size_t n) {
 }
 
 // A load run in a child by test_in_child (bad files end the process by design).
-// mode 0: cifar10_load_file(arg); 1: cifar10_load(arg, train); 2: cifar10_load(arg, test).
+// mode 0: cifar10_load_file(arg); 1: cifar10_load(arg, train); 2: cifar10_load(arg, test);
+// 3: cifar10_read_classes(arg). limit as the loaders take it (0: all).
 typedef struct load_job {
   const char *arg;
-  int mode;
+  int mode, limit;
 } load_job;
 
 static void load_in_child(void *p) {
@@ -48,15 +49,28 @@ static void load_in_child(void *p) {
   // The child must exit by itself, never through an MPI abort hook another test installed.
   check_set_abort_hook(NULL);
   cifar10 d = {0};
-  if (job->mode == 0) cifar10_load_file(&d, job->arg, 0);
-  else cifar10_load(&d, job->arg, job->mode == 1, 0);
+  if (job->mode == 0) cifar10_load_file(&d, job->arg, job->limit);
+  else if (job->mode == 3) cifar10_read_classes(d.classes, job->arg);
+  else cifar10_load(&d, job->arg, job->mode == 1, job->limit);
   cifar10_free(&d);
 }
 
 // Returns the child's exit status (0 if the load returned) and its stderr in msg.
-static int child_load(const char *arg, int mode, char *msg, size_t cap) {
-  load_job job = {arg, mode};
+static int child_load_limit(const char *arg, int mode, int limit, char *msg, size_t cap) {
+  load_job job = {arg, mode, limit};
   return test_in_child(load_in_child, &job, msg, cap);
+}
+
+static int child_load(const char *arg, int mode, char *msg, size_t cap) {
+  return child_load_limit(arg, mode, 0, msg, cap);
+}
+
+// Overwrites the label byte of one record of a file in place.
+static void set_label(const char *path, long record, uint8_t label) {
+  FILE *f = xfopen(path, "r+b");
+  CHECK_ZERO(fseek(f, record * CIFAR_RECORD, SEEK_SET));
+  xfwrite(&label, 1, f, path);
+  xfclose(f, path);
 }
 
 static int count_lines(const char *s) {
@@ -117,21 +131,8 @@ TEST(data_load_limit) {
   cifar10_free(&part);
   cifar10_free(&big);
 
-  // Only what is needed is opened: with data_batch_2..5 gone, a limit within file 1 loads.
-  char p[600];
-  for (int k = 2; k <= 5; k++) {
-    snprintf(p, sizeof(p), "%s/data_batch_%d.bin", dir, k);
-    CHECK_ZERO(unlink(p));
-  }
-  cifar10 one;
-  cifar10_load(&one, dir, 1, 20);
-  EXPECT_EQ_INT(one.n, 20);
-  cifar10_free(&one);
-  char msg[2048];
-  EXPECT_EQ_INT(child_load(dir, 1, msg, sizeof(msg)), 1); // but all of them are needed here
-  EXPECT(strstr(msg, "data_batch_2.bin") != NULL);
-
   // load_file appends to what is already there.
+  char p[600];
   cifar10 acc = {0};
   snprintf(p, sizeof(p), "%s/data_batch_1.bin", dir);
   cifar10_load_file(&acc, p, 5);
@@ -201,6 +202,209 @@ TEST(data_bad_files) {
   EXPECT_EQ_INT(child_load(path, 0, msg, sizeof(msg)), 0);
   EXPECT_EQ_INT(child_load(dir, 2, msg, sizeof(msg)), 0);
   free(buf);
+}
+
+// Every file is checked whole, whatever the limit: a limit decides what is kept, not what is
+// checked (a bad file beyond it would otherwise surface only in a later run with another limit).
+TEST(data_bad_files_beyond_limit) {
+  char dir[512], path[600], msg[2048];
+  gen_dir(dir, sizeof(dir), "gen_beyond", 20, 30, 6);
+  // The harness: a limit within data_batch_1 loads from the good directory.
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 0);
+
+  // A truncated later file, the limit within data_batch_1.
+  snprintf(path, sizeof(path), "%s/data_batch_3.bin", dir);
+  CHECK_ZERO(truncate(path, (off_t)20 * CIFAR_RECORD - 7));
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "not a whole number of 3073-byte records") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  printf("    truncated later file: %s", msg);
+  cifar_gen_write_file(path, 20, 6, 3);
+
+  // A missing later file.
+  snprintf(path, sizeof(path), "%s/data_batch_5.bin", dir);
+  CHECK_ZERO(unlink(path));
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 45, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "cannot open") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  cifar_gen_write_file(path, 20, 6, 5);
+
+  // A bad label beyond the limit: in the file the limit ends in, and in a later file.
+  snprintf(path, sizeof(path), "%s/data_batch_2.bin", dir);
+  set_label(path, 12, 255);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 25, msg, sizeof(msg)), 1); // keeps records 0..4 of it
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 12: label 255 outside 0..9") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  printf("    bad label beyond the limit: %s", msg);
+  set_label(path, 12, 3);
+  snprintf(path, sizeof(path), "%s/data_batch_4.bin", dir);
+  set_label(path, 19, 10);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 19: label 10") != NULL);
+  set_label(path, 19, 0);
+
+  // The test file: a bad label and a truncation beyond --test-limit.
+  snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
+  set_label(path, 29, 200);
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "record 29: label 200 outside 0..9") != NULL);
+  EXPECT_EQ_INT(count_lines(msg), 1);
+  set_label(path, 29, 1);
+  CHECK_ZERO(truncate(path, (off_t)30 * CIFAR_RECORD + 1));
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "not a whole number") != NULL);
+  cifar_gen_write_file(path, 30, 6, 0);
+  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 0); // all restored
+  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 0);
+}
+
+// Labels beyond the limit are read in chunks (cifar10.c, SCAN_RECORDS = 341): a bad label at a
+// chunk's first record and at the file's last record, through load_file's limit.
+TEST(data_scan_bad_label) {
+  char path[600], msg[2048];
+  tmp_path(path, sizeof(path), "chunks.bin");
+  enum { N = 700, LIMIT = 10 };
+  cifar_gen_write_file(path, N, 8, 1);
+  EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 0);
+  const long at[] = {LIMIT, LIMIT + 341, N - 1};
+  for (size_t i = 0; i < sizeof(at) / sizeof(at[0]); i++) {
+    set_label(path, at[i], 77);
+    char want[64];
+    snprintf(want, sizeof(want), "record %ld: label 77", at[i]);
+    EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 1);
+    if (!strstr(msg, want)) test_fail(__FILE__, __LINE__, "expected '%s' in: %s", want, msg);
+    set_label(path, at[i], (uint8_t)cifar_gen_label(8, 1, (int)at[i]));
+  }
+  EXPECT_EQ_INT(child_load_limit(path, 0, LIMIT, msg, sizeof(msg)), 0);
+}
+
+// ----------------------------------------------------------------------------------------
+// class names (batches.meta.txt)
+
+static const char *const official[CIFAR_CLASSES] = {
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"};
+
+static int names_equal(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *const want[]) {
+  int same = 1;
+  for (int k = 0; k < CIFAR_CLASSES; k++) same &= strcmp(names[k], want[k]) == 0;
+  return same;
+}
+
+TEST(data_classes_file) {
+  char dir[512], path[600];
+  gen_dir(dir, sizeof(dir), "gen_classes", 3, 3, 2);
+  cifar10 tr, te;
+  cifar10_load(&tr, dir, 1, 0);
+  cifar10_load(&te, dir, 0, 0);
+  EXPECT_EQ_INT(tr.classes_from_file, 1);
+  EXPECT_EQ_INT(te.classes_from_file, 1);
+  EXPECT(names_equal(tr.classes, official));
+  EXPECT(names_equal(te.classes, official));
+  char line[512];
+  cifar10_class_list(line, sizeof(line), &tr);
+  EXPECT(strcmp(line, "0 airplane, 1 automobile, 2 bird, 3 cat, 4 deer, 5 dog, 6 frog, "
+                      "7 horse, 8 ship, 9 truck") == 0);
+  cifar10_class_list(line, 12, &tr); // cut, still a string
+  EXPECT(strcmp(line, "0 airplane,") == 0);
+  cifar10_free(&tr);
+  cifar10_free(&te);
+
+  // Other names, as they are: no trailing empty line, "\r\n" line ends, no final "\n",
+  // spaces inside a name, a name of the longest length.
+  static const char *const mine[CIFAR_CLASSES] = {
+      "pickup truck", "b", "c", "d", "e", "f", "g", "h", "i",
+      "a name of exactly 31 characters"};
+  REQUIRE(strlen(mine[9]) == CIFAR_NAME_CAP - 1);
+  static const char *const texts[] = {
+      "pickup truck\nb\nc\nd\ne\nf\ng\nh\ni\na name of exactly 31 characters\n",
+      "pickup truck\r\nb\r\nc\r\nd\r\ne\r\nf\r\ng\r\nh\r\ni\r\na name of exactly 31 characters\r\n\r\n",
+      "pickup truck\nb\nc\nd\ne\nf\ng\nh\ni\na name of exactly 31 characters",
+  };
+  tmp_path(path, sizeof(path), "meta_good.txt");
+  for (size_t t = 0; t < sizeof(texts) / sizeof(texts[0]); t++) {
+    write_bytes(path, (const uint8_t *)texts[t], strlen(texts[t]));
+    char names[CIFAR_CLASSES][CIFAR_NAME_CAP];
+    EXPECT_EQ_INT(cifar10_read_classes(names, path), 1);
+    if (!names_equal(names, mine)) test_fail(__FILE__, __LINE__, "names of text %zu", t);
+  }
+}
+
+// Without batches.meta.txt the load goes on with the official names; the caller warns.
+TEST(data_classes_missing) {
+  char dir[512], path[600];
+  gen_dir(dir, sizeof(dir), "gen_nometa", 3, 3, 2);
+  snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  CHECK_ZERO(unlink(path));
+  cifar10 tr;
+  cifar10_load(&tr, dir, 1, 0);
+  EXPECT_EQ_INT(tr.n, 15);
+  EXPECT_EQ_INT(tr.classes_from_file, 0);
+  EXPECT(names_equal(tr.classes, official));
+  cifar10_free(&tr);
+}
+
+TEST(data_classes_malformed) {
+  typedef struct bad_meta {
+    const char *text;
+    size_t len; // 0: strlen(text)
+    const char *want;
+  } bad_meta;
+  static const bad_meta cases[] = {
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\n\n", 0, "9 class names, expected 10"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\n", 0, "9 class names, expected 10"},
+      {"", 0, "0 class names, expected 10"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\nk\n", 0, "more than 10 class names (line 11)"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n\n\n", 0, "line 12: more lines after the 10 class names"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\n\nk\n", 0, "line 12: more lines after the 10 class names"},
+      {"a\nb\nc\n\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 4 is empty"},
+      {"a\nb\n   \nc\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 3 is empty"},
+      {"a\nb\nthis class name is 32 characters\nd\ne\nf\ng\nh\ni\nj\n", 0,
+       "line 3: a class name of 32 characters (at most 31)"},
+      {"a\nb\x00x\nc\nd\ne\nf\ng\nh\ni\nj\n", 22, "line 2: byte 0x00 is not a printable character"},
+      {"a\nb\nc\nd\ne\nf\ng\nh\ni\nj\xff\xfe\n", 0, "line 10: byte 0xff is not a printable"},
+      {"a\tb\nb\nc\nd\ne\nf\ng\nh\ni\nj\n", 0, "line 1: byte 0x09"},
+  };
+  char path[600], msg[2048];
+  tmp_path(path, sizeof(path), "meta_bad.txt");
+  for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+    const bad_meta *c = &cases[i];
+    write_bytes(path, (const uint8_t *)c->text, c->len ? c->len : strlen(c->text));
+    int status = child_load(path, 3, msg, sizeof(msg));
+    if (status != 1 || !strstr(msg, path) || !strstr(msg, c->want) || count_lines(msg) != 1)
+      test_fail(__FILE__, __LINE__, "case %zu: exit %d, want one line with '%s', got: %s", i,
+                status, c->want, msg);
+  }
+  printf("    last: %s", msg);
+
+  // Binary junk of a data file's size, and a directory in its place.
+  uint8_t *junk = xcalloc(CIFAR_RECORD, 1);
+  write_bytes(path, junk, CIFAR_RECORD);
+  EXPECT_EQ_INT(child_load(path, 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "line 1: byte 0x00") != NULL);
+  free(junk);
+  uint8_t big[5000];
+  memset(big, 'a', sizeof(big));
+  write_bytes(path, big, sizeof(big));
+  EXPECT_EQ_INT(child_load(path, 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "5000 bytes, too large for 10 class names") != NULL);
+  EXPECT_EQ_INT(child_load(test_tmp_dir(), 3, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, "not a regular file") != NULL);
+
+  // Through the loader: a malformed file in the data directory ends the load.
+  char dir[512];
+  gen_dir(dir, sizeof(dir), "gen_badmeta", 3, 3, 2);
+  snprintf(path, sizeof(path), "%s/batches.meta.txt", dir);
+  write_bytes(path, (const uint8_t *)"a\nb\n", 4);
+  EXPECT_EQ_INT(child_load(dir, 1, msg, sizeof(msg)), 1);
+  EXPECT(strstr(msg, path) != NULL);
+  EXPECT(strstr(msg, "2 class names, expected 10") != NULL);
+  EXPECT_EQ_INT(child_load(dir, 2, msg, sizeof(msg)), 1);
 }
 
 TEST(data_resolve_dir) {
@@ -1025,7 +1229,7 @@ TEST(data_channel_stats) {
       images[i * CIFAR_PIXELS + 2048 + k] = ((k / 32 + k) & 1) ? 255 : 0;
     }
   uint8_t labels[2] = {0, 1};
-  cifar10 d = {images, labels, 2};
+  cifar10 d = {.images = images, .labels = labels, .n = 2};
   int32_t ids[2] = {0, 1};
   float mean[3], std[3];
   cifar10_channel_stats(mean, std, &d, ids, 2);

@@ -62,6 +62,14 @@ ok = ok and {"test_loss", "test_acc"} <= set(te[0]) and all(0 <= e["val_acc"] <=
 sys.exit(0 if ok else 1)
 PY
 
+# ---- class names: from batches.meta.txt, else the official ones with a warning ----
+check "class names logged once (rank 0 of 2)" bash -c "[ \$(grep -c '^classes: 0 airplane, 1 automobile, .*, 9 truck\$' '$T/ws2.log') -eq 1 ]"
+mkdir -p "$T/nometa" && cp "$T/data"/*.bin "$T/nometa/"
+"$BIN" "${SMALL[@]}" --data "$T/nometa" --epochs 1 --train-limit 132 --test-limit 50 > "$T/nometa.log" 2>&1
+rc=$?
+check "no batches.meta.txt: one warning line, the official names, the run goes on" bash -c \
+  "[ $rc -eq 0 ] && [ \$(grep -c 'warning: no .*batches.meta.txt' '$T/nometa.log') -eq 1 ] && grep -q '^classes: 0 airplane' '$T/nometa.log' && grep -q '^test (best model' '$T/nometa.log'"
+
 # ---- resume: stop mid-epoch, continue, and land on the very same bits ----
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rs" --max-steps 5 > "$T/rs1.log" 2>&1
 check "--max-steps stops with a mid-epoch checkpoint" test -f "$T/rs/ckpt_e0000_b000005.bin"
@@ -136,6 +144,9 @@ expect_fail "value out of range" 2 "--lr" "$BIN" --lr -1
 expect_fail "batch not divisible by the ranks" 2 "not divisible" "${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --batch 32
 mkdir -p "$T/trunc" && cp "$T/data"/* "$T/trunc/" && truncate -s -5 "$T/trunc/data_batch_2.bin"
 expect_fail "truncated dataset" 1 "data_batch_2.bin.*not a whole number" "$BIN" "${SMALL[@]}" --data "$T/trunc"
+# Every file is checked whole whatever the limits: the limit here ends in data_batch_2.
+mkdir -p "$T/trunc5" && cp "$T/data"/* "$T/trunc5/" && truncate -s -5 "$T/trunc5/data_batch_5.bin"
+expect_fail "truncated file beyond --train-limit" 1 "data_batch_5.bin.*not a whole number" "$BIN" "${SMALL[@]}" --data "$T/trunc5" --train-limit 150
 mkdir -p "$T/nodata"
 expect_fail "missing dataset" 1 "cannot open.*data_batch_1.bin" "$BIN" "${SMALL[@]}" --data "$T/nodata"
 expect_fail "validation split larger than the data" 2 "--val-size" "$BIN" "${SMALL[@]}" --val-size 600
