@@ -2,6 +2,8 @@
 # multi_node.sh - several nodes from an Open MPI hostfile (see hostfile.example: one line per
 # node, "host slots=GPUS"). NP defaults to the sum of the slots. The binary, the data and the
 # checkpoint directory must be at the same paths on every node (rank 0 writes checkpoints).
+# Ctrl-C, SIGTERM or SIGHUP to this script: the ranks stop with a checkpoint and it exits 0
+# (launch_mpirun in common.sh); a second one aborts.
 # usage: HOSTFILE=hosts [NP=8] launch/multi_node.sh [vgg_dist options]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
