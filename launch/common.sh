@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# common.sh - shared by the launch scripts: where the binary is, and mpirun's flags.
-# Sourced, not run. The launch scripts are the only place that sets NCCL_*, CUDA_VISIBLE_DEVICES
+# common.sh - shared by the launch scripts: where the binary is, mpirun's flags, and
+# launch_mpirun, which turns a signal to the script into a checkpoint and exit 0. Sourced, not run. The launch scripts are the only place that sets NCCL_*, CUDA_VISIBLE_DEVICES
 # or mpirun binding flags; the binary binds each rank to GPU (local rank % visible GPUs).
 VGG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VGG_BIN=${VGG_BIN:-$VGG_ROOT/vgg_dist}
@@ -13,3 +13,46 @@ gpu_count() {
 }
 # NCCL: fail fast on errors instead of hanging; the binary also polls with --comm-timeout.
 export NCCL_ASYNC_ERROR_HANDLING=${NCCL_ASYNC_ERROR_HANDLING:-1}
+
+# launch_mpirun ARGS...: runs "mpirun ARGS..." and returns its status. SIGTERM, SIGINT (Ctrl-C)
+# or SIGHUP to this script becomes SIGUSR1 to mpirun, which forwards it to every rank at once:
+# the ranks finish the step, checkpoint, write RESUMABLE and exit 0, and so do mpirun and this
+# script. Open MPI 4.1's mpirun, signalled itself, exits 1 whatever the ranks do, and passes
+# SIGTERM on only after odls_base_sigkill_timeout seconds (1) with SIGKILL as long after: too
+# little for a large checkpoint (README, "Checkpoints and resume"). So mpirun runs in its own
+# process group, where the terminal's Ctrl-C does not reach it, reading stdin from /dev/null (a
+# background group must not read the terminal; the ranks never read stdin). A second signal
+# aborts: SIGTERM to mpirun, which ends the ranks within about 2 s, without a checkpoint.
+launch_mpirun() {
+  LAUNCH_PID= LAUNCH_SIGNALS=0
+  trap 'launch_forward INT 130' INT
+  trap 'launch_forward TERM 143' TERM
+  trap 'launch_forward HUP 129' HUP
+  set -m # job control: the next background job gets its own process group
+  mpirun "$@" < /dev/null &
+  LAUNCH_PID=$!
+  set +m
+  local rc=0 status seen got=0
+  while :; do
+    seen=$LAUNCH_SIGNALS
+    status=0
+    wait "$LAUNCH_PID" || status=$?
+    # 127: a signal came just after mpirun's status was collected, which is the one to keep.
+    [ "$got" = 1 ] && [ "$status" -eq 127 ] && break
+    rc=$status got=1
+    [ "$LAUNCH_SIGNALS" -ne "$seen" ] || break # not a wait cut short by a trapped signal
+  done
+  return "$rc"
+}
+launch_forward() { # launch_forward NAME EXIT_STATUS (the status if mpirun has not started)
+  [ -n "$LAUNCH_PID" ] || exit "$2"
+  LAUNCH_SIGNALS=$((LAUNCH_SIGNALS + 1))
+  if [ "$LAUNCH_SIGNALS" -eq 1 ]; then
+    echo "launch: SIG$1: the ranks stop after this step with a checkpoint (SIGUSR1 to mpirun);" \
+      "SIG$1 again aborts at once, without one" >&2
+    kill -USR1 "$LAUNCH_PID" 2> /dev/null || true
+  else
+    echo "launch: SIG$1 again: aborting (SIGTERM to mpirun, no checkpoint)" >&2
+    kill -TERM "$LAUNCH_PID" 2> /dev/null || true
+  fi
+}

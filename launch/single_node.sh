@@ -6,4 +6,4 @@ source "$(dirname "$0")/common.sh"
 gpus=$(gpu_count)
 NP=${NP:-$([ "$gpus" -gt 0 ] && echo "$gpus" || echo 2)}
 [ "$gpus" -eq 0 ] && MPI_FLAGS+=(--oversubscribe) && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
-exec mpirun "${MPI_FLAGS[@]}" -np "$NP" "$VGG_BIN" "$@"
+launch_mpirun "${MPI_FLAGS[@]}" -np "$NP" "$VGG_BIN" "$@"

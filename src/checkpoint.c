@@ -191,6 +191,29 @@ static void path_dirname(char *out, size_t out_len, const char *path) {
   out[n] = '\0';
 }
 
+// Makes a directory's entries durable (a rename or unlink in it survives a crash).
+static void fsync_dir(const char *dir) {
+  int fd = open(dir, O_RDONLY | O_DIRECTORY);
+  if (fd < 0) FATAL("open(%s) for fsync failed: %s", dir, strerror(errno));
+  if (fsync(fd) != 0) FATAL("fsync(%s) failed: %s", dir, strerror(errno));
+  if (close(fd) != 0) FATAL("close(%s) failed: %s", dir, strerror(errno));
+}
+
+// The end of every atomic write: f (open on tmp, fully written) is flushed, fsynced, closed
+// and renamed over path, and the directory is fsynced. On failure tmp is deleted.
+static void commit_tmp(FILE *f, const char *tmp, const char *path) {
+  WRITE_CHECK(fflush(f) == 0, f, tmp, "fflush(%s) failed: %s", tmp, strerror(errno));
+  WRITE_CHECK(fsync(fileno(f)) == 0, f, tmp, "fsync(%s) failed: %s", tmp, strerror(errno));
+  int rc = fclose(f);
+  WRITE_CHECK(rc == 0, (FILE *)NULL, tmp, "closing %s failed: %s", tmp, strerror(errno));
+  WRITE_CHECK(rename(tmp, path) == 0, (FILE *)NULL, tmp, "rename(%s, %s) failed: %s", tmp, path,
+              strerror(errno));
+  // Make the rename itself durable: without this a crash may bring back the old entry.
+  char dir[4096];
+  path_dirname(dir, sizeof(dir), path);
+  fsync_dir(dir);
+}
+
 void checkpoint_write(const char *path, const ckpt_meta *meta, const train_state *st,
                       const float *params, const float *m, const float *v) {
   if (!path || !meta || !st || !params || !m || !v)
@@ -220,20 +243,7 @@ void checkpoint_write(const char *path, const ckpt_meta *meta, const train_state
   write_section(f, tmp, SEC_PARAMS, params, tensor_bytes);
   write_section(f, tmp, SEC_ADAM_M, m, tensor_bytes);
   write_section(f, tmp, SEC_ADAM_V, v, tensor_bytes);
-  WRITE_CHECK(fflush(f) == 0, f, tmp, "fflush(%s) failed: %s", tmp, strerror(errno));
-  WRITE_CHECK(fsync(fileno(f)) == 0, f, tmp, "fsync(%s) failed: %s", tmp, strerror(errno));
-  int rc = fclose(f);
-  WRITE_CHECK(rc == 0, (FILE *)NULL, tmp, "closing %s failed: %s", tmp, strerror(errno));
-  WRITE_CHECK(rename(tmp, path) == 0, (FILE *)NULL, tmp, "rename(%s, %s) failed: %s", tmp, path,
-              strerror(errno));
-
-  // Make the rename itself durable: without this a crash may bring back the old entry.
-  char dir[4096];
-  path_dirname(dir, sizeof(dir), path);
-  int fd = open(dir, O_RDONLY | O_DIRECTORY);
-  if (fd < 0) FATAL("open(%s) for fsync failed: %s", dir, strerror(errno));
-  if (fsync(fd) != 0) FATAL("fsync(%s) failed: %s", dir, strerror(errno));
-  if (close(fd) != 0) FATAL("close(%s) failed: %s", dir, strerror(errno));
+  commit_tmp(f, tmp, path);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -562,4 +572,37 @@ void checkpoint_prune(const char *dir, int keep) {
     if (unlink(path) != 0 && errno != ENOENT) FATAL("unlink(%s) failed: %s", path, strerror(errno));
   }
   free(e);
+}
+
+// ---------------------------------------------------------------------------------------
+// The RESUMABLE marker
+
+// "<dir>/RESUMABLE", checked for length.
+static void marker_path(char *out, size_t out_len, const char *dir) {
+  int n = snprintf(out, out_len, "%s/%s", dir, CKPT_RESUMABLE);
+  if (n < 0 || (size_t)n >= out_len) FATAL("marker path in %s does not fit %zu bytes", dir, out_len);
+}
+
+void checkpoint_mark_resumable(const char *dir, const char *ckpt_path, const char *reason) {
+  if (!dir || !ckpt_path || !reason) FATAL("checkpoint_mark_resumable needs dir, path and reason");
+  const char *slash = strrchr(ckpt_path, '/');
+  const char *name = slash ? slash + 1 : ckpt_path;
+  char path[4096], tmp[4200];
+  marker_path(path, sizeof(path), dir);
+  snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  FILE *f = xfopen(tmp, "w");
+  WRITE_CHECK(fprintf(f, "%s %s\n", name, reason) > 0, f, tmp, "write to %s failed: %s", tmp,
+              strerror(errno));
+  commit_tmp(f, tmp, path);
+}
+
+int checkpoint_clear_resumable(const char *dir) {
+  char path[4096];
+  marker_path(path, sizeof(path), dir);
+  if (unlink(path) != 0) {
+    if (errno == ENOENT) return 0;
+    FATAL("unlink(%s) failed: %s", path, strerror(errno));
+  }
+  fsync_dir(dir);
+  return 1;
 }

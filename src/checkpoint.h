@@ -73,4 +73,13 @@ void checkpoint_prune(const char *dir, int keep);
 // The periodic checkpoint name for (epoch, batch): batch 0 means "start of epoch".
 void checkpoint_path(char *out, size_t out_len, const char *dir, int epoch, int batch);
 
+// The marker that tells "stopped, resumable" from "finished" (scripts read it; vgg_dist never
+// does): "<dir>/RESUMABLE" holds one line, the checkpoint's file name (no directory), a space
+// and the reason ("signal 15", "max-steps"). Written atomically like a checkpoint, after the
+// checkpoint it names; checkpoint_clear_resumable deletes it (and fsyncs the directory) when
+// the run has finished, returning 1 if there was one.
+#define CKPT_RESUMABLE "RESUMABLE"
+void checkpoint_mark_resumable(const char *dir, const char *ckpt_path, const char *reason);
+int checkpoint_clear_resumable(const char *dir);
+
 #endif

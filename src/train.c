@@ -7,6 +7,8 @@
 // not depend on the world size (up to float summation order).
 // Rank 0 makes the decisions after validation (learning rate, early stop, best model) and
 // broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
+// A stop (a signal, --max-steps) ends the run after a step with a checkpoint and the
+// directory's RESUMABLE marker; a finished run (all epochs, early stopping) removes the marker.
 #include "train.h"
 
 #include <math.h>
@@ -23,6 +25,7 @@
 #include "net.h"
 #include "optim.h"
 
+// The first stop request's signal (SIGTERM, SIGINT or SIGUSR1); 0 while none came.
 static volatile sig_atomic_t stop_signal;
 
 // mkdir -p; a path that exists and is a directory is fine.
@@ -41,7 +44,32 @@ static void make_dirs(const char *path) {
     }
   }
 }
-static void on_stop_signal(int sig) { stop_signal = sig; }
+
+// The first signal asks for a stop after the current step (every rank learns of it through the
+// step's reduction). A SIGINT while a stop is pending ends this process at once by the default
+// action (a second Ctrl-C), and mpirun then ends the other ranks. A repeated SIGTERM does not:
+// a rank may get one from a scheduler and another from mpirun, and must still checkpoint.
+static void on_stop_signal(int sig) {
+  if (sig == SIGINT && stop_signal) {
+    static const char msg[] = "vgg_dist: interrupted again: exiting at once, without a checkpoint\n";
+    ssize_t written = write(STDERR_FILENO, msg, sizeof(msg) - 1);
+    (void)written;
+    signal(SIGINT, SIG_DFL);
+    raise(SIGINT); // delivered when this handler returns
+    return;
+  }
+  if (!stop_signal) stop_signal = sig;
+}
+
+static void stop_signals_install(void) {
+  const int sigs[] = {SIGTERM, SIGINT, SIGUSR1};
+  struct sigaction sa = {0};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  const size_t n = sizeof(sigs) / sizeof(sigs[0]);
+  for (size_t i = 0; i < n; i++) sigaddset(&sa.sa_mask, sigs[i]); // one handler at a time
+  for (size_t i = 0; i < n; i++) CHECK_POSIX(sigaction(sigs[i], &sa, NULL));
+}
 
 typedef struct split {
   const uint8_t *d_images, *d_labels; // backend memory
@@ -60,6 +88,7 @@ typedef struct run {
   ckpt_meta meta;
   train_state st;
   float *h_params, *h_m, *h_v, *h_best;
+  int stop_sig; // once a stop is agreed: the largest signal number any rank got, 0 = --max-steps
 } run;
 
 static backend *backend_choose(const config *cfg, comm *c) {
@@ -139,6 +168,29 @@ static void save_periodic(run *r) {
   save_checkpoint(r, path);
   checkpoint_prune(cfg->checkpoint_dir, cfg->keep);
   LOG0("checkpoint: %s\n", path);
+}
+
+// The reason of a stop, as the RESUMABLE marker and the messages give it.
+static const char *stop_reason(const run *r, char *buf, size_t len) {
+  if (r->stop_sig) snprintf(buf, len, "signal %d", r->stop_sig);
+  else snprintf(buf, len, "max-steps");
+  return buf;
+}
+
+// After a stop's checkpoint (at st's position): rank 0 marks the directory resumable and says
+// how to continue.
+static void stop_resumable(run *r) {
+  const config *cfg = r->cfg;
+  if (r->rank != 0) return;
+  if (!cfg->checkpoint_dir[0]) {
+    LOG0("stopped; without --checkpoint-dir nothing was saved, so there is nothing to resume\n");
+    return;
+  }
+  char path[1024], reason[32];
+  checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->st.epoch, r->st.batch);
+  checkpoint_mark_resumable(cfg->checkpoint_dir, path, stop_reason(r, reason, sizeof(reason)));
+  LOG0("stopped, resumable (%s/%s names %s): run again with the same options plus "
+       "--resume auto\n", cfg->checkpoint_dir, CKPT_RESUMABLE, strrchr(path, '/') + 1);
 }
 
 // Rank 0 reads the checkpoint and broadcasts it, so only rank 0 needs the file.
@@ -273,8 +325,10 @@ static epoch_end train_epoch(run *r, epoch_ctx *e) {
     log_images += count;
 
     // Every rank must agree on stopping: a signal may reach only some of them.
-    double flag = stop_signal || (cfg->max_steps && st->step >= cfg->max_steps);
-    comm_allreduce_max_f64(r->c, &flag, 1);
+    double stop[2] = {stop_signal, cfg->max_steps && st->step >= cfg->max_steps};
+    comm_allreduce_max_f64(r->c, stop, 2);
+    int flag = stop[0] > 0 || stop[1] > 0;
+    if (flag) r->stop_sig = (int)stop[0];
     int last = st->batch + 1 == n_batches;
     if (st->step % cfg->log_every == 0 || last || flag) {
       double sums[2], t = now_s(), done = start + count;
@@ -297,12 +351,14 @@ static epoch_end train_epoch(run *r, epoch_ctx *e) {
         st->epoch_correct = sums[1];
         st->epoch_time_s = elapsed;
         st->batch++;
+        char reason[32];
+        LOG0("stopping after step %lld (%s)%s%s\n", (long long)st->step,
+             stop_reason(r, reason, sizeof(reason)),
+             cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
+             r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
         state_download(r);
         save_periodic(r);
-        LOG0("stopping after step %lld (%s)%s\n", (long long)st->step,
-             stop_signal ? "signal" : "--max-steps",
-             cfg->checkpoint_dir[0] ? "; continue with --resume auto"
-                                    : "; no --checkpoint-dir, so the progress is not saved");
+        stop_resumable(r);
         return EPOCH_INTERRUPTED;
       }
     }
@@ -442,11 +498,7 @@ int train_run(const config *cfg, comm *c) {
   b->ops->upload(b, r->net.adam_v, r->h_v, pbytes);
   metrics_open(cfg->metrics, resumed);
 
-  struct sigaction sa = {0};
-  sa.sa_handler = on_stop_signal;
-  sigemptyset(&sa.sa_mask);
-  CHECK_POSIX(sigaction(SIGTERM, &sa, NULL));
-  CHECK_POSIX(sigaction(SIGUSR1, &sa, NULL));
+  stop_signals_install();
 
   prep_params pp = {.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p, .seed = r->st.seed};
   memcpy(pp.mean, r->st.mean, sizeof(pp.mean));
@@ -455,7 +507,8 @@ int train_run(const config *cfg, comm *c) {
                  .d_labels = d_train_lab, .val = &val_split, .pp = &pp,
                  .order = xmalloc(sizeof(int32_t) * n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
   int preempted = 0, memory_reported = 0;
-  while (r->st.epoch < cfg->epochs) {
+  // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
+  while (r->st.epoch < cfg->epochs && !early_stop_due(&r->st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &e);
     if (how == EPOCH_INTERRUPTED) {
       preempted = 1;
@@ -469,7 +522,9 @@ int train_run(const config *cfg, comm *c) {
       memory_reported = 1;
     }
     if (how == EPOCH_DONE_STOP) {
-      LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_signal ? "signal" : "--max-steps");
+      char reason[32];
+      LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_reason(r, reason, sizeof(reason)));
+      stop_resumable(r);
       preempted = 1;
       break;
     }
@@ -487,6 +542,9 @@ int train_run(const config *cfg, comm *c) {
          test_loss, test_acc, test.n);
     metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
                   test_loss, test_acc, r->st.best_epoch + 1, test.n);
+    // Finished: nothing left to resume.
+    if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
+      LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
   }
 
   metrics_close();

@@ -589,3 +589,44 @@ TEST(checkpoint_path_latest_prune) {
   snprintf(want, sizeof(want), "%s/ckpt_e0003_b000900.bin", dir);
   EXPECT(!file_exists(want));
 }
+
+// ---------------------------------------------------------------------------------------
+// The RESUMABLE marker
+
+// The marker's whole text ("" when absent).
+static void marker_text(char *out, size_t len, const char *dir) {
+  char path[800];
+  snprintf(path, sizeof(path), "%s/" CKPT_RESUMABLE, dir);
+  out[0] = 0;
+  if (!file_exists(path)) return;
+  size_t bytes;
+  uint8_t *b = slurp(path, &bytes);
+  snprintf(out, len, "%.*s", (int)bytes, (const char *)b);
+  free(b);
+}
+
+TEST(checkpoint_resumable_marker) {
+  char dir[512], ckpt[700], text[256];
+  make_dir(dir, sizeof(dir), "marker_dir");
+  EXPECT_EQ_INT(checkpoint_clear_resumable(dir), 0); // none yet: fine
+  checkpoint_path(ckpt, sizeof(ckpt), dir, 0, 5);
+  checkpoint_mark_resumable(dir, ckpt, "signal 15");
+  marker_text(text, sizeof(text), dir);
+  EXPECT(strcmp(text, "ckpt_e0000_b000005.bin signal 15\n") == 0);
+  EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  // A later stop replaces it whole.
+  checkpoint_path(ckpt, sizeof(ckpt), dir, 3, 0);
+  checkpoint_mark_resumable(dir, ckpt, "max-steps");
+  marker_text(text, sizeof(text), dir);
+  EXPECT(strcmp(text, "ckpt_e0003.bin max-steps\n") == 0);
+  EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  // Not a periodic checkpoint: never "latest", never pruned.
+  touch(dir, "ckpt_e0001.bin");
+  EXPECT(checkpoint_latest(dir, ckpt, sizeof(ckpt)) == 0);
+  checkpoint_prune(dir, 1);
+  marker_text(text, sizeof(text), dir);
+  EXPECT(text[0] != 0);
+  EXPECT_EQ_INT(checkpoint_clear_resumable(dir), 1);
+  marker_text(text, sizeof(text), dir);
+  EXPECT(text[0] == 0);
+}

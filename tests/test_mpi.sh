@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_mpi.sh - the multi-rank tests of the vgg_dist binary under mpirun (CPU backend):
-# world-size independence, bitwise resume, preemption by signal, a dead rank, the hostfile
-# launcher, bad input, metrics, and learning on real (or generated) CIFAR-10.
+# world-size independence, bitwise resume, stopping by signal (to a rank, to mpirun, to the launch
+# script) with the RESUMABLE marker, a dead rank, the hostfile launcher, bad input, metrics, and
+# learning on real (or generated) CIFAR-10.
 # usage: tests/test_mpi.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
 # Prints "N passed, N failed" last.
 set -u
@@ -65,8 +66,12 @@ PY
 # ---- resume: stop mid-epoch, continue, and land on the very same bits ----
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rs" --max-steps 5 > "$T/rs1.log" 2>&1
 check "--max-steps stops with a mid-epoch checkpoint" test -f "$T/rs/ckpt_e0000_b000005.bin"
+check "--max-steps writes RESUMABLE: the checkpoint's name and 'max-steps'" \
+  bash -c "[ \"\$(cat '$T/rs/RESUMABLE')\" = 'ckpt_e0000_b000005.bin max-steps' ]"
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rs" --resume auto > "$T/rs2.log" 2>&1
 check "resume continues from the checkpoint" grep -q "resumed from .*ckpt_e0000_b000005.bin" "$T/rs2.log"
+check "the resumed run finishes and removes RESUMABLE" \
+  bash -c "grep -q '^test (best model' '$T/rs2.log' && [ ! -e '$T/rs/RESUMABLE' ]"
 check "stop + resume is bitwise equal to an uninterrupted run" \
   "$PY" "$TOOL" compare "$T/rs/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin"
 # Resume on another world size.
@@ -75,28 +80,169 @@ check "stop + resume is bitwise equal to an uninterrupted run" \
 check "resume on another world size (2 -> 4) matches" \
   "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2
 
-# ---- preemption: SIGTERM to every rank finishes the step, checkpoints, exits 0 ----
-"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 50 --log-every 1 --checkpoint-dir "$T/sig" \
-  --metrics "$T/sig.jsonl" > "$T/sig.log" 2>&1 &
+# ---- stopping: a signal to a rank, to mpirun or to the launch script ends the run after a step
+# with a checkpoint, RESUMABLE naming it and the reason, exit 0 and how to resume ----
+# 1,900 train images: 60 steps an epoch, so a stop right after the first steps is mid-epoch.
+"$GEN" "$T/sigdata" 400 200 3
+SIGRUN=("${SMALL[@]}" --data "$T/sigdata" --epochs 50 --log-every 1)
+wait_step() { # wait_step METRICS: until the run has logged a step
+  for _ in $(seq 1 500); do grep -q '"step"' "$1" 2> /dev/null && return; sleep 0.02; done
+}
+wait_bounded() { # wait_bounded PID SECONDS: its status, or 124 (and it is killed) when it runs longer
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2> /dev/null || break; sleep 0.1; done
+  if kill -0 "$1" 2> /dev/null; then kill -9 "$1"; wait "$1"; return 124; fi
+  wait "$1"
+}
+marker_ok() { # marker_ok DIR REASON [mid]: RESUMABLE is "<checkpoint in DIR> REASON" (mid: mid-epoch)
+  local line name
+  line=$(cat "$1/RESUMABLE" 2> /dev/null) || { echo "   no $1/RESUMABLE"; return 1; }
+  name=${line%% *}
+  echo "   RESUMABLE: $line"
+  [ "$line" = "$name $2" ] && [ -f "$1/$name" ] && { [ "${3:-}" != mid ] || [[ $name == *_b* ]]; }
+}
+resume_ok() { # resume_ok DIR LOG: --resume auto continues from RESUMABLE's checkpoint, finishes
+  # that epoch and the run, and removes RESUMABLE
+  local name epoch
+  name=$(cut -d' ' -f1 "$1/RESUMABLE") || return 1
+  epoch=${name#ckpt_e}
+  epoch=$((10#${epoch:0:4}))
+  "${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --epochs $((epoch + 1)) --checkpoint-dir "$1" \
+    --resume auto > "$2" 2>&1 && grep -q "resumed from .*/$name" "$2" &&
+    grep -q '^test (best model' "$2" && [ ! -e "$1/RESUMABLE" ]
+}
+stopped_ok() { # stopped_ok STATUS LOG DIR REASON [mid]: exit 0, RESUMABLE, how to resume
+  [ "$1" -eq 0 ] && marker_ok "$3" "$4" "${5:-}" && grep -q 'stopped, resumable.*--resume auto' "$2"
+}
+
+# SIGTERM to every rank, as Slurm does (the ranks' command lines start with $BIN).
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/sig" --metrics "$T/sig.jsonl" > "$T/sig.log" 2>&1 &
 mpid=$!
-for _ in $(seq 1 200); do grep -q '"step"' "$T/sig.jsonl" 2>/dev/null && break; sleep 0.1; done
-# As Slurm does on preemption: SIGTERM to every rank (the ranks' command lines start with $BIN).
+wait_step "$T/sig.jsonl"
 pkill -TERM -f -- "^$BIN .*$T/sig.jsonl"
 wait $mpid
 rc=$?
-check "SIGTERM: exit 0 with a message" bash -c "[ $rc -eq 0 ] && grep -q 'stopping after step' '$T/sig.log'"
-"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/sig" --resume auto > "$T/sig2.log" 2>&1
-check "after SIGTERM the run resumes and finishes" grep -q "^test (best model" "$T/sig2.log"
-# SIGUSR1 to mpirun, which forwards it to every rank (a scheduler's warning signal).
-"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 50 --log-every 1 --checkpoint-dir "$T/usr1" \
-  --metrics "$T/usr1.jsonl" > "$T/usr1.log" 2>&1 &
+check "SIGTERM to every rank: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 15', how to resume" \
+  stopped_ok $rc "$T/sig.log" "$T/sig" "signal 15" mid
+check "after SIGTERM the run resumes and finishes" resume_ok "$T/sig" "$T/sig2.log"
+
+# SIGTERM to one rank: the others learn of it through the step's reduction.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/one" --metrics "$T/one.jsonl" > "$T/one.log" 2>&1 &
 mpid=$!
-for _ in $(seq 1 200); do grep -q '"step"' "$T/usr1.jsonl" 2>/dev/null && break; sleep 0.1; done
+wait_step "$T/one.jsonl"
+kill -TERM "$(pgrep -f -- "^$BIN .*$T/one.jsonl" | tail -n 1)"
+wait $mpid
+rc=$?
+check "SIGTERM to one rank: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 15', how to resume" \
+  stopped_ok $rc "$T/one.log" "$T/one" "signal 15" mid
+# A resumed run leaves the marker until it stops again (here by --max-steps), which replaces it.
+before=$(cat "$T/one/RESUMABLE")
+step=$(grep -o 'stopping after step [0-9]*' "$T/one.log" | grep -o '[0-9]*$')
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/one" --resume auto \
+  --max-steps $((step + 2)) > "$T/one2.log" 2>&1
+rc=$?
+restopped_ok() { [ "$1" -eq 0 ] && marker_ok "$T/one" max-steps && [ "$(cat "$T/one/RESUMABLE")" != "$before" ]; }
+check "a resumed run stopped by --max-steps replaces RESUMABLE ('$before' before)" restopped_ok $rc
+check "after it, the run resumes and finishes" resume_ok "$T/one" "$T/one3.log"
+
+# SIGUSR1 to mpirun, which forwards it to every rank at once (a scheduler's warning signal).
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/usr1" --metrics "$T/usr1.jsonl" > "$T/usr1.log" 2>&1 &
+mpid=$!
+wait_step "$T/usr1.jsonl"
 kill -USR1 $mpid
 wait $mpid
 rc=$?
-check "SIGUSR1 through mpirun: exit 0 with a mid-epoch checkpoint" \
-  bash -c "[ $rc -eq 0 ] && ls '$T/usr1'/ckpt_e0000_b*.bin > /dev/null 2>&1"
+check "SIGUSR1 to mpirun: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 10', how to resume" \
+  stopped_ok $rc "$T/usr1.log" "$T/usr1" "signal 10" mid
+
+# SIGINT (Ctrl-C) or SIGTERM to mpirun itself. Open MPI 4.1 sends the ranks SIGCONT at once,
+# SIGTERM after odls_base_sigkill_timeout seconds (default 1) and SIGKILL as long after, and exits
+# 1 whatever they do. By default the small model's step and checkpoint fit in that second (the
+# ranks are then killed inside MPI_Finalize, which mpirun does not serve while it aborts); with
+# the README's flag every rank also exits 0. mpirun does not report the ranks' status here, so a
+# wrapper records it. The stop comes a second or more late: mid-epoch or at an epoch's end.
+# --log-every 5: mpirun does not read the ranks' output while it waits, and a full terminal
+# buffer (about 16 KiB) would block rank 0 before it sees the signal.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --log-every 5 --checkpoint-dir "$T/mint" \
+  --metrics "$T/mint.jsonl" > "$T/mint.log" 2>&1 &
+mpid=$!
+wait_step "$T/mint.jsonl"
+kill -INT $mpid
+wait $mpid
+rc=$?
+echo "   SIGINT to mpirun: mpirun exit $rc (Open MPI: always 1)"
+check "SIGINT to mpirun: a checkpoint, RESUMABLE 'signal 15' (the ranks get SIGTERM), how to resume" \
+  stopped_ok 0 "$T/mint.log" "$T/mint" "signal 15"
+check "after SIGINT to mpirun the run resumes and finishes" resume_ok "$T/mint" "$T/mint2.log"
+printf '#!/bin/bash\ntrap "" TERM INT\n"$@"\necho "exit $?" >> "$RANK_EXITS"\n' > "$T/rank_exit.sh"
+chmod +x "$T/rank_exit.sh"
+RANK_EXITS="$T/mterm.exits" "${MPIRUN[@]}" --mca odls_base_sigkill_timeout 4 -np 2 -x RANK_EXITS \
+  "$T/rank_exit.sh" "$BIN" "${SIGRUN[@]}" --log-every 5 --checkpoint-dir "$T/mterm" \
+  --metrics "$T/mterm.jsonl" > "$T/mterm.log" 2>&1 &
+mpid=$!
+wait_step "$T/mterm.jsonl"
+kill -TERM $mpid
+wait_bounded $mpid 30
+rc=$?
+echo "   SIGTERM to mpirun (--mca odls_base_sigkill_timeout 4): mpirun exit $rc, ranks: $(tr '\n' ' ' < "$T/mterm.exits" 2> /dev/null)"
+ranks_ok() { [ "$(cat "$T/mterm.exits" 2> /dev/null)" = "$(printf 'exit 0\nexit 0')" ]; }
+check "SIGTERM to mpirun (odls_base_sigkill_timeout 4): a checkpoint, RESUMABLE 'signal 15', how to resume" \
+  stopped_ok 0 "$T/mterm.log" "$T/mterm" "signal 15"
+check "SIGTERM to mpirun (odls_base_sigkill_timeout 4): every rank exits 0" ranks_ok
+check "after SIGTERM to mpirun the run resumes and finishes" resume_ok "$T/mterm" "$T/mterm2.log"
+
+# SIGINT to the launch script's process group, as a Ctrl-C at its terminal: the script passes
+# SIGUSR1 to mpirun (in a process group of its own). set -m: a background job that ignores
+# SIGINT (as one without job control does) could not trap it.
+set -m
+NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/lint" --metrics "$T/lint.jsonl" > "$T/lint.log" 2>&1 &
+lpid=$!
+set +m
+wait_step "$T/lint.jsonl"
+kill -INT -- -$lpid
+wait_bounded $lpid 60
+rc=$?
+check "SIGINT to launch/single_node.sh: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 10', how to resume" \
+  stopped_ok $rc "$T/lint.log" "$T/lint" "signal 10" mid
+check "after SIGINT to the launch script the run resumes and finishes" resume_ok "$T/lint" "$T/lint2.log"
+
+# A second Ctrl-C ends the job at once. The ranks are held (SIGSTOP) so the first stop cannot
+# complete before it. To the launch script: SIGTERM to mpirun, which ends the ranks in ~2 s.
+set -m
+NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/lint2" --metrics "$T/lint2.jsonl" > "$T/lint2.log" 2>&1 &
+lpid=$!
+set +m
+wait_step "$T/lint2.jsonl"
+ranks=$(pgrep -f -- "^$BIN .*$T/lint2.jsonl")
+kill -STOP $ranks
+t0=$(date +%s)
+kill -INT -- -$lpid
+sleep 0.3
+kill -INT -- -$lpid
+wait_bounded $lpid 20
+rc=$?
+check "a second SIGINT to the launch script aborts: exit $rc (not 0) in $(( $(date +%s) - t0 )) s" \
+  bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'SIGINT again: aborting' '$T/lint2.log'"
+# To a rank (a single process at a terminal): it exits by SIGINT at once; mpirun ends the rest.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/int2" --metrics "$T/int2.jsonl" > "$T/int2.log" 2>&1 &
+mpid=$!
+wait_step "$T/int2.jsonl"
+ranks=($(pgrep -f -- "^$BIN .*$T/int2.jsonl"))
+kill -STOP "${ranks[1]}"
+kill -INT "${ranks[0]}"
+sleep 0.3
+kill -INT "${ranks[0]}"
+sleep 0.3
+kill -CONT "${ranks[1]}"
+wait_bounded $mpid 20
+rc=$?
+check "a second SIGINT to a rank ends it at once: job exit $rc, no checkpoint, no RESUMABLE" \
+  bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'interrupted again: exiting at once' '$T/int2.log' && [ ! -e '$T/int2/RESUMABLE' ] && ! ls '$T/int2'/ckpt_e0000_b* > /dev/null 2>&1"
+
+# Without --checkpoint-dir nothing is saved: the stop says there is nothing to resume.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/nodir.log" 2>&1
+rc=$?
+check "a stop without --checkpoint-dir: exit 0, 'nothing to resume'" \
+  bash -c "[ $rc -eq 0 ] && grep -q 'nothing to resume' '$T/nodir.log'"
 
 # ---- a rank that dies ends the whole job within seconds ----
 "${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --batch 30 --epochs 50 --metrics "$T/die.jsonl" > "$T/die.log" 2>&1 &
