@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # setup.sh - installs the Debian packages that `make run` (run) or `make test` (test) needs,
 # only those missing: the build (gcc, make, Open MPI, OpenBLAS, pkg-config) and, for the tests,
-# Debian's PyTorch and numpy for the golden comparisons and git for the GPU check's dry run.
+# Debian's PyTorch and numpy for the golden comparisons, git for the GPU check's dry run, and
+# Slurm with munge for the batch script's test under a real one-node cluster.
 # Installing needs root and apt-get; without them it names what is missing and the command to
 # run, and exits 1. usage: scripts/setup.sh run|test
 set -euo pipefail
 case "${1:-}" in
   run) pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libopenblas-dev) ;;
   test) pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
-              python3 python3-numpy python3-torch git) ;;
+              python3 python3-numpy python3-torch git munge slurmctld slurmd slurm-client) ;;
   *) echo "usage: scripts/setup.sh run|test" >&2; exit 2 ;;
 esac
 if ! command -v dpkg-query > /dev/null 2>&1; then # not Debian: check the tools themselves
