@@ -8,15 +8,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 unset MAKEFLAGS MFLAGS MAKELEVEL # as a user's shell: not the make that runs this suite
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME COMMAND...
-  local name=$1
-  shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
-}
+. "$ROOT/tests/check.sh"
 quiet() { "$@" > /dev/null 2>&1; }
 T=$(mktemp -d /tmp/vgg_build_XXXXXX)
 trap 'rm -rf "$T"' EXIT
@@ -47,5 +39,4 @@ check "the same configuration again rebuilds nothing" \
 scripts/setup.sh nonsense > /dev/null 2>&1
 check "scripts/setup.sh refuses an unknown argument (exit 2)" test $? -eq 2
 check "scripts/setup.sh test: everything the tests need is installed (exit 0)" scripts/setup.sh test
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

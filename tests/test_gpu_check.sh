@@ -10,16 +10,8 @@
 # usage: tests/test_gpu_check.sh
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME COMMAND...
-  local name=$1
-  shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
-}
-done_() { echo "$pass passed, $fail failed"; [ "$fail" -eq 0 ]; exit; }
+. "$ROOT/tests/check.sh"
+done_() { summary; exit; }
 nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc
 command -v nvcc > /dev/null 2>&1 && nvcc=$(command -v nvcc)
 if ! [ -x "$nvcc" ]; then

@@ -17,15 +17,7 @@ export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 T=$(mktemp -d /tmp/vgg_mpi_XXXXXX)
 trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME COMMAND...: passes when the command succeeds
-  local name=$1
-  shift
-  if "$@"; then ok "$name"; else bad "$name"; fi
-}
+. "$ROOT/tests/check.sh"
 
 "$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
 # A small, fast model; 400 train / 100 validation images, global batch 32 (13 steps an epoch).
@@ -319,5 +311,4 @@ acc=$("$PY" -c "import json,sys; print([json.loads(l) for l in open(sys.argv[1])
 echo "   cpu-demo on $what, 2 ranks: test accuracy $acc in $(( $(date +%s) - start )) s"
 check "cpu-demo learns ($what): test accuracy $acc >= $want" "$PY" -c "import sys; sys.exit(0 if float('$acc') >= $want else 1)"
 
-echo "$pass passed, $fail failed"
-[ "$fail" -eq 0 ]
+summary

@@ -25,15 +25,7 @@ TOOL="$ROOT/tests/ckpt_tool.py"
 PY=${PY:-python3}
 SCRIPT="$ROOT/launch/slurm.sbatch"
 t_start=$(date +%s)
-pass=0
-fail=0
-ok() { echo "ok   $1"; pass=$((pass + 1)); }
-bad() { echo "FAIL $1"; fail=$((fail + 1)); }
-check() { # check NAME COMMAND...: passes when the command succeeds (returns its verdict)
-  local name=$1
-  shift
-  if "$@"; then ok "$name"; else bad "$name"; return 1; fi
-}
+. "$ROOT/tests/check.sh"
 T=
 pids=() # the daemons this test started, newest last
 cleanup() {
@@ -70,8 +62,7 @@ cleanup() {
 finish() {
   cleanup
   echo "   $(($(date +%s) - t_start)) s"
-  echo "$pass passed, $fail failed"
-  [ "$fail" -eq 0 ]
+  summary
   exit
 }
 skip() {
