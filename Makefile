@@ -36,7 +36,7 @@ endif
 
 # ---- detection (printed once per make invocation) ------------------------------------------
 # The goals that need nothing detected: they set up first (run, test) or build nothing.
-NODEPS_GOALS := run test clean help
+NODEPS_GOALS := run test clean help debug
 BUILDING := $(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all))
 # MPI is needed by vgg_dist alone: its absence stops those rules (require_mpi), not make.
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
@@ -54,6 +54,9 @@ OPENBLAS_LIB ?= $(firstword $(shell pkg-config --variable=libdir openblas 2>/dev
                   $(patsubst %/libopenblas.so,%,$(wildcard /usr/lib/x86_64-linux-gnu/openblas-pthread/libopenblas.so \
                   /usr/lib/x86_64-linux-gnu/openblas-openmp/libopenblas.so /usr/lib/x86_64-linux-gnu/libopenblas.so \
                   /opt/OpenBLAS/lib/libopenblas.so)))
+# Evaluated once (pkg-config runs once, not at every expansion).
+OPENBLAS_INC := $(OPENBLAS_INC)
+OPENBLAS_LIB := $(OPENBLAS_LIB)
 HAVE_OPENBLAS := $(shell grep -qs openblas_set_num_threads "$(OPENBLAS_INC)/cblas.h" && \
                    test -e "$(OPENBLAS_LIB)/libopenblas.so" && echo 1 || echo 0)
 ifneq ($(BUILDING),)
@@ -113,7 +116,8 @@ all: $(BIN)
 # The configuration a build directory was made with: when it changes (CUDA=1 then CUDA=0, another
 # arch, DEBUG, SANITIZE, another OpenBLAS or compiler), every object is rebuilt, never mixed.
 CONFIG := CUDA=$(CUDA) arch=$(CUDA_ARCH) opt=$(OPT) san=$(SAN) werror=$(WERROR) \
-          blas=$(OPENBLAS_INC) cc=$(HOSTCC) nvcc=$(NVCC) mpicc=$(MPICC)
+          blas=$(OPENBLAS_INC):$(OPENBLAS_LIB) cc=$(HOSTCC) nvcc=$(NVCC) mpicc=$(MPICC) \
+          cuda=$(CUDA_HOME) cudnn=$(CUDNN_INC):$(CUDNN_LIB) nccl=$(NCCL_INC):$(NCCL_LIB)
 STAMP := $(BUILD)/config.stamp
 $(STAMP): FORCE
 	@mkdir -p $(BUILD)
@@ -122,21 +126,21 @@ $(STAMP): FORCE
 	  echo "$(CONFIG)" > $@; fi
 FORCE:
 
-$(BIN): $(BUILD)/src/main.o $(OBJ) $(MPI_OBJ)
+$(BIN): $(BUILD)/src/main.o $(OBJ) $(MPI_OBJ) $(STAMP)
 	$(require_mpi)
-	$(MPICC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+	$(MPICC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/test_unit: $(TEST_OBJ) $(SOLO_OBJ)
-	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/test_unit: $(TEST_OBJ) $(SOLO_OBJ) $(STAMP)
+	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o $(BUILD)/src/check.o
-	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o $(BUILD)/src/check.o $(STAMP)
+	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ)
-	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ) $(STAMP)
+	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
-$(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ)
-	$(CC) -o $@ $^ $(LDFLAGS) $(LDLIBS)
+$(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ) $(STAMP)
+	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
 $(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)

@@ -22,16 +22,25 @@ export NCCL_ASYNC_ERROR_HANDLING=${NCCL_ASYNC_ERROR_HANDLING:-1}
 # little for a large checkpoint (README, "Checkpoints and resume"). So mpirun runs in its own
 # process group, where the terminal's Ctrl-C does not reach it, reading stdin from /dev/null (a
 # background group must not read the terminal; the ranks never read stdin). A second signal
-# aborts: SIGTERM to mpirun, which ends the ranks within about 2 s, without a checkpoint.
+# aborts: SIGUSR2 to mpirun, which forwards it to every rank at once, and SIGUSR2 (not handled
+# by vgg_dist) ends each rank before it can checkpoint; mpirun then ends the job. A signal that
+# comes before mpirun's pid is known is kept and forwarded once it is; if this script exits for
+# any reason while mpirun lives (set -e, an error), mpirun is ended with it, not orphaned.
 launch_mpirun() {
-  LAUNCH_PID= LAUNCH_SIGNALS=0
-  trap 'launch_forward INT 130' INT
-  trap 'launch_forward TERM 143' TERM
-  trap 'launch_forward HUP 129' HUP
+  LAUNCH_PID= LAUNCH_SIGNALS=0 LAUNCH_PENDING=
+  trap 'launch_forward INT' INT
+  trap 'launch_forward TERM' TERM
+  trap 'launch_forward HUP' HUP
+  trap 'launch_orphan' EXIT
   set -m # job control: the next background job gets its own process group
   mpirun "$@" < /dev/null &
   LAUNCH_PID=$!
   set +m
+  trap '' PIPE # a message to a closed stderr fails, it does not end this script (mpirun keeps the default)
+  if [ -n "$LAUNCH_PENDING" ]; then # a signal came while mpirun was being started
+    LAUNCH_SIGNALS=0
+    launch_forward "$LAUNCH_PENDING"
+  fi
   local rc=0 status seen got=0
   while :; do
     seen=$LAUNCH_SIGNALS
@@ -44,15 +53,25 @@ launch_mpirun() {
   done
   return "$rc"
 }
-launch_forward() { # launch_forward NAME EXIT_STATUS (the status if mpirun has not started)
-  [ -n "$LAUNCH_PID" ] || exit "$2"
+# launch_forward NAME: the signal NAME reached this script. The signal to mpirun goes first: the
+# message after it may fail (stderr a pipe whose reader the same Ctrl-C ended, a hung-up
+# terminal), which must not keep mpirun from hearing it, nor end this script.
+launch_forward() {
+  if [ -z "$LAUNCH_PID" ]; then
+    LAUNCH_PENDING=$1
+    return
+  fi
   LAUNCH_SIGNALS=$((LAUNCH_SIGNALS + 1))
   if [ "$LAUNCH_SIGNALS" -eq 1 ]; then
-    echo "launch: SIG$1: the ranks stop after this step with a checkpoint (SIGUSR1 to mpirun);" \
-      "SIG$1 again aborts at once, without one" >&2
     kill -USR1 "$LAUNCH_PID" 2> /dev/null || true
+    echo "launch: SIG$1: the ranks stop after this step with a checkpoint (SIGUSR1 to mpirun);" \
+      "SIG$1 again aborts at once, without one" >&2 || true
   else
-    echo "launch: SIG$1 again: aborting (SIGTERM to mpirun, no checkpoint)" >&2
-    kill -TERM "$LAUNCH_PID" 2> /dev/null || true
+    kill -USR2 "$LAUNCH_PID" 2> /dev/null || true
+    echo "launch: SIG$1 again: aborting (SIGUSR2 to the ranks, no checkpoint)" >&2 || true
   fi
+}
+launch_orphan() { # EXIT trap: never leave mpirun (in its own process group) behind
+  [ -n "$LAUNCH_PID" ] && kill -0 "$LAUNCH_PID" 2> /dev/null && kill -TERM "$LAUNCH_PID" 2> /dev/null
+  return 0
 }

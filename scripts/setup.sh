@@ -1,36 +1,54 @@
 #!/usr/bin/env bash
-# setup.sh - installs the Debian packages that `make run` (run) or `make test` (test) needs,
-# only those missing: the build (gcc, make, Open MPI, OpenBLAS, pkg-config) and, for the tests,
-# Debian's PyTorch and numpy for the golden comparisons, git for the GPU check's dry run, and
-# Slurm with munge for the batch script's test under a real one-node cluster.
-# Installing needs root and apt-get; without them it names what is missing and the command to
-# run, and exits 1. usage: scripts/setup.sh run|test
+# setup.sh - installs what `make run` (run) or `make test` (test) needs and this machine lacks.
+# What is checked is the capability, not a package name, so tools from elsewhere (modules, an
+# OpenBLAS in OPENBLAS_INC/OPENBLAS_LIB) count:
+#   run:  gcc, make, mpicc, OpenBLAS (pkg-config openblas, or OPENBLAS_INC's cblas.h)
+#   test: the same, /usr/bin/python3 with torch and numpy (the golden comparisons), git (the GPU
+#         check's dry run); and, optional (their suite prints a skip line without them), Slurm
+#         and munge for the batch script's test under a real one-node cluster.
+# What is missing is installed from Debian's packages when this is root with apt-get, with
+# services kept from starting (a policy-rc.d for the install: Slurm and munge are started by
+# their test alone, under its own configuration). Otherwise it names the command to run and
+# exits 1 when something required is missing (optional ones: a note, exit 0).
+# usage: scripts/setup.sh run|test [--check]    (--check: report only, install nothing)
 set -euo pipefail
-case "${1:-}" in
-  run) pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libopenblas-dev) ;;
-  test) pkgs=(build-essential pkg-config openmpi-bin libopenmpi-dev libopenblas-dev
-              python3 python3-numpy python3-torch git munge slurmctld slurmd slurm-client) ;;
-  *) echo "usage: scripts/setup.sh run|test" >&2; exit 2 ;;
-esac
-if ! command -v dpkg-query > /dev/null 2>&1; then # not Debian: check the tools themselves
-  missing=()
-  for t in gcc make mpicc; do command -v $t > /dev/null 2>&1 || missing+=("$t"); done
-  pkg-config --exists openblas 2> /dev/null || missing+=(openblas)
-  [ "$1" = run ] || /usr/bin/python3 -c 'import torch, numpy' 2> /dev/null || missing+=("python3 torch numpy")
-  [ ${#missing[@]} -eq 0 ] && exit 0
-  echo "setup: missing ${missing[*]}: install them with your package manager (on Debian: scripts/setup.sh $1 as root)" >&2
+what=${1:-}
+check_only=0
+[ "${2:-}" = --check ] && check_only=1
+case "$what" in run | test) ;; *) echo "usage: scripts/setup.sh run|test [--check]" >&2; exit 2 ;; esac
+
+need=() want=() # Debian packages for what is missing: required, optional
+command -v gcc > /dev/null 2>&1 && command -v make > /dev/null 2>&1 || need+=(build-essential)
+command -v mpicc > /dev/null 2>&1 && command -v mpirun > /dev/null 2>&1 || need+=(openmpi-bin libopenmpi-dev)
+if ! pkg-config --exists openblas 2> /dev/null &&
+   ! grep -qs openblas_set_num_threads "${OPENBLAS_INC:-/nonexistent}/cblas.h"; then
+  need+=(pkg-config libopenblas-dev)
+fi
+if [ "$what" = test ]; then
+  /usr/bin/python3 -c 'import torch, numpy' 2> /dev/null || need+=(python3 python3-numpy python3-torch)
+  command -v git > /dev/null 2>&1 || need+=(git)
+  for t in munged slurmctld slurmd sbatch; do
+    command -v $t > /dev/null 2>&1 || { want+=(munge slurmctld slurmd slurm-client); break; }
+  done
+fi
+[ ${#need[@]} -eq 0 ] && [ ${#want[@]} -eq 0 ] && exit 0
+
+if [ "$check_only" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
+  [ ${#want[@]} -gt 0 ] && echo "setup: optional, for the Slurm suite: ${want[*]}" >&2
+  [ ${#need[@]} -eq 0 ] && exit 0
+  echo "setup: missing Debian packages; run: sudo apt-get update && sudo apt-get install ${need[*]}" >&2
   exit 1
 fi
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2> /dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-[ ${#missing[@]} -eq 0 ] && exit 0
-if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
-  echo "setup: missing Debian packages; run: sudo apt-get install ${missing[*]}" >&2
-  exit 1
-fi
-echo "setup: installing ${missing[*]}"
+echo "setup: installing ${need[*]} ${want[*]}"
 export DEBIAN_FRONTEND=noninteractive
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && made_policy=1
+fi
+trap 'if [ "$made_policy" = 1 ]; then rm -f "$policy"; fi' EXIT
 apt-get update -q
-apt-get install -y -q --no-install-recommends "${missing[@]}"
+[ ${#need[@]} -eq 0 ] || apt-get install -y -q --no-install-recommends "${need[@]}"
+if [ ${#want[@]} -gt 0 ] && ! apt-get install -y -q --no-install-recommends "${want[@]}"; then
+  echo "setup: the optional ${want[*]} could not be installed: the Slurm suite will say why it skips" >&2
+fi

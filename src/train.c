@@ -424,33 +424,73 @@ static int end_epoch(run *r, epoch_ctx *e) {
   return early;
 }
 
-int train_run(const config *cfg, comm *c) {
-  run R = {.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
-  run *r = &R;
-  config_validate_world(cfg, r->world);
-  if (r->rank == 0) config_print(cfg, stdout);
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) make_dirs(cfg->checkpoint_dir);
-  r->b = backend_choose(cfg, c);
-  backend *b = r->b;
-
-  // ---- data (every rank holds the whole uint8 set in backend memory: 180 MB at most) ----
-  const char *dir = cifar10_resolve_dir(cfg->data_dir[0] ? cfg->data_dir : NULL);
+// The data of a run: the uint8 sets on the host and in backend memory (every rank holds the
+// whole set: 180 MB at most), and the split of the train set into train and validation ids.
+typedef struct run_data {
+  const char *dir;
   cifar10 train, test;
-  cifar10_load(&train, dir, 1, cfg->train_limit);
-  cifar10_load(&test, dir, 0, cfg->test_limit);
-  if (cfg->val_size >= train.n)
-    DIE_USAGE("--val-size %d leaves no training images: %s has %d train images", cfg->val_size,
-              dir, train.n);
-  uint8_t *d_train_img = b->ops->alloc(b, (size_t)train.n * CIFAR_PIXELS);
-  uint8_t *d_train_lab = b->ops->alloc(b, train.n);
-  uint8_t *d_test_img = b->ops->alloc(b, (size_t)test.n * CIFAR_PIXELS);
-  uint8_t *d_test_lab = b->ops->alloc(b, test.n);
-  b->ops->upload(b, d_train_img, train.images, (size_t)train.n * CIFAR_PIXELS);
-  b->ops->upload(b, d_train_lab, train.labels, train.n);
-  b->ops->upload(b, d_test_img, test.images, (size_t)test.n * CIFAR_PIXELS);
-  b->ops->upload(b, d_test_lab, test.labels, test.n);
+  uint8_t *d_train_img, *d_train_lab, *d_test_img, *d_test_lab;
+  int32_t *train_ids, *test_ids; // train_ids: n_train train ids, then val_size validation ids
+  int n_train;
+  split val, test_split;
+} run_data;
 
-  // ---- model and state: fresh, or from a checkpoint ----
+// Loads and checks every file, uploads both sets.
+static void data_load(run *r, run_data *d) {
+  const config *cfg = r->cfg;
+  backend *b = r->b;
+  d->dir = cifar10_resolve_dir(cfg->data_dir[0] ? cfg->data_dir : NULL);
+  cifar10_load(&d->train, d->dir, 1, cfg->train_limit);
+  cifar10_load(&d->test, d->dir, 0, cfg->test_limit);
+  if (cfg->val_size >= d->train.n)
+    DIE_USAGE("--val-size %d leaves no training images: %s has %d train images", cfg->val_size,
+              d->dir, d->train.n);
+  d->d_train_img = b->ops->alloc(b, (size_t)d->train.n * CIFAR_PIXELS);
+  d->d_train_lab = b->ops->alloc(b, d->train.n);
+  d->d_test_img = b->ops->alloc(b, (size_t)d->test.n * CIFAR_PIXELS);
+  d->d_test_lab = b->ops->alloc(b, d->test.n);
+  b->ops->upload(b, d->d_train_img, d->train.images, (size_t)d->train.n * CIFAR_PIXELS);
+  b->ops->upload(b, d->d_train_lab, d->train.labels, d->train.n);
+  b->ops->upload(b, d->d_test_img, d->test.images, (size_t)d->test.n * CIFAR_PIXELS);
+  b->ops->upload(b, d->d_test_lab, d->test.labels, d->test.n);
+}
+
+// The split follows the run's seed (the checkpoint's on resume), so it comes after the state.
+static void data_split(run *r, run_data *d) {
+  const config *cfg = r->cfg;
+  d->n_train = d->train.n - cfg->val_size;
+  d->train_ids = xmalloc(sizeof(int32_t) * d->train.n);
+  int32_t *val_ids = d->train_ids + d->n_train;
+  cifar10_split(d->train_ids, val_ids, d->train.n, cfg->val_size, r->st.seed);
+  d->test_ids = xmalloc(sizeof(int32_t) * d->test.n);
+  for (int i = 0; i < d->test.n; i++) d->test_ids[i] = i;
+  d->val = (split){d->d_train_img, d->d_train_lab, val_ids, cfg->val_size};
+  d->test_split = (split){d->d_test_img, d->d_test_lab, d->test_ids, d->test.n};
+  LOG0("data: %s: %d train, %d validation, %d test images\n", d->dir, d->n_train, cfg->val_size,
+       d->test.n);
+  if (!d->train.classes_from_file)
+    LOG0("warning: no %s/batches.meta.txt: using the official CIFAR-10 class names\n", d->dir);
+  char classes[CIFAR_CLASSES * (CIFAR_NAME_CAP + 8)];
+  cifar10_class_list(classes, sizeof(classes), &d->train);
+  LOG0("classes: %s\n", classes);
+}
+
+static void data_free(run *r, run_data *d) {
+  backend *b = r->b;
+  b->ops->release(b, d->d_test_lab);
+  b->ops->release(b, d->d_test_img);
+  b->ops->release(b, d->d_train_lab);
+  b->ops->release(b, d->d_train_img);
+  free(d->test_ids);
+  free(d->train_ids);
+  cifar10_free(&d->test);
+  cifar10_free(&d->train);
+}
+
+// The model, the host copies of the state (fresh, or from a checkpoint); returns whether the
+// run resumed.
+static int state_init(run *r) {
+  const config *cfg = r->cfg;
   model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout);
   if (r->rank == 0) model_print(&r->m, stdout);
   snprintf(r->meta.model, sizeof(r->meta.model), "%s", cfg->model);
@@ -468,58 +508,41 @@ int train_run(const config *cfg, comm *c) {
   r->st.best_epoch = -1;
   optim_state_init(&r->st, cfg->lr);
   model_init_params(&r->m, r->h_params, cfg->init, cfg->seed);
-  comm_bcast(c, r->h_params, pbytes, 0); // identical by construction; this makes it certain
+  comm_bcast(r->c, r->h_params, pbytes, 0); // identical by construction; this makes it certain
   memcpy(r->h_best, r->h_params, pbytes);
   int resumed = cfg->resume[0] && resume(r);
   if (resumed && r->st.seed != cfg->seed)
     LOG0("note: continuing with the checkpoint's seed %llu (not --seed %llu)\n",
          (unsigned long long)r->st.seed, (unsigned long long)cfg->seed);
+  return resumed;
+}
 
-  // The split and the normalisation follow the run's seed (the checkpoint's on resume).
-  int n_train = train.n - cfg->val_size;
-  int32_t *train_ids = xmalloc(sizeof(int32_t) * train.n), *val_ids = train_ids + n_train;
-  cifar10_split(train_ids, val_ids, train.n, cfg->val_size, r->st.seed);
-  int32_t *test_ids = xmalloc(sizeof(int32_t) * test.n);
-  for (int i = 0; i < test.n; i++) test_ids[i] = i;
-  LOG0("data: %s: %d train, %d validation, %d test images\n", dir, n_train, cfg->val_size, test.n);
-  if (!train.classes_from_file)
-    LOG0("warning: no %s/batches.meta.txt: using the official CIFAR-10 class names\n", dir);
-  char classes[CIFAR_CLASSES * (CIFAR_NAME_CAP + 8)];
-  cifar10_class_list(classes, sizeof(classes), &train);
-  LOG0("classes: %s\n", classes);
-  if (!resumed) normalisation(r, &train, train_ids, n_train);
-  split val_split = {d_train_img, d_train_lab, val_ids, cfg->val_size};
-  split test_split = {d_test_img, d_test_lab, test_ids, test.n};
-
-  int local_batch = cfg->batch / r->world;
+// The backend's side of the run: the net's buffers, the gradient reducer, the state uploaded.
+static void net_setup(run *r, int local_batch) {
+  const config *cfg = r->cfg;
+  backend *b = r->b;
   int max_n = local_batch > cfg->eval_batch ? local_batch : cfg->eval_batch;
   memory_check(r, max_n, local_batch);
   net_init(&r->net, &r->m, b, max_n, (size_t)(cfg->bucket_mb * 1e6 / sizeof(float)) + 1);
   r->net.graphs = cfg->cuda_graphs;
-  r->gs = grad_sync_create(c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI, r->net.grads,
-                           r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
+  r->gs = grad_sync_create(r->c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI,
+                           r->net.grads, r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
+  size_t pbytes = r->m.n_params * sizeof(float);
   net_upload_params(&r->net, r->h_params);
   b->ops->upload(b, r->net.adam_m, r->h_m, pbytes);
   b->ops->upload(b, r->net.adam_v, r->h_v, pbytes);
-  metrics_open(cfg->metrics, resumed);
+}
 
-  stop_signals_install();
-
-  prep_params pp = {.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p, .seed = r->st.seed};
-  memcpy(pp.mean, r->st.mean, sizeof(pp.mean));
-  memcpy(pp.std, r->st.std, sizeof(pp.std));
-  epoch_ctx e = {.train_ids = train_ids, .n_train = n_train, .d_images = d_train_img,
-                 .d_labels = d_train_lab, .val = &val_split, .pp = &pp,
-                 .order = xmalloc(sizeof(int32_t) * n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
-  int preempted = 0, memory_reported = 0;
+// The epochs; returns whether the run stopped early (a signal or --max-steps: resumable).
+static int train_epochs(run *r, epoch_ctx *e) {
+  const config *cfg = r->cfg;
+  backend *b = r->b;
+  int memory_reported = 0;
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->st.epoch < cfg->epochs && !early_stop_due(&r->st, cfg->early_stop)) {
-    epoch_end how = train_epoch(r, &e);
-    if (how == EPOCH_INTERRUPTED) {
-      preempted = 1;
-      break;
-    }
-    int early = end_epoch(r, &e);
+    epoch_end how = train_epoch(r, e);
+    if (how == EPOCH_INTERRUPTED) return 1;
+    int early = end_epoch(r, e);
     if (!memory_reported && b->ops->stream(b)) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
       // have run: this is the run's peak (the CUDA context and libraries included).
@@ -530,44 +553,68 @@ int train_run(const config *cfg, comm *c) {
       char reason[32];
       LOG0("stopping at the end of epoch %d (%s)\n", r->st.epoch, stop_reason(r, reason, sizeof(reason)));
       stop_resumable(r);
-      preempted = 1;
-      break;
+      return 1;
     }
     if (early) break;
   }
+  return 0;
+}
+
+// The final test with the best model; a finished run has nothing left to resume.
+static void final_test(run *r, run_data *d, const prep_params *pp) {
+  const config *cfg = r->cfg;
+  net_upload_params(&r->net, r->h_best);
+  double test_loss, test_acc;
+  evaluate(r, &d->test_split, pp, &test_loss, &test_acc);
+  LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", r->st.best_epoch + 1,
+       test_loss, test_acc, d->test.n);
+  metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
+                test_loss, test_acc, r->st.best_epoch + 1, d->test.n);
+  if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
+    LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
+}
+
+int train_run(const config *cfg, comm *c) {
+  run R = {.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
+  run *r = &R;
+  // First: a stop signal during start-up (data, plans, NCCL) is honoured at the first step.
+  stop_signals_install();
+  config_validate_world(cfg, r->world);
+  if (r->rank == 0) config_print(cfg, stdout);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) make_dirs(cfg->checkpoint_dir);
+  r->b = backend_choose(cfg, c);
+  backend *b = r->b;
+
+  run_data d;
+  memset(&d, 0, sizeof(d));
+  data_load(r, &d);
+  int resumed = state_init(r);
+  data_split(r, &d);
+  if (!resumed) normalisation(r, &d.train, d.train_ids, d.n_train);
+  int local_batch = cfg->batch / r->world;
+  net_setup(r, local_batch);
+  metrics_open(cfg->metrics, resumed);
+
+  prep_params pp = {.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p, .seed = r->st.seed};
+  memcpy(pp.mean, r->st.mean, sizeof(pp.mean));
+  memcpy(pp.std, r->st.std, sizeof(pp.std));
+  epoch_ctx e = {.train_ids = d.train_ids, .n_train = d.n_train, .d_images = d.d_train_img,
+                 .d_labels = d.d_train_lab, .val = &d.val, .pp = &pp,
+                 .order = xmalloc(sizeof(int32_t) * d.n_train), .local = xmalloc(sizeof(int32_t) * local_batch)};
+  int stopped = train_epochs(r, &e);
   free(e.local);
   free(e.order);
-
-  if (!preempted) {
-    // ---- final test with the best model ----
-    net_upload_params(&r->net, r->h_best);
-    double test_loss, test_acc;
-    evaluate(r, &test_split, &pp, &test_loss, &test_acc);
-    LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", r->st.best_epoch + 1,
-         test_loss, test_acc, test.n);
-    metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
-                  test_loss, test_acc, r->st.best_epoch + 1, test.n);
-    // Finished: nothing left to resume.
-    if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
-      LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
-  }
+  if (!stopped) final_test(r, &d, &pp);
 
   metrics_close();
   net_release_graph(&r->net); // before the communicator its NCCL work belongs to
   grad_sync_free(r->gs);
   net_free(&r->net);
-  b->ops->release(b, d_test_lab);
-  b->ops->release(b, d_test_img);
-  b->ops->release(b, d_train_lab);
-  b->ops->release(b, d_train_img);
+  data_free(r, &d);
   b->ops->destroy(b);
   free(r->h_best);
   free(r->h_v);
   free(r->h_m);
   free(r->h_params);
-  free(test_ids);
-  free(train_ids);
-  cifar10_free(&test);
-  cifar10_free(&train);
   return 0;
 }

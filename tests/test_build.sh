@@ -26,8 +26,9 @@ make -n OPENBLAS_INC="$T/netlib" OPENBLAS_LIB=/usr/lib/x86_64-linux-gnu vgg_dist
 check "a netlib cblas.h is refused with one line naming OpenBLAS" grep -q "OpenBLAS not found" "$T/netlib.log"
 check "OpenBLAS's own include directory is on the compile line" \
   sh -c "make -n BUILD=$T/b1 $T/b1/src/check.o | grep -q -- '-I$(pkg-config --variable=includedir openblas 2> /dev/null || echo /usr/include)'"
-# The same build directory with CUDA=0, then CUDA=1 where the toolkit is, then CUDA=0 again: every
-# switch rebuilds (a mixed directory failed to link, or linked the other configuration's objects).
+# The same build directory with one configuration, then another (WERROR here; CUDA=0/1 and the
+# rest are keys of the same stamp): the switch rebuilds everything (a mixed directory failed to
+# link, or linked the other configuration's objects), and the same configuration again nothing.
 B=$T/b2
 make -s BUILD="$B" CUDA=0 "$B/gen_cifar" > "$T/sw1.log" 2>&1
 make BUILD="$B" CUDA=0 WERROR=0 "$B/gen_cifar" > "$T/sw2.log" 2>&1
@@ -38,5 +39,14 @@ check "the same configuration again rebuilds nothing" \
   sh -c "! grep -q -- ' -c ' '$T/sw3.log' && ! grep -q 'configuration changed' '$T/sw3.log'"
 scripts/setup.sh nonsense > /dev/null 2>&1
 check "scripts/setup.sh refuses an unknown argument (exit 2)" test $? -eq 2
-check "scripts/setup.sh test: everything the tests need is installed (exit 0)" scripts/setup.sh test
+check "scripts/setup.sh test --check: everything the tests need is here (exit 0)" scripts/setup.sh test --check
+# Without root nothing is installed: what is required and missing (here OpenBLAS, hidden from
+# pkg-config) is named with the command to run.
+if command -v setpriv > /dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  setpriv --reuid=65534 --regid=65534 --clear-groups env HOME=/tmp PKG_CONFIG_LIBDIR="$T/none" \
+    OPENBLAS_INC="$T/none" scripts/setup.sh run > "$T/nonroot.log" 2>&1
+  rc=$?
+  check "as a user without OpenBLAS: exit 1 naming the packages and the command" \
+    sh -c "[ $rc -eq 1 ] && grep -q 'sudo apt-get update && sudo apt-get install pkg-config libopenblas-dev' '$T/nonroot.log'"
+fi
 summary

@@ -206,7 +206,8 @@ check "SIGINT to launch/single_node.sh: exit 0, a mid-epoch checkpoint, RESUMABL
 check "after SIGINT to the launch script the run resumes and finishes" resume_ok "$T/lint" "$T/lint2.log"
 
 # A second Ctrl-C ends the job at once. The ranks are held (SIGSTOP) so the first stop cannot
-# complete before it. To the launch script: SIGTERM to mpirun, which ends the ranks in ~2 s.
+# complete before it. To the launch script: SIGUSR2 through mpirun, which ends every rank before
+# its checkpoint (the held ranks get it, after the first stop's SIGUSR1, once continued).
 set -m
 NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/lint2" --metrics "$T/lint2.jsonl" > "$T/lint2.log" 2>&1 &
 lpid=$!
@@ -218,10 +219,12 @@ t0=$(date +%s)
 kill -INT -- -$lpid
 sleep 0.3
 kill -INT -- -$lpid
+sleep 0.5
+kill -CONT $ranks
 wait_bounded $lpid 20
 rc=$?
-check "a second SIGINT to the launch script aborts: exit $rc (not 0) in $(( $(date +%s) - t0 )) s" \
-  bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'SIGINT again: aborting' '$T/lint2.log'"
+check "a second SIGINT to the launch script aborts: exit $rc (not 0) in $(( $(date +%s) - t0 )) s, no checkpoint, no RESUMABLE" \
+  bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'SIGINT again: aborting' '$T/lint2.log' && [ ! -e '$T/lint2/RESUMABLE' ] && ! ls '$T/lint2'/ckpt_e0000_b* > /dev/null 2>&1"
 # To a rank (a single process at a terminal): it exits by SIGINT at once; mpirun ends the rest.
 "${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/int2" --metrics "$T/int2.jsonl" > "$T/int2.log" 2>&1 &
 mpid=$!
