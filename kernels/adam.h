@@ -35,16 +35,12 @@ double adam_decimal_of(float f);
 }
 #endif
 
-#ifdef __CUDACC__
-#define ADAM_HD __host__ __device__ __forceinline__
-#else
-#define ADAM_HD static inline
-#endif
+#include "hostdev.h"
 
 // One element. fmaf is exact on both sides (one instruction on FMA hardware, libm elsewhere,
 // __fmaf_rn on the device); nothing else may be contracted (-ffp-contract=off on the host,
 // the __*_rn intrinsics on the device keep the order).
-ADAM_HD void adam_element(float *param, float grad, float *m, float *v, const adam_coef *k) {
+VGG_HD void adam_element(float *param, float grad, float *m, float *v, const adam_coef *k) {
   float p = *param, g = grad;
 #ifdef __CUDA_ARCH__
   if (k->decoupled) p = __fmul_rn(p, k->decay);

@@ -14,13 +14,9 @@
 #ifndef VGG_RESIZE_H
 #define VGG_RESIZE_H
 
-#ifdef __CUDACC__
-#define RESIZE_HD __host__ __device__ __forceinline__
-#else
-#define RESIZE_HD static inline
-#endif
+#include "hostdev.h"
 
-RESIZE_HD void resize_coef(int o, int in_size, int out_size, int *i0, int *i1, float *l1) {
+VGG_HD void resize_coef(int o, int in_size, int out_size, int *i0, int *i1, float *l1) {
   float scale = (float)in_size / (float)out_size;
 #ifdef __CUDA_ARCH__
   double src = __dsub_rn(__dmul_rn((double)scale, __dadd_rn((double)o, 0.5)), 0.5);

@@ -11,8 +11,8 @@ MPI_FLAGS=(--bind-to none --map-by slot)
 gpu_count() {
   if command -v nvidia-smi > /dev/null 2>&1; then nvidia-smi -L 2> /dev/null | grep -c '^GPU'; else echo 0; fi
 }
-# NCCL: fail fast on errors instead of hanging; the binary also polls with --comm-timeout.
-export NCCL_ASYNC_ERROR_HANDLING=${NCCL_ASYNC_ERROR_HANDLING:-1}
+# NCCL errors and stalls: the binary's own non-blocking communicator and watchdog end the job
+# (--comm-timeout); NCCL_ASYNC_ERROR_HANDLING is PyTorch's variable, which NCCL never reads.
 
 # launch_mpirun ARGS...: runs "mpirun ARGS..." and returns its status. SIGTERM, SIGINT (Ctrl-C)
 # or SIGHUP to this script becomes SIGUSR1 to mpirun, which forwards it to every rank at once:

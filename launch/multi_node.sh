@@ -14,4 +14,4 @@ NP=${NP:-$slots}
 [ "$(gpu_count)" -eq 0 ] && export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 # Forward the variables the ranks need to remote nodes.
 launch_mpirun "${MPI_FLAGS[@]}" --hostfile "$HOSTFILE" -np "$NP" \
-  -x NCCL_ASYNC_ERROR_HANDLING -x OMP_NUM_THREADS -x CIFAR10_DIR -x LD_LIBRARY_PATH "$VGG_BIN" "$@"
+  -x OMP_NUM_THREADS -x CIFAR10_DIR -x LD_LIBRARY_PATH "$VGG_BIN" "$@"

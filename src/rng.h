@@ -11,11 +11,7 @@
 
 #include <stdint.h>
 
-#ifdef __CUDACC__
-#define RNG_HD __host__ __device__ __forceinline__
-#else
-#define RNG_HD static inline
-#endif
+#include "hostdev.h"
 
 enum {
   RNG_STREAM_FLIP = 1,
@@ -25,14 +21,14 @@ enum {
   RNG_STREAM_DROPOUT = 1000, // + layer index
 };
 
-RNG_HD uint32_t rng_mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
+VGG_HD uint32_t rng_mulhilo(uint32_t a, uint32_t b, uint32_t *hi) {
   uint64_t p = (uint64_t)a * b;
   *hi = (uint32_t)(p >> 32);
   return (uint32_t)p;
 }
 
 // Philox4x32 with 10 rounds (Salmon et al., SC'11). Key (k0, k1), counter (c0..c3).
-RNG_HD void rng_philox(uint32_t out[4], uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
+VGG_HD void rng_philox(uint32_t out[4], uint32_t k0, uint32_t k1, uint32_t c0, uint32_t c1,
                        uint32_t c2, uint32_t c3) {
   for (int r = 0; r < 10; r++) {
     uint32_t hi0, hi1;
@@ -47,19 +43,19 @@ RNG_HD void rng_philox(uint32_t out[4], uint32_t k0, uint32_t k1, uint32_t c0, u
 }
 
 // 32 random bits for (seed, stream, a, b, c). The seed is 64-bit; a is typically epoch/step.
-RNG_HD uint32_t rng_bits(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
+VGG_HD uint32_t rng_bits(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
   uint32_t o[4];
   rng_philox(o, (uint32_t)seed, (uint32_t)(seed >> 32), stream, a, b, c);
   return o[0];
 }
 
 // Uniform in [0, 1) with 24 bits of resolution: exactly representable in float.
-RNG_HD float rng_uniform(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
+VGG_HD float rng_uniform(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
   return (float)(rng_bits(seed, stream, a, b, c) >> 8) * (1.0f / 16777216.0f);
 }
 
 // Standard normal via Box-Muller on one Philox block (double on the host for init).
-RNG_HD double rng_normal(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
+VGG_HD double rng_normal(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b, uint32_t c) {
   uint32_t o[4];
   rng_philox(o, (uint32_t)seed, (uint32_t)(seed >> 32), stream, a, b, c);
   double u1 = ((double)o[0] + 1.0) * (1.0 / 4294967297.0); // (0, 1]
@@ -72,7 +68,7 @@ RNG_HD double rng_normal(uint64_t seed, uint32_t stream, uint32_t a, uint32_t b,
 }
 
 // Dropout keep decision and the scale applied to kept units (inverted dropout, as PyTorch).
-RNG_HD int rng_dropout_keep(uint64_t seed, uint32_t layer, uint32_t step, uint32_t sample_id,
+VGG_HD int rng_dropout_keep(uint64_t seed, uint32_t layer, uint32_t step, uint32_t sample_id,
                             uint32_t unit, float p) {
   return rng_uniform(seed, RNG_STREAM_DROPOUT + layer, step, sample_id, unit) >= p;
 }

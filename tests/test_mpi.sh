@@ -33,8 +33,10 @@ for np in 2 4; do
     # Parameters agree up to float summation order, amplified by Adam where a gradient is near
   # zero (an update lr * g / (|g| + eps) moves by lr / eps times a difference in g): measured
   # about 3e-3 of the largest parameter after 26 steps; a wrong shard or scale gives O(1).
-  check "np $np parameters equal np 1 up to summation order" \
-    "$PY" "$TOOL" compare "$T/ws$np/ckpt_e0002.bin" "$T/ws1/ckpt_e0002.bin" 2e-2
+  # The Adam first moment (the mean of recent gradients) has its own tight bound: measured
+  # 1.3e-3 for a correct -np 2, 0.84 with the all-reduce deleted (parameters: 2.9e-3 and 8.8e-2).
+  check "np $np parameters and Adam state equal np 1 up to summation order" \
+    "$PY" "$TOOL" compare "$T/ws$np/ckpt_e0002.bin" "$T/ws1/ckpt_e0002.bin" 2e-2 ADAM_M=1e-2
   check "np $np validation losses equal np 1" "$PY" - "$T/ws1.jsonl" "$T/ws$np.jsonl" <<'PY'
 import json, sys
 def losses(p): return [json.loads(l)["val_loss"] for l in open(p) if '"epoch"' in l and json.loads(l)["event"] == "epoch"]
@@ -78,7 +80,7 @@ check "stop + resume is bitwise equal to an uninterrupted run" \
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/rw" --max-steps 7 > /dev/null 2>&1
 "${MPIRUN[@]}" -np 4 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rw" --resume auto > "$T/rw.log" 2>&1
 check "resume on another world size (2 -> 4) matches" \
-  "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2
+  "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2 ADAM_M=1e-2
 
 # ---- stopping: a signal to a rank, to mpirun or to the launch script ends the run after a step
 # with a checkpoint, RESUMABLE naming it and the reason, exit 0 and how to resume ----
