@@ -73,7 +73,7 @@ static VGG_NORETURN void nccl_fail(nccl_sync *s, int may_abort, const char *what
   // Abort first: frees the GPU from a collective that will never complete (not with a graph
   // holding reductions: see the top of the file; the job's end frees the GPU as well).
   if (may_abort && !atomic_load(&s->captured)) ncclCommAbort(s->comm);
-  FATAL("rank %d: NCCL %s failed: %s", s->base.c ? s->base.c->rank : check_rank(), what, reason);
+  FATAL("rank %d: NCCL %s failed: %s", s->base.c ? s->base.c->rank : check_current_rank(), what, reason);
 }
 
 static long clock_ms(void) { return (long)(now_s() * 1e3) + 1; } // never 0 (0: no call)

@@ -11,7 +11,7 @@ static int my_rank = -1;
 void check_set_abort_hook(fatal_hook_fn hook) { abort_hook = hook; }
 void check_set_rank(int rank) { my_rank = rank; }
 
-int check_rank(void) {
+int check_current_rank(void) {
   if (my_rank >= 0) return my_rank;
   // Before MPI_Init: the launchers export the rank (Open MPI, MPICH/PMI, Slurm).
   const char *vars[] = {"OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"};
@@ -31,11 +31,11 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   char host[64] = "?";
   gethostname(host, sizeof(host) - 1);
   if (file)
-    fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_rank(), host, file, line, msg);
-  else if (check_rank() == 0)
+    fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_current_rank(), host, file, line, msg);
+  else if (check_current_rank() == 0)
     fprintf(stderr, "vgg_dist: error: %s\n", msg);
   else if (abort_hook) // before MPI is up every rank sees the same bad input: rank 0 says it
-    fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", check_rank(), msg);
+    fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", check_current_rank(), msg);
   fflush(stderr);
   if (abort_hook) abort_hook(code);
   exit(code);

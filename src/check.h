@@ -31,7 +31,7 @@ void check_set_abort_hook(fatal_hook_fn hook);
 // This process's rank for messages (-1 until known; read from the launcher's environment
 // before MPI_Init so that early errors still name their rank).
 void check_set_rank(int rank);
-int check_rank(void);
+int check_current_rank(void);
 
 // Print "[rank R host] file:line: <fmt>" and abort the job with status `code`.
 VGG_NORETURN void check_fail(int code, const char *file, int line, const char *fmt, ...)

@@ -19,6 +19,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "train_state.h"
+
 #define CKPT_VERSION 1
 
 typedef struct ckpt_meta {
@@ -29,23 +31,6 @@ typedef struct ckpt_meta {
   uint64_t n_params;
 } ckpt_meta;
 
-// Everything besides the tensors that training needs to continue exactly.
-typedef struct train_state {
-  int64_t step;        // optimizer steps taken so far (Adam's t)
-  int32_t epoch;       // the epoch in progress (0-based)
-  int32_t batch;       // the next global batch of that epoch (0 = at the epoch's start)
-  double epoch_loss_sum, epoch_correct; // train sums of the partial epoch (its images: batch * B)
-  double epoch_time_s; // time spent in the partial epoch
-  float lr;
-  // ReduceLROnPlateau (mode min, threshold rel): best value, bad epochs, cooldown left
-  double sched_best;
-  int32_t sched_bad_epochs, sched_cooldown;
-  // early stopping and the best model
-  double best_val_loss, best_val_acc;
-  int32_t best_epoch, es_bad_epochs;
-  uint64_t seed;
-  float mean[3], std[3]; // the normalisation in use
-} train_state;
 
 // Atomically writes the checkpoint to path (see above). Fatal on I/O errors (the old file
 // stays in place).

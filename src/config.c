@@ -254,7 +254,7 @@ void config_parse(config *c, int argc, char **argv) {
     while ((opt = getopt_long(argc, argv, ":h", longopts, &idx)) != -1) {
       if (opt == 'h') {
         if (pass == 0) {
-          if (check_rank() == 0) usage(stdout);
+          if (check_current_rank() == 0) usage(stdout);
           exit(0);
         }
         continue;

@@ -7,7 +7,7 @@
 #include "train.h"
 
 int main(int argc, char **argv) {
-  log_init(check_rank());
+  log_init(check_current_rank());
   config cfg;
   config_parse(&cfg, argc, argv);
   comm *c = comm_init(&argc, &argv);

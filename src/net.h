@@ -49,37 +49,37 @@ typedef struct train_step {
   int full;                           // a full global batch: the same shape on every rank
 } train_step;
 
-void net_init(net *n, const model *m, backend *b, int max_n, size_t bucket_count);
+void net_init(net *nt, const model *m, backend *b, int max_n, size_t bucket_count);
 // The backend memory net_init allocates (parameters, gradients, Adam state, activations for
 // max_n images of act_bytes per element), without allocating it.
 size_t net_memory_bytes(const model *m, int max_n, size_t act_bytes);
-void net_free(net *n); // accepts NULL fields
+void net_free(net *nt); // accepts NULL fields
 
-void net_upload_params(net *n, const float *h_params);
-void net_download_params(net *n, float *h_params);
+void net_upload_params(net *nt, const float *h_params);
+void net_download_params(net *nt, float *h_params);
 
 // Assemble batch rows 0..count-1 from the backend-resident dataset.
-void net_prep(net *n, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
+void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
               int count, const prep_params *pp);
 // Forward through every layer. train: dropout active with masks keyed by (seed, step, ids).
-void net_forward(net *n, int count, int train, uint64_t seed, uint32_t step);
+void net_forward(net *nt, int count, int train, uint64_t seed, uint32_t step);
 // Adds loss sum / correct to stats; with grad_scale != 0 also leaves dlogits for backward.
-void net_loss(net *n, int count, float grad_scale);
-// Backward into n->grads; when gs is non-NULL each bucket's reduction starts when ready.
-void net_backward(net *n, int count, uint64_t seed, uint32_t step, grad_sync *gs);
-void net_adam(net *n, const adam_params *ap);
-// prep, forward, loss, backward, wait for the reductions, Adam. With n->graphs on a backend
+void net_loss(net *nt, int count, float grad_scale);
+// Backward into nt->grads; when gs is non-NULL each bucket's reduction starts when ready.
+void net_backward(net *nt, int count, uint64_t seed, uint32_t step, grad_sync *gs);
+void net_adam(net *nt, const adam_params *ap);
+// prep, forward, loss, backward, wait for the reductions, Adam. With nt->graphs on a backend
 // that captures, full steps become a CUDA graph: the first runs eagerly (it builds the plans
 // and sizes the workspaces), the second is captured, and every full step from then on is one
 // replay. Other steps (a short last batch) run eagerly. `full` must be the same on every rank,
 // since whether a collective is captured must be.
-void net_train_step(net *n, const train_step *s, grad_sync *gs);
+void net_train_step(net *nt, const train_step *s, grad_sync *gs);
 // Frees the captured step, if any (net_free does too). A graph holding NCCL work keeps its
 // communicator from being destroyed (NCCL waits for such graphs to go), so this comes before
 // grad_sync_free.
-void net_release_graph(net *n);
+void net_release_graph(net *nt);
 
-void net_reset_stats(net *n);
-void net_read_stats(net *n, double *loss_sum, double *correct);
+void net_reset_stats(net *nt);
+void net_read_stats(net *nt, double *loss_sum, double *correct);
 
 #endif

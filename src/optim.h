@@ -5,7 +5,7 @@
 #ifndef VGG_OPTIM_H
 #define VGG_OPTIM_H
 
-#include "checkpoint.h"
+#include "train_state.h"
 
 typedef struct plateau_params {
   float factor, threshold, min_lr;

@@ -373,7 +373,7 @@ static epoch_end train_epoch(run *r, epoch_ctx *e) {
 // After the last batch of an epoch: validation, rank-0 decisions (broadcast), metrics, the
 // best model and the checkpoints (which name the start of the next epoch). Returns 1 on an
 // early stop.
-static int end_epoch(run *r, epoch_ctx *e) {
+static int validate_and_decide(run *r, epoch_ctx *e) {
   const config *cfg = r->cfg;
   train_state *st = &r->st;
   double sums[2];
@@ -542,7 +542,7 @@ static int train_epochs(run *r, epoch_ctx *e) {
   while (r->st.epoch < cfg->epochs && !early_stop_due(&r->st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, e);
     if (how == EPOCH_INTERRUPTED) return 1;
-    int early = end_epoch(r, e);
+    int early = validate_and_decide(r, e);
     if (!memory_reported && b->ops->stream(b)) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
       // have run: this is the run's peak (the CUDA context and libraries included).
@@ -575,8 +575,8 @@ static void final_test(run *r, run_data *d, const prep_params *pp) {
 }
 
 int train_run(const config *cfg, comm *c) {
-  run R = {.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
-  run *r = &R;
+  run state = {.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
+  run *r = &state;
   // First: a stop signal during start-up (data, plans, NCCL) is honoured at the first step.
   stop_signals_install();
   config_validate_world(cfg, r->world);

@@ -1,0 +1,28 @@
+// train_state.h - the training state besides the tensors: the position in the run, the
+// scheduler and early-stopping state, the seed and the normalisation. optim.c decides on it,
+// train.c advances it, checkpoint.c stores it (its STATE section is this struct, so a field
+// change is a checkpoint format change: bump CKPT_VERSION in checkpoint.h).
+#ifndef VGG_TRAIN_STATE_H
+#define VGG_TRAIN_STATE_H
+
+#include <stdint.h>
+
+// Everything besides the tensors that training needs to continue exactly.
+typedef struct train_state {
+  int64_t step;        // optimizer steps taken so far (Adam's t)
+  int32_t epoch;       // the epoch in progress (0-based)
+  int32_t batch;       // the next global batch of that epoch (0 = at the epoch's start)
+  double epoch_loss_sum, epoch_correct; // train sums of the partial epoch (its images: batch * B)
+  double epoch_time_s; // time spent in the partial epoch
+  float lr;
+  // ReduceLROnPlateau (mode min, threshold rel): best value, bad epochs, cooldown left
+  double sched_best;
+  int32_t sched_bad_epochs, sched_cooldown;
+  // early stopping and the best model
+  double best_val_loss, best_val_acc;
+  int32_t best_epoch, es_bad_epochs;
+  uint64_t seed;
+  float mean[3], std[3]; // the normalisation in use
+} train_state;
+
+#endif
