@@ -168,8 +168,8 @@ test:
 check: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
 	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./$(BIN)
 
-bench: $(BUILD)/bench_step
-	scripts/bench_cpu.sh $(BUILD)
+bench: $(BUILD)/bench_step $(BIN)
+	scripts/bench_cpu.sh $(BUILD) $(BIN)
 
 run:
 	scripts/run.sh $(ARGS)

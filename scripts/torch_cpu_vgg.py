@@ -1,37 +1,53 @@
 #!/usr/bin/python3
 # torch_cpu_vgg.py - the PyTorch peer on the CPU: images/s of one VGG training step (forward,
-# cross-entropy, backward, Adam) with the same model and batch as bench_step.
+# cross-entropy, backward, Adam) with the same model and batch as bench_step. The network is
+# built from vgg_dist's own description of it (`vgg_dist --print-model`), so both sides run the
+# same layer table.
 # usage: /usr/bin/python3 scripts/torch_cpu_vgg.py [MODEL=vgg16] [WIDTH=1] [SIZE=32] [BATCH=64] [STEPS=10]
-# Threads follow OMP_NUM_THREADS (set it equal to the other side's).
+# The binary is $VGG_DIST (default: vgg_dist in the repository root). Threads follow
+# OMP_NUM_THREADS (set it equal to the other side's).
+import json
 import os
+import subprocess
 import sys
 import time
 
 import torch
 import torch.nn as nn
 
-CFG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-       "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"]}
+
+def build(desc):
+    """nn.Sequential from --print-model's layers (kind, relu, in/out [H, W, C])."""
+    layers = []
+    for l in desc["layers"]:
+        if l["kind"] == "conv":
+            layers.append(nn.Conv2d(l["in"][2], l["out"][2], l["kernel"], padding=l["pad"]))
+        elif l["kind"] == "pool":
+            layers.append(nn.MaxPool2d(l["kernel"], l["stride"]))
+        else:
+            if "flat_hwc" in l and not any(isinstance(m, nn.Flatten) for m in layers):
+                layers.append(nn.Flatten())
+            layers.append(nn.Dropout(l["p"]) if l["kind"] == "dropout" else nn.Linear(l["in"][2], l["out"][2]))
+        if l["relu"]:
+            layers.append(nn.ReLU(True))
+    return nn.Sequential(*layers)
+
+
 name = sys.argv[1] if len(sys.argv) > 1 else "vgg16"
 width = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
 size = int(sys.argv[3]) if len(sys.argv) > 3 else 32
 batch = int(sys.argv[4]) if len(sys.argv) > 4 else 64
 steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
+binary = os.environ.get("VGG_DIST") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vgg_dist")
+desc = json.loads(subprocess.run([binary, "--print-model", "--model", name, "--width", str(width),
+                                  "--image-size", str(size), "--dropout", "0.5"],
+                                 check=True, capture_output=True, text=True).stdout)
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-layers, cin = [], 3
-for v in CFG[name]:
-    if v == "M":
-        layers.append(nn.MaxPool2d(2))
-    else:
-        c = max(1, round(v * width))
-        layers += [nn.Conv2d(cin, c, 3, padding=1), nn.ReLU(True)]
-        cin = c
-s, fc = size // 32, max(1, round(4096 * width))
-model = nn.Sequential(*layers, nn.Flatten(), nn.Dropout(0.5), nn.Linear(cin * s * s, fc), nn.ReLU(True),
-                      nn.Dropout(0.5), nn.Linear(fc, fc), nn.ReLU(True), nn.Linear(fc, 10))
+model = build(desc)
+assert sum(p.numel() for p in model.parameters()) == desc["n_params"]
 opt = torch.optim.Adam(model.parameters(), lr=1e-4, weight_decay=1e-4)
 x = torch.randn(batch, 3, size, size)
-y = torch.randint(0, 10, (batch,))
+y = torch.randint(0, desc["classes"], (batch,))
 for i in range(2 + steps):
     if i == 2:
         t0 = time.perf_counter()

@@ -168,6 +168,8 @@ static void usage(FILE *f) {
     if (strstr(o->help, "(default:")) fprintf(f, "  %-26s %s\n", lhs, o->help); // says it itself
     else fprintf(f, "  %-26s %s [default: %s]\n", lhs, o->help, def);
   }
+  fprintf(f, "  %-26s %s\n", "--print-model",
+          "print the model (the options above: --model, --width, --image-size, --dropout) as JSON and exit");
   fprintf(f, "  %-26s %s\n", "--help", "print this help and exit");
 }
 
@@ -237,11 +239,12 @@ static void option_set(config *c, const option_spec *o, const char *arg) {
 }
 
 void config_parse(config *c, int argc, char **argv) {
-  struct option longopts[N_OPTIONS + 2];
+  struct option longopts[N_OPTIONS + 3];
   for (int i = 0; i < N_OPTIONS; i++)
     longopts[i] = (struct option){options[i].name, required_argument, NULL, 1000 + i};
   longopts[N_OPTIONS] = (struct option){"help", no_argument, NULL, 'h'};
-  longopts[N_OPTIONS + 1] = (struct option){NULL, 0, NULL, 0};
+  longopts[N_OPTIONS + 1] = (struct option){"print-model", no_argument, NULL, 'p'};
+  longopts[N_OPTIONS + 2] = (struct option){NULL, 0, NULL, 0};
 
   // Pass 1: the preset (the last one given), so that explicit options override it wherever
   // they stand. Pass 2: every option in order.
@@ -257,6 +260,10 @@ void config_parse(config *c, int argc, char **argv) {
           if (check_current_rank() == 0) usage(stdout);
           exit(0);
         }
+        continue;
+      }
+      if (opt == 'p') { // after the preset (which resets the configuration)
+        if (pass == 1) c->print_model = 1;
         continue;
       }
       if (opt == '?') {

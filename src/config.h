@@ -53,9 +53,11 @@ typedef struct config {
   int cuda_graphs;             // capture full training steps as CUDA graphs
   autotune_mode autotune;      // --autotune fastest|first (the choices in enum order)
   int max_steps;               // stop (with a checkpoint) after this many optimizer steps; 0 = off
+  int print_model;             // --print-model: print the model as JSON and exit (main.c)
 } config;
 
-// Parses argv into cfg (after defaults and preset). Exits 0 after --help, 2 on errors.
+// Parses argv into cfg (after defaults and preset). Exits 0 after --help, 2 on errors;
+// --print-model only sets cfg->print_model (the caller prints, before MPI starts).
 void config_parse(config *cfg, int argc, char **argv);
 void config_defaults(config *cfg);
 // Validates cross-field constraints that need the world size (batch divisible, etc.).

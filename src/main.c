@@ -1,15 +1,24 @@
 // main.c - vgg_dist's entry point: parse the command line (before MPI, so that bad options fail
 // fast on every rank with one message from rank 0), start the communicator, train, finish.
+// --print-model prints the model as JSON and exits before MPI: it needs no mpirun.
 #include "check.h"
+#include "cifar10.h"
 #include "comm.h"
 #include "config.h"
 #include "log.h"
+#include "model.h"
 #include "train.h"
 
 int main(int argc, char **argv) {
   log_init(check_current_rank());
   config cfg;
   config_parse(&cfg, argc, argv);
+  if (cfg.print_model) {
+    model m;
+    model_build(&m, cfg.model, cfg.width, cfg.image_size, CIFAR_CLASSES, cfg.dropout);
+    if (check_rank() == 0) model_print_json(&m, stdout);
+    return 0;
+  }
   comm *c = comm_init(&argc, &argv);
   log_init(comm_rank(c));
   int status = train_run(&cfg, c);

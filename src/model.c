@@ -143,6 +143,55 @@ void model_print(const model *m, FILE *f) {
           model_train_flops(m) * 1e-9);
 }
 
+static const char *layer_kind_name(layer_kind k) {
+  switch (k) {
+  case LAYER_CONV: return "conv";
+  case LAYER_POOL: return "pool";
+  case LAYER_DROPOUT: return "dropout";
+  case LAYER_LINEAR: return "linear";
+  }
+  return "?";
+}
+
+// One layer per line. Keys: kind (conv | pool | dropout | linear), relu (a ReLU follows it),
+// in/out [H, W, C] (dropout and linear: [1, 1, features]); conv: kernel 3, pad 1; pool: 2x2
+// max, stride 2; dropout: index (keys its mask), p; with parameters: w_offset, w_count, w_shape
+// (conv (K, 3, 3, C), linear (out, in)), b_offset, b_count. A dropout or linear layer whose
+// input is the flattened last feature map has flat_hwc [H, W, C]: its features are in (h, w, c)
+// order (PyTorch flattens (c, h, w)).
+static void layer_print_json(const layer *l, const int flat_hwc[3], float dropout, FILE *f) {
+  fprintf(f, "{\"kind\": \"%s\", \"relu\": %s, \"in\": [%d, %d, %d], \"out\": [%d, %d, %d]",
+          layer_kind_name(l->kind), l->relu ? "true" : "false", l->H, l->W, l->C, l->oH, l->oW, l->K);
+  if (l->kind == LAYER_CONV) fprintf(f, ", \"kernel\": 3, \"pad\": 1");
+  if (l->kind == LAYER_POOL) fprintf(f, ", \"kernel\": 2, \"stride\": 2");
+  if (l->kind == LAYER_DROPOUT) fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, dropout);
+  if (flat_hwc) fprintf(f, ", \"flat_hwc\": [%d, %d, %d]", flat_hwc[0], flat_hwc[1], flat_hwc[2]);
+  if (l->w_count) {
+    fprintf(f, ", \"w_offset\": %zu, \"w_count\": %zu, \"w_shape\": ", l->w_off, l->w_count);
+    if (l->kind == LAYER_CONV) fprintf(f, "[%d, 3, 3, %d]", l->K, l->C);
+    else fprintf(f, "[%d, %d]", l->K, l->C);
+    fprintf(f, ", \"b_offset\": %zu, \"b_count\": %zu", l->b_off, l->b_count);
+  }
+  fprintf(f, "}");
+}
+
+void model_print_json(const model *m, FILE *f) {
+  fprintf(f, "{\"name\": \"%s\", \"width\": %g, \"image_size\": %d, \"classes\": %d, "
+             "\"dropout\": %g, \"n_params\": %zu,\n \"layers\": [\n",
+          m->name, m->width, m->image_size, m->classes, m->dropout, m->n_params);
+  int hwc[3] = {m->image_size, m->image_size, 3}, from_map = 1; // the last feature map; input still its flattening?
+  for (int i = 0; i < m->n_layers; i++) {
+    const layer *l = &m->layers[i];
+    int spatial = l->kind == LAYER_CONV || l->kind == LAYER_POOL;
+    if (spatial) hwc[0] = l->oH, hwc[1] = l->oW, hwc[2] = l->K;
+    fprintf(f, "  ");
+    layer_print_json(l, !spatial && from_map ? hwc : NULL, m->dropout, f);
+    fprintf(f, "%s\n", i + 1 < m->n_layers ? "," : "");
+    if (l->kind == LAYER_LINEAR) from_map = 0; // its output features are its own
+  }
+  fprintf(f, " ]}\n");
+}
+
 void model_plan_buckets(bucket_plan *p, const model *m, size_t bucket_count) {
   memset(p, 0, sizeof(*p));
   size_t end = m->n_params;

@@ -52,6 +52,11 @@ void model_init_params(const model *m, float *h_params, init_kind init, uint64_t
 // Training FLOPs per image (forward + backward = 3x the forward multiply-adds x 2).
 double model_train_flops(const model *m);
 void model_print(const model *m, FILE *f);
+// The model as one JSON object (`vgg_dist --print-model`; what the PyTorch scripts build their
+// nn.Module from): name, width, image_size, classes, dropout, n_params and the layers in order,
+// each with its kind, relu, input and output shapes (NHWC; C = features for dropout/linear),
+// and its weight/bias offsets and counts in the flat buffer. See model.c for the keys.
+void model_print_json(const model *m, FILE *f);
 
 // Gradient buckets for overlapping the all-reduce with backward. Backward finishes layers
 // from last to first, so a bucket is a contiguous range [begin, end) of the flat buffer that

@@ -1,12 +1,14 @@
 #!/usr/bin/python3
 # golden_vgg.py - the PyTorch side of the golden test (tests/test_golden.c).
 #
-# Reads IN (written by the C test): the model, its parameters in vgg_dist's layout, one input
+# Reads MODEL (the model as JSON, written by the C test with model_print_json: the layers to
+# build, their shapes and parameter offsets) and IN: its parameters in vgg_dist's layout, one input
 # batch (NHWC, already normalised), labels, the dropout masks of each step and the optimizer
 # settings; runs `steps` training steps of the same VGG in PyTorch (NCHW, the layouts
 # converted) with torch.optim.Adam/AdamW; writes OUT: the loss of every step, the gradients of
 # step 1 and the parameters after the last step, both converted back to vgg_dist's layout.
-# Run with Debian's /usr/bin/python3 (python3-torch). usage: golden_vgg.py IN OUT
+# Run with Debian's /usr/bin/python3 (python3-torch). usage: golden_vgg.py MODEL IN OUT
+import json
 import struct
 import sys
 
@@ -14,14 +16,31 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CFG = {"vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-       "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-       "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
-       "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-                 512, 512, 512, 512, "M"]}
+
+def to_torch(l, w):
+    """One weight in vgg_dist's layout (a slice of the flat buffer) -> PyTorch's."""
+    if l["kind"] == "conv":  # (K, 3, 3, C) -> (K, C, 3, 3)
+        return w.reshape(l["w_shape"]).permute(0, 3, 1, 2).contiguous()
+    out, fin = l["w_shape"]
+    w = w.reshape(out, fin)
+    if "flat_hwc" in l:  # the first FC: (out, h, w, c) -> (out, c, h, w)
+        w = w.reshape(out, *l["flat_hwc"]).permute(0, 3, 1, 2).reshape(out, fin)
+    return w.contiguous()
 
 
-def main(src, dst):
+def from_torch(l, w):
+    """The inverse of to_torch, flattened."""
+    if l["kind"] == "conv":
+        return w.permute(0, 2, 3, 1).reshape(-1)
+    if "flat_hwc" in l:
+        h, w_, c = l["flat_hwc"]
+        return w.reshape(l["w_shape"][0], c, h, w_).permute(0, 2, 3, 1).reshape(-1)
+    return w.reshape(-1)
+
+
+def main(model_path, src, dst):
+    model = json.load(open(model_path))
+    layers = model["layers"]
     raw = open(src, "rb").read()
     off = 0
 
@@ -43,56 +62,49 @@ def main(src, dst):
     name = take("16s")[0].rstrip(b"\0").decode()
     width, dropout, lr, wd, b1, b2, eps = take("<7f")
     size, classes, n, steps, adamw, n_params = take("<6i")
+    assert (name, size, classes, n_params) == (model["name"], model["image_size"], model["classes"],
+                                                model["n_params"]), (name, model)
     flat = floats(n_params)
     x = floats(n * size * size * 3).reshape(n, size, size, 3).permute(0, 3, 1, 2).contiguous()
     labels = torch.tensor(take("<%di" % n), dtype=torch.long)
 
-    # Parameters: vgg_dist's (K,3,3,C) convs and (h,w,c)-ordered first FC -> PyTorch's layouts.
-    convs, pos, cin, s = [], 0, 3, size
-    for v in CFG[name]:
-        if v == "M":
-            s //= 2
-            continue
-        k = max(1, round(v * width))
-        w = flat[pos:pos + k * 9 * cin].reshape(k, 3, 3, cin).permute(0, 3, 1, 2).contiguous()
-        pos += k * 9 * cin
-        convs.append([w, flat[pos:pos + k].clone()])
-        pos += k
-        cin = k
-    fc = max(1, round(4096 * width))
-    dims = [(s * s * cin, fc), (fc, fc), (fc, classes)]
-    fcs = []
-    for i, (fin, fout) in enumerate(dims):
-        w = flat[pos:pos + fout * fin].reshape(fout, fin)
-        if i == 0:  # (out, h, w, c) -> (out, c, h, w)
-            w = w.reshape(fout, s, s, cin).permute(0, 3, 1, 2).reshape(fout, fin)
-        pos += fout * fin
-        fcs.append([w.contiguous(), flat[pos:pos + fout].clone()])
-        pos += fout
-    assert pos == n_params, (pos, n_params)
-    params = [t.requires_grad_() for pair in convs + fcs for t in pair]
+    # Parameters: vgg_dist's (K,3,3,C) convs and (h,w,c)-ordered first FC -> PyTorch's layouts,
+    # each tensor at its offset in the flat buffer as the model JSON gives it.
+    with_params = [l for l in layers if l.get("w_count")]
+    params = []
+    for l in with_params:
+        w = flat[l["w_offset"]:l["w_offset"] + l["w_count"]]
+        params += [to_torch(l, w), flat[l["b_offset"]:l["b_offset"] + l["b_count"]].clone()]
+    assert sum(l["w_count"] + l["b_count"] for l in with_params) == n_params
+    params = [t.requires_grad_() for t in params]
 
-    # The branches vgg_dist took (ReLU masks, max-pool argmaxes), per step, in its NHWC order.
+    # The branches vgg_dist took (ReLU masks, max-pool argmaxes), per step, in its NHWC order:
+    # for every layer in order, a pool's argmaxes or a ReLU's mask of its output.
+    def nchw(a, l):
+        h_, w_, c_ = l["out"]
+        return a.reshape(n, h_, w_, c_).permute(0, 3, 1, 2) if l["kind"] in ("conv", "pool") else a.reshape(n, c_)
+
     branches = []
     for _ in range(steps):
-        per, h_, c_ = [], size, 3
-        for v in CFG[name]:
-            if v == "M":
-                h_ //= 2
-                per.append(array("<i4", n * h_ * h_ * c_).long().reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
-            else:
-                c_ = max(1, round(v * width))
-                per.append(array(np.uint8, n * h_ * h_ * c_).reshape(n, h_, h_, c_).permute(0, 3, 1, 2))
-        per.append(array(np.uint8, n * fc).reshape(n, fc))
-        per.append(array(np.uint8, n * fc).reshape(n, fc))
+        per = []
+        for l in layers:
+            count = n * l["out"][0] * l["out"][1] * l["out"][2]
+            if l["kind"] == "pool":
+                per.append(nchw(array("<i4", count).long(), l))
+            elif l["relu"]:
+                per.append(nchw(array(np.uint8, count), l))
         branches.append(per)
 
-    # Dropout masks per step: (n, features) in vgg_dist's feature order.
+    # Dropout masks per step: (n, features) in vgg_dist's feature order, one per dropout layer.
     masks = []
     for _ in range(steps):
-        m0 = floats(n * s * s * cin).reshape(n, s, s, cin).permute(0, 3, 1, 2).reshape(n, -1)
-        m1 = floats(n * fc)
-        masks.append((m0, m1.reshape(n, fc)))
+        per = []
+        for l in (l for l in layers if l["kind"] == "dropout"):
+            m = floats(n * l["in"][2])
+            if "flat_hwc" in l:
+                m = m.reshape(n, *l["flat_hwc"]).permute(0, 3, 1, 2)
+            per.append(m.reshape(n, -1))
+        masks.append(per)
 
     # Follow vgg_dist's branches; count where PyTorch's own decision differs by more than
     # rounding (hard: a real error) and within rounding (soft: a kink).
@@ -118,23 +130,24 @@ def main(src, dst):
         return chosen
 
     def forward(step):
-        h, ci = x, 0
+        h, pi = x, 0
         br = iter(branches[step])
-        for v in CFG[name]:
-            if v == "M":
-                h = pool(h, next(br))
-            else:
-                w, b = params[2 * ci], params[2 * ci + 1]
-                h = relu(F.conv2d(h, w, b, padding=1), next(br))
-                ci += 1
-        h = torch.flatten(h, 1)
-        base = 2 * ci
         scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
-        h = h * masks[step][0] * scale
-        h = relu(F.linear(h, params[base], params[base + 1]), next(br))
-        h = h * masks[step][1] * scale
-        h = relu(F.linear(h, params[base + 2], params[base + 3]), next(br))
-        return F.linear(h, params[base + 4], params[base + 5])
+        for l in layers:
+            if l["kind"] == "pool":
+                h = pool(h, next(br))
+                continue
+            if l["kind"] != "conv":
+                h = torch.flatten(h, 1)
+            if l["kind"] == "dropout":
+                h = h * masks[step][l["index"]] * scale
+                continue
+            w, b = params[pi], params[pi + 1]
+            pi += 2
+            h = F.conv2d(h, w, b, padding=1) if l["kind"] == "conv" else F.linear(h, w, b)
+            if l["relu"]:
+                h = relu(h, next(br))
+        return h
 
     opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam
     opt = opt_cls(params, lr=lr, betas=(b1, b2), eps=eps, weight_decay=wd)
@@ -149,13 +162,11 @@ def main(src, dst):
         opt.step()
 
     def to_flat(ts):
-        out, i = [], 0
-        for t in ts[:2 * len(convs)]:
-            out.append(t.permute(0, 2, 3, 1).reshape(-1) if t.dim() == 4 else t.reshape(-1))
-        fc_ts = ts[2 * len(convs):]
-        w0 = fc_ts[0].reshape(fc, cin, s, s).permute(0, 2, 3, 1).reshape(-1)
-        out += [w0] + [t.reshape(-1) for t in fc_ts[1:]]
-        return torch.cat([o.detach() for o in out]).numpy().astype("<f4")
+        out = torch.empty(n_params)
+        for l, w, b in zip(with_params, ts[0::2], ts[1::2]):
+            out[l["w_offset"]:l["w_offset"] + l["w_count"]] = from_torch(l, w.detach())
+            out[l["b_offset"]:l["b_offset"] + l["b_count"]] = b.detach().reshape(-1)
+        return out.numpy().astype("<f4")
 
     with open(dst, "wb") as f:
         f.write(struct.pack("<%dd" % steps, *losses))
@@ -166,4 +177,4 @@ def main(src, dst):
 
 if __name__ == "__main__":
     torch.set_num_threads(int(__import__("os").environ.get("OMP_NUM_THREADS", "2")))
-    main(sys.argv[1], sys.argv[2])
+    main(sys.argv[1], sys.argv[2], sys.argv[3])

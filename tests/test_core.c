@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "check.h"
 #include "config.h"
 #include "model.h"
 #include "optim.h"
@@ -124,6 +125,40 @@ TEST(model_parameter_counts_match_torchvision) {
   EXPECT_EQ_INT(fc1->kind, LAYER_LINEAR);
   EXPECT_EQ_INT(fc1->C, 128 * 2 * 2);
   EXPECT_EQ_INT(fc1->K, 1024);
+}
+
+TEST(model_json_parses_and_matches_the_model) {
+  // model_print_json (vgg_dist --print-model, read by the PyTorch scripts) for every row of the
+  // table, checked by tests/model_json_check.py: valid JSON, this model's counts, shapes chained,
+  // parameter offsets tiling the flat buffer.
+  const char *names[] = {"vgg11", "vgg13", "vgg16", "vgg19"};
+  const char *src = getenv("VGG_SOURCE_DIR");
+  for (int i = 0; i < 4; i++) {
+    model m;
+    model_build(&m, names[i], i == 3 ? 0.5f : 0.25f, i == 1 ? 64 : 32, 10, 0.3f);
+    int convs = 0;
+    for (int k = 0; k < m.n_layers; k++) convs += m.layers[k].kind == LAYER_CONV;
+    char path[512], cmd[1400];
+    snprintf(path, sizeof(path), "%s/model_%s.json", test_tmp_dir(), names[i]);
+    FILE *f = xfopen(path, "w");
+    model_print_json(&m, f);
+    xfclose(f, path);
+    snprintf(cmd, sizeof(cmd), "python3 %s/tests/model_json_check.py %s %s %zu %d %d",
+             src && *src ? src : ".", path, names[i], m.n_params, m.n_layers, convs);
+    int rc = system(cmd);
+    if (rc != 0) test_fail(__FILE__, __LINE__, "'%s' failed (%d)", cmd, rc);
+  }
+}
+
+TEST(config_print_model_flag) {
+  config c;
+  parse(&c, "--model vgg19 --width 0.5");
+  EXPECT_EQ_INT(c.print_model, 0);
+  parse(&c, "--print-model --preset cpu-demo --model vgg19 --width 0.5");
+  EXPECT_EQ_INT(c.print_model, 1);
+  EXPECT(strcmp(c.model, "vgg19") == 0);
+  EXPECT_NEAR(c.width, 0.5, 1e-9);
+  EXPECT_EQ_INT(c.image_size, 32);
 }
 
 TEST(model_init_statistics_per_scheme) {

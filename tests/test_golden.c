@@ -3,7 +3,8 @@
 // A narrow VGG16 (and VGG11, and the AdamW variant) with the same parameters, the same input
 // batch (made by the real batch-assembly path) and the same dropout masks (exported: the C side
 // computes them with the counter-based rule, PyTorch applies them) runs 3 training steps on
-// both sides (tests/golden_vgg.py under Debian's /usr/bin/python3 with python3-torch). The loss
+// both sides (tests/golden_vgg.py under Debian's /usr/bin/python3 with python3-torch, which
+// builds its network from the model's JSON, model_print_json, written beside the input). The loss
 // of every step, every gradient of step 1 and every parameter after step 3 must agree to a
 // relative error of 1e-4 (max |a - b| / max |b| per tensor); the worst errors are printed.
 //
@@ -75,13 +76,17 @@ static void run_case(const char *name, float width, int size, int n, int adamw) 
   steps_result r;
   steps_run(&r, b, &m, &s);
 
-  char in_path[512], out_path[512], cmd[1400];
+  char model_path[512], in_path[512], out_path[512], cmd[2000];
+  snprintf(model_path, sizeof(model_path), "%s/golden_%s_%d_%d.json", test_tmp_dir(), name, size, adamw);
   snprintf(in_path, sizeof(in_path), "%s/golden_%s_%d_%d.in", test_tmp_dir(), name, size, adamw);
   snprintf(out_path, sizeof(out_path), "%s/golden_%s_%d_%d.out", test_tmp_dir(), name, size, adamw);
+  FILE *mf = xfopen(model_path, "w"); // what golden_vgg.py builds its network from
+  model_print_json(&m, mf);
+  xfclose(mf, model_path);
   export_case(in_path, &m, &s, &r);
   const char *src = getenv("VGG_SOURCE_DIR");
-  snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=2 /usr/bin/python3 %s/tests/golden_vgg.py %s %s",
-           src && *src ? src : ".", in_path, out_path);
+  snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=2 /usr/bin/python3 %s/tests/golden_vgg.py %s %s %s",
+           src && *src ? src : ".", model_path, in_path, out_path);
   int rc = system(cmd);
   if (rc != 0) {
     test_fail(__FILE__, __LINE__, "'%s' failed (%d): /usr/bin/python3 needs python3-torch", cmd, rc);

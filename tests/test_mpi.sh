@@ -302,6 +302,15 @@ check "refused checkpoint left untouched" bash -c "[ \"$sum_before\" = \"\$(md5s
 expect_fail "checkpoint of another model refused" 1 "vgg11" "$BIN" "${SMALL[@]}" --model vgg13 --resume "$T/ws1/ckpt_e0002.bin"
 expect_fail "checkpoint of another input size refused" 1 "64x64" "$BIN" "${SMALL[@]}" --image-size 64 --resume "$T/ws1/ckpt_e0002.bin"
 check "--help documents every option with its default" bash -c "'$BIN' --help | grep -q -- '--early-stop N.*default: 5' && '$BIN' --help | grep -q -- '--model NAME.*default: vgg16'"
+# --print-model needs no mpirun: exit 0, valid JSON on stdout (16 convs for vgg19).
+"$BIN" --print-model --model vgg19 --width 0.5 > "$T/model.json" 2> "$T/model.err"
+rc=$?
+check "--print-model without mpirun: exit 0, JSON of vgg19 at width 0.5 with 16 convs" "$PY" -c "
+import json, sys
+m = json.load(open(sys.argv[1]))
+convs = [l for l in m['layers'] if l['kind'] == 'conv']
+sys.exit(0 if ($rc == 0 and m['name'] == 'vgg19' and m['width'] == 0.5 and len(convs) == 16
+               and convs[0]['out'][2] == 32) else 1)" "$T/model.json"
 
 # ---- learning: the cpu-demo preset on real CIFAR-10 (or generated data without it) ----
 REAL="$ROOT/../shared/data/cifar-10-subset-bin"
