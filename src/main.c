@@ -16,7 +16,7 @@ int main(int argc, char **argv) {
   if (cfg.print_model) {
     model m;
     model_build(&m, cfg.model, cfg.width, cfg.image_size, CIFAR_CLASSES, cfg.dropout);
-    if (check_rank() == 0) model_print_json(&m, stdout);
+    if (check_current_rank() == 0) model_print_json(&m, stdout);
     return 0;
   }
   comm *c = comm_init(&argc, &argv);
