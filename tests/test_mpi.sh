@@ -6,18 +6,13 @@
 # usage: tests/test_mpi.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
 # Prints "N passed, N failed" last.
 set -u
-BIN=$(realpath "${1:-./vgg_dist}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${BUILD:-build}
-GEN="$ROOT/$BUILD/gen_cifar"
-[ -x "$GEN" ] || GEN="$BUILD/gen_cifar"
-TOOL="$ROOT/tests/ckpt_tool.py"
-PY=${PY:-python3}
+. "$ROOT/tests/check.sh"
+suite_tools "${1:-}"
 export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
 MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 T=$(mktemp -d /tmp/vgg_mpi_XXXXXX)
 trap 'rm -rf "$T"' EXIT
-. "$ROOT/tests/check.sh"
 
 "$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
 # A small, fast model; 400 train / 100 validation images, global batch 32 (13 steps an epoch).
@@ -195,11 +190,15 @@ check "after SIGTERM to mpirun the run resumes and finishes" resume_ok "$T/mterm
 # SIGINT to the launch script's process group, as a Ctrl-C at its terminal: the script passes
 # SIGUSR1 to mpirun (in a process group of its own). set -m: a background job that ignores
 # SIGINT (as one without job control does) could not trap it.
-set -m
-NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/lint" --metrics "$T/lint.jsonl" > "$T/lint.log" 2>&1 &
-lpid=$!
-set +m
-wait_step "$T/lint.jsonl"
+launch_bg() { # launch_bg NAME: launch/single_node.sh (2 ranks) in its own process group, lpid,
+  # checkpoints in $T/NAME, until its first step
+  set -m
+  NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/$1" --metrics "$T/$1.jsonl" > "$T/$1.log" 2>&1 &
+  lpid=$!
+  set +m
+  wait_step "$T/$1.jsonl"
+}
+launch_bg lint
 kill -INT -- -$lpid
 wait_bounded $lpid 60
 rc=$?
@@ -210,11 +209,7 @@ check "after SIGINT to the launch script the run resumes and finishes" resume_ok
 # A second Ctrl-C ends the job at once. The ranks are held (SIGSTOP) so the first stop cannot
 # complete before it. To the launch script: SIGUSR2 through mpirun, which ends every rank before
 # its checkpoint (the held ranks get it, after the first stop's SIGUSR1, once continued).
-set -m
-NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/lint2" --metrics "$T/lint2.jsonl" > "$T/lint2.log" 2>&1 &
-lpid=$!
-set +m
-wait_step "$T/lint2.jsonl"
+launch_bg lint2
 ranks=$(pgrep -f -- "^$BIN .*$T/lint2.jsonl")
 kill -STOP $ranks
 t0=$(date +%s)

@@ -16,16 +16,11 @@
 # cred_expire=5 + 1 s), about 30 s waiting for slurmctld's time-limit pass.
 # Prints "N passed, N failed" last.
 set -u
-BIN=$(realpath "${1:-./vgg_dist}")
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BUILD=${BUILD:-build}
-GEN="$ROOT/$BUILD/gen_cifar"
-[ -x "$GEN" ] || GEN="$BUILD/gen_cifar"
-TOOL="$ROOT/tests/ckpt_tool.py"
-PY=${PY:-python3}
+. "$ROOT/tests/check.sh"
+suite_tools "${1:-}"
 SCRIPT="$ROOT/launch/slurm.sbatch"
 t_start=$(date +%s)
-. "$ROOT/tests/check.sh"
 T=
 pids=() # the daemons this test started, newest last
 cleanup() {
