@@ -114,7 +114,7 @@ grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *gra
     FATAL("this build has no CUDA/NCCL support");
 #endif
   }
-  if (b->ops->stream(b) != NULL) FATAL("the MPI gradient reducer needs host memory (CPU backend)");
+  if (b->is_device) FATAL("the MPI gradient reducer needs host memory (CPU backend)");
   grad_sync *g = xcalloc(1, sizeof(mpi_sync));
   g->ops = &mpi_sync_ops;
   g->c = c;

@@ -261,7 +261,7 @@ static void check_one_rank_per_gpu(comm *c, int device) {
 
 grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count, int bf16_wire,
                                  double timeout_s) {
-  if (b->ops->stream(b) == NULL) FATAL("the NCCL gradient reducer needs a CUDA backend");
+  if (!b->is_device) FATAL("the NCCL gradient reducer needs a CUDA backend");
   nccl_sync *s = xcalloc(1, sizeof(nccl_sync));
   s->base.ops = &nccl_sync_ops;
   s->base.c = c;

@@ -125,7 +125,8 @@ typedef struct backend_ops {
   void (*adam)(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
                const adam_params *p);
 
-  // The backend's compute stream (cudaStream_t) for a device communicator; NULL on the CPU.
+  // The backend's compute stream (cudaStream_t) for a device communicator; NULL on the CPU
+  // (whether memory is on a device is backend.is_device).
   void *(*stream)(backend *b);
 
   // Captured training steps (CUDA graphs); all four are NULL on a backend without them.
@@ -143,6 +144,7 @@ typedef struct backend_ops {
 
 struct backend {
   const backend_ops *ops;
+  int is_device;    // backend memory is device memory, not host-addressable (CUDA)
   size_t act_bytes; // bytes per activation element
   void *impl;       // the implementation's context
 };

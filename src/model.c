@@ -125,6 +125,12 @@ void model_init_params(const model *m, float *p, init_kind init, uint64_t seed) 
   }
 }
 
+void model_init_buffers(const model *m, float *h_buffers) {
+  // No layer kind of the VGG table keeps state yet; a BatchNorm layer starts its running mean
+  // at 0 and its running variance at 1 here.
+  if (m->n_buffers) memset(h_buffers, 0, m->n_buffers * sizeof(float));
+}
+
 double model_train_flops(const model *m) {
   double macs = 0;
   for (int i = 0; i < m->n_layers; i++) {
@@ -156,7 +162,8 @@ static const char *layer_kind_name(layer_kind k) {
 // One layer per line. Keys: kind (conv | pool | dropout | linear), relu (a ReLU follows it),
 // in/out [H, W, C] (dropout and linear: [1, 1, features]); conv: kernel 3, pad 1; pool: 2x2
 // max, stride 2; dropout: index (keys its mask), p; with parameters: w_offset, w_count, w_shape
-// (conv (K, 3, 3, C), linear (out, in)), b_offset, b_count. A dropout or linear layer whose
+// (conv (K, 3, 3, C), linear (out, in)), b_offset, b_count; with non-trainable state,
+// buf_offset, buf_count (into the buffer of n_buffers floats). A dropout or linear layer whose
 // input is the flattened last feature map has flat_hwc [H, W, C]: its features are in (h, w, c)
 // order (PyTorch flattens (c, h, w)).
 static void layer_print_json(const layer *l, const int flat_hwc[3], float dropout, FILE *f) {
@@ -172,13 +179,14 @@ static void layer_print_json(const layer *l, const int flat_hwc[3], float dropou
     else fprintf(f, "[%d, %d]", l->K, l->C);
     fprintf(f, ", \"b_offset\": %zu, \"b_count\": %zu", l->b_off, l->b_count);
   }
+  if (l->buf_count) fprintf(f, ", \"buf_offset\": %zu, \"buf_count\": %zu", l->buf_off, l->buf_count);
   fprintf(f, "}");
 }
 
 void model_print_json(const model *m, FILE *f) {
   fprintf(f, "{\"name\": \"%s\", \"width\": %g, \"image_size\": %d, \"classes\": %d, "
-             "\"dropout\": %g, \"n_params\": %zu,\n \"layers\": [\n",
-          m->name, m->width, m->image_size, m->classes, m->dropout, m->n_params);
+             "\"dropout\": %g, \"n_params\": %zu, \"n_buffers\": %zu,\n \"layers\": [\n",
+          m->name, m->width, m->image_size, m->classes, m->dropout, m->n_params, m->n_buffers);
   int hwc[3] = {m->image_size, m->image_size, 3}, from_map = 1; // the last feature map; input still its flattening?
   for (int i = 0; i < m->n_layers; i++) {
     const layer *l = &m->layers[i];

@@ -9,6 +9,10 @@
 // Parameters: ONE flat buffer, tensors in layer order, each layer's weight then its bias:
 //   conv  w (K, 3, 3, C), b (K)        linear  w (out, in), b (out)
 // Gradients, Adam m and v use the same layout.
+// Non-trainable state (a BatchNorm's running mean and variance): a second flat fp32 buffer of
+// n_buffers elements beside the parameters, tensors in layer order at buf_off (buf_count
+// each); never reduced or stepped, but carried wherever the parameters go (checkpoints, the
+// resume broadcast, the best model). PyTorch calls these tensors buffers.
 #ifndef VGG_MODEL_H
 #define VGG_MODEL_H
 
@@ -26,6 +30,7 @@ typedef struct layer {
   int H, W, C;   // input (N, H, W, C); for dropout/linear H = W = 1 and C = features
   int oH, oW, K; // output
   size_t w_off, w_count, b_off, b_count; // into the flat parameter buffer (0 counts: none)
+  size_t buf_off, buf_count;             // into the flat buffer of non-trainable state
   int dropout_index; // which dropout layer (keys its mask)
 } layer;
 
@@ -40,6 +45,7 @@ typedef struct model {
   int n_layers;
   layer layers[MODEL_MAX_LAYERS];
   size_t n_params;
+  size_t n_buffers; // non-trainable state elements (0 for the plain VGG table)
   size_t max_act; // largest per-sample activation element count, input included
 } model;
 
@@ -49,6 +55,8 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
                  float dropout);
 // Fills the flat host parameter buffer deterministically from the seed.
 void model_init_params(const model *m, float *h_params, init_kind init, uint64_t seed);
+// Fills the flat host buffer of non-trainable state (n_buffers floats) with its initial values.
+void model_init_buffers(const model *m, float *h_buffers);
 // Training FLOPs per image (forward + backward = 3x the forward multiply-adds x 2).
 double model_train_flops(const model *m);
 void model_print(const model *m, FILE *f);

@@ -19,6 +19,7 @@ static size_t net_buffers(net *nt, const model *m, backend *b, size_t act_bytes,
   TAKE(nt->grads, pbytes);
   TAKE(nt->adam_m, pbytes);
   TAKE(nt->adam_v, pbytes);
+  TAKE(nt->buffers, m->n_buffers * sizeof(float));
   size_t S = m->image_size;
   TAKE(nt->act[0], (size_t)max_n * S * S * 3 * act_bytes);
   for (int i = 0; i < m->n_layers; i++) {
@@ -64,6 +65,7 @@ void net_free(net *nt) {
     rel(b, nt->act[i + 1]);
   }
   rel(b, nt->act[0]);
+  rel(b, nt->buffers);
   rel(b, nt->adam_v);
   rel(b, nt->adam_m);
   rel(b, nt->grads);
@@ -78,6 +80,14 @@ void net_upload_params(net *nt, const float *h_params) {
 
 void net_download_params(net *nt, float *h_params) {
   nt->b->ops->download(nt->b, h_params, nt->params, nt->m->n_params * sizeof(float));
+}
+
+void net_upload_buffers(net *nt, const float *h_buffers) {
+  nt->b->ops->upload(nt->b, nt->buffers, h_buffers, nt->m->n_buffers * sizeof(float));
+}
+
+void net_download_buffers(net *nt, float *h_buffers) {
+  nt->b->ops->download(nt->b, h_buffers, nt->buffers, nt->m->n_buffers * sizeof(float));
 }
 
 void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,

@@ -20,6 +20,7 @@ typedef struct net {
   int max_n;
   size_t bytes;                            // backend memory of all the buffers below
   float *params, *grads, *adam_m, *adam_v; // n_params each, backend memory
+  float *buffers;                          // non-trainable state, n_buffers, backend memory
   void *act[MODEL_MAX_LAYERS + 1];         // act[0]: input; act[i + 1]: output of layer i
   const void *in[MODEL_MAX_LAYERS];        // what layer i read and wrote in the last forward
   const void *out[MODEL_MAX_LAYERS];       // (eval-mode dropout passes its input through)
@@ -57,6 +58,9 @@ void net_free(net *nt); // accepts NULL fields
 
 void net_upload_params(net *nt, const float *h_params);
 void net_download_params(net *nt, float *h_params);
+// The non-trainable state (m->n_buffers floats), to and from the host.
+void net_upload_buffers(net *nt, const float *h_buffers);
+void net_download_buffers(net *nt, float *h_buffers);
 
 // Assemble batch rows 0..count-1 from the backend-resident dataset.
 void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,

@@ -263,7 +263,7 @@ static void memory_check(run *r, int max_n, int local_batch) {
   LOG0("memory per rank: %.2f GiB (parameters, gradients and Adam state %.2f GiB; activations "
        "for %d images %.2f GiB), plus library workspaces\n", need / gib, state / gib, max_n,
        (need - state) / gib);
-  if (!b->ops->stream(b)) return;
+  if (!b->is_device) return;
   size_t avail = backend_cuda_memory_free(b);
   if (need > avail)
     DIE_USAGE("the model's buffers need %.2f GiB but only %.2f GiB of GPU memory are free: use "
@@ -525,7 +525,7 @@ static void net_setup(run *r, int local_batch) {
   memory_check(r, max_n, local_batch);
   net_init(&r->net, &r->m, b, max_n, (size_t)(cfg->bucket_mb * 1e6 / sizeof(float)) + 1);
   r->net.graphs = cfg->cuda_graphs;
-  r->gs = grad_sync_create(r->c, b, b->ops->stream(b) ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI,
+  r->gs = grad_sync_create(r->c, b, b->is_device ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI,
                            r->net.grads, r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
   size_t pbytes = r->m.n_params * sizeof(float);
   net_upload_params(&r->net, r->h_params);
@@ -543,7 +543,7 @@ static int train_epochs(run *r, epoch_ctx *e) {
     epoch_end how = train_epoch(r, e);
     if (how == EPOCH_INTERRUPTED) return 1;
     int early = validate_and_decide(r, e);
-    if (!memory_reported && b->ops->stream(b)) {
+    if (!memory_reported && b->is_device) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
       // have run: this is the run's peak (the CUDA context and libraries included).
       LOG0("device memory: %.0f MiB in use on rank 0's GPU\n", backend_cuda_memory_used(b) / 1048576.0);

@@ -388,6 +388,7 @@ backend *backend_cpu_create(int threads) {
   ctx->conv_budget = CPU_CONV_BUDGET;
   backend *b = xcalloc(1, sizeof(backend));
   b->ops = &cpu_ops;
+  b->is_device = 0;
   b->act_bytes = sizeof(float);
   b->impl = ctx;
   return b;

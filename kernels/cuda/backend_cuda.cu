@@ -256,6 +256,7 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
 
   backend *b = (backend *)xcalloc(1, sizeof(backend));
   b->ops = &cuda_ops;
+  b->is_device = 1;
   b->act_bytes = precision == 2 ? 2 : 4;
   b->impl = c;
   return b;

@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
   struct rusage ru;
   CHECK_POSIX(getrusage(RUSAGE_SELF, &ru));
   char mem[96];
-  if (b->ops->stream(b)) // a device backend: its memory, not the host's
+  if (b->is_device) // a device backend: its memory, not the host's
     snprintf(mem, sizeof(mem), "device memory %.0f MiB", backend_cuda_memory_used(b) / 1048576.0);
   else
     snprintf(mem, sizeof(mem), "peak RSS %.0f MiB", ru.ru_maxrss / 1024.0);
