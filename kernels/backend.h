@@ -60,6 +60,18 @@ typedef struct dropout_key {
   uint32_t step;
 } dropout_key;
 
+// The shape of an op's data (see backend_ops): input (N, H, W, C) and K output channels.
+typedef struct op_shape {
+  int N, H, W, C, K;
+} op_shape;
+
+// An activation that follows an op. The model gives it as a layer's attribute (layer.act) and
+// the walker (net.c) applies it: fused into conv_fwd / linear_fwd as their epilogue (where the
+// backends fuse it: the CUDA bias+ReLU kernel, cuBLASLt's epilogue), or through act_fwd after
+// any other op. Its backward is always act_bwd, into a buffer of its own, so no backward
+// overwrites an input it does not own.
+typedef enum { ACT_NONE = 0, ACT_RELU = 1 } activation;
+
 // What changes from one otherwise identical training step to the next (see capture_begin).
 typedef struct step_vars {
   const int32_t *h_ids; // the batch's sample ids (host memory, n of them: the captured count)
@@ -89,31 +101,44 @@ typedef struct backend_ops {
                      const uint8_t *image_labels, const int32_t *h_ids, int n,
                      const prep_params *p);
 
-  // y = act(conv3x3_pad1(x, w) + bias); x (N,H,W,C), w (K,3,3,C), y (N,H,W,K).
-  void (*conv_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                   int H, int W, int C, int K, int relu);
-  // dy (N,H,W,K) is the gradient of the layer's output y; with relu it is overwritten by the
-  // gradient of the pre-activation. Writes dw, db, and dx (N,H,W,C) unless dx == NULL.
-  void (*conv_bwd)(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+  // The shape of an op's data: input (N, H, W, C), K output channels. conv: K filters, output
+  // (N, H, W, K); pool: output (N, H/2, W/2, C), K = C; linear: H = W = 1, C the input and K
+  // the output features; dropout and the activations: elementwise over N * H * W * C, K = C.
+
+  // y = act(conv3x3_pad1(x, w) + bias); x (N,H,W,C), w (K,3,3,C), y (N,H,W,K). The activation
+  // is a fused epilogue (see activation).
+  void (*conv_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias,
+                   op_shape s, activation act);
+  // dy (N,H,W,K) is the gradient of the convolution's output (an activation's backward has
+  // already run). Writes dw, db, and dx (N,H,W,C) unless dx == NULL; reads dy only.
+  void (*conv_bwd)(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                   const float *w, op_shape s);
 
   // 2x2 max-pool, stride 2 (H, W even). y (N,H/2,W/2,C); argmax (N,H/2,W/2,C) int32 index
   // into x's plane for the CPU backend (a backend may leave it unused and recompute from x, y).
-  void (*maxpool_fwd)(backend *b, void *y, int32_t *argmax, const void *x, int N, int H, int W,
-                      int C);
+  void (*maxpool_fwd)(backend *b, void *y, int32_t *argmax, const void *x, op_shape s);
   void (*maxpool_bwd)(backend *b, void *dx, const void *dy, const int32_t *argmax, const void *x,
-                      const void *y, int N, int H, int W, int C);
+                      const void *y, op_shape s);
 
-  // y (N,out) = act(x (N,in) w^T + bias), w (out, in).
-  void (*linear_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                     int in, int out, int relu);
-  void (*linear_bwd)(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                     const float *w, const void *y, int N, int in, int out, int relu);
+  // y (N,K) = act(x (N,C) w^T + bias), w (K, C); the activation is a fused epilogue.
+  void (*linear_fwd)(backend *b, void *y, const void *x, const float *w, const float *bias,
+                     op_shape s, activation act);
+  // dy (N,K) as conv_bwd's: reads dy only, writes dw, db and dx (N,C) unless dx == NULL.
+  void (*linear_bwd)(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                     const float *w, op_shape s);
 
-  // y (N, D) = x * mask / (1 - p) (see dropout_key); dx = dy * mask / (1 - p).
-  void (*dropout_fwd)(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+  // An activation on its own: y = act(x) (y may be x); and its backward from the activation's
+  // output y: ReLU passes dy where y > 0 (or y is NaN, as PyTorch's threshold_backward) and
+  // writes 0 elsewhere. dx != dy.
+  void (*act_fwd)(backend *b, void *y, const void *x, op_shape s, activation act);
+  void (*act_bwd)(backend *b, void *dx, const void *dy, const void *y, op_shape s,
+                  activation act);
+
+  // y = x * mask / (1 - p) (see dropout_key) over D = H * W * C features per sample;
+  // dx = dy * mask / (1 - p).
+  void (*dropout_fwd)(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
-  void (*dropout_bwd)(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+  void (*dropout_bwd)(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
 
   // Softmax cross-entropy over logits (N, classes). stats[0] += sum of per-sample losses,
@@ -152,8 +177,11 @@ struct backend {
 // The CPU reference backend: OpenBLAS sgemm (single-threaded) inside OpenMP loops over
 // `threads` threads (0 = the OpenMP default, e.g. OMP_NUM_THREADS).
 backend *backend_cpu_create(int threads);
-// The CUDA backend on device `device`; precision 0 fp32, 1 tf32, 2 bf16.
-backend *backend_cuda_create(int device, int precision);
+// Arithmetic of the CUDA backend: fp32 (no TF32 anywhere), TF32 tensor cores for convolutions
+// and GEMMs, or bf16 activations (fp32 parameters, gradients and Adam state).
+typedef enum { PREC_FP32, PREC_TF32, PREC_BF16 } precision_kind;
+// The CUDA backend on device `device`.
+backend *backend_cuda_create(int device, precision_kind precision);
 
 // How the CUDA backend chooses a convolution's cuDNN engine among the allowed candidates the
 // heuristics offer, at the convolution's first use:

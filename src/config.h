@@ -11,10 +11,9 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "backend.h" // autotune_mode
+#include "backend.h" // autotune_mode, precision_kind
 
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_kind;
-typedef enum { PREC_FP32, PREC_TF32, PREC_BF16 } precision_kind;
 typedef enum { INIT_TORCHVISION, INIT_PYTORCH, INIT_PAPER } init_kind;
 
 typedef struct config {
