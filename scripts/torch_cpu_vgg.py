@@ -17,7 +17,7 @@ import torch.nn as nn
 
 
 def build(desc):
-    """nn.Sequential from --print-model's layers (kind, relu, in/out [H, W, C])."""
+    """nn.Sequential from --print-model's layers (kind, act, in/out [H, W, C])."""
     layers = []
     for l in desc["layers"]:
         if l["kind"] == "conv":
@@ -28,8 +28,10 @@ def build(desc):
             if "flat_hwc" in l and not any(isinstance(m, nn.Flatten) for m in layers):
                 layers.append(nn.Flatten())
             layers.append(nn.Dropout(l["p"]) if l["kind"] == "dropout" else nn.Linear(l["in"][2], l["out"][2]))
-        if l["relu"]:
+        if l["act"] == "relu":
             layers.append(nn.ReLU(True))
+        elif l["act"] != "none":
+            raise ValueError(f"unknown activation {l['act']!r}")
     return nn.Sequential(*layers)
 
 

@@ -38,13 +38,13 @@ static void add_params(model *m, layer *l, size_t w_count, size_t b_count) {
   m->n_params += w_count + b_count;
 }
 
-static void add_linear(model *m, int in, int out, int relu) {
+static void add_linear(model *m, int in, int out, activation act) {
   layer *l = push(m);
   l->kind = LAYER_LINEAR;
   l->H = l->W = l->oH = l->oW = 1;
   l->C = in;
   l->K = out;
-  l->relu = relu;
+  l->act = act;
   add_params(m, l, (size_t)out * in, out);
 }
 
@@ -82,7 +82,7 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
       l->K = C;
     } else {
       l->kind = LAYER_CONV;
-      l->relu = 1;
+      l->act = ACT_RELU;
       l->K = scaled(*c, width);
       add_params(m, l, (size_t)l->K * 9 * C, l->K);
       C = l->K;
@@ -93,10 +93,10 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
   }
   int fc = scaled(4096, width), flat = H * H * C;
   add_dropout(m, flat, 0);
-  add_linear(m, flat, fc, 1);
+  add_linear(m, flat, fc, ACT_RELU);
   add_dropout(m, fc, 1);
-  add_linear(m, fc, fc, 1);
-  add_linear(m, fc, classes, 0);
+  add_linear(m, fc, fc, ACT_RELU);
+  add_linear(m, fc, classes, ACT_NONE);
   if ((size_t)fc > m->max_act) m->max_act = fc;
 }
 
@@ -159,7 +159,16 @@ static const char *layer_kind_name(layer_kind k) {
   return "?";
 }
 
-// One layer per line. Keys: kind (conv | pool | dropout | linear), relu (a ReLU follows it),
+static const char *activation_name(activation a) {
+  switch (a) {
+  case ACT_NONE: return "none";
+  case ACT_RELU: return "relu";
+  }
+  return "?";
+}
+
+// One layer per line. Keys: kind (conv | pool | dropout | linear), act (the activation that
+// follows it: "relu" or "none"),
 // in/out [H, W, C] (dropout and linear: [1, 1, features]); conv: kernel 3, pad 1; pool: 2x2
 // max, stride 2; dropout: index (keys its mask), p; with parameters: w_offset, w_count, w_shape
 // (conv (K, 3, 3, C), linear (out, in)), b_offset, b_count; with non-trainable state,
@@ -167,8 +176,8 @@ static const char *layer_kind_name(layer_kind k) {
 // input is the flattened last feature map has flat_hwc [H, W, C]: its features are in (h, w, c)
 // order (PyTorch flattens (c, h, w)).
 static void layer_print_json(const layer *l, const int flat_hwc[3], float dropout, FILE *f) {
-  fprintf(f, "{\"kind\": \"%s\", \"relu\": %s, \"in\": [%d, %d, %d], \"out\": [%d, %d, %d]",
-          layer_kind_name(l->kind), l->relu ? "true" : "false", l->H, l->W, l->C, l->oH, l->oW, l->K);
+  fprintf(f, "{\"kind\": \"%s\", \"act\": \"%s\", \"in\": [%d, %d, %d], \"out\": [%d, %d, %d]",
+          layer_kind_name(l->kind), activation_name(l->act), l->H, l->W, l->C, l->oH, l->oW, l->K);
   if (l->kind == LAYER_CONV) fprintf(f, ", \"kernel\": 3, \"pad\": 1");
   if (l->kind == LAYER_POOL) fprintf(f, ", \"kernel\": 2, \"stride\": 2");
   if (l->kind == LAYER_DROPOUT) fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, dropout);

@@ -2,7 +2,7 @@
 // layout, initialisation, and the gradient-bucket plan.
 //
 // Layer list for configuration X at input S: for each entry of the paper's table a 3x3 conv
-// (pad 1) + ReLU, or a 2x2 max-pool; then dropout -> FC 4096 -> ReLU -> dropout -> FC 4096 ->
+// (pad 1) followed by a ReLU (its activation attribute), or a 2x2 max-pool; then dropout -> FC 4096 -> ReLU -> dropout -> FC 4096 ->
 // ReLU -> FC classes (the notebook's classifier). The first FC's input is 512 x (S/32)^2
 // (times the width) in (h, w, c) order. `width` scales every channel count and the FC width.
 //
@@ -24,9 +24,11 @@
 
 typedef enum { LAYER_CONV, LAYER_POOL, LAYER_DROPOUT, LAYER_LINEAR } layer_kind;
 
+// A layer is one op (its kind) and the activation that follows it (act, applied by the walker:
+// net.c fuses it into the op where the backend does, else runs it as an op of its own).
 typedef struct layer {
   layer_kind kind;
-  int relu;
+  activation act;
   int H, W, C;   // input (N, H, W, C); for dropout/linear H = W = 1 and C = features
   int oH, oW, K; // output
   size_t w_off, w_count, b_off, b_count; // into the flat parameter buffer (0 counts: none)
@@ -62,7 +64,7 @@ double model_train_flops(const model *m);
 void model_print(const model *m, FILE *f);
 // The model as one JSON object (`vgg_dist --print-model`; what the PyTorch scripts build their
 // nn.Module from): name, width, image_size, classes, dropout, n_params and the layers in order,
-// each with its kind, relu, input and output shapes (NHWC; C = features for dropout/linear),
+// each with its kind, act, input and output shapes (NHWC; C = features for dropout/linear),
 // and its weight/bias offsets and counts in the flat buffer. See model.c for the keys.
 void model_print_json(const model *m, FILE *f);
 

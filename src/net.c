@@ -5,6 +5,18 @@
 
 #include "check.h"
 
+// conv_fwd and linear_fwd take the layer's activation as their epilogue (every backend fuses
+// it); after any other op the walker runs act_fwd from the op's own output buffer (pre).
+static int act_fused(layer_kind k) { return k == LAYER_CONV || k == LAYER_LINEAR; }
+
+static int act_separate(const layer *l) { return l->act != ACT_NONE && !act_fused(l->kind); }
+
+// The op's data shape for a batch of n: its input and K output channels / features.
+static op_shape layer_shape(const layer *l, int n) { return (op_shape){n, l->H, l->W, l->C, l->K}; }
+
+// The shape of the layer's output, for its activation (elementwise, K = C).
+static op_shape output_shape(const layer *l, int n) { return (op_shape){n, l->oH, l->oW, l->K, l->K}; }
+
 // Every buffer of a net, in one place: allocated on b, or with b == NULL only counted.
 static size_t net_buffers(net *nt, const model *m, backend *b, size_t act_bytes, int max_n) {
   size_t total = 0;
@@ -26,6 +38,7 @@ static size_t net_buffers(net *nt, const model *m, backend *b, size_t act_bytes,
     const layer *l = &m->layers[i];
     size_t out = (size_t)max_n * l->oH * l->oW * l->K;
     TAKE(nt->act[i + 1], out * act_bytes);
+    if (act_separate(l)) TAKE(nt->pre[i], out * act_bytes);
     if (l->kind == LAYER_POOL) TAKE(nt->argmax[i], out * sizeof(int32_t));
   }
   for (int k = 0; k < 2; k++) TAKE(nt->dbuf[k], (size_t)max_n * m->max_act * act_bytes);
@@ -62,6 +75,7 @@ void net_free(net *nt) {
   for (int k = 1; k >= 0; k--) rel(b, nt->dbuf[k]);
   for (int i = nt->m->n_layers - 1; i >= 0; i--) {
     rel(b, nt->argmax[i]);
+    rel(b, nt->pre[i]);
     rel(b, nt->act[i + 1]);
   }
   rel(b, nt->act[0]);
@@ -96,29 +110,39 @@ void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const i
   nt->b->ops->prep_batch(nt->b, nt->act[0], nt->labels, nt->ids, d_images, d_labels, h_ids, count, pp);
 }
 
-void net_forward(net *nt, int count, int train, uint64_t seed, uint32_t step) {
+// Runs layer i's op from x into y (for a layer whose activation is separate, y is its pre
+// buffer); returns what the op's output is (evaluation-mode dropout passes x through).
+static const void *op_forward(net *nt, int i, void *y, const void *x, int count, int train,
+                              uint64_t seed, uint32_t step) {
   backend *b = nt->b;
   const backend_ops *o = b->ops;
+  const layer *l = &nt->m->layers[i];
   const float *P = nt->params;
+  op_shape s = layer_shape(l, count);
+  switch (l->kind) {
+  case LAYER_CONV: o->conv_fwd(b, y, x, P + l->w_off, P + l->b_off, s, l->act); return y;
+  case LAYER_POOL: o->maxpool_fwd(b, y, nt->argmax[i], x, s); return y;
+  case LAYER_LINEAR: o->linear_fwd(b, y, x, P + l->w_off, P + l->b_off, s, l->act); return y;
+  case LAYER_DROPOUT:
+    if (!train || nt->m->dropout <= 0) return x; // identity at evaluation
+    o->dropout_fwd(b, y, x, nt->ids, s, nt->m->dropout,
+                   (dropout_key){seed, (uint32_t)l->dropout_index, step});
+    return y;
+  }
+  FATAL("layer %d: unknown kind %d", i, (int)l->kind);
+}
+
+void net_forward(net *nt, int count, int train, uint64_t seed, uint32_t step) {
   const void *x = nt->act[0];
   for (int i = 0; i < nt->m->n_layers; i++) {
     const layer *l = &nt->m->layers[i];
-    void *y = nt->act[i + 1];
-    switch (l->kind) {
-    case LAYER_CONV:
-      o->conv_fwd(b, y, x, P + l->w_off, P + l->b_off, count, l->H, l->W, l->C, l->K, l->relu);
-      break;
-    case LAYER_POOL: o->maxpool_fwd(b, y, nt->argmax[i], x, count, l->H, l->W, l->C); break;
-    case LAYER_LINEAR:
-      o->linear_fwd(b, y, x, P + l->w_off, P + l->b_off, count, l->C, l->K, l->relu);
-      break;
-    case LAYER_DROPOUT:
-      if (train && nt->m->dropout > 0)
-        o->dropout_fwd(b, y, x, nt->ids, count, l->C, nt->m->dropout,
-                       (dropout_key){seed, (uint32_t)l->dropout_index, step});
-      else
-        y = (void *)x; // identity at evaluation
-      break;
+    const void *y;
+    if (act_separate(l)) {
+      const void *z = op_forward(nt, i, nt->pre[i], x, count, train, seed, step);
+      nt->b->ops->act_fwd(nt->b, nt->act[i + 1], z, output_shape(l, count), l->act);
+      y = nt->act[i + 1];
+    } else {
+      y = op_forward(nt, i, nt->act[i + 1], x, count, train, seed, step);
     }
     nt->in[i] = x;
     nt->out[i] = y;
@@ -132,43 +156,56 @@ void net_loss(net *nt, int count, float grad_scale) {
                   nt->labels, count, last->K, grad_scale);
 }
 
-void net_backward(net *nt, int count, uint64_t seed, uint32_t step, grad_sync *gs) {
+// Layer i's op backward from dy into dx (NULL: not needed) and its parameter gradients.
+static void op_backward(net *nt, int i, void *dx, const void *dy, int count, uint64_t seed,
+                        uint32_t step) {
   backend *b = nt->b;
   const backend_ops *o = b->ops;
+  const layer *l = &nt->m->layers[i];
   const float *P = nt->params;
   float *G = nt->grads;
-  int cur = 0, next_bucket = 0;
+  op_shape s = layer_shape(l, count);
+  switch (l->kind) {
+  case LAYER_CONV:
+    o->conv_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, s);
+    return;
+  case LAYER_POOL: {
+    const void *y = act_separate(l) ? nt->pre[i] : nt->out[i];
+    if (dx) o->maxpool_bwd(b, dx, dy, nt->argmax[i], nt->in[i], y, s);
+    return;
+  }
+  case LAYER_LINEAR:
+    o->linear_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, s);
+    return;
+  case LAYER_DROPOUT:
+    if (dx) o->dropout_bwd(b, dx, dy, nt->ids, s, nt->m->dropout,
+                           (dropout_key){seed, (uint32_t)l->dropout_index, step});
+    return;
+  }
+  FATAL("layer %d: unknown kind %d", i, (int)l->kind);
+}
+
+// Starts the reduction of every bucket whose last layer (in backward order) is layer i.
+static void buckets_ready(net *nt, int i, int *next, grad_sync *gs) {
+  const bucket_plan *p = &nt->buckets;
+  for (; *next < p->n && p->ready_layer[*next] == i; (*next)++)
+    grad_sync_start(gs, p->begin[*next], p->end[*next] - p->begin[*next]);
+  grad_sync_poll(gs);
+}
+
+void net_backward(net *nt, int count, uint64_t seed, uint32_t step, grad_sync *gs) {
+  int cur = 0, next_bucket = 0; // dbuf[cur] holds the gradient of layer i's output
   for (int i = nt->m->n_layers - 1; i >= 0; i--) {
     const layer *l = &nt->m->layers[i];
-    void *dy = nt->dbuf[cur];
+    if (l->act != ACT_NONE) { // the activation's gradient first, into the other buffer
+      nt->b->ops->act_bwd(nt->b, nt->dbuf[cur ^ 1], nt->dbuf[cur], nt->out[i],
+                          output_shape(l, count), l->act);
+      cur ^= 1;
+    }
     // The first layer's input gradient is not needed.
-    void *dx = i == 0 ? NULL : nt->dbuf[cur ^ 1];
-    switch (l->kind) {
-    case LAYER_CONV:
-      o->conv_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, nt->out[i], count,
-                  l->H, l->W, l->C, l->K, l->relu);
-      break;
-    case LAYER_POOL:
-      if (dx) o->maxpool_bwd(b, dx, dy, nt->argmax[i], nt->in[i], nt->out[i], count, l->H, l->W, l->C);
-      break;
-    case LAYER_LINEAR:
-      o->linear_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, nt->out[i],
-                    count, l->C, l->K, l->relu);
-      break;
-    case LAYER_DROPOUT:
-      if (dx) o->dropout_bwd(b, dx, dy, nt->ids, count, l->C, nt->m->dropout,
-                             (dropout_key){seed, (uint32_t)l->dropout_index, step});
-      break;
-    }
+    op_backward(nt, i, i == 0 ? NULL : nt->dbuf[cur ^ 1], nt->dbuf[cur], count, seed, step);
     cur ^= 1;
-    if (gs) {
-      while (next_bucket < nt->buckets.n && nt->buckets.ready_layer[next_bucket] == i) {
-        grad_sync_start(gs, nt->buckets.begin[next_bucket],
-                        nt->buckets.end[next_bucket] - nt->buckets.begin[next_bucket]);
-        next_bucket++;
-      }
-      grad_sync_poll(gs);
-    }
+    if (gs) buckets_ready(nt, i, &next_bucket, gs);
   }
 }
 

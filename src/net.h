@@ -24,6 +24,8 @@ typedef struct net {
   void *act[MODEL_MAX_LAYERS + 1];         // act[0]: input; act[i + 1]: output of layer i
   const void *in[MODEL_MAX_LAYERS];        // what layer i read and wrote in the last forward
   const void *out[MODEL_MAX_LAYERS];       // (eval-mode dropout passes its input through)
+  void *pre[MODEL_MAX_LAYERS];             // an op's output before an activation it does not
+                                           // fuse (act_fwd reads it; NULL where none)
   int32_t *argmax[MODEL_MAX_LAYERS];
   void *dbuf[2];                           // activation-gradient ping-pong
   int32_t *labels, *ids;
@@ -65,11 +67,15 @@ void net_download_buffers(net *nt, float *h_buffers);
 // Assemble batch rows 0..count-1 from the backend-resident dataset.
 void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
               int count, const prep_params *pp);
-// Forward through every layer. train: dropout active with masks keyed by (seed, step, ids).
+// Forward through every layer: its op, then its activation (fused into conv and linear, an
+// act_fwd of its own after other ops). train: dropout active with masks keyed by (seed, step,
+// ids).
 void net_forward(net *nt, int count, int train, uint64_t seed, uint32_t step);
 // Adds loss sum / correct to stats; with grad_scale != 0 also leaves dlogits for backward.
 void net_loss(net *nt, int count, float grad_scale);
-// Backward into nt->grads; when gs is non-NULL each bucket's reduction starts when ready.
+// Backward into nt->grads, each layer's activation (act_bwd) then its op; the activation
+// gradients ping-pong between dbuf[0] and dbuf[1], so no op overwrites the dy it reads. When
+// gs is non-NULL each bucket's reduction starts when ready.
 void net_backward(net *nt, int count, uint64_t seed, uint32_t step, grad_sync *gs);
 void net_adam(net *nt, const adam_params *ap);
 // prep, forward, loss, backward, wait for the reductions, Adam. With nt->graphs on a backend

@@ -78,8 +78,8 @@ def main(model_path, src, dst):
     assert sum(l["w_count"] + l["b_count"] for l in with_params) == n_params
     params = [t.requires_grad_() for t in params]
 
-    # The branches vgg_dist took (ReLU masks, max-pool argmaxes), per step, in its NHWC order:
-    # for every layer in order, a pool's argmaxes or a ReLU's mask of its output.
+    # The branches vgg_dist took, per step and layer, in its NHWC order: the mask of the layer's
+    # ReLU (when its activation is one), then a pool's argmaxes (the file's order).
     def nchw(a, l):
         h_, w_, c_ = l["out"]
         return a.reshape(n, h_, w_, c_).permute(0, 3, 1, 2) if l["kind"] in ("conv", "pool") else a.reshape(n, c_)
@@ -89,10 +89,9 @@ def main(model_path, src, dst):
         per = []
         for l in layers:
             count = n * l["out"][0] * l["out"][1] * l["out"][2]
-            if l["kind"] == "pool":
-                per.append(nchw(array("<i4", count).long(), l))
-            elif l["relu"]:
-                per.append(nchw(array(np.uint8, count), l))
+            mask = nchw(array(np.uint8, count), l) if l["act"] == "relu" else None
+            argmax = nchw(array("<i4", count).long(), l) if l["kind"] == "pool" else None
+            per.append((mask, argmax))
         branches.append(per)
 
     # Dropout masks per step: (n, features) in vgg_dist's feature order, one per dropout layer.
@@ -131,22 +130,22 @@ def main(model_path, src, dst):
 
     def forward(step):
         h, pi = x, 0
-        br = iter(branches[step])
         scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
-        for l in layers:
-            if l["kind"] == "pool":
-                h = pool(h, next(br))
-                continue
-            if l["kind"] != "conv":
+        for l, (mask, argmax) in zip(layers, branches[step]):
+            if l["kind"] in ("dropout", "linear"):
                 h = torch.flatten(h, 1)
-            if l["kind"] == "dropout":
+            if l["kind"] == "pool":
+                h = pool(h, argmax)
+            elif l["kind"] == "dropout":
                 h = h * masks[step][l["index"]] * scale
-                continue
-            w, b = params[pi], params[pi + 1]
-            pi += 2
-            h = F.conv2d(h, w, b, padding=1) if l["kind"] == "conv" else F.linear(h, w, b)
-            if l["relu"]:
-                h = relu(h, next(br))
+            else:
+                w, b = params[pi], params[pi + 1]
+                pi += 2
+                h = F.conv2d(h, w, b, padding=1) if l["kind"] == "conv" else F.linear(h, w, b)
+            if l["act"] == "relu":
+                h = relu(h, mask)
+            else:
+                assert l["act"] == "none", l["act"]
         return h
 
     opt_cls = torch.optim.AdamW if adamw else torch.optim.Adam

@@ -26,7 +26,8 @@ def check(path, name, n_params, n_layers, n_convs):
             prev = [1, 1, math.prod(l["flat_hwc"])]
         assert l["in"] == prev, (i, l["in"], prev)
         prev = l["out"]
-        assert l["relu"] == (l["kind"] == "conv" or (l["kind"] == "linear" and i + 1 < len(layers)))
+        relu = l["kind"] == "conv" or (l["kind"] == "linear" and i + 1 < len(layers))
+        assert l["act"] == ("relu" if relu else "none"), (i, l)
         if "w_count" in l:
             assert l["w_offset"] == pos and l["w_count"] == math.prod(l["w_shape"]), (i, pos, l)
             assert l["b_offset"] == pos + l["w_count"] and l["b_count"] == l["out"][2], (i, l)

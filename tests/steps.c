@@ -15,15 +15,16 @@ static void record_branches(steps_result *r, net *nt, const model *m, int n, int
   for (int i = 0; i < m->n_layers; i++) {
     const layer *l = &m->layers[i];
     size_t count = (size_t)n * l->oH * l->oW * l->K;
-    if (l->relu) {
+    if (l->kind == LAYER_POOL) {
+      r->argmax[t][i] = xmalloc(count * sizeof(int32_t));
+      b->ops->download(b, r->argmax[t][i], nt->argmax[i], count * sizeof(int32_t));
+    }
+    if (l->act == ACT_RELU) {
       float *y = xmalloc(count * sizeof(float));
       b->ops->download(b, y, nt->out[i], count * sizeof(float));
       r->relu_mask[t][i] = xmalloc(count);
       for (size_t j = 0; j < count; j++) r->relu_mask[t][i][j] = y[j] > 0;
       free(y);
-    } else if (l->kind == LAYER_POOL) {
-      r->argmax[t][i] = xmalloc(count * sizeof(int32_t));
-      b->ops->download(b, r->argmax[t][i], nt->argmax[i], count * sizeof(int32_t));
     }
   }
 }

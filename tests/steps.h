@@ -26,8 +26,8 @@ typedef struct steps_result {
   float *grads;        // gradients of the first step
   float *params;       // parameters after the last step
   int32_t labels[256], ids[256]; // the first step's
-  // With record_branches, per step and layer: the ReLU decisions (out > 0) of conv/linear
-  // layers with ReLU, and the max-pool argmaxes, in the backend's (N, H, W, C) order.
+  // With record_branches, per step and layer: the max-pool argmaxes and the ReLU decisions
+  // (out > 0) of layers whose activation is a ReLU, in the backend's (N, H, W, C) order.
   uint8_t *relu_mask[8][MODEL_MAX_LAYERS];
   int32_t *argmax[8][MODEL_MAX_LAYERS];
 } steps_result;

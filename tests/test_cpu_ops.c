@@ -71,6 +71,16 @@ static int fd_check(const char *what, loss_fn f, void *ctx, float *a, const floa
   return bad;
 }
 
+// Backward through an op with a fused activation, as the walker runs it: act_bwd from the
+// op's output y into a buffer of its own, then the op's backward from that (which reads it
+// only). dy is never written.
+static const float *act_grad(backend *b, float *tmp, const float *dy, const float *y, op_shape s,
+                             activation act) {
+  if (act == ACT_NONE) return dy;
+  b->ops->act_bwd(b, tmp, dy, y, s, act);
+  return tmp;
+}
+
 // ---- convolution ---------------------------------------------------------------------------
 
 // Direct convolution in double: y[n,h,w,k] = b[k] + sum_{r,s,c} x[n,h+r-1,w+s-1,c] w[k,r,s,c].
@@ -94,15 +104,16 @@ static void conv_ref(double *y, const float *x, const float *w, const float *b, 
 
 typedef struct conv_case {
   backend *b;
-  int N, H, W, C, K, relu;
+  op_shape s;
+  activation act;
   float *x, *w, *bias, *y, *r, *ybase;
 } conv_case;
 
 static double conv_loss(void *p, int *kink) {
   conv_case *t = p;
-  size_t ny = (size_t)t->N * t->H * t->W * t->K;
-  t->b->ops->conv_fwd(t->b, t->y, t->x, t->w, t->bias, t->N, t->H, t->W, t->C, t->K, t->relu);
-  if (t->relu)
+  size_t ny = (size_t)t->s.N * t->s.H * t->s.W * t->s.K;
+  t->b->ops->conv_fwd(t->b, t->y, t->x, t->w, t->bias, t->s, t->act);
+  if (t->act == ACT_RELU)
     for (size_t i = 0; i < ny; i++)
       if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
   return dot(t->y, t->r, ny);
@@ -115,7 +126,9 @@ static void conv_check(int N, int H, int W, int C, int K, int relu, int with_dx,
   cpu_ctx *ctx = b->impl;
   if (budget) ctx->conv_budget = budget;
   size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
-  conv_case t = {b, N, H, W, C, K, relu, fvec(nx), fvec(nw), fvec(K), fvec(ny), fvec(ny), fvec(ny)};
+  const op_shape s = {N, H, W, C, K};
+  const activation act = relu ? ACT_RELU : ACT_NONE;
+  conv_case t = {b, s, act, fvec(nx), fvec(nw), fvec(K), fvec(ny), fvec(ny), fvec(ny)};
   fill(t.x, nx, 1, -1, 1);
   fill(t.w, nw, 2, -0.5f, 0.5f);
   fill(t.bias, K, 3, -0.2f, 0.2f);
@@ -124,17 +137,20 @@ static void conv_check(int N, int H, int W, int C, int K, int relu, int with_dx,
   // Forward against the direct convolution in double.
   double *yref = xmalloc(ny * sizeof(double));
   conv_ref(yref, t.x, t.w, t.bias, N, H, W, C, K, relu);
-  b->ops->conv_fwd(b, t.ybase, t.x, t.w, t.bias, N, H, W, C, K, relu);
+  b->ops->conv_fwd(b, t.ybase, t.x, t.w, t.bias, s, act);
   double maxerr = 0.0;
   for (size_t i = 0; i < ny; i++) maxerr = fmax(maxerr, fabs(t.ybase[i] - yref[i]));
   EXPECT(maxerr < 1e-5);
 
-  // Backward with dy = r (copied: with relu conv_bwd overwrites it).
-  float *dy = fvec(ny), *dx = with_dx ? fvec(nx) : NULL, *dw = fvec(nw), *db = fvec(K);
+  // Backward with dy = r: the activation's gradient, then the convolution's; neither writes
+  // what it reads.
+  float *dy = fvec(ny), *dz = fvec(ny), *dx = with_dx ? fvec(nx) : NULL, *dw = fvec(nw), *db = fvec(K);
   memcpy(dy, t.r, ny * sizeof(float));
-  b->ops->conv_bwd(b, dx, dw, db, dy, t.x, t.w, t.ybase, N, H, W, C, K, relu);
+  const float *g = act_grad(b, dz, dy, t.ybase, (op_shape){N, H, W, K, K}, act);
+  b->ops->conv_bwd(b, dx, dw, db, g, t.x, t.w, s);
+  EXPECT(memcmp(dy, t.r, ny * sizeof(float)) == 0);
   if (relu)
-    for (size_t i = 0; i < ny; i++) EXPECT(dy[i] == (t.ybase[i] > 0 ? t.r[i] : 0.0f));
+    for (size_t i = 0; i < ny; i++) EXPECT(dz[i] == (t.ybase[i] > 0 ? t.r[i] : 0.0f));
 
   // L is linear between ReLU kinks: a small step meets fewer kinks; float rounding of y
   // (~1e-7 relative, summed in double) stays well under the tolerance at either step.
@@ -148,7 +164,7 @@ static void conv_check(int N, int H, int W, int C, int K, int relu, int with_dx,
   EXPECT(skipped * 4 < (int)probes); // a kink skips a probe; most must be checked
   if (!relu) EXPECT_EQ_INT(skipped, 0);
 
-  free(dy); free(dx); free(dw); free(db); free(yref);
+  free(dy); free(dz); free(dx); free(dw); free(db); free(yref);
   free(t.x); free(t.w); free(t.bias); free(t.y); free(t.r); free(t.ybase);
   b->ops->destroy(b);
 }
@@ -185,14 +201,16 @@ TEST(cpu_conv_threads_and_chunks_agree) {
   enum { V = 3 };
   const int threads[V] = {1, 2, 3};
   const size_t budget[V] = {0, 37 * 9 * K, 5 * 9 * K}; // per thread; 0 = default
-  float *y[V], *dx[V], *dw[V], *db[V], *dy[V];
+  float *y[V], *dx[V], *dw[V], *db[V], *dy[V], *dz = fvec(ny);
+  const op_shape s = {N, H, W, C, K};
   for (int v = 0; v < V; v++) {
     backend *b = backend_cpu_create(threads[v]);
     if (budget[v]) ((cpu_ctx *)b->impl)->conv_budget = budget[v];
     y[v] = fvec(ny); dy[v] = fvec(ny); dx[v] = fvec(nx); dw[v] = fvec(nw); db[v] = fvec(K);
-    b->ops->conv_fwd(b, y[v], x, w, bias, N, H, W, C, K, 1);
+    b->ops->conv_fwd(b, y[v], x, w, bias, s, ACT_RELU);
     memcpy(dy[v], r, ny * 4);
-    b->ops->conv_bwd(b, dx[v], dw[v], db[v], dy[v], x, w, y[v], N, H, W, C, K, 1);
+    const float *g = act_grad(b, dz, dy[v], y[v], (op_shape){N, H, W, K, K}, ACT_RELU);
+    b->ops->conv_bwd(b, dx[v], dw[v], db[v], g, x, w, s);
     b->ops->destroy(b);
   }
   double *yref = xmalloc(ny * sizeof(double));
@@ -219,7 +237,7 @@ TEST(cpu_conv_threads_and_chunks_agree) {
   for (int v = 0; v < V; v++) {
     free(y[v]); free(dy[v]); free(dx[v]); free(dw[v]); free(db[v]);
   }
-  free(yref); free(x); free(w); free(bias); free(r);
+  free(yref); free(x); free(w); free(bias); free(r); free(dz);
 }
 
 // ---- max-pool ------------------------------------------------------------------------------
@@ -234,7 +252,7 @@ typedef struct pool_case {
 static double pool_loss(void *p, int *kink) {
   pool_case *t = p;
   size_t ny = (size_t)t->N * (t->H / 2) * (t->W / 2) * t->C;
-  t->b->ops->maxpool_fwd(t->b, t->y, t->am, t->x, t->N, t->H, t->W, t->C);
+  t->b->ops->maxpool_fwd(t->b, t->y, t->am, t->x, (op_shape){t->N, t->H, t->W, t->C, t->C});
   if (memcmp(t->am, t->ambase, ny * sizeof(int32_t))) *kink = 1;
   return dot(t->y, t->r, ny);
 }
@@ -247,7 +265,8 @@ TEST(cpu_maxpool_grad) {
   // Distinct values 0.05 apart in a scrambled order: no ties, no argmax flip at eps = 1e-2.
   for (size_t i = 0; i < nx; i++) t.x[i] = (float)((i * 37) % nx) * 0.05f - 3.0f;
   fill(t.r, ny, 21, -1, 1);
-  b->ops->maxpool_fwd(b, t.y, t.ambase, t.x, N, H, W, C);
+  const op_shape s = {N, H, W, C, C};
+  b->ops->maxpool_fwd(b, t.y, t.ambase, t.x, s);
   // Forward: max of each window, argmax pointing at it.
   for (int n = 0; n < N; n++)
     for (int ho = 0; ho < H / 2; ho++)
@@ -264,7 +283,7 @@ TEST(cpu_maxpool_grad) {
         }
   float *dx = fvec(nx);
   for (size_t i = 0; i < nx; i++) dx[i] = 123.0f; // bwd must overwrite every element
-  b->ops->maxpool_bwd(b, dx, t.r, t.ambase, t.x, t.y, N, H, W, C);
+  b->ops->maxpool_bwd(b, dx, t.r, t.ambase, t.x, t.y, s);
   int skipped = 0;
   EXPECT_EQ_INT(fd_check("maxpool dx", pool_loss, &t, t.x, dx, nx, 1e-2f, 1e-3, 1e-3, &skipped), 0);
   EXPECT_EQ_INT(skipped, 0);
@@ -283,7 +302,8 @@ TEST(cpu_maxpool_ties) {
   float y[4], dx[16];
   int32_t am[4];
   backend *b = backend_cpu_create(1);
-  b->ops->maxpool_fwd(b, y, am, x, 1, 4, 4, 1);
+  const op_shape s = {1, 4, 4, 1, 1};
+  b->ops->maxpool_fwd(b, y, am, x, s);
   // Window (0,0): all equal -> (0,0) = index 0. (0,1): 2 at (0,1),(1,0),(1,1) -> index 3.
   // (1,0): 3 at (0,1),(1,0),(1,1) -> index 9. (1,1): -1 at (0,0),(0,1),(1,0) -> index 10.
   EXPECT(y[0] == 1 && y[1] == 2 && y[2] == 3 && y[3] == -1);
@@ -292,7 +312,7 @@ TEST(cpu_maxpool_ties) {
   EXPECT_EQ_INT(am[2], 9);
   EXPECT_EQ_INT(am[3], 10);
   const float dy[4] = {10, 20, 30, 40};
-  b->ops->maxpool_bwd(b, dx, dy, am, x, y, 1, 4, 4, 1);
+  b->ops->maxpool_bwd(b, dx, dy, am, x, y, s);
   for (int i = 0; i < 16; i++) {
     float want = i == 0 ? 10 : i == 3 ? 20 : i == 9 ? 30 : i == 10 ? 40 : 0;
     EXPECT(dx[i] == want);
@@ -301,7 +321,7 @@ TEST(cpu_maxpool_ties) {
   float xn[16];
   memcpy(xn, x, sizeof(xn));
   xn[5] = NAN;
-  b->ops->maxpool_fwd(b, y, am, xn, 1, 4, 4, 1);
+  b->ops->maxpool_fwd(b, y, am, xn, s);
   EXPECT(isnan(y[0]));
   EXPECT_EQ_INT(am[0], 5);
   b->ops->destroy(b);
@@ -311,15 +331,17 @@ TEST(cpu_maxpool_ties) {
 
 typedef struct lin_case {
   backend *b;
-  int N, in, out, relu;
+  int N, in, out;
+  activation act;
   float *x, *w, *bias, *y, *r, *ybase;
 } lin_case;
 
 static double lin_loss(void *p, int *kink) {
   lin_case *t = p;
   size_t ny = (size_t)t->N * t->out;
-  t->b->ops->linear_fwd(t->b, t->y, t->x, t->w, t->bias, t->N, t->in, t->out, t->relu);
-  if (t->relu)
+  t->b->ops->linear_fwd(t->b, t->y, t->x, t->w, t->bias, (op_shape){t->N, 1, 1, t->in, t->out},
+                        t->act);
+  if (t->act == ACT_RELU)
     for (size_t i = 0; i < ny; i++)
       if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
   return dot(t->y, t->r, ny);
@@ -328,12 +350,14 @@ static double lin_loss(void *p, int *kink) {
 static void linear_check(int N, int in, int out, int relu) {
   backend *b = backend_cpu_create(0);
   size_t nx = (size_t)N * in, nw = (size_t)out * in, ny = (size_t)N * out;
-  lin_case t = {b, N, in, out, relu, fvec(nx), fvec(nw), fvec(out), fvec(ny), fvec(ny), fvec(ny)};
+  const op_shape s = {N, 1, 1, in, out};
+  const activation act = relu ? ACT_RELU : ACT_NONE;
+  lin_case t = {b, N, in, out, act, fvec(nx), fvec(nw), fvec(out), fvec(ny), fvec(ny), fvec(ny)};
   fill(t.x, nx, 31, -1, 1);
   fill(t.w, nw, 32, -0.5f, 0.5f);
   fill(t.bias, out, 33, -0.2f, 0.2f);
   fill(t.r, ny, 34, -1, 1);
-  b->ops->linear_fwd(b, t.ybase, t.x, t.w, t.bias, N, in, out, relu);
+  b->ops->linear_fwd(b, t.ybase, t.x, t.w, t.bias, s, act);
   for (int n = 0; n < N; n++)
     for (int o = 0; o < out; o++) {
       double s = t.bias[o];
@@ -341,9 +365,11 @@ static void linear_check(int N, int in, int out, int relu) {
       if (relu && s < 0) s = 0;
       EXPECT_NEAR(t.ybase[n * out + o], s, 1e-5);
     }
-  float *dy = fvec(ny), *dx = fvec(nx), *dw = fvec(nw), *db = fvec(out);
+  float *dy = fvec(ny), *dz = fvec(ny), *dx = fvec(nx), *dw = fvec(nw), *db = fvec(out);
   memcpy(dy, t.r, ny * sizeof(float));
-  b->ops->linear_bwd(b, dx, dw, db, dy, t.x, t.w, t.ybase, N, in, out, relu);
+  const float *g = act_grad(b, dz, dy, t.ybase, (op_shape){N, 1, 1, out, out}, act);
+  b->ops->linear_bwd(b, dx, dw, db, g, t.x, t.w, s);
+  EXPECT(memcmp(dy, t.r, ny * sizeof(float)) == 0);
   const float eps = relu ? 1e-3f : 1e-2f;
   int skipped = 0, bad = 0;
   bad += fd_check("linear dx", lin_loss, &t, t.x, dx, nx, eps, 2e-3, 2e-3, &skipped);
@@ -352,7 +378,7 @@ static void linear_check(int N, int in, int out, int relu) {
   EXPECT_EQ_INT(bad, 0);
   EXPECT(skipped * 4 < (int)(nx + nw + out));
   if (!relu) EXPECT_EQ_INT(skipped, 0);
-  free(dy); free(dx); free(dw); free(db);
+  free(dy); free(dz); free(dx); free(dw); free(db);
   free(t.x); free(t.w); free(t.bias); free(t.y); free(t.r); free(t.ybase);
   b->ops->destroy(b);
 }
@@ -378,8 +404,9 @@ TEST(cpu_linear_threaded) {
     fill(w, (size_t)out * in, 62, -0.2f, 0.2f);
     fill(bias, out, 63, -0.1f, 0.1f);
     fill(dy, (size_t)N * out, 64, -1, 1);
-    b->ops->linear_fwd(b, y, x, w, bias, N, in, out, 0);
-    b->ops->linear_bwd(b, dx, dw, db, dy, x, w, y, N, in, out, 0);
+    const op_shape s = {N, 1, 1, in, out};
+    b->ops->linear_fwd(b, y, x, w, bias, s, ACT_NONE);
+    b->ops->linear_bwd(b, dx, dw, db, dy, x, w, s);
     double ey = 0, edx = 0, edw = 0, edb = 0;
     for (int n = 0; n < N; n++)
       for (int o = 0; o < out; o++) {
@@ -425,7 +452,7 @@ typedef struct drop_case {
 
 static double drop_loss(void *q, int *kink) {
   drop_case *t = q;
-  t->b->ops->dropout_fwd(t->b, t->y, t->x, t->ids, t->N, t->D, t->p, t->key);
+  t->b->ops->dropout_fwd(t->b, t->y, t->x, t->ids, (op_shape){t->N, 1, 1, t->D, t->D}, t->p, t->key);
   return dot(t->y, t->r, (size_t)t->N * t->D);
 }
 
@@ -440,12 +467,12 @@ TEST(cpu_dropout) {
     fill(t.x, N * D, 41, -1, 1);
     fill(t.r, N * D, 42, -1, 1);
     float *dx = fvec(N * D);
-    b->ops->dropout_bwd(b, dx, t.r, ids, N, D, t.p, key);
+    b->ops->dropout_bwd(b, dx, t.r, ids, (op_shape){N, 1, 1, D, D}, t.p, key);
     int skipped = 0;
     int bad = fd_check("dropout dx", drop_loss, &t, t.x, dx, N * D, 1e-2f, 1e-3, 1e-3, &skipped);
     EXPECT_EQ_INT(bad, 0);
     // Forward: each unit either dropped or scaled by 1 / (1 - p), as the documented key says.
-    b->ops->dropout_fwd(b, t.y, t.x, ids, N, D, t.p, key);
+    b->ops->dropout_fwd(b, t.y, t.x, ids, (op_shape){N, 1, 1, D, D}, t.p, key);
     for (int n = 0; n < N; n++)
       for (int j = 0; j < D; j++) {
         int keep = rng_dropout_keep(key.seed, key.layer, key.step, (uint32_t)ids[n], j, t.p);
@@ -460,7 +487,7 @@ TEST(cpu_dropout) {
     int32_t ids[8] = {3, 1, 4, 1000000, 5, 9, 2, 3};
     float *x = fvec((size_t)N * D), *y = fvec((size_t)N * D), *y2 = fvec((size_t)N * D);
     for (size_t i = 0; i < (size_t)N * D; i++) x[i] = 1.0f;
-    b->ops->dropout_fwd(b, y, x, ids, N, D, p, key);
+    b->ops->dropout_fwd(b, y, x, ids, (op_shape){N, 1, 1, D, D}, p, key);
     long kept = 0;
     for (size_t i = 0; i < (size_t)N * D; i++) kept += y[i] != 0.0f;
     double frac = (double)kept / (N * D); // sd of frac ~ sqrt(.24 / 32768) = 0.0027
@@ -470,7 +497,7 @@ TEST(cpu_dropout) {
     memcpy(ids2, ids, sizeof(ids));
     ids2[0] = ids[5];
     ids2[5] = ids[0];
-    b->ops->dropout_fwd(b, y2, x, ids2, N, D, p, key);
+    b->ops->dropout_fwd(b, y2, x, ids2, (op_shape){N, 1, 1, D, D}, p, key);
     EXPECT(memcmp(y2, y + 5 * D, D * sizeof(float)) == 0);
     EXPECT(memcmp(y2 + 5 * D, y, D * sizeof(float)) == 0);
     EXPECT(memcmp(y2 + D, y + D, D * sizeof(float)) == 0);
@@ -480,19 +507,158 @@ TEST(cpu_dropout) {
     // A different step (or layer) gives a different mask for the same sample.
     dropout_key k2 = key;
     k2.step++;
-    b->ops->dropout_fwd(b, y2, x, ids, N, D, p, k2);
+    b->ops->dropout_fwd(b, y2, x, ids, (op_shape){N, 1, 1, D, D}, p, k2);
     long same = 0;
     for (int j = 0; j < D; j++) same += (y2[j] != 0) == (y[j] != 0);
     EXPECT(same < D * 0.7); // independent masks agree on ~p^2 + (1-p)^2 = 52%
     k2 = key;
     k2.layer++;
-    b->ops->dropout_fwd(b, y2, x, ids, N, D, p, k2);
+    b->ops->dropout_fwd(b, y2, x, ids, (op_shape){N, 1, 1, D, D}, p, k2);
     EXPECT(memcmp(y2, y, D * sizeof(float)) != 0);
     // p = 0 is the identity.
-    b->ops->dropout_fwd(b, y2, x, ids, N, D, 0.0f, key);
+    b->ops->dropout_fwd(b, y2, x, ids, (op_shape){N, 1, 1, D, D}, 0.0f, key);
     EXPECT(memcmp(y2, x, (size_t)N * D * sizeof(float)) == 0);
     free(x); free(y); free(y2);
   }
+  b->ops->destroy(b);
+}
+
+// ---- activations on their own -------------------------------------------------------------
+
+typedef struct act_case {
+  backend *b;
+  op_shape s;
+  float *x, *y, *r, *ybase;
+} act_case;
+
+static double act_loss(void *p, int *kink) {
+  act_case *t = p;
+  size_t n = (size_t)t->s.N * t->s.H * t->s.W * t->s.C;
+  t->b->ops->act_fwd(t->b, t->y, t->x, t->s, ACT_RELU);
+  for (size_t i = 0; i < n; i++)
+    if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
+  return dot(t->y, t->r, n);
+}
+
+TEST(cpu_activation) {
+  backend *b = backend_cpu_create(0);
+  const op_shape s = {2, 3, 5, 4, 4};
+  const size_t n = 2 * 3 * 5 * 4;
+  act_case t = {b, s, fvec(n), fvec(n), fvec(n), fvec(n)};
+  fill(t.x, n, 51, -1, 1);
+  fill(t.r, n, 52, -1, 1);
+  b->ops->act_fwd(b, t.ybase, t.x, s, ACT_RELU);
+  for (size_t i = 0; i < n; i++) EXPECT(t.ybase[i] == (t.x[i] < 0 ? 0.0f : t.x[i]));
+  float *dy = fvec(n), *dx = fvec(n);
+  memcpy(dy, t.r, n * sizeof(float));
+  b->ops->act_bwd(b, dx, dy, t.ybase, s, ACT_RELU);
+  EXPECT(memcmp(dy, t.r, n * sizeof(float)) == 0); // reads dy only
+  int skipped = 0;
+  EXPECT_EQ_INT(fd_check("relu dx", act_loss, &t, t.x, dx, n, 1e-3f, 1e-4, 1e-4, &skipped), 0);
+  EXPECT(skipped * 4 < (int)n);
+  // NaN propagates forward and passes the gradient backward (as PyTorch's threshold_backward);
+  // 0 and -0 stop it; in place is allowed forward.
+  float x[4] = {NAN, 0.0f, -0.0f, 2.0f}, g[4] = {1, 2, 3, 4}, d[4];
+  const op_shape s4 = {1, 1, 1, 4, 4};
+  b->ops->act_fwd(b, x, x, s4, ACT_RELU);
+  EXPECT(isnan(x[0]) && x[1] == 0.0f && x[2] == 0.0f && x[3] == 2.0f);
+  b->ops->act_bwd(b, d, g, x, s4, ACT_RELU);
+  EXPECT(d[0] == 1 && d[1] == 0 && d[2] == 0 && d[3] == 4);
+  // ACT_NONE: the identity both ways.
+  b->ops->act_fwd(b, t.y, t.x, s, ACT_NONE);
+  b->ops->act_bwd(b, dx, dy, t.y, s, ACT_NONE);
+  EXPECT(memcmp(t.y, t.x, n * sizeof(float)) == 0 && memcmp(dx, dy, n * sizeof(float)) == 0);
+  free(dy); free(dx); free(t.x); free(t.y); free(t.r); free(t.ybase);
+  b->ops->destroy(b);
+}
+
+// ---- the walker with an activation that is not fused -----------------------------------------
+// A hand-made model: conv (no activation) -> max-pool + ReLU (an op that does not fuse it, so
+// the walker runs act_fwd from the pool's own output) -> linear. The net's gradients of the
+// summed loss against finite differences of the whole forward.
+
+typedef struct walk_case {
+  net nt;
+  float *params;
+  int N;
+  uint8_t *base_mask, *mask;
+  int32_t *base_am, *am;
+  size_t n_pool;
+} walk_case;
+
+static double walk_loss(void *p, int *kink) {
+  walk_case *t = p;
+  net_upload_params(&t->nt, t->params);
+  net_reset_stats(&t->nt);
+  net_forward(&t->nt, t->N, 0, 0, 0);
+  net_loss(&t->nt, t->N, 0);
+  const float *pre = t->nt.pre[1];
+  for (size_t i = 0; i < t->n_pool; i++)
+    if ((pre[i] > 0) != t->base_mask[i] || t->nt.argmax[1][i] != t->base_am[i]) *kink = 1;
+  double loss, correct;
+  net_read_stats(&t->nt, &loss, &correct);
+  return loss;
+}
+
+static void walk_model(model *m) {
+  memset(m, 0, sizeof(*m));
+  snprintf(m->name, sizeof(m->name), "walk");
+  m->image_size = 4;
+  m->classes = 3;
+  m->n_layers = 3;
+  m->layers[0] = (layer){.kind = LAYER_CONV, .act = ACT_NONE, .H = 4, .W = 4, .C = 3, .oH = 4,
+                         .oW = 4, .K = 4, .w_off = 0, .w_count = 108, .b_off = 108, .b_count = 4};
+  m->layers[1] = (layer){.kind = LAYER_POOL, .act = ACT_RELU, .H = 4, .W = 4, .C = 4, .oH = 2,
+                         .oW = 2, .K = 4};
+  m->layers[2] = (layer){.kind = LAYER_LINEAR, .act = ACT_NONE, .H = 1, .W = 1, .C = 16, .oH = 1,
+                         .oW = 1, .K = 3, .w_off = 112, .w_count = 48, .b_off = 160, .b_count = 3};
+  m->n_params = 163;
+  m->max_act = 64;
+}
+
+TEST(net_walks_a_separate_activation) {
+  model m;
+  walk_model(&m);
+  backend *b = backend_cpu_create(1);
+  walk_case t = {.N = 2, .n_pool = 2 * 16};
+  net_init(&t.nt, &m, b, t.N, (size_t)1 << 20);
+  REQUIRE(t.nt.pre[0] == NULL && t.nt.pre[1] != NULL && t.nt.pre[2] == NULL);
+  t.params = fvec(m.n_params);
+  fill(t.params, m.n_params, 71, -0.4f, 0.4f);
+  for (int k = 0; k < 4; k++) t.params[108 + k] = -0.7f; // about half the pooled maxima < 0
+  float x[2 * 4 * 4 * 3];
+  fill(x, 96, 72, -1, 1);
+  const int32_t labels[2] = {2, 0};
+  memcpy(t.nt.act[0], x, sizeof(x)); // CPU backend memory is host memory
+  memcpy(t.nt.labels, labels, sizeof(labels));
+  t.base_mask = xcalloc(t.n_pool, 1);
+  t.base_am = xcalloc(t.n_pool, sizeof(int32_t));
+  int unused = 0;
+  walk_loss(&t, &unused);
+  for (size_t i = 0; i < t.n_pool; i++) {
+    t.base_mask[i] = ((const float *)t.nt.pre[1])[i] > 0;
+    t.base_am[i] = t.nt.argmax[1][i];
+  }
+  int stopped = 0; // the ReLU must stop some gradients, or skipping it would go unseen
+  for (size_t i = 0; i < t.n_pool; i++) stopped += !t.base_mask[i];
+  printf("    ReLU stops %d of %zu pooled values\n", stopped, t.n_pool);
+  EXPECT(stopped * 4 > (int)t.n_pool && stopped * 4 < 3 * (int)t.n_pool);
+  // The activation's output is its own buffer, the pool's output stays what the pool wrote.
+  const float *pooled = t.nt.pre[1], *relu = t.nt.out[1];
+  int relu_ok = 1;
+  for (size_t i = 0; i < t.n_pool; i++) relu_ok &= relu[i] == (pooled[i] < 0 ? 0.0f : pooled[i]);
+  EXPECT(relu_ok && relu != pooled);
+  net_loss(&t.nt, t.N, 1.0f); // dlogits of the summed loss
+  net_backward(&t.nt, t.N, 0, 0, NULL);
+  float *grads = fvec(m.n_params);
+  memcpy(grads, t.nt.grads, m.n_params * sizeof(float));
+  int skipped = 0;
+  int bad = fd_check("walk params", walk_loss, &t, t.params, grads, m.n_params, 1e-3f, 2e-3, 2e-3,
+                     &skipped);
+  EXPECT_EQ_INT(bad, 0);
+  EXPECT(skipped * 4 < (int)m.n_params);
+  free(grads); free(t.params); free(t.base_mask); free(t.base_am);
+  net_free(&t.nt);
   b->ops->destroy(b);
 }
 
@@ -621,25 +787,27 @@ TEST(cpu_ops_empty_batch) {
   for (int i = 0; i < 5; i++) db[i] = 1.0f;
   for (int i = 0; i < 30; i++) lw[i] = 1.0f;
   float dummy[1] = {7.0f};
-  b->ops->conv_fwd(b, y, dummy, w, NULL, 0, 4, 4, C, K, 1);
-  b->ops->conv_bwd(b, dummy, dw, db, dummy, dummy, w, dummy, 0, 4, 4, C, K, 1);
+  b->ops->conv_fwd(b, y, dummy, w, NULL, (op_shape){0, 4, 4, C, K}, ACT_RELU);
+  b->ops->conv_bwd(b, dummy, dw, db, dummy, dummy, w, (op_shape){0, 4, 4, C, K});
   int zero = 1;
   for (int i = 0; i < 4 * 9 * 3; i++) zero &= dw[i] == 0.0f;
   for (int i = 0; i < K; i++) zero &= db[i] == 0.0f;
   EXPECT(zero);
   for (int i = 0; i < 5; i++) db[i] = 1.0f;
-  b->ops->linear_fwd(b, y, dummy, lw, NULL, 0, in, out, 1);
-  b->ops->linear_bwd(b, dummy, lw, db, dummy, dummy, lw, dummy, 0, in, out, 0);
+  b->ops->linear_fwd(b, y, dummy, lw, NULL, (op_shape){0, 1, 1, in, out}, ACT_RELU);
+  b->ops->linear_bwd(b, dummy, lw, db, dummy, dummy, lw, (op_shape){0, 1, 1, in, out});
   zero = 1;
   for (int i = 0; i < 30; i++) zero &= lw[i] == 0.0f;
   for (int i = 0; i < out; i++) zero &= db[i] == 0.0f;
   EXPECT(zero);
   int32_t am[1] = {-1}, ids[1] = {0}, labels[1] = {0};
-  b->ops->maxpool_fwd(b, y, am, dummy, 0, 4, 4, C);
-  b->ops->maxpool_bwd(b, dummy, dummy, am, dummy, dummy, 0, 4, 4, C);
+  b->ops->maxpool_fwd(b, y, am, dummy, (op_shape){0, 4, 4, C, C});
+  b->ops->maxpool_bwd(b, dummy, dummy, am, dummy, dummy, (op_shape){0, 4, 4, C, C});
   dropout_key key = {1, 0, 0};
-  b->ops->dropout_fwd(b, y, dummy, ids, 0, 8, 0.5f, key);
-  b->ops->dropout_bwd(b, y, dummy, ids, 0, 8, 0.5f, key);
+  b->ops->dropout_fwd(b, y, dummy, ids, (op_shape){0, 1, 1, 8, 8}, 0.5f, key);
+  b->ops->dropout_bwd(b, y, dummy, ids, (op_shape){0, 1, 1, 8, 8}, 0.5f, key);
+  b->ops->act_fwd(b, y, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
+  b->ops->act_bwd(b, y, dummy, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
   double stats[2] = {1.5, 2.0};
   b->ops->xent(b, y, stats, dummy, labels, 0, 10, 1.0f);
   EXPECT(stats[0] == 1.5 && stats[1] == 2.0);

@@ -90,8 +90,7 @@ static void *cpu_stream(backend *b) { return NULL; }
 
 // ---- shared helpers ------------------------------------------------------------------------
 
-void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
-                   int relu) {
+void cpu_bias_grad(cpu_ctx *ctx, float *db, const float *dy, size_t rows, int cols) {
   int nt = rows * (size_t)cols >= 65536 ? ctx->threads : 1;
   double *part = cpu_reduction(ctx, (size_t)nt * cols);
   memset(part, 0, (size_t)nt * cols * sizeof(double));
@@ -102,16 +101,8 @@ void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t ro
     double *acc = part + (size_t)t * cols;
     size_t lo = rows * t / T, hi = rows * (t + 1) / T;
     for (size_t i = lo; i < hi; i++) {
-      float *g = dy + i * cols;
-      if (relu) {
-        const float *yi = y + i * cols;
-        for (int k = 0; k < cols; k++) {
-          if (yi[k] <= 0.0f) g[k] = 0.0f; // threshold_backward: a NaN output passes dy
-          acc[k] += g[k];
-        }
-      } else {
-        for (int k = 0; k < cols; k++) acc[k] += g[k];
-      }
+      const float *g = dy + i * cols;
+      for (int k = 0; k < cols; k++) acc[k] += g[k];
     }
   }
   for (int k = 0; k < cols; k++) {
@@ -147,11 +138,34 @@ void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, cons
   }
 }
 
-// y (rows, cols) = act(y + bias) in place; bias may be NULL.
-static void bias_act(cpu_ctx *ctx, float *y, const float *bias, size_t rows, int cols, int relu) {
-  if (!bias && !relu) return;
+// y (rows, cols) = act(x + bias); bias may be NULL, y may be x.
+static void bias_act(cpu_ctx *ctx, float *y, const float *x, const float *bias, size_t rows,
+                     int cols, activation act) {
+  if (!bias && act == ACT_NONE && y == x) return;
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * cols > 16384)
-  for (size_t i = 0; i < rows; i++) cpu_bias_act_row(y + i * cols, bias, cols, relu);
+  for (size_t i = 0; i < rows; i++) cpu_bias_act_row(y + i * cols, x + i * cols, bias, cols, act);
+}
+
+// ---- activations on their own --------------------------------------------------------------
+
+static void cpu_act_fwd(backend *b, void *y, const void *x, op_shape s, activation act) {
+  bias_act(b->impl, y, x, NULL, (size_t)s.N * s.H * s.W, s.C, act);
+}
+
+// ReLU's backward from its output y: dy passes where y > 0 and where y is NaN (PyTorch's
+// threshold_backward tests y <= 0), 0 elsewhere.
+static void cpu_act_bwd(backend *b, void *dx_, const void *dy_, const void *y_, op_shape s,
+                        activation act) {
+  cpu_ctx *ctx = b->impl;
+  float *dx = dx_;
+  const float *dy = dy_, *y = y_;
+  const size_t count = (size_t)s.N * s.H * s.W * s.C;
+  if (act == ACT_NONE) {
+    if (count) memcpy(dx, dy, count * sizeof(float));
+    return;
+  }
+#pragma omp parallel for schedule(static) num_threads(ctx->threads) if (count > 16384)
+  for (size_t i = 0; i < count; i++) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
 }
 
 // ---- max-pool 2x2, stride 2 ----------------------------------------------------------------
@@ -172,9 +186,9 @@ static void pool_window(size_t off[4], int32_t idx[4], long r, int wo, int H, in
   }
 }
 
-static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x_, int N, int H,
-                            int W, int C) {
+static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x_, op_shape s) {
   cpu_ctx *ctx = b->impl;
+  const int N = s.N, H = s.H, W = s.W, C = s.C;
   float *y = y_;
   const float *x = x_;
   if (H % 2 || W % 2) FATAL("maxpool_fwd: H = %d and W = %d must be even", H, W);
@@ -207,8 +221,9 @@ static void cpu_maxpool_fwd(backend *b, void *y_, int32_t *argmax, const void *x
 }
 
 static void cpu_maxpool_bwd(backend *b, void *dx_, const void *dy_, const int32_t *argmax,
-                            const void *x, const void *y, int N, int H, int W, int C) {
+                            const void *x, const void *y, op_shape s) {
   cpu_ctx *ctx = b->impl;
+  const int N = s.N, H = s.H, W = s.W, C = s.C;
   float *dx = dx_;
   const float *dy = dy_;
   if (H % 2 || W % 2) FATAL("maxpool_bwd: H = %d and W = %d must be even", H, W);
@@ -233,23 +248,25 @@ static void cpu_maxpool_bwd(backend *b, void *dx_, const void *dy_, const int32_
 // ---- linear --------------------------------------------------------------------------------
 
 static void cpu_linear_fwd(backend *b, void *y_, const void *x, const float *w, const float *bias,
-                           int N, int in, int out, int relu) {
+                           op_shape s, activation act) {
+  const int N = s.N, in = s.C, out = s.K;
   if (N == 0) return;
   float *y = y_;
   // y (N, out) = x (N, in) * w^T (in, out)
   cpu_sgemm(b->impl, 0, 1, N, out, in, x, in, w, in, 0.0f, y, out);
-  bias_act(b->impl, y, bias, (size_t)N, out, relu);
+  bias_act(b->impl, y, y, bias, (size_t)N, out, act);
 }
 
-static void cpu_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const void *x,
-                           const float *w, const void *y, int N, int in, int out, int relu) {
-  float *dy = dy_;
+static void cpu_linear_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_,
+                           const void *x, const float *w, op_shape s) {
+  const int N = s.N, in = s.C, out = s.K;
+  const float *dy = dy_;
   if (N == 0) {
     memset(dw, 0, (size_t)out * in * sizeof(float));
     memset(db, 0, (size_t)out * sizeof(float));
     return;
   }
-  cpu_bias_grad(b->impl, db, dy, y, (size_t)N, out, relu);
+  cpu_bias_grad(b->impl, db, dy, (size_t)N, out);
   // dw (out, in) = dy^T (out, N) * x (N, in)
   cpu_sgemm(b->impl, 1, 0, out, in, N, dy, out, x, in, 0.0f, dw, in);
   // dx (N, in) = dy (N, out) * w (out, in)
@@ -284,14 +301,14 @@ static void dropout_apply(cpu_ctx *ctx, float *out, const float *in, const int32
   }
 }
 
-static void cpu_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+static void cpu_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                             float p, dropout_key key) {
-  dropout_apply(b->impl, y, x, ids, N, D, p, key);
+  dropout_apply(b->impl, y, x, ids, s.N, s.H * s.W * s.C, p, key);
 }
 
-static void cpu_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+static void cpu_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,
                             float p, dropout_key key) {
-  dropout_apply(b->impl, dx, dy, ids, N, D, p, key);
+  dropout_apply(b->impl, dx, dy, ids, s.N, s.H * s.W * s.C, p, key);
 }
 
 // ---- softmax cross-entropy -----------------------------------------------------------------
@@ -372,6 +389,8 @@ static const backend_ops cpu_ops = {
     .maxpool_bwd = cpu_maxpool_bwd,
     .linear_fwd = cpu_linear_fwd,
     .linear_bwd = cpu_linear_bwd,
+    .act_fwd = cpu_act_fwd,
+    .act_bwd = cpu_act_bwd,
     .dropout_fwd = cpu_dropout_fwd,
     .dropout_bwd = cpu_dropout_bwd,
     .xent = cpu_xent,

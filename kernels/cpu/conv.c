@@ -73,9 +73,10 @@ static void im2col(float *col, const float *x, long p0, long np, int H, int W, i
 }
 
 // out (np, K) = col(in) * wk^T for pixels [p0, p0 + np): in (N,H,W,C), wk (K, 9C); then
-// + bias and ReLU when asked. col is this thread's workspace slice of `sub` patch rows.
-static void conv_rows(float *out, const float *in, const float *wk, const float *bias, int relu,
-                      float *col, long sub, long p0, long np, int H, int W, int C, int K) {
+// + bias and the activation when asked. col is this thread's workspace slice of `sub` patch rows.
+static void conv_rows(float *out, const float *in, const float *wk, const float *bias,
+                      activation act, float *col, long sub, long p0, long np, int H, int W, int C,
+                      int K) {
   const int row = 9 * C;
   for (long q0 = p0; q0 < p0 + np; q0 += sub) {
     long nq = p0 + np - q0 < sub ? p0 + np - q0 : sub;
@@ -83,15 +84,19 @@ static void conv_rows(float *out, const float *in, const float *wk, const float 
     float *oc = out + (size_t)q0 * K;
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, row, 1.0f, col, row, wk, row,
                 0.0f, oc, K);
-    if (!bias && !relu) continue;
-    for (long i = 0; i < nq; i++) cpu_bias_act_row(oc + (size_t)i * K, bias, K, relu);
+    if (!bias && act == ACT_NONE) continue;
+    for (long i = 0; i < nq; i++) {
+      float *r = oc + (size_t)i * K;
+      cpu_bias_act_row(r, r, bias, K, act);
+    }
   }
 }
 
-void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                  int H, int W, int C, int K, int relu) {
+void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
+                  op_shape s, activation act) {
   cpu_ctx *ctx = b->impl;
-  const long P = (long)N * H * W;
+  const int H = s.H, W = s.W, C = s.C, K = s.K;
+  const long P = (long)s.N * H * W;
   if (P == 0) return;
   const int nt = conv_threads(ctx, P, C, K);
   const long sub = conv_sub_pixels(ctx, 9 * C);
@@ -100,25 +105,24 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
   {
     int t = omp_get_thread_num(), T = omp_get_num_threads();
     long lo = P * t / T, hi = P * (t + 1) / T;
-    conv_rows(y, x, w, bias, relu, ws + (size_t)t * sub * 9 * C, sub, lo, hi - lo, H, W, C, K);
+    conv_rows(y, x, w, bias, act, ws + (size_t)t * sub * 9 * C, sub, lo, hi - lo, H, W, C, K);
   }
 }
 
-void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const void *x_,
-                  const float *w, const void *y, int N, int H, int W, int C, int K, int relu) {
+void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, const void *x_,
+                  const float *w, op_shape s) {
   cpu_ctx *ctx = b->impl;
-  float *dy = dy_;
+  const float *dy = dy_;
   const float *x = x_;
-  const long P = (long)N * H * W;
+  const int H = s.H, W = s.W, C = s.C, K = s.K;
+  const long P = (long)s.N * H * W;
   const size_t nw = (size_t)K * 9 * C;
   if (P == 0) {
     memset(dw, 0, nw * sizeof(float));
     memset(db, 0, (size_t)K * sizeof(float));
     return;
   }
-  // The ReLU mask (in place) and the bias gradient over the whole batch first: the data
-  // gradient of a pixel reads the masked dy of its neighbours, which other threads own.
-  cpu_bias_grad(ctx, db, dy, y, (size_t)P, K, relu);
+  cpu_bias_grad(ctx, db, dy, (size_t)P, K);
 
   const int nt = conv_threads(ctx, P, C, K);
   const int maxrow = 9 * (C > K ? C : K);
@@ -150,7 +154,7 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy_, const v
       cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, row, (int)nq, 1.0f,
                   dy + (size_t)q0 * K, K, col, row, q0 == lo ? 0.0f : 1.0f, dwt, row);
     }
-    if (dx) conv_rows(dx, dy, wt, NULL, 0, col, sub, lo, hi - lo, H, W, K, C);
+    if (dx) conv_rows(dx, dy, wt, NULL, ACT_NONE, col, sub, lo, hi - lo, H, W, K, C);
   }
   if (used > 1) {
 #pragma omp parallel for schedule(static) num_threads(nt)

@@ -42,15 +42,15 @@ float *cpu_workspace(cpu_ctx *ctx, size_t floats);
 double *cpu_reduction(cpu_ctx *ctx, size_t doubles);
 
 // Bias gradient db (cols) = column sums of dy (rows, cols), accumulated in double in a fixed
-// order (deterministic for a given thread count). With relu, dy is first overwritten by the
-// pre-activation gradient dy * (y > 0).
-void cpu_bias_grad(cpu_ctx *ctx, float *db, float *dy, const float *y, size_t rows, int cols,
-                   int relu);
+// order (deterministic for a given thread count).
+void cpu_bias_grad(cpu_ctx *ctx, float *db, const float *dy, size_t rows, int cols);
 
-// One row of y = act(y + bias) in place (bias may be NULL); NaN propagates, as torch.relu.
-static inline void cpu_bias_act_row(float *y, const float *bias, int cols, int relu) {
+// One row of y = act(x + bias) (bias may be NULL; y may be x); NaN propagates, as torch.relu.
+static inline void cpu_bias_act_row(float *y, const float *x, const float *bias, int cols,
+                                    activation act) {
+  const int relu = act == ACT_RELU;
   for (int k = 0; k < cols; k++) {
-    float v = y[k] + (bias ? bias[k] : 0.0f);
+    float v = x[k] + (bias ? bias[k] : 0.0f);
     y[k] = relu && v < 0.0f ? 0.0f : v;
   }
 }
@@ -61,9 +61,9 @@ void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, cons
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
 // 3x3 pad-1 convolution via im2col + sgemm, batched in chunks of pixels (conv.c).
-void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                  int H, int W, int C, int K, int relu);
-void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                  const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
+                  op_shape s, activation act);
+void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                  const float *w, op_shape s);
 
 #endif
