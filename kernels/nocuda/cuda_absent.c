@@ -5,7 +5,7 @@
 
 int backend_cuda_device_count(void) { return 0; }
 
-backend *backend_cuda_create(int device, int precision) {
+backend *backend_cuda_create(int device, precision_kind precision) {
   DIE_USAGE("--device cuda: this vgg_dist was built without CUDA (rebuild with the CUDA toolkit)");
 }
 
