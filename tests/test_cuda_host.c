@@ -38,46 +38,55 @@ static void count_free(void *val, void *arg) {
   (void)arg;
 }
 
+// A convolution's key with one alignment class for its three tensors.
+static plan_key conv_key(int op, int N, int H, int W, int C, int K, precision_kind prec, int align) {
+  const op_shape s = {N, H, W, C, K};
+  const int all[3] = {align, align, align};
+  return plan_key_conv(op, s, prec, all);
+}
+
 TEST(cuda_plan_cache) {
   plan_cache pc;
   memset(&pc, 0, sizeof(pc));
   static int vals[40];
   for (int i = 0; i < 40; i++) {
     vals[i] = 1;
-    plan_key k = plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, i + 1, 0, 16);
+    plan_key k = conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, i + 1, PREC_FP32, 16);
     REQUIRE(plan_cache_find(&pc, &k) == NULL);
     plan_cache_insert(&pc, &k, &vals[i]);
   }
   EXPECT_EQ_INT(pc.n, 40);
-  plan_key k = plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, 16);
+  plan_key k = conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, 7, PREC_FP32, 16);
   EXPECT(plan_cache_find(&pc, &k) == &vals[6]);
   // Every field is part of the key.
-  plan_key v[8] = {
-      plan_key_make(PLAN_CONV_BWD_DATA, 128, 32, 32, 64, 7, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 127, 32, 32, 64, 7, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 31, 32, 64, 7, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 32, 31, 64, 7, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 63, 7, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 70, 0, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 2, 16),
-      plan_key_make(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, 8),
+  plan_key v[9] = {
+      conv_key(PLAN_CONV_BWD_DATA, 128, 32, 32, 64, 7, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 127, 32, 32, 64, 7, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 31, 32, 64, 7, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 31, 64, 7, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 32, 63, 7, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, 70, PREC_FP32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, 7, PREC_BF16, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, 7, PREC_TF32, 16),
+      conv_key(PLAN_CONV_FWD, 128, 32, 32, 64, 7, PREC_FP32, 8),
   };
-  for (int i = 0; i < 8; i++) {
+  for (int i = 0; i < 9; i++) {
     EXPECT(!plan_key_equal(&v[i], &k));
     EXPECT(plan_cache_find(&pc, &v[i]) == NULL);
   }
-  // A convolution's key holds the alignment of each tensor (x, w, y), each one part of the key;
-  // plan_key_make gives all three the same class (linear layers).
+  // A convolution's key holds the alignment of each tensor (x, w, y), each one part of the key.
+  const op_shape cs = {128, 32, 32, 64, 7};
   const int a16[3] = {16, 16, 16};
-  plan_key c16 = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a16);
+  plan_key c16 = plan_key_conv(PLAN_CONV_FWD, cs, PREC_FP32, a16);
   EXPECT(plan_key_equal(&c16, &k));
   EXPECT_EQ_INT(c16.align[0], 16);
   EXPECT_EQ_INT(c16.align[1], 16);
   EXPECT_EQ_INT(c16.align[2], 16);
+  EXPECT_EQ_INT(c16.act, ACT_NONE); // a convolution's key has no fused activation
   for (int t = 0; t < 3; t++) {
     int a[3] = {16, 16, 16};
     a[t] = 4; // only this tensor misaligned
-    plan_key one = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, a);
+    plan_key one = plan_key_conv(PLAN_CONV_FWD, cs, PREC_FP32, a);
     EXPECT_EQ_INT(one.align[t], 4);
     EXPECT_EQ_INT(one.align[(t + 1) % 3], 16); // the others keep their own class
     EXPECT(!plan_key_equal(&one, &k));
@@ -85,7 +94,7 @@ TEST(cuda_plan_cache) {
     for (int u = 0; u < 3; u++) {
       int b[3] = {16, 16, 16};
       b[u] = 4;
-      plan_key other = plan_key_conv(PLAN_CONV_FWD, 128, 32, 32, 64, 7, 0, b);
+      plan_key other = plan_key_conv(PLAN_CONV_FWD, cs, PREC_FP32, b);
       EXPECT_EQ_INT(plan_key_equal(&one, &other), t == u);
     }
   }
@@ -96,6 +105,24 @@ TEST(cuda_plan_cache) {
   plan_cache_free(&pc, count_free, NULL); // empty: fine
 }
 
+// A linear forward's key: its activation and whether the bias is in the epilogue count too,
+// and it never equals a convolution's key of the same numbers.
+TEST(cuda_plan_key_linear) {
+  const op_shape ls = {64, 1, 1, 512, 10};
+  plan_key lin = plan_key_linear(ls, ACT_RELU, 1, PREC_BF16, 16);
+  EXPECT_EQ_INT(lin.op, PLAN_LINEAR_FWD);
+  EXPECT_EQ_INT(lin.align[0], 16);
+  EXPECT_EQ_INT(lin.align[2], 16);
+  plan_key lv[5] = {plan_key_linear(ls, ACT_NONE, 1, PREC_BF16, 16),
+                    plan_key_linear(ls, ACT_RELU, 0, PREC_BF16, 16),
+                    plan_key_linear(ls, ACT_RELU, 1, PREC_FP32, 16),
+                    plan_key_linear(ls, ACT_RELU, 1, PREC_BF16, 8),
+                    conv_key(PLAN_CONV_FWD, 64, 1, 1, 512, 10, PREC_BF16, 16)};
+  plan_key same = plan_key_linear(ls, ACT_RELU, 1, PREC_BF16, 16);
+  EXPECT(plan_key_equal(&lin, &same));
+  for (int i = 0; i < 5; i++) EXPECT(!plan_key_equal(&lv[i], &lin));
+}
+
 TEST(cuda_engine_filter) {
   // The bit values mirror cuDNN's numerical-note enum.
   EXPECT_EQ_INT(PLAN_NOTE_TENSOR_CORE, 1u << CUDNN_NUMERICAL_NOTE_TENSOR_CORE);
@@ -104,30 +131,39 @@ TEST(cuda_engine_filter) {
   unsigned winograd = 1u << CUDNN_NUMERICAL_NOTE_WINOGRAD;
   unsigned nondet = 1u << CUDNN_NUMERICAL_NOTE_NONDETERMINISTIC;
   EXPECT_EQ_INT(PLAN_NOTE_NONDETERMINISTIC, nondet);
-  EXPECT(plan_engine_allowed(0, 0, 0));
-  EXPECT(plan_engine_allowed(0, winograd, 0));
+  EXPECT(plan_engine_allowed(PREC_FP32, 0, 0));
+  EXPECT(plan_engine_allowed(PREC_FP32, winograd, 0));
   // Nondeterministic engines (atomics) are refused in every precision: runs repeat bit for bit.
-  EXPECT(!plan_engine_allowed(0, winograd | nondet, 0));
-  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | nondet, 0));
-  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet, 0));
+  EXPECT(!plan_engine_allowed(PREC_FP32, winograd | nondet, 0));
+  EXPECT(!plan_engine_allowed(PREC_TF32, PLAN_NOTE_TENSOR_CORE | nondet, 0));
+  EXPECT(!plan_engine_allowed(PREC_BF16, PLAN_NOTE_TENSOR_CORE | nondet, 0));
   // ... unless no deterministic engine exists (the last resort); the other rules still hold.
-  EXPECT(plan_engine_allowed(0, winograd | nondet, 1));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | nondet, 1));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE | nondet, 1));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN, 1));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_TENSOR_CORE, 0));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_DOWN_CONVERT | winograd, 0));
-  EXPECT(!plan_engine_allowed(0, ~0u, 0));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTE_REDUCED_REDUCTION, 0));
-  EXPECT(!plan_engine_allowed(0, PLAN_NOTES_UNKNOWN, 0));
-  EXPECT(plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE, 0));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_REDUCED_REDUCTION | winograd, 0));
+  EXPECT(plan_engine_allowed(PREC_FP32, winograd | nondet, 1));
+  EXPECT(plan_engine_allowed(PREC_BF16, PLAN_NOTE_TENSOR_CORE | nondet, 1));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTE_TENSOR_CORE | nondet, 1));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTES_UNKNOWN, 1));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTE_TENSOR_CORE, 0));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTE_DOWN_CONVERT | winograd, 0));
+  EXPECT(!plan_engine_allowed(PREC_FP32, ~0u, 0));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTE_REDUCED_REDUCTION, 0));
+  EXPECT(!plan_engine_allowed(PREC_FP32, PLAN_NOTES_UNKNOWN, 0));
+  EXPECT(plan_engine_allowed(PREC_TF32, PLAN_NOTE_TENSOR_CORE, 0));
+  EXPECT(plan_engine_allowed(PREC_BF16, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_REDUCED_REDUCTION | winograd, 0));
   // fp16 down-conversion is refused in every precision (fp16 range is too small for gradients).
-  EXPECT(!plan_engine_allowed(1, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
-  EXPECT(!plan_engine_allowed(2, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
+  EXPECT(!plan_engine_allowed(PREC_TF32, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
+  EXPECT(!plan_engine_allowed(PREC_BF16, PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT, 0));
   // Unreadable notes: refused in fp32 only.
-  EXPECT(plan_engine_allowed(1, PLAN_NOTES_UNKNOWN, 0));
-  EXPECT(plan_engine_allowed(2, PLAN_NOTES_UNKNOWN, 0));
+  EXPECT(plan_engine_allowed(PREC_TF32, PLAN_NOTES_UNKNOWN, 0));
+  EXPECT(plan_engine_allowed(PREC_BF16, PLAN_NOTES_UNKNOWN, 0));
+  // The precision names, and what is not a precision.
+  EXPECT(strcmp(plan_precision_name(PREC_FP32), "fp32") == 0);
+  EXPECT(strcmp(plan_precision_name(PREC_TF32), "tf32") == 0);
+  EXPECT(strcmp(plan_precision_name(PREC_BF16), "bf16") == 0);
+  EXPECT(plan_precision_valid(PREC_FP32) && plan_precision_valid(PREC_TF32) &&
+         plan_precision_valid(PREC_BF16));
+  EXPECT(!plan_precision_valid((precision_kind)3));
+  EXPECT(!plan_precision_valid((precision_kind)-1));
+  EXPECT(strcmp(plan_precision_name((precision_kind)3), "unknown") == 0);
 }
 
 TEST(cuda_autotune_pick_and_workspace) {
@@ -408,7 +444,7 @@ TEST(cuda_without_gpu) {
   if (pid == 0) {
     dup2(fds[1], 2);
     close(fds[0]);
-    backend_cuda_create(0, 0);
+    backend_cuda_create(0, PREC_FP32);
     _exit(0); // reaching here is the failure
   }
   close(fds[1]);
@@ -531,6 +567,10 @@ TEST(cuda_profile_steps) {
   EXPECT_NEAR(prof_table_pct(&t, prof_table_sum_ms(&t)), 100.0 * 5.5 / 6.0, 1e-9);
   prof_table_free(&t);
   prof_table_free(&t); // freed tables stay valid
+  // Every kind has a name (the activation ops' included).
+  for (int k = 0; k < PROF_KINDS; k++) EXPECT(strcmp(prof_kind_name((prof_kind)k), "?") != 0);
+  EXPECT(strcmp(prof_kind_name(PROF_ACT_FWD), "act fwd") == 0);
+  EXPECT(strcmp(prof_kind_name(PROF_ACT_BWD), "act bwd") == 0);
 }
 
 TEST(cuda_profile_conv_record) {
@@ -609,8 +649,10 @@ TEST(cuda_profile_print) {
 
 typedef struct pair {
   backend *cpu, *gpu;
-  int prec;
+  precision_kind prec;
 } pair;
+
+static const precision_kind all_precs[3] = {PREC_FP32, PREC_TF32, PREC_BF16};
 
 static float *rand_buf(size_t n, uint32_t stream, float scale) {
   float *h = xmalloc((n ? n : 1) * sizeof(float));
@@ -650,21 +692,43 @@ static void *up_f32(pair *p, const float *h, size_t n) {
 }
 
 // max |a - b| relative to max |b|; reports and fails above tol.
-static void expect_close(const char *what, int prec, const float *a, const float *b, size_t n,
-                         double tol) {
+static void expect_close(const char *what, precision_kind prec, const float *a, const float *b,
+                         size_t n, double tol) {
   double md = 0, mb = 1e-20;
   for (size_t i = 0; i < n; i++) {
     double d = fabs((double)a[i] - b[i]);
     if (!(d <= md)) md = d; // NaN propagates
     if (fabs(b[i]) > mb) mb = fabs(b[i]);
   }
-  printf("    %-24s precision %d: max |diff| / max |ref| = %.3g\n", what, prec, md / mb);
-  if (!(md / mb <= tol)) test_fail(__FILE__, __LINE__, "%s (precision %d): rel error %.3g > %.3g", what, prec, md / mb, tol);
+  printf("    %-24s %s: max |diff| / max |ref| = %.3g\n", what, plan_precision_name(prec), md / mb);
+  if (!(md / mb <= tol))
+    test_fail(__FILE__, __LINE__, "%s (%s): rel error %.3g > %.3g", what, plan_precision_name(prec),
+              md / mb, tol);
 }
 
-static double prec_tol(int prec) { return prec == 0 ? 1e-4 : prec == 1 ? 5e-3 : 3e-2; }
+// The same values element by element, a NaN matching a NaN (exact selections: ReLU and its
+// backward; expect_close would call NaN against NaN a difference).
+static void expect_same(const char *what, precision_kind prec, const float *a, const float *b,
+                        size_t n) {
+  size_t bad = 0, first = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!(a[i] == b[i] || (isnan(a[i]) && isnan(b[i]))) && bad++ == 0) first = i;
+  printf("    %-24s %s: %zu of %zu elements differ\n", what, plan_precision_name(prec), bad, n);
+  if (bad)
+    test_fail(__FILE__, __LINE__, "%s (%s): %zu of %zu elements differ, the first [%zu] %g (expected %g)",
+              what, plan_precision_name(prec), bad, n, first, a[first], b[first]);
+}
 
-static int pair_open(pair *p, int prec) {
+static double prec_tol(precision_kind prec) {
+  switch (prec) {
+  case PREC_FP32: return 1e-4;
+  case PREC_TF32: return 5e-3;
+  case PREC_BF16: return 3e-2;
+  }
+  return 0.0;
+}
+
+static int pair_open(pair *p, precision_kind prec) {
   if (backend_cuda_device_count() <= 0) {
     test_skip("no CUDA device: runs in scripts/gpu_check.sh");
     return 0;
@@ -680,79 +744,147 @@ static void pair_close(pair *p) {
   p->cpu->ops->destroy(p->cpu);
 }
 
-// One conv layer (+ a linear layer on the flattened output) through both backends; the
-// parameters live in one flat buffer as in the trainer, so bf16 takes its shadow path.
-static void conv_linear_case(int prec, int N, int H, int C, int K, int relu, int out) {
+// A layer's backward through its activation, as the walker runs it: act_bwd into a buffer of
+// its own (dx), whose result is what the layer's backward gets; without an activation, dy.
+static const void *through_act(backend *b, void *dx, const void *dy, const void *y, op_shape s,
+                               activation act) {
+  if (act == ACT_NONE) return dy;
+  b->ops->act_bwd(b, dx, dy, y, s, act);
+  return dx;
+}
+
+// Downloads n activations of d into a fresh host buffer (free it).
+static float *act_copy(pair *p, const void *d, size_t n) {
+  float *h = xmalloc((n ? n : 1) * sizeof(float));
+  down_act(p, h, d, n);
+  return h;
+}
+
+// conv_linear_case: one conv layer (N, H, W, C) -> K and a linear layer on its flattened
+// output -> out, both with the activation `act`; the parameters in one flat buffer (w, bias,
+// lw, lb) as in the trainer, so bf16 takes its shadow path.
+typedef struct cl_case {
+  op_shape cs, ys, ls, zs; // conv, its output (act_bwd), linear, its output
+  size_t nx, ny, nw, nl, np, nz;
+  activation act;
+} cl_case;
+
+typedef struct cl_bufs { // one backend's tensors: host or device
+  void *x, *y, *z, *gz, *gza, *gy, *gya, *dx;
+  float *params, *grads;
+} cl_bufs;
+
+static cl_case cl_make(int N, int H, int C, int K, activation act, int out) {
+  const int in = H * H * K;
+  cl_case k = {{N, H, H, C, K}, {N, H, H, K, K}, {N, 1, 1, in, out}, {N, 1, 1, out, out},
+               (size_t)N * H * H * C, (size_t)N * H * H * K, (size_t)K * 9 * C,
+               (size_t)out * in, 0, (size_t)N * out, act};
+  k.np = k.nw + K + k.nl + out;
+  return k;
+}
+
+// One step in the walker's order on backend b: forward with the activation fused, backward
+// from gz through act_bwd (into a buffer of its own) before linear_bwd and conv_bwd.
+static void cl_step(backend *b, const cl_case *k, const cl_bufs *m) {
+  const float *w = m->params, *bias = w + k->nw, *lw = bias + k->cs.K, *lb = lw + k->nl;
+  float *lg = m->grads + k->nw + k->cs.K;
+  b->ops->conv_fwd(b, m->y, m->x, w, bias, k->cs, k->act);
+  b->ops->linear_fwd(b, m->z, m->y, lw, lb, k->ls, k->act);
+  const void *gz = through_act(b, m->gza, m->gz, m->z, k->zs, k->act);
+  b->ops->linear_bwd(b, m->gy, lg, lg + k->nl, gz, m->y, lw, k->ls);
+  const void *gy = through_act(b, m->gya, m->gy, m->y, k->ys, k->act);
+  b->ops->conv_bwd(b, m->dx, m->grads, m->grads + k->nw, gy, m->x, w, k->cs);
+}
+
+// The two backward ops again on the GPU, each between downloads of its dy: backend.h says they
+// read dy only, so it must come back bit for bit.
+static void cl_keeps_dy(pair *p, const cl_case *k, const cl_bufs *m) {
+  backend *g = p->gpu;
+  const float *lw = m->params + k->nw + k->cs.K;
+  float *lg = m->grads + k->nw + k->cs.K;
+  const void *gz = k->act == ACT_NONE ? m->gz : m->gza, *gy = k->act == ACT_NONE ? m->gy : m->gya;
+  float *before = act_copy(p, gz, k->nz);
+  g->ops->linear_bwd(g, m->gy, lg, lg + k->nl, gz, m->y, lw, k->ls);
+  float *after = act_copy(p, gz, k->nz);
+  expect_same("linear_bwd keeps dy", p->prec, after, before, k->nz);
+  free(before);
+  free(after);
+  if (k->act != ACT_NONE) g->ops->act_bwd(g, m->gya, m->gy, m->y, k->ys, k->act);
+  before = act_copy(p, gy, k->ny);
+  g->ops->conv_bwd(g, m->dx, m->grads, m->grads + k->nw, gy, m->x, m->params, k->cs);
+  after = act_copy(p, gy, k->ny);
+  expect_same("conv_bwd keeps dy", p->prec, after, before, k->ny);
+  free(before);
+  free(after);
+}
+
+// The GPU's results against the CPU's (h: the CPU's tensors, host memory).
+static void cl_compare(pair *p, const cl_case *k, const cl_bufs *h, const cl_bufs *d) {
+  float *hy = act_copy(p, d->y, k->ny), *hz = act_copy(p, d->z, k->nz), *hdx = act_copy(p, d->dx, k->nx);
+  float *hg = xmalloc(k->np * 4), *grads = h->grads;
+  p->gpu->ops->download(p->gpu, hg, d->grads, k->np * 4);
+  const double t = prec_tol(p->prec);
+  const size_t nw = k->nw, K = (size_t)k->cs.K, nl = k->nl;
+  expect_close("conv y", p->prec, hy, h->y, k->ny, t);
+  expect_close("linear z", p->prec, hz, h->z, k->nz, t);
+  expect_close("conv dx", p->prec, hdx, h->dx, k->nx, 2 * t);
+  expect_close("conv dw", p->prec, hg, grads, nw, 2 * t);
+  expect_close("conv db", p->prec, hg + nw, grads + nw, K, 2 * t);
+  expect_close("linear dw", p->prec, hg + nw + K, grads + nw + K, nl, 2 * t);
+  expect_close("linear db", p->prec, hg + nw + K + nl, grads + nw + K + nl, (size_t)k->ls.K, 2 * t);
+  free(hy); free(hz); free(hdx); free(hg);
+}
+
+// The case through both backends (the GPU twice: the second pass runs the cached plans), then
+// the GPU's dy check and N == 0 (weight gradients zeroed, nothing else).
+static void conv_linear_case(precision_kind prec, int N, int H, int C, int K, activation act,
+                             int out) {
   pair p;
   if (!pair_open(&p, prec)) return;
-  const int W = H, in = H * W * K;
-  const size_t nx = (size_t)N * H * W * C, ny = (size_t)N * H * W * K, nw = (size_t)K * 9 * C;
-  const size_t nl = (size_t)out * in, np = nw + K + nl + out;
-  float *x = rand_buf(nx, 1, 1.0f), *params = rand_buf(np, 2, 0.2f), *gy = rand_buf((size_t)N * out, 3, 1.0f);
-  float *w = params, *bias = params + nw, *lw = bias + K, *lb = lw + nl;
-  // CPU reference.
-  float *y = xcalloc(ny, 4), *z = xcalloc((size_t)N * out, 4), *dyc = xcalloc(ny, 4);
-  float *dx = xcalloc(nx, 4), *grads = xcalloc(np, 4), *gz = xcalloc((size_t)N * out, 4);
-  memcpy(gz, gy, (size_t)N * out * 4);
-  p.cpu->ops->set_params(p.cpu, params, np);
-  p.cpu->ops->conv_fwd(p.cpu, y, x, w, bias, N, H, W, C, K, relu);
-  p.cpu->ops->linear_fwd(p.cpu, z, y, lw, lb, N, in, out, relu);
-  p.cpu->ops->linear_bwd(p.cpu, dyc, grads + nw + K, grads + nw + K + nl, gz, y, lw, z, N, in, out, relu);
-  p.cpu->ops->conv_bwd(p.cpu, dx, grads, grads + nw, dyc, x, w, y, N, H, W, C, K, relu);
-  // GPU.
-  float *d_params = up_f32(&p, params, np);
-  float *d_grads = p.gpu->ops->alloc(p.gpu, np * 4);
-  p.gpu->ops->set_params(p.gpu, d_params, np);
-  void *d_x = up_act(&p, x, nx), *d_y = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
-  void *d_z = p.gpu->ops->alloc(p.gpu, (size_t)N * out * p.gpu->act_bytes);
-  void *d_gz = up_act(&p, gy, (size_t)N * out), *d_dy = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
-  void *d_dx = p.gpu->ops->alloc(p.gpu, nx * p.gpu->act_bytes);
-  for (int rep = 0; rep < 2; rep++) { // the second pass runs the cached plans
-    p.gpu->ops->conv_fwd(p.gpu, d_y, d_x, d_params, d_params + nw, N, H, W, C, K, relu);
-    p.gpu->ops->linear_fwd(p.gpu, d_z, d_y, d_params + nw + K, d_params + nw + K + nl, N, in, out, relu);
-    if (rep == 1) { // linear_bwd masked d_gz in place with relu: start again from gy
-      p.gpu->ops->release(p.gpu, d_gz);
-      d_gz = up_act(&p, gy, (size_t)N * out);
-    }
-    p.gpu->ops->linear_bwd(p.gpu, d_dy, d_grads + nw + K, d_grads + nw + K + nl, d_gz, d_y,
-                           d_params + nw + K, d_z, N, in, out, relu);
-    p.gpu->ops->conv_bwd(p.gpu, d_dx, d_grads, d_grads + nw, d_dy, d_x, d_params, d_y, N, H, W, C, K, relu);
-  }
-  float *hy = xmalloc(ny * 4), *hz = xmalloc((size_t)N * out * 4), *hdx = xmalloc(nx * 4), *hg = xmalloc(np * 4);
-  down_act(&p, hy, d_y, ny);
-  down_act(&p, hz, d_z, (size_t)N * out);
-  down_act(&p, hdx, d_dx, nx);
-  p.gpu->ops->download(p.gpu, hg, d_grads, np * 4);
-  double t = prec_tol(prec);
-  expect_close("conv y", prec, hy, y, ny, t);
-  expect_close("linear z", prec, hz, z, (size_t)N * out, t);
-  expect_close("conv dx", prec, hdx, dx, nx, 2 * t);
-  expect_close("conv dw", prec, hg, grads, nw, 2 * t);
-  expect_close("conv db", prec, hg + nw, grads + nw, K, 2 * t);
-  expect_close("linear dw", prec, hg + nw + K, grads + nw + K, nl, 2 * t);
-  expect_close("linear db", prec, hg + nw + K + nl, grads + nw + K + nl, out, 2 * t);
-  // N == 0: weight gradients are zeroed, nothing else happens.
-  p.gpu->ops->conv_bwd(p.gpu, NULL, d_grads, d_grads + nw, d_dy, d_x, d_params, d_y, 0, H, W, C, K, relu);
-  p.gpu->ops->linear_bwd(p.gpu, NULL, d_grads + nw + K, d_grads + nw + K + nl, d_gz, d_y,
-                         d_params + nw + K, d_z, 0, in, out, relu);
-  p.gpu->ops->download(p.gpu, hg, d_grads, np * 4);
+  const cl_case k = cl_make(N, H, C, K, act, out);
+  cl_bufs h = {rand_buf(k.nx, 1, 1.0f), xcalloc(k.ny, 4), xcalloc(k.nz, 4), rand_buf(k.nz, 3, 1.0f),
+               xcalloc(k.nz, 4), xcalloc(k.ny, 4), xcalloc(k.ny, 4), xcalloc(k.nx, 4),
+               rand_buf(k.np, 2, 0.2f), xcalloc(k.np, 4)};
+  p.cpu->ops->set_params(p.cpu, h.params, k.np);
+  cl_step(p.cpu, &k, &h);
+  backend *g = p.gpu;
+  const size_t ab = g->act_bytes;
+  cl_bufs d = {up_act(&p, h.x, k.nx), g->ops->alloc(g, k.ny * ab), g->ops->alloc(g, k.nz * ab),
+               up_act(&p, h.gz, k.nz), g->ops->alloc(g, k.nz * ab), g->ops->alloc(g, k.ny * ab),
+               g->ops->alloc(g, k.ny * ab), g->ops->alloc(g, k.nx * ab), up_f32(&p, h.params, k.np),
+               g->ops->alloc(g, k.np * 4)};
+  g->ops->set_params(g, d.params, k.np);
+  for (int rep = 0; rep < 2; rep++) cl_step(g, &k, &d);
+  cl_compare(&p, &k, &h, &d);
+  cl_keeps_dy(&p, &k, &d);
+  op_shape c0 = k.cs, l0 = k.ls;
+  c0.N = l0.N = 0;
+  const float *lw = d.params + k.nw + K;
+  float *lg = d.grads + k.nw + K, *hg = xmalloc(k.np * 4);
+  g->ops->conv_bwd(g, NULL, d.grads, d.grads + k.nw, d.gya, d.x, d.params, c0);
+  g->ops->linear_bwd(g, NULL, lg, lg + k.nl, d.gza, d.y, lw, l0);
+  g->ops->download(g, hg, d.grads, k.np * 4);
   int zero = 1;
-  for (size_t i = 0; i < np; i++) zero &= hg[i] == 0.0f;
+  for (size_t i = 0; i < k.np; i++) zero &= hg[i] == 0.0f;
   EXPECT(zero);
-  void *bufs[] = {d_params, d_grads, d_x, d_y, d_z, d_gz, d_dy, d_dx};
-  for (int i = 0; i < 8; i++) p.gpu->ops->release(p.gpu, bufs[i]);
-  free(hy); free(hz); free(hdx); free(hg);
-  free(x); free(params); free(gy); free(y); free(z); free(dyc); free(dx); free(grads); free(gz);
+  free(hg);
+  void *dv[] = {d.x, d.y, d.z, d.gz, d.gza, d.gy, d.gya, d.dx, d.params, d.grads};
+  void *hv[] = {h.x, h.y, h.z, h.gz, h.gza, h.gy, h.gya, h.dx, h.params, h.grads};
+  for (int i = 0; i < 10; i++) {
+    g->ops->release(g, dv[i]);
+    free(hv[i]);
+  }
   pair_close(&p);
 }
 
 TEST(cuda_gpu_conv_linear) {
-  for (int prec = 0; prec < 3; prec++) {
-    conv_linear_case(prec, 2, 8, 3, 16, 1, 10);
-    conv_linear_case(prec, 3, 4, 16, 32, 1, 7);
-    conv_linear_case(prec, 1, 4, 8, 8, 0, 5);
-    conv_linear_case(prec, 2, 4, 3, 10, 1, 3); // odd K: 8-byte aligned tensors after the bias
-    conv_linear_case(prec, 2, 4, 8, 64, 1, 8); // K, out % 4 == 0: the row-wise vector paths
+  for (int i = 0; i < 3; i++) {
+    precision_kind prec = all_precs[i];
+    conv_linear_case(prec, 2, 8, 3, 16, ACT_RELU, 10);
+    conv_linear_case(prec, 3, 4, 16, 32, ACT_RELU, 7);
+    conv_linear_case(prec, 1, 4, 8, 8, ACT_NONE, 5);
+    conv_linear_case(prec, 2, 4, 3, 10, ACT_RELU, 3); // odd K: 8-byte aligned tensors after the bias
+    conv_linear_case(prec, 2, 4, 8, 64, ACT_RELU, 8); // K, out % 4 == 0: the row-wise vector paths
   }
 }
 
@@ -766,70 +898,105 @@ static void *up_act_at(pair *p, void **base, const float *h, size_t n, int off) 
   return (char *)*base + (size_t)off * p->gpu->act_bytes;
 }
 
+// An activation buffer of n elements at offset off (see up_act_at); *base is what to release.
+static void *alloc_act_at(pair *p, void **base, size_t n, int off) {
+  *base = p->gpu->ops->alloc(p->gpu, (n + 1) * p->gpu->act_bytes);
+  return (char *)*base + (size_t)off * p->gpu->act_bytes;
+}
+
 static void bf16_round(float *h, size_t n) {
   for (size_t i = 0; i < n; i++) h[i] = plan_bf16_to_f32(plan_f32_to_bf16(h[i]));
 }
 
-// The row-wise kernels of elementwise.cu on (N, out) tensors, each on its vector path (out % 4
-// == 0, aligned) and its scalar path (out = 3 or 10, or one element off), against the CPU.
-// 1. The ReLU-backward mask and the bias gradient (linear_bwd without dw and dx runs only
-//    cuda_relu_bias_grad): zeros, -0 and NaNs in y (a NaN passes dy, as threshold_backward);
-//    both paths must give the same bits (same order, same bits).
-// 2. Bias + ReLU (linear_fwd with a bias that is not 16-byte aligned: cuda_bias_act adds it,
-//    not the cuBLASLt epilogue).
-static void rowwise_case(pair *p, int N, int out) {
-  const int prec = p->prec, in = 16;
-  const size_t n = (size_t)N * out, nw = (size_t)out * in, np = nw + 1 + out;
+// Zeros, -0 and NaNs among random values (the ReLU's edge cases), bf16-exact in bf16.
+static float *act_input(size_t n, uint32_t stream, precision_kind prec) {
+  float *h = rand_buf(n, stream, 1.0f);
+  for (size_t i = 0; i < n; i += 7) h[i] = 0.0f;
+  for (size_t i = 3; i < n; i += 11) h[i] = -0.0f;
+  for (size_t i = 5; i < n; i += 13) h[i] = NAN;
+  if (prec == PREC_BF16) bf16_round(h, n);
+  return h;
+}
+
+// 1. ReLU backward (act_bwd) on (N, out) = (N, 1, 1, out), then the bias gradient of its result
+//    (linear_bwd without dw and dx runs only the column sums), each on its vector path
+//    (off 0 when out % 4 == 0) and its scalar path (off 1, or out % 4 != 0), against the CPU:
+//    act_bwd is an exact selection (a NaN y passes dy, as threshold_backward), it leaves dy as it
+//    was, and both paths give the same bits. ACT_NONE's backward is a copy of dy.
+static void act_bwd_case(pair *p, int N, int out) {
+  const precision_kind prec = p->prec;
+  const size_t n = (size_t)N * out;
+  const op_shape s = {N, 1, 1, out, out}, s1 = {N, 1, 1, 1, out};
   backend *g = p->gpu;
-  float *dy = rand_buf(n, 11, 1.0f), *y = rand_buf(n, 12, 1.0f), *x1 = rand_buf(N, 13, 1.0f);
-  for (size_t i = 0; i < n; i += 7) y[i] = 0.0f;
-  for (size_t i = 3; i < n; i += 11) y[i] = -0.0f;
-  for (size_t i = 5; i < n; i += 13) y[i] = NAN;
-  if (prec == 2) {
-    bf16_round(dy, n);
-    bf16_round(y, n);
-  }
-  float *cdy = xmalloc(n * 4), *cdb = xmalloc(out * 4), *cdw = xmalloc(out * 4);
-  memcpy(cdy, dy, n * 4);
-  p->cpu->ops->linear_bwd(p->cpu, NULL, cdw, cdb, cdy, x1, NULL, y, N, 1, out, 1);
-  float *hdy[2] = {xmalloc(n * 4), xmalloc(n * 4)}, *hdb[2] = {xmalloc(out * 4), xmalloc(out * 4)};
+  float *dy = rand_buf(n, 11, 1.0f), *y = act_input(n, 12, prec), *x1 = rand_buf(N, 13, 1.0f);
+  if (prec == PREC_BF16) bf16_round(dy, n);
+  float *cdx = xmalloc(n * 4), *cdb = xmalloc(out * 4), *cdw = xmalloc(out * 4);
+  p->cpu->ops->act_bwd(p->cpu, cdx, dy, y, s, ACT_RELU);
+  p->cpu->ops->linear_bwd(p->cpu, NULL, cdw, cdb, cdx, x1, NULL, s1);
+  float *hdx[2] = {xmalloc(n * 4), xmalloc(n * 4)}, *hdb[2] = {xmalloc(out * 4), xmalloc(out * 4)};
+  float *hdy = xmalloc(n * 4);
   char what[64];
   for (int off = 0; off < 2; off++) {
-    void *b_dy, *b_y;
+    void *b_dy, *b_y, *b_dx;
     void *d_dy = up_act_at(p, &b_dy, dy, n, off), *d_y = up_act_at(p, &b_y, y, n, off);
+    void *d_dx = alloc_act_at(p, &b_dx, n, off);
     float *d_db = g->ops->alloc(g, out * 4);
-    g->ops->linear_bwd(g, NULL, NULL, d_db, d_dy, NULL, NULL, d_y, N, 1, out, 1);
-    down_act(p, hdy[off], d_dy, n);
+    g->ops->act_bwd(g, d_dx, d_dy, d_y, s, ACT_RELU);
+    g->ops->linear_bwd(g, NULL, NULL, d_db, d_dx, NULL, NULL, s1);
+    down_act(p, hdx[off], d_dx, n);
+    down_act(p, hdy, d_dy, n);
     g->ops->download(g, hdb[off], d_db, out * 4);
-    snprintf(what, sizeof(what), "relu mask N %d K %d +%d", N, out, off);
-    expect_close(what, prec, hdy[off], cdy, n, 0);
+    snprintf(what, sizeof(what), "act_bwd relu N %d K %d +%d", N, out, off);
+    expect_same(what, prec, hdx[off], cdx, n);
+    snprintf(what, sizeof(what), "act_bwd keeps dy +%d", off);
+    expect_same(what, prec, hdy, dy, n);
     snprintf(what, sizeof(what), "bias grad N %d K %d +%d", N, out, off);
     expect_close(what, prec, hdb[off], cdb, out, prec_tol(prec));
+    g->ops->act_bwd(g, d_dx, d_dy, d_y, s, ACT_NONE);
+    down_act(p, hdx[off], d_dx, n);
+    snprintf(what, sizeof(what), "act_bwd none +%d", off);
+    expect_same(what, prec, hdx[off], dy, n);
     g->ops->release(g, d_db);
+    g->ops->release(g, b_dx);
     g->ops->release(g, b_y);
     g->ops->release(g, b_dy);
   }
-  if (memcmp(hdb[0], hdb[1], out * 4) != 0 || memcmp(hdy[0], hdy[1], n * 4) != 0)
-    test_fail(__FILE__, __LINE__, "precision %d N %d K %d: the vector and scalar paths differ", prec,
-              N, out);
+  if (memcmp(hdb[0], hdb[1], out * 4) != 0)
+    test_fail(__FILE__, __LINE__, "%s N %d K %d: the vector and scalar bias gradients differ",
+              plan_precision_name(prec), N, out);
+  free(dy); free(y); free(x1); free(cdx); free(cdb); free(cdw); free(hdy);
+  for (int i = 0; i < 2; i++) {
+    free(hdx[i]);
+    free(hdb[i]);
+  }
+}
 
+// 2. Bias + activation (linear_fwd with a bias that is not 16-byte aligned: cuda_bias_act adds
+//    it, not the cuBLASLt epilogue) on both paths, against the CPU.
+static void bias_act_case(pair *p, int N, int out) {
+  const precision_kind prec = p->prec;
+  const int in = 16;
+  const size_t n = (size_t)N * out, nw = (size_t)out * in, np = nw + 1 + out;
+  const op_shape s = {N, 1, 1, in, out};
+  backend *g = p->gpu;
   float *params = rand_buf(np, 14, 0.3f), *x = rand_buf((size_t)N * in, 15, 1.0f);
   float *cy = xmalloc(n * 4), *hy = xmalloc(n * 4);
-  if (prec == 2) { // the GPU reads bf16 x and the bf16 shadow of w; the bias stays fp32
+  if (prec == PREC_BF16) { // the GPU reads bf16 x and the bf16 shadow of w; the bias stays fp32
     bf16_round(x, (size_t)N * in);
     bf16_round(params, nw);
   }
   float *d_params = up_f32(p, params, np);
   g->ops->set_params(g, d_params, np);
   void *d_x = up_act(p, x, (size_t)N * in);
-  for (int relu = 0; relu < 2; relu++) {
-    p->cpu->ops->linear_fwd(p->cpu, cy, x, params, params + nw + 1, N, in, out, relu);
+  char what[64];
+  for (int a = 0; a < 2; a++) {
+    const activation act = a ? ACT_RELU : ACT_NONE;
+    p->cpu->ops->linear_fwd(p->cpu, cy, x, params, params + nw + 1, s, act);
     for (int off = 0; off < 2; off++) {
-      void *b_y = g->ops->alloc(g, (n + 1) * g->act_bytes);
-      void *d_y = (char *)b_y + (size_t)off * g->act_bytes;
-      g->ops->linear_fwd(g, d_y, d_x, d_params, d_params + nw + 1, N, in, out, relu);
+      void *b_y, *d_y = alloc_act_at(p, &b_y, n, off);
+      g->ops->linear_fwd(g, d_y, d_x, d_params, d_params + nw + 1, s, act);
       down_act(p, hy, d_y, n);
-      snprintf(what, sizeof(what), "bias+relu%d N %d K %d +%d", relu, N, out, off);
+      snprintf(what, sizeof(what), "bias+%s N %d K %d +%d", a ? "relu" : "none", N, out, off);
       expect_close(what, prec, hy, cy, n, prec_tol(prec));
       g->ops->release(g, b_y);
     }
@@ -837,90 +1004,156 @@ static void rowwise_case(pair *p, int N, int out) {
   g->ops->release(g, d_x);
   g->ops->release(g, d_params);
   free(params); free(x); free(cy); free(hy);
-  free(dy); free(y); free(x1); free(cdy); free(cdb); free(cdw);
-  for (int i = 0; i < 2; i++) {
-    free(hdy[i]);
-    free(hdb[i]);
-  }
 }
 
+// 3. act_fwd on (N, out), out of place and in place, on both paths: an exact selection (NaN
+//    propagates, as torch.relu), the same as the CPU's; ACT_NONE copies.
+static void act_fwd_case(pair *p, int N, int out) {
+  const precision_kind prec = p->prec;
+  const size_t n = (size_t)N * out;
+  const op_shape s = {N, 1, 1, out, out};
+  backend *g = p->gpu;
+  float *x = act_input(n, 16, prec), *cy = xmalloc(n * 4), *hy = xmalloc(n * 4);
+  p->cpu->ops->act_fwd(p->cpu, cy, x, s, ACT_RELU);
+  char what[64];
+  for (int off = 0; off < 2; off++) {
+    void *b_x, *b_y;
+    void *d_x = up_act_at(p, &b_x, x, n, off), *d_y = alloc_act_at(p, &b_y, n, off);
+    g->ops->act_fwd(g, d_y, d_x, s, ACT_NONE);
+    down_act(p, hy, d_y, n);
+    snprintf(what, sizeof(what), "act_fwd none N %d K %d +%d", N, out, off);
+    expect_same(what, prec, hy, x, n);
+    g->ops->act_fwd(g, d_y, d_x, s, ACT_RELU);
+    down_act(p, hy, d_y, n);
+    snprintf(what, sizeof(what), "act_fwd relu N %d K %d +%d", N, out, off);
+    expect_same(what, prec, hy, cy, n);
+    g->ops->act_fwd(g, d_x, d_x, s, ACT_RELU); // in place
+    down_act(p, hy, d_x, n);
+    snprintf(what, sizeof(what), "act_fwd relu in place +%d", off);
+    expect_same(what, prec, hy, cy, n);
+    g->ops->release(g, b_y);
+    g->ops->release(g, b_x);
+  }
+  free(x); free(cy); free(hy);
+}
+
+// The row-wise kernels of elementwise.cu (and the activation ops on them) on (N, out) tensors,
+// each on its vector path (out % 4 == 0, aligned) and its scalar path (out = 3 or 10, or one
+// element off), against the CPU.
 TEST(cuda_gpu_rowwise_paths) {
   const int outs[4] = {3, 8, 10, 64}; // scalar, vector, scalar, vector (when aligned)
-  for (int prec = 0; prec < 3; prec++) {
+  const int Ns[2] = {5, 1000};
+  for (int i = 0; i < 3; i++) {
     pair p;
-    if (!pair_open(&p, prec)) return;
-    for (int i = 0; i < 4; i++) {
-      rowwise_case(&p, 5, outs[i]);
-      rowwise_case(&p, 1000, outs[i]);
-    }
+    if (!pair_open(&p, all_precs[i])) return;
+    for (int k = 0; k < 4; k++)
+      for (int j = 0; j < 2; j++) {
+        act_bwd_case(&p, Ns[j], outs[k]);
+        bias_act_case(&p, Ns[j], outs[k]);
+        act_fwd_case(&p, Ns[j], outs[k]);
+      }
     pair_close(&p);
   }
 }
 
+// Max-pool forward and backward with ties, against the CPU (argmax identical).
+static void pool_case(pair *p) {
+  const precision_kind prec = p->prec;
+  const int N = 3, H = 6, W = 4, C = 5;
+  const op_shape s = {N, H, W, C, C};
+  const size_t nx = (size_t)N * H * W * C, ny = nx / 4;
+  float *x = rand_buf(nx, 5, 1.0f), *g = rand_buf(ny, 6, 1.0f);
+  for (size_t i = 0; i + C < nx; i += 7) x[i + C] = x[i]; // ties inside pooling windows
+  if (prec == PREC_BF16) bf16_round(x, nx); // first, so both backends see the same ties
+  float *y = xmalloc(ny * 4), *dx = xmalloc(nx * 4), *hy = xmalloc(ny * 4), *hdx = xmalloc(nx * 4);
+  int32_t *am = xmalloc(ny * 4), *ham = xmalloc(ny * 4);
+  p->cpu->ops->maxpool_fwd(p->cpu, y, am, x, s);
+  p->cpu->ops->maxpool_bwd(p->cpu, dx, g, am, x, y, s);
+  backend *b = p->gpu;
+  void *d_x = up_act(p, x, nx), *d_g = up_act(p, g, ny);
+  void *d_y = b->ops->alloc(b, ny * b->act_bytes), *d_dx = b->ops->alloc(b, nx * b->act_bytes);
+  int32_t *d_am = b->ops->alloc(b, ny * 4);
+  b->ops->maxpool_fwd(b, d_y, d_am, d_x, s);
+  b->ops->maxpool_bwd(b, d_dx, d_g, d_am, d_x, d_y, s);
+  down_act(p, hy, d_y, ny);
+  down_act(p, hdx, d_dx, nx);
+  b->ops->download(b, ham, d_am, ny * 4);
+  expect_close("maxpool y", prec, hy, y, ny, prec == PREC_BF16 ? 0 : 1e-7);
+  expect_close("maxpool dx", prec, hdx, dx, nx, prec == PREC_BF16 ? 1e-2 : 1e-7);
+  EXPECT(memcmp(ham, am, ny * 4) == 0);
+  void *bufs[] = {d_x, d_g, d_y, d_dx, d_am};
+  for (int i = 0; i < 5; i++) b->ops->release(b, bufs[i]);
+  free(x); free(g); free(y); free(dx); free(hy); free(hdx); free(am); free(ham);
+}
+
+// Dropout: identical masks (ids are not 0..N-1 on purpose), over D = H * W * C features. Two
+// steps queued back to back before either is read: each kernel must see its own step (the
+// eager staging of the step variable, cuda_common.h), and the backward the forward's mask.
+static void dropout_case(pair *p) {
+  const precision_kind prec = p->prec;
+  const int N = 3;
+  const op_shape s = {N, 2, 4, 5, 5}; // D = 40
+  const size_t n = (size_t)N * 40;
+  int32_t ids[3] = {17, 4, 2999};
+  float *a = rand_buf(n, 7, 1.0f), *b[3], *hb = xmalloc(n * 4);
+  if (prec == PREC_BF16) bf16_round(a, n);
+  dropout_key key[3] = {{123, 2, 77}, {123, 2, 78}, {123, 2, 77}};
+  for (int k = 0; k < 3; k++) b[k] = xmalloc(n * 4);
+  p->cpu->ops->dropout_fwd(p->cpu, b[0], a, ids, s, 0.5f, key[0]);
+  p->cpu->ops->dropout_fwd(p->cpu, b[1], a, ids, s, 0.5f, key[1]);
+  p->cpu->ops->dropout_bwd(p->cpu, b[2], a, ids, s, 0.5f, key[2]);
+  backend *g = p->gpu;
+  int32_t *d_ids = up_f32(p, (const float *)(const void *)ids, 3);
+  void *d_a = up_act(p, a, n), *d_b[3];
+  for (int k = 0; k < 3; k++) d_b[k] = g->ops->alloc(g, n * g->act_bytes);
+  g->ops->dropout_fwd(g, d_b[0], d_a, d_ids, s, 0.5f, key[0]);
+  g->ops->dropout_fwd(g, d_b[1], d_a, d_ids, s, 0.5f, key[1]);
+  g->ops->dropout_bwd(g, d_b[2], d_a, d_ids, s, 0.5f, key[2]);
+  const char *what[3] = {"dropout step 77", "dropout step 78", "dropout bwd step 77"};
+  for (int k = 0; k < 3; k++) {
+    down_act(p, hb, d_b[k], n);
+    expect_close(what[k], prec, hb, b[k], n, prec == PREC_BF16 ? 1e-2 : 0);
+    g->ops->release(g, d_b[k]);
+    free(b[k]);
+  }
+  g->ops->release(g, d_a);
+  g->ops->release(g, d_ids);
+  free(a); free(hb);
+}
+
+// Cross-entropy: stats accumulate, dlogits scaled.
+static void xent_case(pair *p) {
+  const precision_kind prec = p->prec;
+  const int N = 3, L = 10;
+  float *lg = rand_buf((size_t)N * L, 8, 2.0f), *dl = xmalloc((size_t)N * L * 4), *hdl = xmalloc((size_t)N * L * 4);
+  if (prec == PREC_BF16) bf16_round(lg, (size_t)N * L);
+  int32_t lab[3] = {1, 9, 0};
+  double st[2] = {1.0, 2.0}, hst[2];
+  p->cpu->ops->xent(p->cpu, dl, st, lg, lab, N, L, 0.25f);
+  backend *g = p->gpu;
+  double *d_st = g->ops->alloc(g, 16);
+  double init[2] = {1.0, 2.0};
+  g->ops->upload(g, d_st, init, 16);
+  int32_t *d_lab = up_f32(p, (const float *)(const void *)lab, 3);
+  void *d_lg = up_act(p, lg, (size_t)N * L), *d_dl = g->ops->alloc(g, (size_t)N * L * g->act_bytes);
+  g->ops->xent(g, d_dl, d_st, d_lg, d_lab, N, L, 0.25f);
+  g->ops->download(g, hst, d_st, 16);
+  down_act(p, hdl, d_dl, (size_t)N * L);
+  EXPECT_NEAR(hst[0], st[0], 1e-9 * fabs(st[0]) + 1e-12);
+  EXPECT_NEAR(hst[1], st[1], 0);
+  expect_close("xent dlogits", prec, hdl, dl, (size_t)N * L, prec == PREC_BF16 ? 1e-2 : 1e-6);
+  void *bufs[] = {d_st, d_lab, d_lg, d_dl};
+  for (int i = 0; i < 4; i++) g->ops->release(g, bufs[i]);
+  free(lg); free(dl); free(hdl);
+}
+
 TEST(cuda_gpu_pool_dropout_xent) {
-  for (int prec = 0; prec < 3; prec++) {
+  for (int i = 0; i < 3; i++) {
     pair p;
-    if (!pair_open(&p, prec)) return;
-    const int N = 3, H = 6, W = 4, C = 5, D = 40, L = 10;
-    const size_t nx = (size_t)N * H * W * C, ny = nx / 4;
-    float *x = rand_buf(nx, 5, 1.0f), *g = rand_buf(ny, 6, 1.0f);
-    for (size_t i = 0; i + C < nx; i += 7) x[i + C] = x[i]; // ties inside pooling windows
-    if (prec == 2) // bf16 rounding first, so both backends see the same ties
-      for (size_t i = 0; i < nx; i++) x[i] = plan_bf16_to_f32(plan_f32_to_bf16(x[i]));
-    float *y = xmalloc(ny * 4), *dx = xmalloc(nx * 4), *hy = xmalloc(ny * 4), *hdx = xmalloc(nx * 4);
-    int32_t *am = xmalloc(ny * 4);
-    p.cpu->ops->maxpool_fwd(p.cpu, y, am, x, N, H, W, C);
-    p.cpu->ops->maxpool_bwd(p.cpu, dx, g, am, x, y, N, H, W, C);
-    void *d_x = up_act(&p, x, nx), *d_g = up_act(&p, g, ny);
-    void *d_y = p.gpu->ops->alloc(p.gpu, ny * p.gpu->act_bytes);
-    void *d_dx = p.gpu->ops->alloc(p.gpu, nx * p.gpu->act_bytes);
-    int32_t *d_am = p.gpu->ops->alloc(p.gpu, ny * 4);
-    p.gpu->ops->maxpool_fwd(p.gpu, d_y, d_am, d_x, N, H, W, C);
-    p.gpu->ops->maxpool_bwd(p.gpu, d_dx, d_g, d_am, d_x, d_y, N, H, W, C);
-    down_act(&p, hy, d_y, ny);
-    down_act(&p, hdx, d_dx, nx);
-    int32_t *ham = xmalloc(ny * 4);
-    p.gpu->ops->download(p.gpu, ham, d_am, ny * 4);
-    expect_close("maxpool y", prec, hy, y, ny, prec == 2 ? 0 : 1e-7);
-    expect_close("maxpool dx", prec, hdx, dx, nx, prec == 2 ? 1e-2 : 1e-7);
-    EXPECT(memcmp(ham, am, ny * 4) == 0);
-
-    // Dropout: identical masks (ids are not 0..N-1 on purpose).
-    int32_t ids[3] = {17, 4, 2999};
-    float *a = rand_buf((size_t)N * D, 7, 1.0f), *b = xmalloc((size_t)N * D * 4), *hb = xmalloc((size_t)N * D * 4);
-    if (prec == 2)
-      for (int i = 0; i < N * D; i++) a[i] = plan_bf16_to_f32(plan_f32_to_bf16(a[i]));
-    dropout_key key = {123, 2, 77};
-    p.cpu->ops->dropout_fwd(p.cpu, b, a, ids, N, D, 0.5f, key);
-    int32_t *d_ids = up_f32(&p, (const float *)(const void *)ids, 3);
-    void *d_a = up_act(&p, a, (size_t)N * D), *d_b = p.gpu->ops->alloc(p.gpu, (size_t)N * D * p.gpu->act_bytes);
-    p.gpu->ops->dropout_fwd(p.gpu, d_b, d_a, d_ids, N, D, 0.5f, key);
-    down_act(&p, hb, d_b, (size_t)N * D);
-    expect_close("dropout", prec, hb, b, (size_t)N * D, prec == 2 ? 1e-2 : 0);
-
-    // Cross-entropy: stats accumulate, dlogits scaled.
-    float *lg = rand_buf((size_t)N * L, 8, 2.0f), *dl = xmalloc((size_t)N * L * 4), *hdl = xmalloc((size_t)N * L * 4);
-    if (prec == 2)
-      for (int i = 0; i < N * L; i++) lg[i] = plan_bf16_to_f32(plan_f32_to_bf16(lg[i]));
-    int32_t lab[3] = {1, 9, 0};
-    double st[2] = {1.0, 2.0}, hst[2];
-    p.cpu->ops->xent(p.cpu, dl, st, lg, lab, N, L, 0.25f);
-    double *d_st = p.gpu->ops->alloc(p.gpu, 16);
-    double init[2] = {1.0, 2.0};
-    p.gpu->ops->upload(p.gpu, d_st, init, 16);
-    int32_t *d_lab = up_f32(&p, (const float *)(const void *)lab, 3);
-    void *d_lg = up_act(&p, lg, (size_t)N * L), *d_dl = p.gpu->ops->alloc(p.gpu, (size_t)N * L * p.gpu->act_bytes);
-    p.gpu->ops->xent(p.gpu, d_dl, d_st, d_lg, d_lab, N, L, 0.25f);
-    p.gpu->ops->download(p.gpu, hst, d_st, 16);
-    down_act(&p, hdl, d_dl, (size_t)N * L);
-    EXPECT_NEAR(hst[0], st[0], 1e-9 * fabs(st[0]) + 1e-12);
-    EXPECT_NEAR(hst[1], st[1], 0);
-    expect_close("xent dlogits", prec, hdl, dl, (size_t)N * L, prec == 2 ? 1e-2 : 1e-6);
-
-    void *bufs[] = {d_x, d_g, d_y, d_dx, d_am, d_ids, d_a, d_b, d_st, d_lab, d_lg, d_dl};
-    for (int i = 0; i < 12; i++) p.gpu->ops->release(p.gpu, bufs[i]);
-    free(x); free(g); free(y); free(dx); free(hy); free(hdx); free(am); free(ham);
-    free(a); free(b); free(hb); free(lg); free(dl); free(hdl);
+    if (!pair_open(&p, all_precs[i])) return;
+    pool_case(&p);
+    dropout_case(&p);
+    xent_case(&p);
     pair_close(&p);
   }
 }
@@ -931,7 +1164,7 @@ TEST(cuda_gpu_pool_dropout_xent) {
 // a graph is freed. A FATAL ends the process, so each case runs in a child, and the child must be a fresh
 // process: CUDA cannot be used in a child forked after its parent initialised CUDA (this process
 // has: the device count, the GPU tests before). The child therefore execs this binary again on
-// the fixture cuda_gpu_xent_fixture, the case in VGG_XENT_CHILD ("eager|graph precision").
+// the fixture cuda_gpu_xent_fixture, the case in VGG_XENT_CHILD ("eager|graph fp32|bf16").
 
 static void xent_child_exec(void *mode) {
   setenv("VGG_XENT_CHILD", (const char *)mode, 1);
@@ -943,9 +1176,9 @@ static void xent_child_exec(void *mode) {
 TEST_FIXTURE(cuda_gpu_xent_fixture) {
   const char *mode = getenv("VGG_XENT_CHILD");
   REQUIRE(mode != NULL);
-  char kind[16];
-  int prec = -1;
-  REQUIRE(sscanf(mode, "%15s %d", kind, &prec) == 2);
+  char kind[16], name[16];
+  REQUIRE(sscanf(mode, "%15s %15s", kind, name) == 2);
+  const precision_kind prec = strcmp(name, "bf16") == 0 ? PREC_BF16 : PREC_FP32;
   enum { N = 4, L = 10 };
   pair p = {NULL, backend_cuda_create(0, prec), prec};
   backend *g = p.gpu;
@@ -981,7 +1214,7 @@ TEST(cuda_gpu_xent_invalid_label) {
     test_skip("no CUDA device: runs in scripts/gpu_check.sh");
     return;
   }
-  const char *modes[4] = {"eager 0", "eager 2", "graph 0", "graph 2"};
+  const char *modes[4] = {"eager fp32", "eager bf16", "graph fp32", "graph bf16"};
   for (int m = 0; m < 4; m++) {
     char err[4096];
     int status = test_in_child(xent_child_exec, (void *)modes[m], err, sizeof(err));
@@ -995,49 +1228,75 @@ TEST(cuda_gpu_xent_invalid_label) {
   }
 }
 
-TEST(cuda_gpu_adam_prep) {
-  pair p;
-  if (!pair_open(&p, 0)) return;
-  // Adam: bit-identical to the CPU backend.
+// Adam: bit-identical to the CPU backend over 3 steps queued back to back (each kernel reads
+// its own step's coefficients: the eager staging of the step variables, cuda_common.h).
+static void adam_case(pair *p) {
   enum { n = 1000 };
   float *w = rand_buf(n, 9, 1.0f), *g = rand_buf(n, 10, 0.1f), *m = xcalloc(n, 4), *v = xcalloc(n, 4);
-  float *dw = up_f32(&p, w, n), *dg = up_f32(&p, g, n), *dm = up_f32(&p, m, n), *dv = up_f32(&p, v, n);
+  float *dw = up_f32(p, w, n), *dg = up_f32(p, g, n), *dm = up_f32(p, m, n), *dv = up_f32(p, v, n);
   for (int step = 1; step <= 3; step++) {
-    adam_params ap = {1e-3f, 0.9f, 0.999f, 1e-8f, 1e-2f, step, step == 2};
-    p.cpu->ops->adam(p.cpu, w, g, m, v, n, &ap);
-    p.gpu->ops->adam(p.gpu, dw, dg, dm, dv, n, &ap);
+    adam_params ap = {1e-3f * step, 0.9f, 0.999f, 1e-8f, 1e-2f, step, step == 2};
+    p->cpu->ops->adam(p->cpu, w, g, m, v, n, &ap);
+    p->gpu->ops->adam(p->gpu, dw, dg, dm, dv, n, &ap);
   }
   float *hw = xmalloc(n * 4);
-  p.gpu->ops->download(p.gpu, hw, dw, n * 4);
-  expect_close("adam params", 0, hw, w, n, 0);
-  // Batch prep: bit-identical, with flips and a resize.
+  p->gpu->ops->download(p->gpu, hw, dw, n * 4);
+  expect_close("adam params", PREC_FP32, hw, w, n, 0);
+  void *bufs[] = {dw, dg, dm, dv};
+  for (int i = 0; i < 4; i++) p->gpu->ops->release(p->gpu, bufs[i]);
+  free(w); free(g); free(m); free(v); free(hw);
+}
+
+// Batch prep: bit-identical, with flips and a resize, for two epochs queued back to back (each
+// kernel reads its own epoch, the eager staging again) into buffers of their own.
+static void prep_case(pair *p, const uint8_t *d_img, const uint8_t *d_lab, const uint8_t *img,
+                      const uint8_t *lab, int size) {
+  backend *b = p->gpu;
+  const int32_t ids[4] = {4, 0, 2, 3};
+  const size_t nx = (size_t)4 * size * size * 3;
+  float *x = xmalloc(nx * 4), *hx = xmalloc(nx * 4);
+  void *d_x[2];
+  int32_t *d_l[2], *d_i[2];
+  for (int e = 0; e < 2; e++) {
+    prep_params pp = {size, 1, 0.5f, 99, (uint32_t)(3 + e), {0.49f, 0.48f, 0.45f}, {0.25f, 0.24f, 0.26f}};
+    d_x[e] = b->ops->alloc(b, nx * 4);
+    d_l[e] = b->ops->alloc(b, 16);
+    d_i[e] = b->ops->alloc(b, 16);
+    b->ops->prep_batch(b, d_x[e], d_l[e], d_i[e], d_img, d_lab, ids, 4, &pp);
+  }
+  for (int e = 0; e < 2; e++) {
+    prep_params pp = {size, 1, 0.5f, 99, (uint32_t)(3 + e), {0.49f, 0.48f, 0.45f}, {0.25f, 0.24f, 0.26f}};
+    int32_t labels[4], cids[4], hl[4], hids[4];
+    cpu_prep_batch(p->cpu, x, labels, cids, img, lab, ids, 4, &pp);
+    b->ops->download(b, hx, d_x[e], nx * 4);
+    b->ops->download(b, hl, d_l[e], 16);
+    b->ops->download(b, hids, d_i[e], 16);
+    char what[64];
+    snprintf(what, sizeof(what), "prep x %dx%d epoch %u", size, size, pp.epoch);
+    expect_close(what, PREC_FP32, hx, x, nx, 0);
+    EXPECT(memcmp(hl, labels, 16) == 0);
+    EXPECT(memcmp(hids, cids, 16) == 0);
+    b->ops->release(b, d_x[e]);
+    b->ops->release(b, d_l[e]);
+    b->ops->release(b, d_i[e]);
+  }
+  free(x);
+  free(hx);
+}
+
+TEST(cuda_gpu_adam_prep) {
+  pair p;
+  if (!pair_open(&p, PREC_FP32)) return;
+  adam_case(&p);
   uint8_t *img = xmalloc(5 * 3072), lab[5] = {3, 1, 4, 1, 5};
   for (int i = 0; i < 5 * 3072; i++) img[i] = (uint8_t)rng_bits(3, 3, 0, 0, (uint32_t)i);
   uint8_t *d_img = p.gpu->ops->alloc(p.gpu, 5 * 3072), *d_lab = p.gpu->ops->alloc(p.gpu, 5);
   p.gpu->ops->upload(p.gpu, d_img, img, 5 * 3072);
   p.gpu->ops->upload(p.gpu, d_lab, lab, 5);
-  int32_t ids[4] = {4, 0, 2, 3};
-  for (int size = 32; size <= 48; size += 16) {
-    prep_params pp = {size, 1, 0.5f, 99, 3, {0.49f, 0.48f, 0.45f}, {0.25f, 0.24f, 0.26f}};
-    size_t nx = (size_t)4 * size * size * 3;
-    float *x = xmalloc(nx * 4), *hx = xmalloc(nx * 4);
-    int32_t labels[4], cids[4], hl[4], hids[4];
-    cpu_prep_batch(p.cpu, x, labels, cids, img, lab, ids, 4, &pp);
-    void *d_x = p.gpu->ops->alloc(p.gpu, nx * 4);
-    int32_t *d_l = p.gpu->ops->alloc(p.gpu, 16), *d_i = p.gpu->ops->alloc(p.gpu, 16);
-    p.gpu->ops->prep_batch(p.gpu, d_x, d_l, d_i, d_img, d_lab, ids, 4, &pp);
-    p.gpu->ops->download(p.gpu, hx, d_x, nx * 4);
-    p.gpu->ops->download(p.gpu, hl, d_l, 16);
-    p.gpu->ops->download(p.gpu, hids, d_i, 16);
-    expect_close("prep x", 0, hx, x, nx, 0);
-    EXPECT(memcmp(hl, labels, 16) == 0);
-    EXPECT(memcmp(hids, cids, 16) == 0);
-    p.gpu->ops->release(p.gpu, d_x); p.gpu->ops->release(p.gpu, d_l); p.gpu->ops->release(p.gpu, d_i);
-    free(x); free(hx);
-  }
-  void *bufs[] = {dw, dg, dm, dv, d_img, d_lab};
-  for (int i = 0; i < 6; i++) p.gpu->ops->release(p.gpu, bufs[i]);
-  free(w); free(g); free(m); free(v); free(hw); free(img);
+  for (int size = 32; size <= 48; size += 16) prep_case(&p, d_img, d_lab, img, lab, size);
+  p.gpu->ops->release(p.gpu, d_img);
+  p.gpu->ops->release(p.gpu, d_lab);
+  free(img);
   pair_close(&p);
 }
 
@@ -1048,7 +1307,9 @@ TEST(cuda_gpu_autotune_first_repeats) {
     test_skip("no CUDA device: runs in scripts/gpu_check.sh");
     return;
   }
-  for (int prec = 0; prec < 3; prec += 2) {
+  const precision_kind precs[2] = {PREC_FP32, PREC_BF16};
+  for (int i = 0; i < 2; i++) {
+    const precision_kind prec = precs[i];
     steps_spec s = {.model = "vgg11", .width = 0.125f, .dropout = 0.5f, .lr = 1e-3f,
                     .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                     .size = 32, .n = 8, .steps = 2, .seed = 77, .vary = 1};
@@ -1061,8 +1322,8 @@ TEST(cuda_gpu_autotune_first_repeats) {
       steps_run(&r[k], g, &m, &s);
       g->ops->destroy(g);
     }
-    printf("    precision %d: losses %.9g %.9g and %.9g %.9g\n", prec, r[0].loss[0], r[0].loss[1],
-           r[1].loss[0], r[1].loss[1]);
+    printf("    %s: losses %.9g %.9g and %.9g %.9g\n", plan_precision_name(prec), r[0].loss[0],
+           r[0].loss[1], r[1].loss[0], r[1].loss[1]);
     EXPECT(memcmp(r[0].loss, r[1].loss, sizeof(double) * s.steps) == 0);
     EXPECT(memcmp(r[0].grads, r[1].grads, m.n_params * sizeof(float)) == 0);
     EXPECT(memcmp(r[0].params, r[1].params, m.n_params * sizeof(float)) == 0);
@@ -1122,12 +1383,12 @@ TEST(cuda_gpu_profile) {
   model m;
   model_build(&m, "vgg11", 0.125f, 32, 10, 0.5f);
   const int n = 8;
-  backend *plain = backend_cuda_create(0, 0);
+  backend *plain = backend_cuda_create(0, PREC_FP32);
   backend_cuda_set_autotune(plain, AUTOTUNE_FIRST);
   double want = run_steps(plain, &m, n, 3, 0);
   plain->ops->destroy(plain);
 
-  backend *g = backend_cuda_create(0, 0);
+  backend *g = backend_cuda_create(0, PREC_FP32);
   backend_cuda_set_autotune(g, AUTOTUNE_FIRST);
   backend_cuda_profile_enable(g);
   EXPECT(g->ops->capture_begin == NULL && g->ops->replay == NULL); // eager only
@@ -1140,11 +1401,13 @@ TEST(cuda_gpu_profile) {
   backend_cuda_profile_print(g, f);
   fclose(f);
   printf("%s", text);
-  // vgg11 width 0.125: first conv 3->8 at 32x32, first FC 64 -> 512.
+  // vgg11 width 0.125: first conv 3->8 at 32x32, first FC 64 -> 512. Backwards, every ReLU's
+  // backward is an act bwd region of its own (the FC's after the last FC's backward).
   const char *const rows[] = {"2 timed eager steps after 1 warm-up", "prep 8 images 32x32",
                               "conv fwd 32x32 3->8", "conv epilogue 32x32x8 bias+relu",
                               "pool fwd 32x32x8", "fc fwd 64->512 +relu", "dropout fwd 512",
-                              "loss 10 classes +grad", "fc bwd", "conv bias grad",
+                              "loss 10 classes +grad", "fc bwd", "act bwd relu",
+                              "conv bias grad",
                               "conv bwd filter", "conv bwd data", "conv bwd filter 32x32 3->8",
                               "adam", "all-reduce wait", "sum of the regions",
                               "step wall time (host)", "by kind:",

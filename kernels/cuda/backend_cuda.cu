@@ -1,7 +1,7 @@
 // backend_cuda.cu - the CUDA backend's context (device, stream, cuDNN/cuBLAS handles,
-// workspaces), its memory ops, the bf16 parameter shadow, the fused Adam/AdamW kernel and the
-// ops table. The op families live in conv.cu, linear.cu, pool.cu, loss.cu, prep.cu and
-// elementwise.cu; graph capture and replay in graph.cu.
+// workspaces, the device step variables), its memory ops, the bf16 parameter shadow, the fused
+// Adam/AdamW kernel and the ops table (filled by name). The op families live in conv.cu,
+// linear.cu, pool.cu, loss.cu, prep.cu and elementwise.cu; graph capture and replay in graph.cu.
 //
 // Invariants: every op is queued on the one compute stream (ctx->stream); upload/download/sync
 // are the only calls that block the host. Parameters, gradients and Adam state are fp32; in
@@ -131,7 +131,7 @@ static void *cuda_stream(backend *b) { return (void *)ctx_of(b)->stream; }
 
 static void cuda_set_params(backend *b, const float *params, size_t count) {
   cuda_ctx *c = ctx_of(b);
-  if (c->precision == 2 && (c->params_bf16 == NULL || c->param_count != count)) {
+  if (c->precision == PREC_BF16 && (c->params_bf16 == NULL || c->param_count != count)) {
     if (c->params_bf16) {
       cudaCheck(cudaStreamSynchronize(c->stream));
       cudaCheck(cudaFree(c->params_bf16));
@@ -140,16 +140,18 @@ static void cuda_set_params(backend *b, const float *params, size_t count) {
   }
   c->params = params;
   c->param_count = count;
-  if (c->precision == 2) cuda_f32_to_bf16(c, c->params_bf16, params, count);
+  if (c->precision == PREC_BF16) cuda_f32_to_bf16(c, c->params_bf16, params, count);
 }
 
 // ---- Adam / AdamW --------------------------------------------------------------------------
 
 // One kernel over the flat buffer with kernels/adam.h's arithmetic, shared with the CPU
-// backend: both produce bit-identical parameters from identical gradients.
+// backend: both produce bit-identical parameters from identical gradients. The coefficients
+// (the step's learning rate and bias corrections) are the step variable in device memory
+// (cuda_common.h), read the same way eager or replayed.
 __global__ void adam_kernel(float *params, bf16 *shadow, const float *grads, float *m, float *v,
-                            size_t count, adam_coef coef, const graph_vars *gv) {
-  const adam_coef a = gv ? gv->adam : coef;
+                            size_t count, const dev_vars *gv) {
+  const adam_coef a = gv->adam;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
     adam_element(&params[i], grads[i], &m[i], &v[i], &a);
@@ -160,14 +162,15 @@ __global__ void adam_kernel(float *params, bf16 *shadow, const float *grads, flo
 void cuda_adam(backend *b, float *params, const float *grads, float *m, float *v, size_t count,
                const adam_params *p) {
   cuda_ctx *c = ctx_of(b);
-  adam_coef a = adam_plan(p);
+  adam_coef a = adam_plan(p); // validates the step also while capturing (replay plans its own)
   if (count == 0) return;
   bf16 *shadow = NULL;
-  if (c->precision == 2 && c->params_bf16 && params >= c->params &&
+  if (c->precision == PREC_BF16 && c->params_bf16 && params >= c->params &&
       params + count <= c->params + c->param_count)
     shadow = c->params_bf16 + (params - c->params);
+  cuda_stage(c, &c->d_vars->adam, a);
   adam_kernel<<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(params, shadow, grads, m, v,
-                                                                      count, a, cuda_vars(c));
+                                                                      count, c->d_vars);
   KERNEL_CHECK();
 }
 
@@ -197,13 +200,41 @@ static void cuda_destroy(backend *b) {
   free(b);
 }
 
-static const backend_ops cuda_ops = {
-    "cuda",           cuda_destroy,     cuda_alloc,       cuda_release,     cuda_upload,
-    cuda_download,    cuda_zero_op,     cuda_sync,        cuda_set_params,  cuda_prep_batch,
-    cuda_conv_fwd,    cuda_conv_bwd,    cuda_maxpool_fwd, cuda_maxpool_bwd, cuda_linear_fwd,
-    cuda_linear_bwd,  cuda_dropout_fwd, cuda_dropout_bwd, cuda_xent,        cuda_adam,
-    cuda_stream,      cuda_capture_begin, cuda_capture_end, cuda_replay,    cuda_graph_free,
-};
+// The ops table, filled by name: a reordering of backend_ops cannot wire the wrong function.
+// (Not C++20 designated initializers: the Makefile's nvcc builds C++17.) constexpr, so the
+// table is built at compile time, as an initializer list would be.
+static constexpr backend_ops cuda_ops_table(void) {
+  backend_ops o{}; // every entry NULL until named below
+  o.name = "cuda";
+  o.destroy = cuda_destroy;
+  o.alloc = cuda_alloc;
+  o.release = cuda_release;
+  o.upload = cuda_upload;
+  o.download = cuda_download;
+  o.zero = cuda_zero_op;
+  o.sync = cuda_sync;
+  o.set_params = cuda_set_params;
+  o.prep_batch = cuda_prep_batch;
+  o.conv_fwd = cuda_conv_fwd;
+  o.conv_bwd = cuda_conv_bwd;
+  o.maxpool_fwd = cuda_maxpool_fwd;
+  o.maxpool_bwd = cuda_maxpool_bwd;
+  o.linear_fwd = cuda_linear_fwd;
+  o.linear_bwd = cuda_linear_bwd;
+  o.act_fwd = cuda_act_fwd;
+  o.act_bwd = cuda_act_bwd;
+  o.dropout_fwd = cuda_dropout_fwd;
+  o.dropout_bwd = cuda_dropout_bwd;
+  o.xent = cuda_xent;
+  o.adam = cuda_adam;
+  o.stream = cuda_stream;
+  o.capture_begin = cuda_capture_begin;
+  o.capture_end = cuda_capture_end;
+  o.replay = cuda_replay;
+  o.graph_free = cuda_graph_free;
+  return o;
+}
+static constexpr backend_ops cuda_ops = cuda_ops_table();
 
 extern "C" int backend_cuda_device_count(void) {
   int n = 0;
@@ -215,7 +246,20 @@ extern "C" int backend_cuda_device_count(void) {
   return n;
 }
 
-extern "C" backend *backend_cuda_create(int device, int precision) {
+// The cuBLAS handle's math mode: fp32 allows no TF32 anywhere (pedantic also rules out
+// reduced-precision reductions); tf32 allows TF32 tensor cores; bf16 the default.
+static cublasMath_t cublas_math(precision_kind precision) {
+  switch (precision) {
+  case PREC_FP32: return CUBLAS_PEDANTIC_MATH;
+  case PREC_TF32: return CUBLAS_TF32_TENSOR_OP_MATH;
+  case PREC_BF16: return CUBLAS_DEFAULT_MATH;
+  }
+  FATAL("unknown precision %d", (int)precision);
+}
+
+extern "C" backend *backend_cuda_create(int device, precision_kind precision) {
+  if (!plan_precision_valid(precision))
+    DIE_USAGE("--precision: unknown precision %d (fp32, tf32 or bf16)", (int)precision);
   int n = 0;
   cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess)
@@ -223,8 +267,6 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   if (n <= 0) DIE_USAGE("--device cuda: no CUDA device visible (device count 0)");
   if (device < 0 || device >= n)
     DIE_USAGE("--device cuda: device %d does not exist (%d visible)", device, n);
-  if (precision < 0 || precision > 2)
-    DIE_USAGE("--precision: unknown precision %d (0 fp32, 1 tf32, 2 bf16)", precision);
   cudaCheck(cudaSetDevice(device));
 
   cuda_ctx *c = (cuda_ctx *)xcalloc(1, sizeof(cuda_ctx));
@@ -237,10 +279,7 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
   cudnnCheck(cudnnSetStream(c->cudnn, c->stream));
   cublasCheck(cublasCreate(&c->cublas));
   cublasCheck(cublasSetStream(c->cublas, c->stream));
-  // fp32: no TF32 anywhere (pedantic also rules out reduced-precision reductions).
-  cublasCheck(cublasSetMathMode(c->cublas, precision == 0   ? CUBLAS_PEDANTIC_MATH
-                                           : precision == 1 ? CUBLAS_TF32_TENSOR_OP_MATH
-                                                            : CUBLAS_DEFAULT_MATH));
+  cublasCheck(cublasSetMathMode(c->cublas, cublas_math(precision)));
   cublasCheck(cublasLtCreate(&c->lt));
   // One workspace for cuBLAS and cuBLASLt: both run in order on the one stream. A fixed
   // workspace also keeps cuBLAS from allocating during a CUDA graph capture.
@@ -250,14 +289,17 @@ extern "C" backend *backend_cuda_create(int device, int precision) {
     FATAL("out of GPU memory allocating the %zu-byte cuBLAS workspace on device %d (%s)",
           c->lt_ws_bytes, device, cudaGetErrorString(e));
   cublasCheck(cublasSetWorkspace(c->cublas, c->lt_ws, c->lt_ws_bytes));
-  cudaCheck(cudaMalloc((void **)&c->d_vars, sizeof(graph_vars)));
+  // The step variables: staged by the launchers (eager) or copied by replay before any kernel
+  // reads them; zeroed so that no read can ever see uninitialised memory.
+  cudaCheck(cudaMalloc((void **)&c->d_vars, sizeof(dev_vars)));
+  cudaCheck(cudaMemsetAsync(c->d_vars, 0, sizeof(dev_vars), c->stream));
   cudaCheck(cudaEventCreate(&c->ev0));
   cudaCheck(cudaEventCreate(&c->ev1));
 
   backend *b = (backend *)xcalloc(1, sizeof(backend));
   b->ops = &cuda_ops;
   b->is_device = 1;
-  b->act_bytes = precision == 2 ? 2 : 4;
+  b->act_bytes = cuda_act_bytes(c);
   b->impl = c;
   return b;
 }

@@ -1,8 +1,10 @@
 // conv.cu - 3x3 / pad 1 / stride 1 convolutions through the cuDNN 9 backend (graph) API, NHWC
-// activations and KRSC filters (cuDNN's NHWC filter format), plus the bias/ReLU epilogue and
-// the bias gradient from elementwise.cu.
+// activations and KRSC filters (cuDNN's NHWC filter format), plus the bias + activation
+// epilogue (fused into conv_fwd, keyed by the activation) and the bias gradient, a column sum
+// that only reads dy, from elementwise.cu. conv_bwd never writes dy: the activation's backward
+// is the walker's act_bwd, run before it into a buffer of its own.
 //
-// Per distinct (op, N, H, W, C, K, precision, byte alignment of x, w and y, each declared on
+// Per distinct (op, op_shape, precision, byte alignment of x, w and y, each declared on
 // its own tensor) we build, once, an operation graph of one convolution node, ask the
 // heuristics (mode A, then FALLBACK) for engine configs, drop the engines the precision forbids
 // (fp32: any tensor-core/TF32 or down-converting engine), finalize up to CONV_CANDIDATES
@@ -318,12 +320,11 @@ static void note_autotune(prof_conv *rec, const cuda_ctx *c, const candidate *ca
 
 // The one-node operation graph of op on tensors of the given alignments; its descriptors are
 // kept by p.
-static bdesc conv_graph(cuda_ctx *c, conv_plan *p, int op, int N, int H, int W, int C, int K,
-                        const int align[3]) {
-  cudnnDataType_t dt = c->precision == 2 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
-  bdesc tx = tensor_nhwc(UID_X, dt, N, C, H, W, align[0]);
-  bdesc tw = tensor_nhwc(UID_W, dt, K, C, 3, 3, align[1]); // (K,3,3,C) = KRSC
-  bdesc ty = tensor_nhwc(UID_Y, dt, N, K, H, W, align[2]);
+static bdesc conv_graph(cuda_ctx *c, conv_plan *p, int op, op_shape s, const int align[3]) {
+  cudnnDataType_t dt = c->precision == PREC_BF16 ? CUDNN_DATA_BFLOAT16 : CUDNN_DATA_FLOAT;
+  bdesc tx = tensor_nhwc(UID_X, dt, s.N, s.C, s.H, s.W, align[0]);
+  bdesc tw = tensor_nhwc(UID_W, dt, s.K, s.C, 3, 3, align[1]); // (K,3,3,C) = KRSC
+  bdesc ty = tensor_nhwc(UID_Y, dt, s.N, s.K, s.H, s.W, align[2]);
   bdesc cd = conv_desc();
   bdesc o = conv_operation(op, tx, tw, ty, cd);
   bdesc graph = desc_create(CUDNN_BACKEND_OPERATIONGRAPH_DESCRIPTOR);
@@ -366,55 +367,54 @@ static int conv_candidates(cuda_ctx *c, conv_plan *p, bdesc graph, candidate *ca
 
 // A new record in the profile for the plan about to be built (NULL unless profiling). The
 // stream is drained first so that the host time measured for the build is the build's own.
-static prof_conv *profile_record(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
-                                 const int align[3]) {
+static prof_conv *profile_record(cuda_ctx *c, int op, op_shape s, const int align[3]) {
   if (!c->prof) return NULL;
   cudaCheck(cudaStreamSynchronize(c->stream));
   prof_conv *rec = cuda_prof_conv(c);
   rec->kind = op == PLAN_CONV_FWD ? PROF_CONV_FWD : op == PLAN_CONV_BWD_DATA ? PROF_CONV_BWD_DATA
                                                                              : PROF_CONV_BWD_FILTER;
-  snprintf(rec->shape, sizeof(rec->shape), "%dx%d %d->%d", H, W, C, K);
-  rec->N = N;
+  snprintf(rec->shape, sizeof(rec->shape), "%dx%d %d->%d", s.H, s.W, s.C, s.K);
+  rec->N = s.N;
   for (int i = 0; i < 3; i++) rec->align[i] = align[i];
   return rec;
 }
 
-static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C, int K,
-                                void *const ptrs[3]) {
+// What a convolution's messages name: its direction and shape.
+#define CONV_FMT "%s convolution N=%d H=%d W=%d C=%d K=%d"
+#define CONV_ARGS(op, s) op_name(op), (s).N, (s).H, (s).W, (s).C, (s).K
+
+static conv_plan *conv_plan_get(cuda_ctx *c, int op, op_shape s, void *const ptrs[3]) {
   // Each tensor declares its own alignment: the minimum over the three would let one weight
   // tensor at an odd offset of the flat buffer push x and y off the vectorised engines too.
   int align[3];
   for (int i = 0; i < 3; i++) align[i] = plan_alignment(ptrs[i]);
-  plan_key key = plan_key_conv(op, N, H, W, C, K, c->precision, align);
+  plan_key key = plan_key_conv(op, s, c->precision, align);
   conv_plan *p = (conv_plan *)plan_cache_find(&c->convs, &key);
   if (p) return p;
   if (c->capturing) // autotuning times plans: the eager step before a capture builds them all
-    FATAL("a %s convolution N=%d H=%d W=%d C=%d K=%d first met during a CUDA graph capture "
-          "(run with --cuda-graphs 0 and report this)", op_name(op), N, H, W, C, K);
+    FATAL("a " CONV_FMT " first met during a CUDA graph capture (run with --cuda-graphs 0 and "
+          "report this)", CONV_ARGS(op, s));
 
   // rec stays valid through this build: no other record is added meanwhile.
-  prof_conv *rec = profile_record(c, op, N, H, W, C, K, align);
+  prof_conv *rec = profile_record(c, op, s, align);
   double t_build = rec ? now_s() : 0.0;
   p = (conv_plan *)xcalloc(1, sizeof(conv_plan));
-  bdesc graph = conv_graph(c, p, op, N, H, W, C, K, align);
+  bdesc graph = conv_graph(c, p, op, s, align);
   candidate cand[CONV_CANDIDATES];
   int nondet = 0, n = conv_candidates(c, p, graph, cand, &nondet, rec);
   if (nondet)
-    LOG0("note: no deterministic cuDNN engine for the %s convolution N=%d H=%d W=%d C=%d K=%d; "
-         "a nondeterministic one runs it (results may differ in the last bits from run to run)\n",
-         op_name(op), N, H, W, C, K);
+    LOG0("note: no deterministic cuDNN engine for the " CONV_FMT "; a nondeterministic one runs "
+         "it (results may differ in the last bits from run to run)\n", CONV_ARGS(op, s));
   if (n == 0)
-    FATAL("cuDNN has no usable engine for the %s convolution N=%d H=%d W=%d C=%d K=%d "
-          "(precision %d, byte alignment x %d w %d y %d)", op_name(op), N, H, W, C, K,
-          c->precision, align[0], align[1], align[2]);
+    FATAL("cuDNN has no usable engine for the " CONV_FMT " (precision %s, byte alignment x %d "
+          "w %d y %d)", CONV_ARGS(op, s), plan_precision_name(c->precision), align[0], align[1],
+          align[2]);
   float ms[CONV_CANDIDATES];
   double t_tune = rec ? now_s() : 0.0;
   int best = autotune(c, cand, n, ptrs, ms);
   note_autotune(rec, c, cand, n, ms, best);
   if (rec) rec->tune_ms = (now_s() - t_tune) * 1e3;
-  if (best < 0)
-    FATAL("every cuDNN plan failed for the %s convolution N=%d H=%d W=%d C=%d K=%d",
-          op_name(op), N, H, W, C, K);
+  if (best < 0) FATAL("every cuDNN plan failed for the " CONV_FMT, CONV_ARGS(op, s));
   for (int i = 0; i < n; i++)
     if (i != best) {
       cudnnCheck(cudnnBackendDestroyDescriptor(cand[i].plan));
@@ -428,64 +428,72 @@ static conv_plan *conv_plan_get(cuda_ctx *c, int op, int N, int H, int W, int C,
   return p;
 }
 
-static void conv_run(cuda_ctx *c, int op, void *xlike, void *wlike, void *ylike, int N, int H,
-                     int W, int C, int K) {
-  void *ptrs[3] = {xlike, wlike, ylike};
-  conv_plan *p = conv_plan_get(c, op, N, H, W, C, K, ptrs);
-  cudnnStatus_t s = plan_execute(c, p->plan, p->workspace, ptrs);
-  if (s != CUDNN_STATUS_SUCCESS) {
+// Runs op on (x-like, w-like, y-like). cuDNN reads the inputs and writes only the op's output
+// (y forward, dx backward-data, dw backward-filter): a const input is passed through the
+// variant pack's void pointers unchanged.
+static void conv_run(cuda_ctx *c, int op, const void *xlike, const void *wlike,
+                     const void *ylike, op_shape s) {
+  void *ptrs[3] = {const_cast<void *>(xlike), const_cast<void *>(wlike), const_cast<void *>(ylike)};
+  conv_plan *p = conv_plan_get(c, op, s, ptrs);
+  cudnnStatus_t st = plan_execute(c, p->plan, p->workspace, ptrs);
+  if (st != CUDNN_STATUS_SUCCESS) {
     char msg[512];
     cudnnGetLastErrorString(msg, sizeof(msg));
-    FATAL("cuDNN %s convolution N=%d H=%d W=%d C=%d K=%d failed: %s (%s)", op_name(op), N, H, W, C,
-          K, cudnnGetErrorString(s), msg);
+    FATAL("cuDNN " CONV_FMT " failed: %s (%s)", CONV_ARGS(op, s), cudnnGetErrorString(st), msg);
   }
 }
 
-static const void *conv_weights(cuda_ctx *c, const float *w, int C, int K) {
-  return c->precision == 2 ? (const void *)cuda_shadow(c, w, (size_t)K * 9 * C) : (const void *)w;
+static const void *conv_weights(cuda_ctx *c, const float *w, op_shape s) {
+  return c->precision == PREC_BF16 ? (const void *)cuda_shadow(c, w, (size_t)s.K * 9 * s.C)
+                                   : (const void *)w;
 }
 
 // With the profiler on, each part of a convolution is a region of its own (see profile.cu).
-void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                   int H, int W, int C, int K, int relu) {
+void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
+                   op_shape s, activation act) {
   cuda_ctx *c = ctx_of(b);
-  if (N == 0) return;
-  PROF_BEGIN(c, PROF_CONV_FWD, "%dx%d %d->%d", H, W, C, K);
-  conv_run(c, PLAN_CONV_FWD, (void *)x, (void *)conv_weights(c, w, C, K), y, N, H, W, C, K);
+  cuda_act_check(act, "conv_fwd");
+  if (s.N == 0) return;
+  PROF_BEGIN(c, PROF_CONV_FWD, "%dx%d %d->%d", s.H, s.W, s.C, s.K);
+  conv_run(c, PLAN_CONV_FWD, x, conv_weights(c, w, s), y, s);
   PROF_END(c);
-  PROF_BEGIN(c, PROF_CONV_EPILOGUE, "%dx%dx%d %s", H, W, K, relu ? "bias+relu" : "bias");
-  cuda_bias_act(c, y, bias, (size_t)N * H * W, K, relu);
+  PROF_BEGIN(c, PROF_CONV_EPILOGUE, "%dx%dx%d %s", s.H, s.W, s.K,
+             act == ACT_RELU ? "bias+relu" : "bias");
+  cuda_bias_act(c, y, y, bias, (size_t)s.N * s.H * s.W, s.K, act);
   PROF_END(c);
 }
 
-void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu) {
+// dy is read by every part and written by none (backend.h): the bias gradient is a column sum
+// of it, the filter and data gradients take it as cuDNN's DY input.
+void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                   const float *w, op_shape s) {
   cuda_ctx *c = ctx_of(b);
-  size_t wcount = (size_t)K * 9 * C;
-  if (N == 0) {
+  size_t wcount = (size_t)s.K * 9 * s.C;
+  if (s.N == 0) {
     if (dw) cuda_zero(c, dw, wcount * sizeof(float));
-    if (db) cuda_zero(c, db, (size_t)K * sizeof(float));
+    if (db) cuda_zero(c, db, (size_t)s.K * sizeof(float));
     return;
   }
-  size_t rows = (size_t)N * H * W;
-  PROF_BEGIN(c, PROF_CONV_BIAS_GRAD, "%dx%dx%d%s", H, W, K, relu ? " +relu mask" : "");
-  cuda_relu_bias_grad(c, db, dy, relu ? y : NULL, rows, K);
-  PROF_END(c);
+  if (db) {
+    PROF_BEGIN(c, PROF_CONV_BIAS_GRAD, "%dx%dx%d", s.H, s.W, s.K);
+    cuda_bias_grad(c, db, dy, (size_t)s.N * s.H * s.W, s.K);
+    PROF_END(c);
+  }
   if (dw) {
-    if (c->precision == 2) { // cuDNN writes the bf16 gradient; the flat buffer is fp32
-      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d +widen", H, W, C, K);
+    if (c->precision == PREC_BF16) { // cuDNN writes the bf16 gradient; the flat buffer is fp32
+      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d +widen", s.H, s.W, s.C, s.K);
       bf16 *dw16 = (bf16 *)cuda_scratch(c, wcount * sizeof(bf16));
-      conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw16, dy, N, H, W, C, K);
+      conv_run(c, PLAN_CONV_BWD_FILTER, x, dw16, dy, s);
       cuda_bf16_to_f32(c, dw, dw16, wcount);
     } else {
-      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d", H, W, C, K);
-      conv_run(c, PLAN_CONV_BWD_FILTER, (void *)x, dw, dy, N, H, W, C, K);
+      PROF_BEGIN(c, PROF_CONV_BWD_FILTER, "%dx%d %d->%d", s.H, s.W, s.C, s.K);
+      conv_run(c, PLAN_CONV_BWD_FILTER, x, dw, dy, s);
     }
     PROF_END(c);
   }
   if (dx) {
-    PROF_BEGIN(c, PROF_CONV_BWD_DATA, "%dx%d %d->%d", H, W, C, K);
-    conv_run(c, PLAN_CONV_BWD_DATA, dx, (void *)conv_weights(c, w, C, K), dy, N, H, W, C, K);
+    PROF_BEGIN(c, PROF_CONV_BWD_DATA, "%dx%d %d->%d", s.H, s.W, s.C, s.K);
+    conv_run(c, PLAN_CONV_BWD_DATA, dx, conv_weights(c, w, s), dy, s);
     PROF_END(c);
   }
 }

@@ -1,9 +1,23 @@
 // cuda_common.h - what the CUDA backend's .cu files share: the check macros, the context
-// struct (b->impl) holding handles, the stream and workspaces, the activation element types,
-// and the entry points of each op family (one .cu per family, kernels beside their launchers).
+// struct (b->impl) holding handles, the stream and workspaces, the activation element types and
+// the one dispatch on them, the device copy of the step variables, and the entry points of each
+// op family (one .cu per family, kernels beside their launchers).
 //
 // Invariants: every library call goes through a check macro; every kernel launch is followed by
 // KERNEL_CHECK(); all work is queued on ctx->stream; nothing here is global.
+//
+// The step-variable rule: a kernel that uses a value which changes from one training step to
+// the next (prep's epoch, dropout's step, Adam's learning rate and step, i.e. its coefficients;
+// prep's sample ids are a device buffer already) reads it from device memory, c->d_vars, in
+// every mode; no launcher passes such a value as a kernel argument of the kernel that uses it.
+// Who writes d_vars:
+//   eager   the launcher, right before its kernel, with cuda_stage(): a one-thread kernel on
+//           the compute stream that stores the one field its kernel reads (see cuda_stage for
+//           why this needs no page-locked slot and no wait);
+//   capture nobody: cuda_stage records nothing, and replay copies the whole dev_vars from a
+//           page-locked slot ahead of each launch of the graph (graph.cu).
+// So the kernels of an eager step and of a replayed graph are the same code reading the same
+// place, and stream order alone gives each kernel the value meant for it.
 #ifndef VGG_CUDA_COMMON_H
 #define VGG_CUDA_COMMON_H
 
@@ -43,19 +57,19 @@
 // ---- context -------------------------------------------------------------------------------
 typedef __nv_bfloat16 bf16;
 
-// The variable part of a captured training step (see backend.h, capture_begin): replay copies
-// it to the device before launching the graph, and the kernels recorded by the capture read it
-// there instead of the values their launchers were given at capture time.
-typedef struct graph_vars {
-  adam_coef adam; // planned on the host from the step's adam_params, as an eager step does
+// The variable part of a training step, in device memory (c->d_vars; see the rule at the top):
+// written by cuda_stage in eager steps and by replay for a graph, read by the kernels.
+typedef struct dev_vars {
+  adam_coef adam; // planned on the host from the step's adam_params (adam_plan)
   uint32_t epoch; // prep_params.epoch
   uint32_t step;  // dropout_key.step
-} graph_vars;
+} dev_vars;
 
 struct cuda_prof; // the per-op profiler (profile.cu)
 
 typedef struct cuda_ctx {
-  int device, precision;
+  int device;
+  precision_kind precision;
   int sm_count;
   cudaStream_t stream;
   cudnnHandle_t cudnn;
@@ -73,11 +87,11 @@ typedef struct cuda_ctx {
   plan_cache convs, gemms;
   autotune_mode autotune; // how a conv plan's engine is chosen (backend_cuda_set_autotune)
   cudaEvent_t ev0, ev1;   // autotune timing
+  dev_vars *d_vars; // the step variables the kernels read (see the top)
   // Graph capture (graph.cu): while capturing, nothing runs, nothing may allocate or
   // synchronise, and prep_batch notes where the batch's ids go (cap_ids, cap_n) so that each
   // replay copies that step's ids there.
   int capturing;
-  graph_vars *d_vars;
   int32_t *cap_ids;
   int cap_n, cap_preps;
   int graphs_live;  // captured graphs not yet freed: they hold the workspaces' addresses
@@ -96,10 +110,6 @@ static inline cuda_ctx *ctx_of(backend *b) { return (cuda_ctx *)b->impl; }
 // entry points of backend.h that take any backend.
 cuda_ctx *cuda_ctx_checked(backend *b, const char *who);
 
-// What a launcher passes to its kernel for the step variables: the device copy while a step is
-// being captured, else NULL (the kernel uses the launcher's arguments).
-static inline const graph_vars *cuda_vars(const cuda_ctx *c) { return c->capturing ? c->d_vars : NULL; }
-
 // Ensure the workspaces hold `bytes` (synchronises and reallocates when they grow).
 void *cuda_workspace(cuda_ctx *c, size_t bytes);
 void *cuda_scratch(cuda_ctx *c, size_t bytes);
@@ -109,36 +119,38 @@ void cuda_free_retired(cuda_ctx *c);
 const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count);
 
 // ---- elementwise helpers (elementwise.cu) --------------------------------------------------
-// y (rows, K) = act(y + bias[k]) in the activation type; bias may be NULL.
-void cuda_bias_act(cuda_ctx *c, void *y, const float *bias, size_t rows, int K, int relu);
-// dy = y > 0 ? dy : 0, in place.
-void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count);
-// The gradient through a ReLU and a bias, dy (rows, K): unless y is NULL, dy = y > 0 ? dy : 0
-// in place (the layer's output y); unless db is NULL, db[k] = sum over rows of dy (written,
-// deterministic). Both in one pass over dy.
-void cuda_relu_bias_grad(cuda_ctx *c, float *db, void *dy, const void *y, size_t rows, int K);
+// y (rows, K) = act(x + bias[k]) in the activation type (x may be y; bias may be NULL).
+void cuda_bias_act(cuda_ctx *c, void *y, const void *x, const float *bias, size_t rows, int K,
+                   activation act);
+// db[k] = sum over the rows of dy (rows, K): written, deterministic; reads dy only. No-op when
+// db is NULL; zeroes db when rows == 0.
+void cuda_bias_grad(cuda_ctx *c, float *db, const void *dy, size_t rows, int K);
 void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count);
 void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count);
 void cuda_zero(cuda_ctx *c, void *p, size_t bytes);
+// FATAL naming `who` unless act is one of the activation values.
+void cuda_act_check(activation act, const char *who);
 
-// ---- op families ---------------------------------------------------------------------------
-void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                   int H, int W, int C, int K, int relu);
-void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                   const float *w, const void *y, int N, int H, int W, int C, int K, int relu);
+// ---- op families (backend.h says what each does) -------------------------------------------
+void cuda_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
+                   op_shape s, activation act);
+void cuda_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                   const float *w, op_shape s);
 void cuda_conv_plan_free(void *plan, void *arg);
-void cuda_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, int N, int H, int W,
-                      int C);
+void cuda_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, op_shape s);
 void cuda_maxpool_bwd(backend *b, void *dx, const void *dy, const int32_t *argmax, const void *x,
-                      const void *y, int N, int H, int W, int C);
-void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const float *bias, int N,
-                     int in, int out, int relu);
-void cuda_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                     const float *w, const void *y, int N, int in, int out, int relu);
+                      const void *y, op_shape s);
+void cuda_linear_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
+                     op_shape s, activation act);
+void cuda_linear_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
+                     const float *w, op_shape s);
 void cuda_gemm_plan_free(void *plan, void *arg);
-void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+void cuda_act_fwd(backend *b, void *y, const void *x, op_shape s, activation act);
+void cuda_act_bwd(backend *b, void *dx, const void *dy, const void *y, op_shape s,
+                  activation act);
+void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
-void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
 void cuda_xent(backend *b, void *dlogits, double *stats, const void *logits,
                const int32_t *labels, int N, int classes, float grad_scale);
@@ -179,11 +191,48 @@ prof_conv *cuda_prof_conv(cuda_ctx *c);
 // Frees the profiler and gives b its plain ops table back (accepts a backend without one).
 void cuda_prof_free(backend *b);
 
-// ---- device element access (activations are float or bf16) --------------------------------
+// ---- activation element types: one dispatch --------------------------------------------------
+// Activations are float (fp32, tf32) or bf16 (bf16). A launcher writes its launch once, as a
+// generic lambda over the element type, and dispatch_act calls it with the context's:
+//   dispatch_act(c, [&](auto tag) {
+//     using T = typename decltype(tag)::type;
+//     kernel<T><<<grid, block, 0, c->stream>>>((T *)y, (const T *)x, ...);
+//   });
+//   KERNEL_CHECK();
+template <typename T> struct act_tag {
+  typedef T type;
+};
+template <typename F> inline void dispatch_act(const cuda_ctx *c, F &&f) {
+  if (c->precision == PREC_BF16)
+    f(act_tag<bf16>());
+  else
+    f(act_tag<float>());
+}
+// Bytes of one activation element (b->act_bytes).
+static inline size_t cuda_act_bytes(const cuda_ctx *c) {
+  return c->precision == PREC_BF16 ? sizeof(bf16) : sizeof(float);
+}
+
 __device__ __forceinline__ float act_load(const float *p, size_t i) { return p[i]; }
 __device__ __forceinline__ float act_load(const bf16 *p, size_t i) { return __bfloat162float(p[i]); }
 __device__ __forceinline__ void act_store(float *p, size_t i, float v) { p[i] = v; }
 __device__ __forceinline__ void act_store(bf16 *p, size_t i, float v) { p[i] = __float2bfloat16_rn(v); }
+
+// ---- staging a step variable (eager steps; see the rule at the top) -------------------------
+template <typename T> __global__ void stage_kernel(T *field, T v) { *field = v; }
+
+// Stores v into *field (a member of c->d_vars) on the compute stream, for the kernel launched
+// next; does nothing while capturing (replay writes d_vars). The value travels as the store
+// kernel's argument, which CUDA copies when the launch is queued: no host memory has to outlive
+// this call, so there is no page-locked slot to recycle and no event to wait on, and the host
+// never blocks. Stream order does the rest: the store runs after every kernel queued before it
+// (those read the field's previous value) and before the kernel queued after it, so a later
+// stage can never overwrite a value a queued kernel has not read yet.
+template <typename T> inline void cuda_stage(cuda_ctx *c, T *field, T v) {
+  if (c->capturing) return;
+  stage_kernel<T><<<1, 1, 0, c->stream>>>(field, v);
+  KERNEL_CHECK();
+}
 
 #define CUDA_THREADS 256u
 // Grid for n elements on this device (grid-stride loops cover the rest).

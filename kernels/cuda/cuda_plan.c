@@ -11,24 +11,32 @@
 
 // ---- plan cache ----------------------------------------------------------------------------
 
-plan_key plan_key_conv(int op, int N, int H, int W, int C, int K, int precision,
-                       const int align[3]) {
+plan_key plan_key_conv(int op, op_shape s, precision_kind precision, const int align[3]) {
   plan_key k;
   memset(&k, 0, sizeof(k));
-  k.op = op; k.N = N; k.H = H; k.W = W; k.C = C; k.K = K; k.precision = precision;
+  k.op = op;
+  k.s = s;
+  k.precision = precision;
+  k.act = ACT_NONE;
+  k.epilogue_bias = 0;
   for (int i = 0; i < 3; i++) k.align[i] = align[i];
   return k;
 }
 
-plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align) {
+plan_key plan_key_linear(op_shape s, activation act, int epilogue_bias, precision_kind precision,
+                         int align) {
   const int all[3] = {align, align, align};
-  return plan_key_conv(op, N, H, W, C, K, precision, all);
+  plan_key k = plan_key_conv(PLAN_LINEAR_FWD, s, precision, all);
+  k.act = act;
+  k.epilogue_bias = epilogue_bias;
+  return k;
 }
 
 int plan_key_equal(const plan_key *a, const plan_key *b) {
-  return a->op == b->op && a->N == b->N && a->H == b->H && a->W == b->W && a->C == b->C &&
-         a->K == b->K && a->precision == b->precision && a->align[0] == b->align[0] &&
-         a->align[1] == b->align[1] && a->align[2] == b->align[2];
+  return a->op == b->op && a->s.N == b->s.N && a->s.H == b->s.H && a->s.W == b->s.W &&
+         a->s.C == b->s.C && a->s.K == b->s.K && a->precision == b->precision &&
+         a->act == b->act && a->epilogue_bias == b->epilogue_bias &&
+         a->align[0] == b->align[0] && a->align[1] == b->align[1] && a->align[2] == b->align[2];
 }
 
 void *plan_cache_find(const plan_cache *pc, const plan_key *k) {
@@ -69,9 +77,9 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 
 // ---- engine choice -------------------------------------------------------------------------
 
-int plan_engine_allowed(int precision, unsigned notes, int allow_nondet) {
+int plan_engine_allowed(precision_kind precision, unsigned notes, int allow_nondet) {
   if (allow_nondet && notes != PLAN_NOTES_UNKNOWN) notes &= ~PLAN_NOTE_NONDETERMINISTIC;
-  if (precision == 0)
+  if (precision == PREC_FP32)
     return (notes & (PLAN_NOTE_TENSOR_CORE | PLAN_NOTE_DOWN_CONVERT | PLAN_NOTE_REDUCED_REDUCTION |
                      PLAN_NOTE_NONDETERMINISTIC)) == 0;
   if (notes == PLAN_NOTES_UNKNOWN) return 1; // unreadable notes: tf32/bf16 were never exact
@@ -162,4 +170,24 @@ float plan_bf16_to_f32(uint16_t h) {
   float f;
   memcpy(&f, &u, 4);
   return f;
+}
+
+// ---- precision -----------------------------------------------------------------------------
+
+int plan_precision_valid(precision_kind p) {
+  switch (p) {
+  case PREC_FP32:
+  case PREC_TF32:
+  case PREC_BF16: return 1;
+  }
+  return 0; // a value outside the enum (an int cast by a caller)
+}
+
+const char *plan_precision_name(precision_kind p) {
+  switch (p) {
+  case PREC_FP32: return "fp32";
+  case PREC_TF32: return "tf32";
+  case PREC_BF16: return "bf16";
+  }
+  return "unknown";
 }

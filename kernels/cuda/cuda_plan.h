@@ -5,7 +5,7 @@
 //     or first),
 //   - workspace growth,
 //   - the column-major GEMM that computes each row-major linear product,
-//   - launch sizes, pointer alignment classes, bf16 rounding.
+//   - launch sizes, pointer alignment classes, bf16 rounding, precision names.
 // Compiled as C (mpicc) for the tests and the backend, included by the .cu files too.
 #ifndef VGG_CUDA_PLAN_H
 #define VGG_CUDA_PLAN_H
@@ -13,15 +13,16 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "backend.h" // autotune_mode
+#include "backend.h" // autotune_mode, op_shape, activation, precision_kind
 
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 // ---- plan cache ----------------------------------------------------------------------------
-// One key per distinct (operation, shape, precision, pointer alignment classes); plans are built
-// once, at the first step, so a linear scan over a few dozen entries is all we need.
+// One key per distinct (operation, shape, precision, fused activation, pointer alignment
+// classes); plans are built once, at the first step, so a linear scan over a few dozen entries
+// is all we need.
 typedef enum {
   PLAN_CONV_FWD = 1,
   PLAN_CONV_BWD_DATA = 2,
@@ -30,7 +31,11 @@ typedef enum {
 } plan_op;
 
 typedef struct plan_key {
-  int op, N, H, W, C, K, precision; // linear: H = in, W = out, C = relu
+  int op;
+  op_shape s; // the op's shape (a linear layer's: H = W = 1, C in and K out features)
+  precision_kind precision;
+  activation act;    // the fused epilogue's activation (linear forward; ACT_NONE for convs)
+  int epilogue_bias; // linear forward: the bias is added in cuBLASLt's epilogue
   // Byte alignment class (plan_alignment) of each tensor: a convolution's x-like, w-like and
   // y-like tensor (each its own, so one misaligned weight does not push x and y off the
   // vectorised/tensor-core engines); a linear layer has one class for all three.
@@ -43,11 +48,12 @@ typedef struct plan_cache {
   int n, cap;
 } plan_cache;
 
-// One alignment class for every tensor (linear layers).
-plan_key plan_key_make(int op, int N, int H, int W, int C, int K, int precision, int align);
-// A convolution's key: align[0..2] of its x-like, w-like and y-like tensors.
-plan_key plan_key_conv(int op, int N, int H, int W, int C, int K, int precision,
-                       const int align[3]);
+// A convolution's key (op PLAN_CONV_*): align[0..2] of its x-like, w-like and y-like tensors.
+plan_key plan_key_conv(int op, op_shape s, precision_kind precision, const int align[3]);
+// A linear forward's key: its fused activation, whether the bias is in the epilogue, and one
+// alignment class for every tensor.
+plan_key plan_key_linear(op_shape s, activation act, int epilogue_bias, precision_kind precision,
+                         int align);
 int plan_key_equal(const plan_key *a, const plan_key *b);
 void *plan_cache_find(const plan_cache *pc, const plan_key *k); // NULL when absent
 void plan_cache_insert(plan_cache *pc, const plan_key *k, void *val); // key must be absent
@@ -63,15 +69,15 @@ void plan_cache_free(plan_cache *pc, void (*free_val)(void *val, void *arg), voi
 #define PLAN_NOTE_NONDETERMINISTIC (1u << 4)
 // The notes of an engine whose notes could not be read.
 #define PLAN_NOTES_UNKNOWN (~0u)
-// Whether an engine with these notes may run a layer of `precision`. 0 fp32: no tensor cores
-// (i.e. no TF32), no down-converted inputs, no reduced-precision reduction, and unknown notes
-// are refused. Every precision: no DOWN_CONVERT_INPUTS, which converts fp32/bf16 inputs to fp16
-// (range 6.5e4, so gradients overflow or flush to zero): PyTorch drops those engines always;
+// Whether an engine with these notes may run a layer of `precision`. PREC_FP32: no tensor
+// cores (i.e. no TF32), no down-converted inputs, no reduced-precision reduction, and unknown
+// notes are refused. Every precision: no DOWN_CONVERT_INPUTS, which converts fp32/bf16 inputs to
+// fp16 (range 6.5e4, so gradients overflow or flush to zero): PyTorch drops those engines always;
 // and no NONDETERMINISTIC engine (atomics in the reduction), so that a run, a resumed run and a
 // captured step repeat an eager one bit for bit (unless allow_nondet: the last resort when a
-// shape has no deterministic engine). 1 tf32 and 2 bf16 allow everything else, and engines of
-// unknown notes.
-int plan_engine_allowed(int precision, unsigned notes, int allow_nondet);
+// shape has no deterministic engine). PREC_TF32 and PREC_BF16 allow everything else, and
+// engines of unknown notes.
+int plan_engine_allowed(precision_kind precision, unsigned notes, int allow_nondet);
 // Index of the fastest candidate (first of equal times); times < 0 mark failed candidates.
 // Returns -1 when every candidate failed.
 int plan_pick_fastest(const float *ms, int n);
@@ -111,6 +117,10 @@ int plan_alignment(const void *p);
 // fp32 -> bf16 with round-to-nearest-even (NaN kept quiet), as __float2bfloat16_rn.
 uint16_t plan_f32_to_bf16(float f);
 float plan_bf16_to_f32(uint16_t h);
+// Whether p is one of the precision_kind values; its name ("fp32", "tf32", "bf16"; "unknown"
+// otherwise) for messages.
+int plan_precision_valid(precision_kind p);
+const char *plan_precision_name(precision_kind p);
 
 #ifdef __cplusplus
 }

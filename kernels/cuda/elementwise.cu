@@ -1,10 +1,13 @@
-// elementwise.cu - small kernels the layer ops share: bias + ReLU epilogue, ReLU backward
-// mask, the deterministic per-channel column sum (bias gradients, with the ReLU mask applied
-// in the same pass), fp32 <-> bf16 conversion.
-// Each is one template over the activation type (float or bf16) and a launcher that picks the
-// type from the context's precision. The two row-wise kernels (bias + ReLU, mask + column sums)
-// are also templates over the vector width: rowwise.h says when a tensor takes ROW_VEC-wide
-// accesses and how the threads cover it (pure host logic, tested on the host).
+// elementwise.cu - small kernels the layer ops share, and the activation ops: the bias +
+// activation epilogue (conv_fwd's fused ReLU, linear_fwd's when cuBLASLt's epilogue cannot take
+// it, act_fwd), the activation backward (act_bwd), the deterministic per-channel column sum
+// (bias gradients; it only reads dy), fp32 <-> bf16 conversion.
+// Each is one template over the activation type (float or bf16, chosen by dispatch_act). The
+// three row-wise kernels are also templates over the vector width (dispatch_vec): rowwise.h
+// says when a tensor takes ROW_VEC-wide accesses and how the threads cover it (pure host logic,
+// tested on the host). An activation op sees its (N, H, W, C) tensor as (N * H * W, C) rows.
+#include <type_traits>
+
 #include "cuda_common.h"
 #include "cuda_wire.h"
 #include "rowwise.h"
@@ -23,84 +26,158 @@ static unsigned grid_cap(const cuda_ctx *c) {
   return (unsigned)(c->sm_count > 0 ? c->sm_count * 32 : 4096);
 }
 
-// y (rows, K) in place, chunk c = V channels of a row per thread (see row_shape_plan); the
-// per-element arithmetic is unchanged: v = y (+ bias[k]), then v < 0 ? 0 : v (a NaN propagates,
-// as torch.relu), rounded to the activation type once.
+// The vector width as a compile-time constant: f(integral_constant<int, ROW_VEC>) or f(... 1>),
+// so that a launcher names its kernel once.
+template <typename F> static void dispatch_vec(int vec, F &&f) {
+  if (vec == ROW_VEC)
+    f(std::integral_constant<int, ROW_VEC>());
+  else
+    f(std::integral_constant<int, 1>());
+}
+
+void cuda_act_check(activation act, const char *who) {
+  switch (act) {
+  case ACT_NONE:
+  case ACT_RELU: return;
+  }
+  FATAL("%s: unknown activation %d", who, (int)act);
+}
+
+// ---- bias + activation, activation backward: (row, column chunk) threads ---------------------
+
+// The launch of a row-wise kernel over (rows, K) tensors a, b and d (d may be NULL): the vector
+// width all of them allow, the chunks per row and the (row, chunk) grid (row_shape_plan).
+struct row_launch {
+  int vec;
+  unsigned chunks;
+  dim3 grid, block;
+};
+
+static row_launch row_launch_plan(const cuda_ctx *c, size_t rows, int K, size_t elem_bytes,
+                                  const void *a, const void *b, const void *d) {
+  row_launch L;
+  L.vec = row_vec_width(K, elem_bytes, a, b);
+  if (d && row_vec_width(K, elem_bytes, d, NULL) != ROW_VEC) L.vec = 1;
+  L.chunks = (unsigned)(K / L.vec);
+  const row_shape s = row_shape_plan(rows, L.chunks, CUDA_THREADS, grid_cap(c));
+  L.grid = dim3(s.gx, s.gy);
+  L.block = dim3(s.bx, s.by);
+  return L;
+}
+
+// y (rows, K) = act(x + bias), x may be y; chunk c = V channels of a row per thread (see
+// row_shape_plan). Per element: v = x (+ bias[k]), then for ReLU v < 0 ? 0 : v (a NaN
+// propagates, as torch.relu), rounded to the activation type once.
 template <typename T, int V>
-__global__ void bias_act_kernel(T *y, const float *bias, size_t rows, unsigned chunks, int relu) {
+__global__ void bias_act_kernel(T *y, const T *x, const float *bias, size_t rows,
+                                unsigned chunks, activation act) {
   const unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
   if (c >= chunks) return;
   float b[V];
 #pragma unroll
   for (int j = 0; j < V; j++) b[j] = bias ? bias[(size_t)c * V + j] : 0.0f;
-  act_vec<T, V> *col = reinterpret_cast<act_vec<T, V> *>(y) + c; // row 0, chunk c
+  const act_vec<T, V> *x_col = reinterpret_cast<const act_vec<T, V> *>(x) + c; // row 0, chunk c
+  act_vec<T, V> *y_col = reinterpret_cast<act_vec<T, V> *>(y) + c;
   for (size_t r = (size_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows;
        r += (size_t)gridDim.y * blockDim.y) {
-    act_vec<T, V> a = col[r * chunks];
+    act_vec<T, V> a = x_col[r * chunks];
 #pragma unroll
     for (int j = 0; j < V; j++) {
       float v = act_load(a.v, j);
       if (bias) v += b[j];
-      if (relu) v = v < 0.0f ? 0.0f : v;
+      if (act == ACT_RELU) v = v < 0.0f ? 0.0f : v;
       act_store(a.v, j, v);
     }
-    col[r * chunks] = a;
+    y_col[r * chunks] = a;
   }
 }
 
-template <typename T>
-static void bias_act_launch(cuda_ctx *c, T *y, const float *bias, size_t rows, int K, int relu) {
-  const int vec = row_vec_width(K, sizeof(T), y, NULL);
-  const unsigned chunks = (unsigned)(K / vec);
-  const row_shape s = row_shape_plan(rows, chunks, CUDA_THREADS, grid_cap(c));
-  const dim3 grid(s.gx, s.gy), block(s.bx, s.by);
-  if (vec == ROW_VEC)
-    bias_act_kernel<T, ROW_VEC><<<grid, block, 0, c->stream>>>(y, bias, rows, chunks, relu);
-  else
-    bias_act_kernel<T, 1><<<grid, block, 0, c->stream>>>(y, bias, rows, chunks, relu);
+void cuda_bias_act(cuda_ctx *c, void *y, const void *x, const float *bias, size_t rows, int K,
+                   activation act) {
+  if (rows == 0 || K <= 0) return;
+  if (!bias && act == ACT_NONE) { // the identity: at most a copy
+    if (y != x)
+      cudaCheck(cudaMemcpyAsync(y, x, rows * (size_t)K * cuda_act_bytes(c),
+                                cudaMemcpyDeviceToDevice, c->stream));
+    return;
+  }
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const row_launch L = row_launch_plan(c, rows, K, sizeof(T), y, x, NULL);
+    dispatch_vec(L.vec, [&](auto vec) {
+      bias_act_kernel<T, decltype(vec)::value><<<L.grid, L.block, 0, c->stream>>>(
+          (T *)y, (const T *)x, bias, rows, L.chunks, act);
+    });
+  });
   KERNEL_CHECK();
 }
 
-void cuda_bias_act(cuda_ctx *c, void *y, const float *bias, size_t rows, int K, int relu) {
-  if (rows == 0 || K <= 0 || (!bias && !relu)) return;
-  if (c->precision == 2)
-    bias_act_launch(c, (bf16 *)y, bias, rows, K, relu);
-  else
-    bias_act_launch(c, (float *)y, bias, rows, K, relu);
+// ReLU backward from the output: y = relu(z) > 0 exactly where z > 0, so dx = y > 0 ? dy : 0.
+// Tested as `y <= 0`, not `!(y > 0)`: a NaN output passes dy through, as the CPU backend (torch
+// threshold_backward). A passed element is copied with its bits (an exact selection in either
+// type); a masked one is stored as 0.
+template <typename T, int V>
+__global__ void relu_bwd_kernel(T *dx, const T *dy, const T *y, size_t rows, unsigned chunks) {
+  const unsigned c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= chunks) return;
+  const act_vec<T, V> *g_col = reinterpret_cast<const act_vec<T, V> *>(dy) + c; // row 0, chunk c
+  const act_vec<T, V> *y_col = reinterpret_cast<const act_vec<T, V> *>(y) + c;
+  act_vec<T, V> *d_col = reinterpret_cast<act_vec<T, V> *>(dx) + c;
+  for (size_t r = (size_t)blockIdx.y * blockDim.y + threadIdx.y; r < rows;
+       r += (size_t)gridDim.y * blockDim.y) {
+    act_vec<T, V> g = g_col[r * chunks];
+    const act_vec<T, V> a = y_col[r * chunks];
+#pragma unroll
+    for (int j = 0; j < V; j++)
+      if (act_load(a.v, j) <= 0.0f) act_store(g.v, j, 0.0f);
+    d_col[r * chunks] = g;
+  }
 }
 
-// ReLU backward from the output: y = relu(z) > 0 exactly where z > 0. `y <= 0`, not
-// `!(y > 0)`: a NaN output passes dy through, as the CPU backend (torch threshold_backward).
-template <typename T>
-__global__ void relu_mask_kernel(T *dy, const T *y, size_t count) {
-  for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
-       i += (size_t)gridDim.x * blockDim.x)
-    if (act_load(y, i) <= 0.0f) act_store(dy, i, 0.0f);
+// The activation ops: the tensor (N, H, W, C) as (N * H * W, C) rows, so that the row-wise
+// kernels' vector path applies whenever C % ROW_VEC == 0 and the tensors are aligned.
+void cuda_act_fwd(backend *b, void *y, const void *x, op_shape s, activation act) {
+  cuda_ctx *c = ctx_of(b);
+  cuda_act_check(act, "act_fwd");
+  cuda_bias_act(c, y, x, NULL, (size_t)s.N * s.H * s.W, s.C, act);
 }
 
-void cuda_relu_mask(cuda_ctx *c, void *dy, const void *y, size_t count) {
-  if (count == 0) return;
-  if (c->precision == 2)
-    relu_mask_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>((bf16 *)dy, (const bf16 *)y, count);
-  else
-    relu_mask_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>((float *)dy, (const float *)y, count);
+void cuda_act_bwd(backend *b, void *dx, const void *dy, const void *y, op_shape s,
+                  activation act) {
+  cuda_ctx *c = ctx_of(b);
+  cuda_act_check(act, "act_bwd");
+  const size_t rows = (size_t)s.N * s.H * s.W;
+  if (rows == 0 || s.C <= 0) return;
+  if (dx == dy) FATAL("act_bwd: dx and dy are one buffer (the backward writes a buffer of its own)");
+  if (act == ACT_NONE) {
+    cudaCheck(cudaMemcpyAsync(dx, dy, rows * (size_t)s.C * cuda_act_bytes(c),
+                              cudaMemcpyDeviceToDevice, c->stream));
+    return;
+  }
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const row_launch L = row_launch_plan(c, rows, s.C, sizeof(T), dx, dy, y);
+    dispatch_vec(L.vec, [&](auto vec) {
+      relu_bwd_kernel<T, decltype(vec)::value><<<L.grid, L.block, 0, c->stream>>>(
+          (T *)dx, (const T *)dy, (const T *)y, rows, L.chunks);
+    });
+  });
   KERNEL_CHECK();
 }
+
+// ---- bias gradients: deterministic column sums -----------------------------------------------
 
 // Column sums in two deterministic passes (the shapes and the order: colsum_plan in rowwise.h).
 // Pass 1: block (COLSUM_TX, COLSUM_TY) owns COLSUM_TX column chunks of one chunk of rows; lanes
 // read consecutive chunks of a row (coalesced), the COLSUM_TY rows of threads stride the row
 // chunk, a shared-memory tree sums them into partial[chunk][k]. Pass 2 sums the chunks in order.
-// With y, the same pass applies the ReLU-backward mask to dy first (as relu_mask_kernel), so
-// the masked gradient is written and summed in one read of dy.
+// dy is only read (it is the gradient the walker owns; an activation's backward has run before).
 // Same order, same bits: a thread with V channels keeps V separate accumulators, and channel k
 // gets exactly the additions the scalar kernel (V = 1, one channel per thread) does: rows
 // r0 + ty, r0 + ty + COLSUM_TY, ... < r1 in increasing order from 0.0f, then the same tree over ty,
-// then the chunks in order. Only the loads and stores are V wide. A masked element is stored as
-// act_store(0.0f) and summed as 0.0f, as before; an element the mask keeps is stored back with the
-// bits it was loaded with (the vector is written whole when any of its elements was masked).
+// then the chunks in order. Only the loads are V wide.
 template <typename T, int V>
-__global__ void colsum_partial_kernel(float *partial, T *dy, const T *y, size_t rows, int K,
+__global__ void colsum_partial_kernel(float *partial, const T *dy, size_t rows, int K,
                                       size_t rows_per_chunk) {
   __shared__ float s[COLSUM_TY][V][COLSUM_TX]; // [ty][j][tx]: lanes hit consecutive words
   const unsigned tx = threadIdx.x, ty = threadIdx.y;
@@ -112,21 +189,9 @@ __global__ void colsum_partial_kernel(float *partial, T *dy, const T *y, size_t 
 #pragma unroll
   for (int j = 0; j < V; j++) acc[j] = 0.0f;
   if (k0 < (size_t)K) {
-    act_vec<T, V> *g_col = reinterpret_cast<act_vec<T, V> *>(dy) + c; // row 0, chunk c
-    const act_vec<T, V> *y_col = y ? reinterpret_cast<const act_vec<T, V> *>(y) + c : NULL;
+    const act_vec<T, V> *g_col = reinterpret_cast<const act_vec<T, V> *>(dy) + c; // row 0, chunk c
     for (size_t r = r0 + ty; r < r1; r += COLSUM_TY) {
-      act_vec<T, V> g = g_col[r * chunks];
-      if (y_col) {
-        const act_vec<T, V> a = y_col[r * chunks];
-        bool masked = false;
-#pragma unroll
-        for (int j = 0; j < V; j++)
-          if (act_load(a.v, j) <= 0.0f) { // not !(y > 0): a NaN output passes dy (see above)
-            act_store(g.v, j, 0.0f);
-            masked = true;
-          }
-        if (masked) g_col[r * chunks] = g;
-      }
+      const act_vec<T, V> g = g_col[r * chunks];
 #pragma unroll
       for (int j = 0; j < V; j++) acc[j] += act_load(g.v, j);
     }
@@ -155,38 +220,36 @@ __global__ void colsum_final_kernel(float *out, const float *partial, int chunks
   out[k] = acc;
 }
 
-// Both passes for dy (rows, K), rows >= 1: the vector width from the pointers, the chunks from
+// Both passes for dy (rows, K), rows >= 1: the vector width from the pointer, the chunks from
 // colsum_plan (independent of the width), the partial sums in the scratch buffer.
 template <typename T>
-static void colsum_launch(cuda_ctx *c, float *db, T *dy, const T *y, size_t rows, int K) {
-  const int vec = row_vec_width(K, sizeof(T), dy, y);
+static void colsum_launch(cuda_ctx *c, float *db, const T *dy, size_t rows, int K) {
+  const int vec = row_vec_width(K, sizeof(T), dy, NULL);
   const colsum_shape s = colsum_plan(rows, K, vec, c->sm_count);
   float *partial = (float *)cuda_scratch(c, s.chunks * (size_t)K * sizeof(float));
   const dim3 grid(s.gx, (unsigned)s.chunks), block(COLSUM_TX, COLSUM_TY);
-  if (vec == ROW_VEC)
-    colsum_partial_kernel<T, ROW_VEC><<<grid, block, 0, c->stream>>>(partial, dy, y, rows, K, s.per);
-  else
-    colsum_partial_kernel<T, 1><<<grid, block, 0, c->stream>>>(partial, dy, y, rows, K, s.per);
+  dispatch_vec(vec, [&](auto v) {
+    colsum_partial_kernel<T, decltype(v)::value><<<grid, block, 0, c->stream>>>(partial, dy, rows,
+                                                                                K, s.per);
+  });
   KERNEL_CHECK();
   colsum_final_kernel<<<(unsigned)((K + 255) / 256), 256, 0, c->stream>>>(db, partial, (int)s.chunks, K);
   KERNEL_CHECK();
 }
 
-void cuda_relu_bias_grad(cuda_ctx *c, float *db, void *dy, const void *y, size_t rows, int K) {
-  if (K <= 0) return;
-  if (!db) {
-    if (y) cuda_relu_mask(c, dy, y, rows * (size_t)K);
-    return;
-  }
+void cuda_bias_grad(cuda_ctx *c, float *db, const void *dy, size_t rows, int K) {
+  if (!db || K <= 0) return;
   if (rows == 0) {
     cuda_zero(c, db, (size_t)K * sizeof(float));
     return;
   }
-  if (c->precision == 2)
-    colsum_launch(c, db, (bf16 *)dy, (const bf16 *)y, rows, K);
-  else
-    colsum_launch(c, db, (float *)dy, (const float *)y, rows, K);
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    colsum_launch(c, db, (const T *)dy, rows, K);
+  });
 }
+
+// ---- fp32 <-> bf16 ---------------------------------------------------------------------------
 
 __global__ void f32_to_bf16_kernel(bf16 *dst, const float *src, size_t count) {
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;

@@ -2,12 +2,17 @@
 // work on the compute stream (and, through the events a device communicator uses to fork and
 // join its own stream, the gradient all-reduces), replay launches the recording.
 //
-// What varies between steps is not frozen into the graph: while capturing, the prep, dropout
-// and Adam launchers hand their kernels the device copy of graph_vars (cuda_vars), and
-// prep_batch records where the ids go instead of copying them. replay writes the step's
-// variables and ids into one of two page-locked slots, copies them to the device on the stream
-// and launches the graph behind the copies. A slot is refilled only after the copies that last
-// read it have run (an event per slot), so the host may run a step ahead without waiting.
+// What varies between steps is not frozen into the graph. The rule (cuda_common.h): every
+// kernel that uses a step variable reads it from device memory, eager or captured: the epoch,
+// the dropout step and the Adam coefficients from c->d_vars (dev_vars), the ids from the buffer
+// prep_batch was given. In an eager step each launcher stages its field into d_vars just before
+// its kernel (cuda_stage, which records nothing during a capture), and prep_batch copies the
+// ids; during a capture prep_batch only records where the ids go. So replay provides both:
+// it writes the step's dev_vars and ids into one of two page-locked slots, copies them to the
+// device on the stream and launches the graph behind the copies. A slot is refilled only after
+// the copies that last read it have run (an event per slot), so the host may run a step ahead
+// without waiting. Eager work queued between replays (evaluation, the short last batch) stages
+// its own values behind the graph in stream order; the next replay copies all of dev_vars again.
 //
 // An invalid label met by the captured cross-entropy is recorded in host memory by the kernel
 // (loss.cu); replay and graph_free report it (FATAL) once a replay that met it has run.
@@ -24,7 +29,7 @@ typedef struct cuda_graph {
   cudaGraphExec_t exec;
   int32_t *ids_dst; // where prep_batch read the batch's ids (device)
   int n;            // the captured batch
-  graph_vars *h_vars; // page-locked: 2 slots
+  dev_vars *h_vars;   // page-locked: 2 slots
   int32_t *h_ids;     // page-locked: 2 slots of n ids
   cudaEvent_t copied[2];
   int slot;
@@ -58,7 +63,7 @@ void *cuda_capture_end(backend *b) {
   cudaCheck(cudaGraphDestroy(g));
   G->ids_dst = c->cap_ids;
   G->n = c->cap_n;
-  cudaCheck(cudaMallocHost((void **)&G->h_vars, 2 * sizeof(graph_vars)));
+  cudaCheck(cudaMallocHost((void **)&G->h_vars, 2 * sizeof(dev_vars)));
   if (G->n) cudaCheck(cudaMallocHost((void **)&G->h_ids, 2 * (size_t)G->n * sizeof(int32_t)));
   for (int s = 0; s < 2; s++) cudaCheck(cudaEventCreateWithFlags(&G->copied[s], cudaEventDisableTiming));
   cudaCheck(cudaGraphUpload(G->exec, c->stream)); // the first replay need not pay for it
@@ -78,7 +83,7 @@ void cuda_replay(backend *b, void *graph, const step_vars *v) {
   G->h_vars[s].adam = adam_plan(&v->adam);
   G->h_vars[s].epoch = v->epoch;
   G->h_vars[s].step = v->step;
-  cudaCheck(cudaMemcpyAsync(c->d_vars, &G->h_vars[s], sizeof(graph_vars), cudaMemcpyHostToDevice,
+  cudaCheck(cudaMemcpyAsync(c->d_vars, &G->h_vars[s], sizeof(dev_vars), cudaMemcpyHostToDevice,
                             c->stream));
   if (G->n) {
     int32_t *slot_ids = G->h_ids + (size_t)s * G->n;

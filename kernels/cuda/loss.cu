@@ -2,8 +2,9 @@
 // counter-based key, never stored) and softmax cross-entropy with accuracy.
 //
 // Dropout masks are the CPU backend's bit for bit: unit j of sample ids[n] is kept iff
-// rng_dropout_keep(seed, layer, step, ids[n], j, p) (rng.h is __host__ __device__), and kept
-// units are multiplied by the float 1 / (1 - p) computed on the host.
+// rng_dropout_keep(seed, layer, step, ids[n], j, p) (rng.h is VGG_HD: host and device), and
+// kept units are multiplied by the float 1 / (1 - p) computed on the host. The step is read
+// from the device's step variables (c->d_vars) in every mode (cuda_common.h).
 // Cross-entropy runs one thread per sample in double (classes is 10), then one block sums the
 // per-sample losses and hits in sample order, so stats are deterministic run to run.
 // A label outside [0, classes) stops the CPU backend at once; a kernel cannot stop the host, so
@@ -20,11 +21,14 @@
 #include "cuda_common.h"
 #include "rng.h"
 
-// mode 0: apply the mask; 1: copy (p <= 0); 2: zero (p >= 1).
+// mode 0: apply the mask; 1: copy (p <= 0); 2: zero (p >= 1). The step is the step
+// variable in device memory (cuda_common.h), the same read eager or replayed; seed and layer
+// are fixed per layer.
 template <typename T>
 __global__ void dropout_kernel(T *out, const T *in, const int32_t *ids, int N, int D, float p,
-                               float scale, dropout_key key, int mode, const graph_vars *gv) {
-  const uint32_t step = gv ? gv->step : key.step;
+                               float scale, uint64_t seed, uint32_t layer, int mode,
+                               const dev_vars *gv) {
+  const uint32_t step = gv->step;
   size_t count = (size_t)N * D;
   for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count;
        i += (size_t)gridDim.x * blockDim.x) {
@@ -33,38 +37,40 @@ __global__ void dropout_kernel(T *out, const T *in, const int32_t *ids, int N, i
       v = act_load(in, i);
     } else if (mode == 0) {
       uint32_t n = (uint32_t)(i / D), j = (uint32_t)(i % D);
-      if (rng_dropout_keep(key.seed, key.layer, step, (uint32_t)ids[n], j, p))
+      if (rng_dropout_keep(seed, layer, step, (uint32_t)ids[n], j, p))
         v = __fmul_rn(act_load(in, i), scale);
     }
     act_store(out, i, v);
   }
 }
 
-static void dropout_apply(backend *b, void *out, const void *in, const int32_t *ids, int N, int D,
+// out (N, D) with D = H * W * C features per sample (backend.h).
+static void dropout_apply(backend *b, void *out, const void *in, const int32_t *ids, op_shape s,
                           float p, dropout_key key) {
   cuda_ctx *c = ctx_of(b);
-  size_t count = (size_t)N * D;
+  const int D = s.H * s.W * s.C;
+  size_t count = (size_t)s.N * D;
   if (count == 0) return;
   int mode = p <= 0.0f ? 1 : p >= 1.0f ? 2 : 0;
   if (mode == 1 && out == in) return;
   float scale = mode == 0 ? 1.0f / (1.0f - p) : 1.0f;
-  if (c->precision == 2)
-    dropout_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)out, (const bf16 *)in, ids, N, D, p, scale, key, mode, cuda_vars(c));
-  else
-    dropout_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)out, (const float *)in, ids, N, D, p, scale, key, mode, cuda_vars(c));
+  cuda_stage(c, &c->d_vars->step, key.step);
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    dropout_kernel<T><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
+        (T *)out, (const T *)in, ids, s.N, D, p, scale, key.seed, key.layer, mode, c->d_vars);
+  });
   KERNEL_CHECK();
 }
 
-void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                       float p, dropout_key key) {
-  dropout_apply(b, y, x, ids, N, D, p, key);
+  dropout_apply(b, y, x, ids, s, p, key);
 }
 
-void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N, int D,
+void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,
                       float p, dropout_key key) {
-  dropout_apply(b, dx, dy, ids, N, D, p, key);
+  dropout_apply(b, dx, dy, ids, s, p, key);
 }
 
 // ---- softmax cross-entropy -----------------------------------------------------------------
@@ -190,14 +196,11 @@ void cuda_xent(backend *b, void *dlogits, double *stats, const void *logits,
   double *loss = (double *)cuda_scratch(c, 2 * (size_t)N * sizeof(double));
   double *hit = loss + N;
   unsigned blocks = (unsigned)((N + 127) / 128);
-  if (c->precision == 2)
-    xent_kernel<bf16><<<blocks, 128, 0, c->stream>>>((bf16 *)dlogits, loss, hit,
-                                                     (const bf16 *)logits, labels, N, classes,
-                                                     grad_scale);
-  else
-    xent_kernel<float><<<blocks, 128, 0, c->stream>>>((float *)dlogits, loss, hit,
-                                                      (const float *)logits, labels, N, classes,
-                                                      grad_scale);
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    xent_kernel<T><<<blocks, 128, 0, c->stream>>>((T *)dlogits, loss, hit, (const T *)logits,
+                                                  labels, N, classes, grad_scale);
+  });
   KERNEL_CHECK();
   xent_sum_kernel<<<1, XENT_SUM_THREADS, 0, c->stream>>>(stats, c->d_xent_bad, loss, hit, labels,
                                                          N, classes);

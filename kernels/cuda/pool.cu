@@ -73,33 +73,34 @@ __global__ void maxpool_bwd_kernel(T *dx, const T *dy, const int32_t *argmax, co
   }
 }
 
-void cuda_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, int N, int H, int W,
-                      int C) {
+// The output's element count, after checking the shape (H and W even).
+static size_t pool_count(op_shape s, const char *who) {
+  if (s.H % 2 || s.W % 2) FATAL("%s: H = %d and W = %d must be even", who, s.H, s.W);
+  return (size_t)s.N * (s.H / 2) * (s.W / 2) * s.C;
+}
+
+void cuda_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, op_shape s) {
   cuda_ctx *c = ctx_of(b);
-  if (H % 2 || W % 2) FATAL("maxpool_fwd: H = %d and W = %d must be even", H, W);
-  size_t count = (size_t)N * (H / 2) * (W / 2) * C;
+  size_t count = pool_count(s, "maxpool_fwd");
   if (count == 0) return;
-  if (c->precision == 2)
-    maxpool_fwd_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)y, argmax, (const bf16 *)x, count, H, W, C);
-  else
-    maxpool_fwd_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)y, argmax, (const float *)x, count, H, W, C);
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    maxpool_fwd_kernel<T><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
+        (T *)y, argmax, (const T *)x, count, s.H, s.W, s.C);
+  });
   KERNEL_CHECK();
 }
 
 void cuda_maxpool_bwd(backend *b, void *dx, const void *dy, const int32_t *argmax, const void *x,
-                      const void *y, int N, int H, int W, int C) {
+                      const void *y, op_shape s) {
   cuda_ctx *c = ctx_of(b);
-  if (H % 2 || W % 2) FATAL("maxpool_bwd: H = %d and W = %d must be even", H, W);
+  size_t count = pool_count(s, "maxpool_bwd");
   if (!argmax && !x) FATAL("maxpool_bwd: needs argmax or x");
-  size_t count = (size_t)N * (H / 2) * (W / 2) * C;
   if (count == 0) return;
-  if (c->precision == 2)
-    maxpool_bwd_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)dx, (const bf16 *)dy, argmax, (const bf16 *)x, count, H, W, C);
-  else
-    maxpool_bwd_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)dx, (const float *)dy, argmax, (const float *)x, count, H, W, C);
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    maxpool_bwd_kernel<T><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
+        (T *)dx, (const T *)dy, argmax, (const T *)x, count, s.H, s.W, s.C);
+  });
   KERNEL_CHECK();
 }

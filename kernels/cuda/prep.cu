@@ -7,6 +7,9 @@
 // (v - mean) / std), with _rn intrinsics so nvcc fuses exactly where the host does: both
 // backends produce the same floats (tests/test_cuda_host.c checks this per-pixel evaluation
 // against cpu_resize_plane's separable one).
+// The step variables come from device memory in every mode (cuda_common.h): the ids from the
+// `ids` buffer (copied there by prep_batch in an eager step, by replay for a graph), the epoch
+// from c->d_vars (staged by prep_batch, or copied by replay).
 #include "cifar10.h"
 #include "cuda_common.h"
 #include "resize.h"
@@ -14,16 +17,16 @@
 
 #define PREP_MAX_SIZE 512 // as kernels/cpu/prep.c
 
-
 __device__ __forceinline__ float prep_pixel(const uint8_t *plane, int y, int x, int flip) {
   return __fdiv_rn((float)plane[y * CIFAR_SIDE + (flip ? CIFAR_SIDE - 1 - x : x)], 255.0f);
 }
 
+// a.epoch is not read: the step's epoch is gv->epoch.
 template <typename T>
 __global__ void prep_kernel(T *out, int32_t *labels, const int32_t *ids, const uint8_t *images,
                             const uint8_t *image_labels, int n, prep_params a,
-                            const graph_vars *gv) {
-  const uint32_t epoch = gv ? gv->epoch : a.epoch;
+                            const dev_vars *gv) {
+  const uint32_t epoch = gv->epoch;
   const size_t pix = (size_t)a.size * a.size;
   const size_t count = (size_t)n * pix;
   for (size_t t = (size_t)blockIdx.x * blockDim.x + threadIdx.x; t < count;
@@ -89,12 +92,12 @@ void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const u
   } else {
     ids_upload(c, ids, h_ids, n);
   }
+  cuda_stage(c, &c->d_vars->epoch, p->epoch);
   size_t count = (size_t)n * p->size * p->size;
-  if (c->precision == 2)
-    prep_kernel<bf16><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (bf16 *)x, labels, ids, images, image_labels, n, *p, cuda_vars(c));
-  else
-    prep_kernel<float><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (float *)x, labels, ids, images, image_labels, n, *p, cuda_vars(c));
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    prep_kernel<T><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
+        (T *)x, labels, ids, images, image_labels, n, *p, c->d_vars);
+  });
   KERNEL_CHECK();
 }

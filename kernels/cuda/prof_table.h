@@ -21,14 +21,16 @@ extern "C" {
 typedef enum {
   PROF_PREP,
   PROF_CONV_FWD,
-  PROF_CONV_EPILOGUE,  // bias + ReLU after the forward convolution
-  PROF_CONV_BIAS_GRAD, // ReLU mask + bias gradient (one pass)
+  PROF_CONV_EPILOGUE,  // bias + the fused activation after the forward convolution
+  PROF_CONV_BIAS_GRAD, // bias gradient (column sums of dy)
   PROF_CONV_BWD_FILTER,
   PROF_CONV_BWD_DATA,
   PROF_POOL_FWD,
   PROF_POOL_BWD,
   PROF_FC_FWD,
   PROF_FC_BWD,
+  PROF_ACT_FWD, // an activation on its own (act_fwd; conv and FC fuse theirs)
+  PROF_ACT_BWD, // an activation's backward (act_bwd; every ReLU's, fused forward or not)
   PROF_DROPOUT_FWD,
   PROF_DROPOUT_BWD,
   PROF_LOSS,

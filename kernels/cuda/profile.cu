@@ -4,8 +4,8 @@
 //
 // Off unless backend_cuda_profile_enable: ctx->prof is NULL, the ops table is the plain one and
 // the conv regions cost one NULL test. On: b->ops points at the profiler's copy of the CUDA
-// ops table, whose op-level entries (prep, pool, FC, dropout, loss, Adam) open a region around
-// the real op and whose capture entries are NULL, so net_train_step runs every step eagerly;
+// ops table, whose op-level entries (prep, pool, FC, activation, dropout, loss, Adam) open a
+// region around the real op and whose capture entries are NULL, so net_train_step runs every step eagerly;
 // convolutions open a region per part themselves (conv.cu). Profiling and graph capture are
 // exclusive: enable refuses once a graph exists, capture_begin refuses while profiling.
 // Every event is created at enable (a fixed pool of PROF_CAP pairs), none during a step.
@@ -14,7 +14,7 @@
 
 #include "cuda_common.h"
 
-#define PROF_CAP 1024 // regions per step with events (VGG19 at full width needs about 130)
+#define PROF_CAP 1024 // regions per step with events (VGG19 at full width needs about 140)
 
 struct cuda_prof {
   backend_ops ops;          // the CUDA ops, op-level entries wrapped in regions
@@ -68,45 +68,60 @@ static void prof_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids,
   cuda_prof_end(ctx_of(b));
 }
 
-static void prof_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, int N, int H,
-                             int W, int C) {
-  cuda_prof_begin(ctx_of(b), PROF_POOL_FWD, "%dx%dx%d", H, W, C);
-  base_of(b)->maxpool_fwd(b, y, argmax, x, N, H, W, C);
+static void prof_maxpool_fwd(backend *b, void *y, int32_t *argmax, const void *x, op_shape s) {
+  cuda_prof_begin(ctx_of(b), PROF_POOL_FWD, "%dx%dx%d", s.H, s.W, s.C);
+  base_of(b)->maxpool_fwd(b, y, argmax, x, s);
   cuda_prof_end(ctx_of(b));
 }
 
 static void prof_maxpool_bwd(backend *b, void *dx, const void *dy, const int32_t *argmax,
-                             const void *x, const void *y, int N, int H, int W, int C) {
-  cuda_prof_begin(ctx_of(b), PROF_POOL_BWD, "%dx%dx%d", H, W, C);
-  base_of(b)->maxpool_bwd(b, dx, dy, argmax, x, y, N, H, W, C);
+                             const void *x, const void *y, op_shape s) {
+  cuda_prof_begin(ctx_of(b), PROF_POOL_BWD, "%dx%dx%d", s.H, s.W, s.C);
+  base_of(b)->maxpool_bwd(b, dx, dy, argmax, x, y, s);
   cuda_prof_end(ctx_of(b));
 }
 
 static void prof_linear_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
-                            int N, int in, int out, int relu) {
-  cuda_prof_begin(ctx_of(b), PROF_FC_FWD, "%d->%d%s", in, out, relu ? " +relu" : "");
-  base_of(b)->linear_fwd(b, y, x, w, bias, N, in, out, relu);
+                            op_shape s, activation act) {
+  cuda_prof_begin(ctx_of(b), PROF_FC_FWD, "%d->%d%s", s.C, s.K, act == ACT_RELU ? " +relu" : "");
+  base_of(b)->linear_fwd(b, y, x, w, bias, s, act);
   cuda_prof_end(ctx_of(b));
 }
 
-static void prof_linear_bwd(backend *b, void *dx, float *dw, float *db, void *dy, const void *x,
-                            const float *w, const void *y, int N, int in, int out, int relu) {
-  cuda_prof_begin(ctx_of(b), PROF_FC_BWD, "%d->%d%s", in, out, relu ? " +relu mask" : "");
-  base_of(b)->linear_bwd(b, dx, dw, db, dy, x, w, y, N, in, out, relu);
+static void prof_linear_bwd(backend *b, void *dx, float *dw, float *db, const void *dy,
+                            const void *x, const float *w, op_shape s) {
+  cuda_prof_begin(ctx_of(b), PROF_FC_BWD, "%d->%d", s.C, s.K);
+  base_of(b)->linear_bwd(b, dx, dw, db, dy, x, w, s);
   cuda_prof_end(ctx_of(b));
 }
 
-static void prof_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, int N, int D,
+// An activation's label: its name and the (H, W, C) it runs on ("relu 32x32x64").
+static const char *act_name(activation act) { return act == ACT_RELU ? "relu" : "none"; }
+
+static void prof_act_fwd(backend *b, void *y, const void *x, op_shape s, activation act) {
+  cuda_prof_begin(ctx_of(b), PROF_ACT_FWD, "%s %dx%dx%d", act_name(act), s.H, s.W, s.C);
+  base_of(b)->act_fwd(b, y, x, s, act);
+  cuda_prof_end(ctx_of(b));
+}
+
+static void prof_act_bwd(backend *b, void *dx, const void *dy, const void *y, op_shape s,
+                         activation act) {
+  cuda_prof_begin(ctx_of(b), PROF_ACT_BWD, "%s %dx%dx%d", act_name(act), s.H, s.W, s.C);
+  base_of(b)->act_bwd(b, dx, dy, y, s, act);
+  cuda_prof_end(ctx_of(b));
+}
+
+static void prof_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                              float p, dropout_key key) {
-  cuda_prof_begin(ctx_of(b), PROF_DROPOUT_FWD, "%d units p %g", D, p);
-  base_of(b)->dropout_fwd(b, y, x, ids, N, D, p, key);
+  cuda_prof_begin(ctx_of(b), PROF_DROPOUT_FWD, "%d units p %g", s.H * s.W * s.C, p);
+  base_of(b)->dropout_fwd(b, y, x, ids, s, p, key);
   cuda_prof_end(ctx_of(b));
 }
 
-static void prof_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, int N,
-                             int D, float p, dropout_key key) {
-  cuda_prof_begin(ctx_of(b), PROF_DROPOUT_BWD, "%d units p %g", D, p);
-  base_of(b)->dropout_bwd(b, dx, dy, ids, N, D, p, key);
+static void prof_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids,
+                             op_shape s, float p, dropout_key key) {
+  cuda_prof_begin(ctx_of(b), PROF_DROPOUT_BWD, "%d units p %g", s.H * s.W * s.C, p);
+  base_of(b)->dropout_bwd(b, dx, dy, ids, s, p, key);
   cuda_prof_end(ctx_of(b));
 }
 
@@ -146,6 +161,8 @@ extern "C" void backend_cuda_profile_enable(backend *b) {
   p->ops.maxpool_bwd = prof_maxpool_bwd;
   p->ops.linear_fwd = prof_linear_fwd;
   p->ops.linear_bwd = prof_linear_bwd;
+  p->ops.act_fwd = prof_act_fwd;
+  p->ops.act_bwd = prof_act_bwd;
   p->ops.dropout_fwd = prof_dropout_fwd;
   p->ops.dropout_bwd = prof_dropout_bwd;
   p->ops.xent = prof_xent;

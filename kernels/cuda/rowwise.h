@@ -1,7 +1,8 @@
-// rowwise.h - how elementwise.cu's two row-wise kernels cover a (rows, K) activation tensor:
-// the bias + ReLU epilogue (cuda_bias_act) and the ReLU-backward mask fused with the bias-gradient
-// column sums (cuda_relu_bias_grad). Pure host logic (plain C, static inline), so that
-// tests/test_cuda_host.c checks it without a GPU; elementwise.cu launches what it returns.
+// rowwise.h - how elementwise.cu's row-wise kernels cover a (rows, K) activation tensor: the
+// bias + activation epilogue (cuda_bias_act, also act_fwd), the ReLU backward (act_bwd), both
+// with (row, column chunk) threads, and the bias-gradient column sums (cuda_bias_grad). Pure
+// host logic (plain C, static inline), so that tests/test_cuda_host.c checks it without a GPU;
+// elementwise.cu launches what it returns.
 //
 // Vector width: a thread moves ROW_VEC consecutive channels of one row as one aligned access (a
 // float4 in fp32, 8 bytes of bf16) when K is a multiple of ROW_VEC and every tensor starts on a
@@ -26,7 +27,7 @@ static inline int row_vec_width(int K, size_t elem_bytes, const void *a, const v
   return ROW_VEC;
 }
 
-// ---- bias + ReLU: (row, column chunk) threads ------------------------------------------------
+// ---- bias + activation, ReLU backward: (row, column chunk) threads ---------------------------
 // Blocks of bx * by <= `threads` threads: threadIdx.x walks the column chunks of a row (all of a
 // row's chunks when there are at most `threads`), threadIdx.y the rows, so consecutive threads
 // touch consecutive memory. gx blocks across the chunks (chunk = blockIdx.x * bx + threadIdx.x;
@@ -51,7 +52,7 @@ static inline row_shape row_shape_plan(size_t rows, unsigned chunks, unsigned th
   return s;
 }
 
-// ---- ReLU mask + column sums: the deterministic two-pass reduction ---------------------------
+// ---- column sums (bias gradients): the deterministic two-pass reduction ----------------------
 // Pass 1: block (COLSUM_TX, COLSUM_TY) owns COLSUM_TX column chunks (COLSUM_TX * vec channels) of
 // one row chunk of `per` rows; thread (tx, ty) sums rows r0 + ty, r0 + ty + COLSUM_TY, ... of its
 // channels in order, a fixed tree over ty combines the COLSUM_TY sums, and partial[chunk][k]

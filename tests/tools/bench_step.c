@@ -104,7 +104,9 @@ static double bench_run(backend *b, net *nt, const bench_opts *o, const uint8_t 
 int main(int argc, char **argv) {
   bench_opts o;
   bench_parse(&o, argc, argv);
-  int prec = !strcmp(o.precision, "tf32") ? 1 : !strcmp(o.precision, "bf16") ? 2 : 0;
+  precision_kind prec = !strcmp(o.precision, "tf32")   ? PREC_TF32
+                        : !strcmp(o.precision, "bf16") ? PREC_BF16
+                                                       : PREC_FP32;
   int cuda = !strcmp(o.device, "cuda");
   backend *b = cuda ? backend_cuda_create(0, prec) : backend_cpu_create(o.threads);
   if (cuda) backend_cuda_set_autotune(b, !strcmp(o.autotune, "first") ? AUTOTUNE_FIRST : AUTOTUNE_FASTEST);

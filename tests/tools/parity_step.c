@@ -43,6 +43,7 @@ int main(int argc, char **argv) {
     n_sizes = 0;
     for (int i = 1; i < argc && n_sizes < 8; i++) sizes[n_sizes++] = atoi(argv[i]);
   }
+  const precision_kind precs[3] = {PREC_FP32, PREC_TF32, PREC_BF16};
   const char *prec_name[3] = {"fp32", "tf32", "bf16"};
   const double bound[3] = {1e-3, 2e-2, 1e-1};
   const double graph_bound = 1e-6;
@@ -60,7 +61,7 @@ int main(int argc, char **argv) {
     steps_run(&ref, cpu, &m, &s);
     cpu->ops->destroy(cpu);
     for (int p = 0; p < 3; p++) {
-      backend *gpu = backend_cuda_create(0, p);
+      backend *gpu = backend_cuda_create(0, precs[p]);
       steps_spec sp = s;
       sp.record_branches = gpu->act_bytes == sizeof(float);
       steps_result got;
