@@ -7,7 +7,8 @@
 # Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), NVCC, MPICC, HOSTCC, CUDNN_INC/CUDNN_LIB,
 # NCCL_INC/NCCL_LIB (when cuDNN or NCCL live outside CUDA_HOME), OPENBLAS_INC/OPENBLAS_LIB,
 # DEBUG=1, SANITIZE=1, CUDA=0 (build without the CUDA backend), WERROR=0 (nvcc and host-compiler
-# warnings stay warnings: the GPU check's build, where another gcc may warn anew).
+# warnings stay warnings: the GPU check's build, where another gcc may warn anew), PY_TORCH (the
+# Python with torch that the golden tests run; compiled into test_unit).
 #
 # Only vgg_dist links MPI (comm/comm_mpi.c, comm_nccl.c, compiled and linked by $(MPICC)); the
 # single-process tools (test_unit, bench_step, parity_step, gen_cifar) link comm/comm_single.c
@@ -109,6 +110,8 @@ MPI_OBJ := $(MPI_SRC:%.c=$(BUILD)/%.o)
 SOLO_OBJ := $(OBJ) $(BUILD)/comm/comm_single.o # the single-process tools
 TEST_SRC := $(wildcard tests/*.c)
 TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
+# The one definition of the golden tests' Python: tests/test_golden.c reads it as VGG_PY_TORCH.
+$(TEST_OBJ): CFLAGS += -DVGG_PY_TORCH='"$(PY_TORCH)"'
 
 .PHONY: all debug test check bench run clean help FORCE
 all: $(BIN)
@@ -117,7 +120,8 @@ all: $(BIN)
 # arch, DEBUG, SANITIZE, another OpenBLAS or compiler), every object is rebuilt, never mixed.
 CONFIG := CUDA=$(CUDA) arch=$(CUDA_ARCH) opt=$(OPT) san=$(SAN) werror=$(WERROR) \
           blas=$(OPENBLAS_INC):$(OPENBLAS_LIB) cc=$(HOSTCC) nvcc=$(NVCC) mpicc=$(MPICC) \
-          cuda=$(CUDA_HOME) cudnn=$(CUDNN_INC):$(CUDNN_LIB) nccl=$(NCCL_INC):$(NCCL_LIB)
+          cuda=$(CUDA_HOME) cudnn=$(CUDNN_INC):$(CUDNN_LIB) nccl=$(NCCL_INC):$(NCCL_LIB) \
+          py_torch=$(PY_TORCH)
 STAMP := $(BUILD)/config.stamp
 $(STAMP): FORCE
 	@mkdir -p $(BUILD)

@@ -5,8 +5,12 @@
 // directory is fsync'ed, so a crash leaves either the old or the new file, never a mix.
 // Reading verifies everything (magic, version, sizes, meta, every CRC, no trailing bytes)
 // into private buffers before the first byte reaches the caller's outputs.
-// Serialization is explicit field by field (no struct padding on disk); floats are stored as
-// their little-endian IEEE bits, so the build requires a little-endian host.
+// The caller's section table (checkpoint.h) says which sections there are; this file says
+// how a file is framed and how each kind of payload is encoded, and refuses a malformed table
+// as a bug. Serialization is explicit field by field (no struct padding on disk); floats are
+// stored as their little-endian IEEE bits, so the build requires a little-endian host.
+// It also owns the checkpoint directory: its creation, names, latest, pruning and the
+// RESUMABLE marker.
 #include "checkpoint.h"
 
 #include "check.h"
@@ -68,13 +72,14 @@ uint32_t checkpoint_crc32(uint32_t crc, const void *data, size_t bytes) {
 
 static const char ckpt_magic[8] = {'V', 'G', 'G', 'C', 'K', 'P', 'T', '1'};
 
-enum { SEC_META = 1, SEC_STATE, SEC_PARAMS, SEC_ADAM_M, SEC_ADAM_V, SEC_COUNT = 5 };
-static const char *const sec_names[] = {"?", "META", "STATE", "PARAMS", "ADAM_M", "ADAM_V"};
-
-#define META_BYTES (16 + 4 + 4 + 4 + 8)
-#define HEADER_BYTES (8 + 4 + 4 + META_BYTES)
+#define META_BYTES_V1 (16 + 4 + 4 + 4 + 8)
+#define META_BYTES (META_BYTES_V1 + 8) // from version 2: the buffer count
+#define HEADER_FIXED (8 + 4 + 4)       // magic, version, section count; the meta follows
 #define SEC_HEADER_BYTES (4 + 4 + 8 + 4 + 4)
 #define STATE_BYTES (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
+#define PACKED_MAX (META_BYTES > STATE_BYTES ? META_BYTES : STATE_BYTES)
+
+static size_t meta_bytes(uint32_t version) { return version >= 2 ? META_BYTES : META_BYTES_V1; }
 
 // A cursor over a byte buffer; put_/get_ copy host (= little-endian) representations.
 typedef struct bytes_cursor {
@@ -90,6 +95,7 @@ static void get(bytes_cursor *c, void *dst, size_t n) {
   c->p += n;
 }
 
+// Always the current version's meta: files are only written at CKPT_VERSION.
 static void meta_pack(uint8_t out[META_BYTES], const ckpt_meta *m) {
   bytes_cursor c = {out};
   put(&c, m->model, 16);
@@ -97,15 +103,19 @@ static void meta_pack(uint8_t out[META_BYTES], const ckpt_meta *m) {
   put(&c, &m->image_size, 4);
   put(&c, &m->classes, 4);
   put(&c, &m->n_params, 8);
+  put(&c, &m->n_buffers, 8);
 }
 
-static void meta_unpack(ckpt_meta *m, const uint8_t in[META_BYTES]) {
+// A version-1 meta has no buffer count: it was made by a build without buffers, so 0.
+static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
   bytes_cursor c = {(uint8_t *)in};
+  memset(m, 0, sizeof(*m));
   get(&c, m->model, 16);
   get(&c, &m->width, 4);
   get(&c, &m->image_size, 4);
   get(&c, &m->classes, 4);
   get(&c, &m->n_params, 8);
+  if (version >= 2) get(&c, &m->n_buffers, 8);
 }
 
 // Field order is the struct's; put for packing, get for unpacking, one list for both.
@@ -149,6 +159,40 @@ static void sec_header_pack(uint8_t out[SEC_HEADER_BYTES], uint32_t id, uint64_t
   put(&c, &zero, 4);
 }
 
+// A row's payload size on disk in a file of `version`.
+static uint64_t payload_bytes(const ckpt_section *s, uint32_t version) {
+  switch (s->kind) {
+  case CKPT_KIND_META: return meta_bytes(version);
+  case CKPT_KIND_STATE: return STATE_BYTES;
+  case CKPT_KIND_F32: return s->bytes;
+  }
+  FATAL("section %s has an unknown kind %d", s->name, (int)s->kind);
+}
+
+// The table's shape is the program's, not the file's: a malformed one is a bug, so fatal.
+// META comes first (the header copies it), in-memory sizes fit their kinds, ids increase and
+// no row is newer than this build.
+static void table_check(const ckpt_section *secs, int n, const char *who) {
+  if (!secs || n < 1 || n > CKPT_MAX_SECTIONS) FATAL("%s: a table of %d sections", who, n);
+  for (int i = 0; i < n; i++) {
+    const ckpt_section *s = &secs[i];
+    const int meta = s->kind == CKPT_KIND_META;
+    const int ok = s->name && meta == (i == 0) &&
+                   (!meta || (s->data && s->bytes == sizeof(ckpt_meta))) &&
+                   (s->kind != CKPT_KIND_STATE || s->bytes == sizeof(train_state)) &&
+                   (s->kind != CKPT_KIND_F32 || s->bytes % sizeof(float) == 0) &&
+                   s->since >= 1 && s->since <= CKPT_VERSION && (i == 0 || s->id > secs[i - 1].id);
+    if (!ok) FATAL("%s: section table row %d (%s) is malformed", who, i, s->name ? s->name : "?");
+  }
+}
+
+// How many sections a file of `version` holds: the rows it had.
+static uint32_t sections_in(const ckpt_section *secs, int n, uint32_t version) {
+  uint32_t count = 0;
+  for (int i = 0; i < n; i++) count += secs[i].since <= version;
+  return count;
+}
+
 // ---------------------------------------------------------------------------------------
 // Writing
 
@@ -169,10 +213,20 @@ static void write_bytes(FILE *f, const char *tmp, const void *src, size_t bytes)
               "write of %zu bytes to %s failed: %s", bytes, tmp, strerror(errno));
 }
 
-static void write_section(FILE *f, const char *tmp, uint32_t id, const void *payload,
-                          uint64_t bytes) {
+// One section: its header, then its payload encoded by kind.
+static void write_section(FILE *f, const char *tmp, const ckpt_section *s) {
+  uint8_t packed[PACKED_MAX];
+  const void *payload = s->data;
+  if (s->kind == CKPT_KIND_META) {
+    meta_pack(packed, s->data);
+    payload = packed;
+  } else if (s->kind == CKPT_KIND_STATE) {
+    state_pack(packed, s->data);
+    payload = packed;
+  }
+  const uint64_t bytes = payload_bytes(s, CKPT_VERSION);
   uint8_t h[SEC_HEADER_BYTES];
-  sec_header_pack(h, id, bytes, checkpoint_crc32(0, payload, (size_t)bytes));
+  sec_header_pack(h, s->id, bytes, checkpoint_crc32(0, payload, (size_t)bytes));
   write_bytes(f, tmp, h, sizeof(h));
   write_bytes(f, tmp, payload, (size_t)bytes);
 }
@@ -214,40 +268,33 @@ static void commit_tmp(FILE *f, const char *tmp, const char *path) {
   fsync_dir(dir);
 }
 
-void checkpoint_write(const char *path, const ckpt_meta *meta, const train_state *st,
-                      const float *params, const float *m, const float *v) {
-  if (!path || !meta || !st || !params || !m || !v)
-    FATAL("checkpoint_write needs a path, meta, state and all three tensors");
-  if (meta->n_params > (uint64_t)(SIZE_MAX / sizeof(float)))
-    FATAL("checkpoint_write: %" PRIu64 " parameters do not fit in memory", meta->n_params);
-  uint64_t tensor_bytes = meta->n_params * sizeof(float);
-
+void checkpoint_write(const char *path, const ckpt_section *secs, int n) {
+  if (!path) FATAL("checkpoint_write needs a path");
+  table_check(secs, n, "checkpoint_write");
+  for (int i = 0; i < n; i++) // before the temp file exists: a FATAL here leaves nothing behind
+    if (!secs[i].data && secs[i].bytes)
+      FATAL("checkpoint_write: section %s has no data", secs[i].name);
   char tmp[4096];
-  int n = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
-  if (n < 0 || (size_t)n >= sizeof(tmp)) FATAL("checkpoint path too long: %s", path);
+  int len = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  if (len < 0 || (size_t)len >= sizeof(tmp)) FATAL("checkpoint path too long: %s", path);
 
-  uint8_t meta_bytes[META_BYTES], state_bytes[STATE_BYTES], header[HEADER_BYTES];
-  meta_pack(meta_bytes, meta);
-  state_pack(state_bytes, st);
+  uint8_t header[HEADER_FIXED + META_BYTES];
   bytes_cursor c = {header};
-  uint32_t version = CKPT_VERSION, count = SEC_COUNT;
+  uint32_t version = CKPT_VERSION, count = (uint32_t)n;
   put(&c, ckpt_magic, 8);
   put(&c, &version, 4);
   put(&c, &count, 4);
-  put(&c, meta_bytes, META_BYTES);
+  meta_pack(c.p, secs[0].data);
 
   FILE *f = xfopen(tmp, "wb");
   write_bytes(f, tmp, header, sizeof(header));
-  write_section(f, tmp, SEC_META, meta_bytes, META_BYTES);
-  write_section(f, tmp, SEC_STATE, state_bytes, STATE_BYTES);
-  write_section(f, tmp, SEC_PARAMS, params, tensor_bytes);
-  write_section(f, tmp, SEC_ADAM_M, m, tensor_bytes);
-  write_section(f, tmp, SEC_ADAM_V, v, tensor_bytes);
+  for (int i = 0; i < n; i++) write_section(f, tmp, &secs[i]);
   commit_tmp(f, tmp, path);
 }
 
 // ---------------------------------------------------------------------------------------
-// Reading
+// Reading: open -> header -> each section into private buffers (the META one verified against
+// the run's) -> the end of the file -> only then the caller's outputs.
 
 static int read_fail(char *err, size_t err_len, const char *fmt, ...) VGG_PRINTF(3, 4);
 static int read_fail(char *err, size_t err_len, const char *fmt, ...) {
@@ -299,168 +346,227 @@ static const char *meta_diff(const ckpt_meta *a, const ckpt_meta *b) {
   if (a->image_size != b->image_size) return "image size";
   if (a->classes != b->classes) return "class count";
   if (a->n_params != b->n_params) return "parameter count";
+  if (a->n_buffers != b->n_buffers) return "buffer count";
   return NULL;
 }
 
-#define META_FMT "model %.16s width %g at %dx%d, %d classes, %" PRIu64 " parameters"
+#define META_FMT                                                                                   \
+  "model %.16s width %g at %dx%d, %d classes, %" PRIu64 " parameters, %" PRIu64 " buffers"
 #define META_ARGS(m)                                                                               \
-  (m)->model, (double)(m)->width, (m)->image_size, (m)->image_size, (m)->classes, (m)->n_params
+  (m)->model, (double)(m)->width, (m)->image_size, (m)->image_size, (m)->classes, (m)->n_params,   \
+      (m)->n_buffers
 
-int checkpoint_read(const char *path, const ckpt_meta *expect, train_state *st, float *params,
-                    float *m, float *v, char *err, size_t err_len) {
-  if (!path || !expect) return read_fail(err, err_len, "checkpoint_read: no path or meta");
-  FILE *f = fopen(path, "rb");
-  if (!f) return read_fail(err, err_len, "cannot open checkpoint %s: %s", path, strerror(errno));
-
-  int rc = -1;
-  const char *why = "";
-  float *tensors[3] = {NULL, NULL, NULL};
-  float *outs[3] = {params, m, v};
-  struct stat sb;
-  if (fstat(fileno(f), &sb) != 0) {
-    read_fail(err, err_len, "cannot stat checkpoint %s: %s", path, strerror(errno));
-    goto done;
-  }
-  if (!S_ISREG(sb.st_mode)) {
-    read_fail(err, err_len, "checkpoint %s is not a regular file", path);
-    goto done;
-  }
-  uint64_t file_bytes = (uint64_t)sb.st_size;
-
-  // Header: magic, version, section count, meta.
-  uint8_t header[HEADER_BYTES];
-  if (file_bytes < HEADER_BYTES || read_exact(f, header, HEADER_BYTES, &why)) {
-    read_fail(err, err_len,
-              "checkpoint %s is truncated: %" PRIu64 " bytes, shorter than its %d-byte header",
-              path, file_bytes, HEADER_BYTES);
-    goto done;
-  }
-  if (memcmp(header, ckpt_magic, 8) != 0) {
-    read_fail(err, err_len, "%s is not a vgg_dist checkpoint (bad magic)", path);
-    goto done;
-  }
+// One read in progress: the file, where we are in it, what its header said, and the private
+// copies of the sections (staged[i] for row i; NULL for a row only checksummed).
+typedef struct ckpt_reader {
+  const char *path;
+  FILE *f;
+  uint64_t file_bytes, pos;
   uint32_t version, count;
-  memcpy(&version, header + 8, 4);
-  memcpy(&count, header + 12, 4);
-  if (version != CKPT_VERSION) {
-    read_fail(err, err_len, "checkpoint %s has version %" PRIu32 ", this build reads version %d",
-              path, version, CKPT_VERSION);
-    goto done;
-  }
-  if (count != SEC_COUNT) {
-    read_fail(err, err_len, "checkpoint %s has %" PRIu32 " sections, expected %d", path, count,
-              SEC_COUNT);
-    goto done;
-  }
+  uint8_t header_meta[META_BYTES];
+  void *staged[CKPT_MAX_SECTIONS];
+  char *err;
+  size_t err_len;
+} ckpt_reader;
 
-  // Sections, in order. Sizes are what `expect` implies, so a corrupt size field can never
-  // make us allocate more than the caller's own tensors, and never more than the file holds.
-  if (expect->n_params > (uint64_t)(SIZE_MAX / sizeof(float)) / 4) {
-    read_fail(err, err_len, "checkpoint %s: expected parameter count %" PRIu64 " is absurd", path,
-              expect->n_params);
-    goto done;
-  }
-  const uint64_t tensor_bytes = expect->n_params * sizeof(float);
-  const uint64_t sec_bytes[SEC_COUNT + 1] = {
-      0, META_BYTES, STATE_BYTES, tensor_bytes, tensor_bytes, tensor_bytes};
-  uint64_t pos = HEADER_BYTES;
-  uint8_t meta_bytes[META_BYTES], state_bytes[STATE_BYTES];
+#define READ_FAIL(rd, ...) read_fail((rd)->err, (rd)->err_len, __VA_ARGS__)
+
+// Opens path and learns its size; only a regular file is a checkpoint.
+static int reader_open(ckpt_reader *rd) {
+  rd->f = fopen(rd->path, "rb");
+  if (!rd->f) return READ_FAIL(rd, "cannot open checkpoint %s: %s", rd->path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(rd->f), &sb) != 0)
+    return READ_FAIL(rd, "cannot stat checkpoint %s: %s", rd->path, strerror(errno));
+  if (!S_ISREG(sb.st_mode)) return READ_FAIL(rd, "checkpoint %s is not a regular file", rd->path);
+  rd->file_bytes = (uint64_t)sb.st_size;
+  return 0;
+}
+
+// Refuses, before anything is read, a table whose sizes no memory could hold (each row's
+// section is staged privately beside the caller's own copy).
+static int reader_check_sizes(ckpt_reader *rd, const ckpt_section *secs, int n) {
+  for (int i = 0; i < n; i++)
+    if (secs[i].bytes > (uint64_t)(SIZE_MAX / 4))
+      return READ_FAIL(rd, "checkpoint %s: expected size of section %s "
+                           "(%" PRIu64 " bytes) is absurd",
+                       rd->path, secs[i].name, secs[i].bytes);
+  return 0;
+}
+
+// Magic, version, section count, then the header's copy of the meta (its length depends on
+// the version).
+static int reader_header(ckpt_reader *rd, const ckpt_section *secs, int n) {
+  uint8_t fixed[HEADER_FIXED];
+  const char *why = "";
+  const size_t want = HEADER_FIXED + META_BYTES; // what a header is now, for files too short to say
+  if (rd->file_bytes < HEADER_FIXED || read_exact(rd->f, fixed, HEADER_FIXED, &why))
+    return READ_FAIL(rd, "checkpoint %s is truncated: "
+                         "%" PRIu64 " bytes, shorter than its %zu-byte header",
+                     rd->path, rd->file_bytes, want);
+  if (memcmp(fixed, ckpt_magic, 8) != 0)
+    return READ_FAIL(rd, "%s is not a vgg_dist checkpoint (bad magic)", rd->path);
+  memcpy(&rd->version, fixed + 8, 4);
+  memcpy(&rd->count, fixed + 12, 4);
+  if (rd->version < CKPT_VERSION_MIN || rd->version > CKPT_VERSION)
+    return READ_FAIL(rd, "checkpoint %s has version "
+                         "%" PRIu32 ", this build reads versions %d to %d",
+                     rd->path, rd->version, CKPT_VERSION_MIN, CKPT_VERSION);
+  const size_t header = HEADER_FIXED + meta_bytes(rd->version);
+  if (rd->file_bytes < header || read_exact(rd->f, rd->header_meta, header - HEADER_FIXED, &why))
+    return READ_FAIL(rd, "checkpoint %s is truncated: "
+                         "%" PRIu64 " bytes, shorter than its %zu-byte header",
+                     rd->path, rd->file_bytes, header);
+  const uint32_t expect = sections_in(secs, n, rd->version);
+  if (rd->count != expect)
+    return READ_FAIL(rd, "checkpoint %s has %" PRIu32 " sections, expected %" PRIu32, rd->path,
+                     rd->count, expect);
+  rd->pos = header;
+  return 0;
+}
+
+// The section header of row s: its id, its size (what the row implies, so a corrupt size
+// field can never make us allocate more than the caller's own copy, nor more than the file
+// holds) and its stored CRC.
+static int reader_section_header(ckpt_reader *rd, const ckpt_section *s, uint64_t *bytes,
+                                 uint32_t *crc) {
+  uint8_t h[SEC_HEADER_BYTES];
+  const char *why = "";
+  if (rd->file_bytes - rd->pos < SEC_HEADER_BYTES || read_exact(rd->f, h, SEC_HEADER_BYTES, &why))
+    return READ_FAIL(rd, "checkpoint %s is truncated: "
+                         "%" PRIu64 " bytes, ends in the header of section %s",
+                     rd->path, rd->file_bytes, s->name);
+  rd->pos += SEC_HEADER_BYTES;
+  uint32_t id;
+  memcpy(&id, h, 4);
+  memcpy(bytes, h + 8, 8);
+  memcpy(crc, h + 16, 4);
+  if (id != s->id)
+    return READ_FAIL(rd, "checkpoint %s is corrupt: section "
+                         "%" PRIu32 " found where %s was expected",
+                     rd->path, id, s->name);
+  const uint64_t want = payload_bytes(s, rd->version);
+  if (*bytes != want)
+    return READ_FAIL(rd, "checkpoint %s: section %s has %" PRIu64 " bytes, expected %" PRIu64,
+                     rd->path, s->name, *bytes, want);
+  if (rd->file_bytes - rd->pos < *bytes)
+    return READ_FAIL(rd, "checkpoint %s is truncated: %" PRIu64 " bytes, ends inside section %s",
+                     rd->path, rd->file_bytes, s->name);
+  return 0;
+}
+
+// Row i's section: header, payload (staged when the row wants it, and always for META, which
+// is verified next), CRC.
+static int reader_section(ckpt_reader *rd, const ckpt_section *secs, int i) {
+  const ckpt_section *s = &secs[i];
+  uint64_t bytes = 0;
+  uint32_t crc_want = 0, crc_got = 0;
+  if (reader_section_header(rd, s, &bytes, &crc_want)) return -1;
+  if (s->data) rd->staged[i] = xmalloc((size_t)bytes);
+  const char *why = "";
+  if (read_payload(rd->f, rd->staged[i], bytes, &crc_got, &why))
+    return READ_FAIL(rd, "checkpoint %s: reading section %s failed: %s", rd->path, s->name, why);
+  rd->pos += bytes;
+  if (crc_got != crc_want)
+    return READ_FAIL(rd, "checkpoint %s is corrupt: CRC mismatch in section %s (stored %08" PRIx32
+                     ", computed %08" PRIx32 ")", rd->path, s->name, crc_want, crc_got);
+  return 0;
+}
+
+// The META section (checksummed) against the header's copy (not) and against the run's meta.
+static int reader_verify_meta(ckpt_reader *rd, const uint8_t *staged, const ckpt_meta *expect) {
+  if (memcmp(staged, rd->header_meta, meta_bytes(rd->version)) != 0)
+    return READ_FAIL(rd, "checkpoint %s is corrupt: header meta differs from the META "
+                         "section", rd->path);
   ckpt_meta file_meta;
-  for (uint32_t id = 1; id <= SEC_COUNT; id++) {
-    const char *name = sec_names[id];
-    uint8_t h[SEC_HEADER_BYTES];
-    if (file_bytes - pos < SEC_HEADER_BYTES || read_exact(f, h, SEC_HEADER_BYTES, &why)) {
-      read_fail(err, err_len,
-                "checkpoint %s is truncated: %" PRIu64 " bytes, ends in the header of section %s",
-                path, file_bytes, name);
-      goto done;
+  meta_unpack(&file_meta, staged, rd->version);
+  const char *diff = meta_diff(&file_meta, expect);
+  if (diff)
+    return READ_FAIL(rd, "checkpoint %s is for " META_FMT ", this run is " META_FMT " (%s differs)",
+                     rd->path, META_ARGS(&file_meta), META_ARGS(expect), diff);
+  return 0;
+}
+
+// Every row in order: the file's sections, and the rows newer than the file, which the run may
+// only lack when they are empty (a version-1 file and a model without buffers).
+static int reader_sections(ckpt_reader *rd, const ckpt_section *secs, int n) {
+  for (int i = 0; i < n; i++) {
+    if (secs[i].since > rd->version) {
+      if (secs[i].bytes == 0) continue;
+      return READ_FAIL(rd, "checkpoint %s has version "
+                           "%" PRIu32 ", without the section %s this run needs",
+                       rd->path, rd->version, secs[i].name);
     }
-    pos += SEC_HEADER_BYTES;
-    uint32_t got_id, crc_want;
-    uint64_t bytes;
-    memcpy(&got_id, h, 4);
-    memcpy(&bytes, h + 8, 8);
-    memcpy(&crc_want, h + 16, 4);
-    if (got_id != id) {
-      read_fail(err, err_len,
-                "checkpoint %s is corrupt: section %" PRIu32 " found where %s was expected", path,
-                got_id, name);
-      goto done;
-    }
-    if (bytes != sec_bytes[id]) {
-      read_fail(err, err_len, "checkpoint %s: section %s has %" PRIu64 " bytes, expected %" PRIu64,
-                path, name, bytes, sec_bytes[id]);
-      goto done;
-    }
-    if (file_bytes - pos < bytes) {
-      read_fail(err, err_len,
-                "checkpoint %s is truncated: %" PRIu64 " bytes, ends inside section %s", path,
-                file_bytes, name);
-      goto done;
-    }
-    void *dst = NULL;
-    if (id == SEC_META)
-      dst = meta_bytes;
-    else if (id == SEC_STATE)
-      dst = state_bytes;
-    else if (outs[id - SEC_PARAMS])
-      dst = tensors[id - SEC_PARAMS] = xmalloc((size_t)bytes);
-    uint32_t crc_got;
-    if (read_payload(f, dst, bytes, &crc_got, &why)) {
-      read_fail(err, err_len, "checkpoint %s: reading section %s failed: %s", path, name, why);
-      goto done;
-    }
-    pos += bytes;
-    if (crc_got != crc_want) {
-      read_fail(err, err_len,
-                "checkpoint %s is corrupt: CRC mismatch in section %s (stored %08" PRIx32
-                ", computed %08" PRIx32 ")",
-                path, name, crc_want, crc_got);
-      goto done;
-    }
-    if (id == SEC_META) {
-      // The header copy is not checksummed; the META section is. They must agree.
-      if (memcmp(meta_bytes, header + 16, META_BYTES) != 0) {
-        read_fail(err, err_len,
-                  "checkpoint %s is corrupt: header meta differs from the META section", path);
-        goto done;
-      }
-      meta_unpack(&file_meta, meta_bytes);
-      const char *diff = meta_diff(&file_meta, expect);
-      if (diff) {
-        read_fail(err, err_len,
-                  "checkpoint %s is for " META_FMT ", this run is " META_FMT " (%s differs)", path,
-                  META_ARGS(&file_meta), META_ARGS(expect), diff);
-        goto done;
-      }
-    }
+    if (reader_section(rd, secs, i)) return -1;
+    if (secs[i].kind == CKPT_KIND_META && reader_verify_meta(rd, rd->staged[i], secs[i].data))
+      return -1;
   }
-  if (pos != file_bytes) {
-    read_fail(err, err_len,
-              "checkpoint %s has %" PRIu64 " bytes of trailing garbage after the last section",
-              path, file_bytes - pos);
-    goto done;
-  }
+  return 0;
+}
+
+// Nothing after the last section, and nothing appended while we read.
+static int reader_end(ckpt_reader *rd) {
+  if (rd->pos != rd->file_bytes)
+    return READ_FAIL(rd, "checkpoint %s has "
+                         "%" PRIu64 " bytes of trailing garbage after the last section",
+                     rd->path, rd->file_bytes - rd->pos);
   uint8_t probe;
-  if (fread(&probe, 1, 1, f) != 0 || ferror(f)) { // the file grew or failed under us
-    read_fail(err, err_len, "checkpoint %s changed while being read", path);
-    goto done;
+  if (fread(&probe, 1, 1, rd->f) != 0 || ferror(rd->f)) // the file grew or failed under us
+    return READ_FAIL(rd, "checkpoint %s changed while being read", rd->path);
+  return 0;
+}
+
+// Everything verified: only now the caller's outputs (META is the run's own, never written).
+static void reader_commit(const ckpt_reader *rd, const ckpt_section *secs, int n) {
+  for (int i = 0; i < n; i++) {
+    if (!rd->staged[i] || !secs[i].data) continue;
+    if (secs[i].kind == CKPT_KIND_STATE) state_unpack(secs[i].data, rd->staged[i]);
+    if (secs[i].kind == CKPT_KIND_F32) memcpy(secs[i].data, rd->staged[i], (size_t)secs[i].bytes);
   }
+}
 
-  // Everything verified: only now touch the caller's outputs.
-  if (st) state_unpack(st, state_bytes);
-  for (int t = 0; t < 3; t++)
-    if (outs[t]) memcpy(outs[t], tensors[t], (size_t)tensor_bytes);
-  rc = 0;
-
-done:
-  for (int t = 0; t < 3; t++) free(tensors[t]);
-  fclose(f); // read-only stream: a close error cannot lose data
-  return rc;
+int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err,
+                    size_t err_len) {
+  if (!path) return read_fail(err, err_len, "checkpoint_read: no path");
+  table_check(secs, n, "checkpoint_read");
+  ckpt_reader rd = {.path = path, .err = err, .err_len = err_len};
+  const int failed = reader_check_sizes(&rd, secs, n) || reader_open(&rd) ||
+                     reader_header(&rd, secs, n) || reader_sections(&rd, secs, n) ||
+                     reader_end(&rd);
+  if (!failed) reader_commit(&rd, secs, n);
+  for (int i = 0; i < n; i++) free(rd.staged[i]);
+  if (rd.f) fclose(rd.f); // read-only stream: a close error cannot lose data
+  return failed ? -1 : 0;
 }
 
 // ---------------------------------------------------------------------------------------
 // Directory management
+
+void checkpoint_dir_create(const char *dir) {
+  char buf[1024];
+  int len = snprintf(buf, sizeof(buf), "%s", dir);
+  if (len < 0 || (size_t)len >= sizeof(buf))
+    DIE_USAGE("--checkpoint-dir: %s is longer than %zu bytes", dir, sizeof(buf) - 1);
+  // Each prefix ending at a '/' and then the whole path, as mkdir -p; an existing directory
+  // (made by an earlier run, or by another rank of this one) is fine.
+  for (char *p = buf + 1;; p++) {
+    if (*p == '/' || *p == 0) {
+      char c = *p;
+      *p = 0;
+      struct stat sb;
+      if (mkdir(buf, 0755) != 0 && !(errno == EEXIST && stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode)))
+        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf, strerror(errno));
+      *p = c;
+      if (!c) break;
+    }
+  }
+}
+
+void checkpoint_best_path(char *out, size_t out_len, const char *dir) {
+  int n = snprintf(out, out_len, "%s/best.bin", dir);
+  if (n < 0 || (size_t)n >= out_len)
+    FATAL("checkpoint path in %s does not fit %zu bytes", dir, out_len);
+}
 
 void checkpoint_path(char *out, size_t out_len, const char *dir, int epoch, int batch) {
   int n = batch == 0 ? snprintf(out, out_len, "%s/ckpt_e%04d.bin", dir, epoch)

@@ -1,7 +1,9 @@
 // train_state.h - the training state besides the tensors: the position in the run, the
 // scheduler and early-stopping state, the seed and the normalisation. optim.c decides on it,
-// train.c advances it, checkpoint.c stores it (its STATE section is this struct, so a field
-// change is a checkpoint format change: bump CKPT_VERSION in checkpoint.h).
+// train.c advances it, run_state.h holds it beside the tensors, checkpoint.c stores it (its
+// STATE section is this struct, so a field change is a checkpoint format change: bump
+// CKPT_VERSION in checkpoint.h). It depends on nothing else, so optim.c, which decides on it,
+// never sees the checkpoint format.
 #ifndef VGG_TRAIN_STATE_H
 #define VGG_TRAIN_STATE_H
 

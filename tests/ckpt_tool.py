@@ -1,26 +1,54 @@
 #!/usr/bin/env python3
 # ckpt_tool.py - reads vgg_dist checkpoints (format in src/checkpoint.h) for the shell tests.
 #   ckpt_tool.py compare A B [TOL] [SECTION=TOL ...]
-#                                    max relative difference of the PARAMS, ADAM_M and ADAM_V
-#                                    sections; exit 1 when one is above its TOL (default 0:
-#                                    bitwise; SECTION=TOL sets one section's own bound)
-#   ckpt_tool.py info A              the header and section sizes
+#                                    max relative difference of the fp32 sections (PARAMS,
+#                                    ADAM_M, ADAM_V, BUFFERS); exit 1 when one is above its TOL
+#                                    (default 0: bitwise; SECTION=TOL sets one section's own
+#                                    bound). A section a file lacks (BUFFERS in version 1) is empty.
+#   ckpt_tool.py info A              "version V", then one line per section in file order:
+#                                    id, name, payload bytes
+#   ckpt_tool.py sections            the section table, one row per line: id, name, kind, since
+#                                    (tests/test_checkpoint.c compares it with the C table)
+# Every file is checked against SECTIONS (ids in order, the count its version implies); a
+# file that does not match is refused with one line.
 import struct
 import sys
 
-NAMES = {1: "META", 2: "STATE", 3: "PARAMS", 4: "ADAM_M", 5: "ADAM_V"}
+# The section table: (id, name, kind, since), the Python copy of src/run_state.c's
+# run_state_sections and the only place here that names sections. kind: how the payload is
+# encoded (meta, state: packed structs; f32: floats); since: the format version that added it.
+SECTIONS = (
+    (1, "META", "meta", 1),
+    (2, "STATE", "state", 1),
+    (3, "PARAMS", "f32", 1),
+    (4, "ADAM_M", "f32", 1),
+    (5, "ADAM_V", "f32", 1),
+    (6, "BUFFERS", "f32", 2),
+)
+MAGIC = b"VGGCKPT1"
+META_BYTES = {1: 36, 2: 44}  # the header's copy of the meta, by format version
+SEC_HEADER = struct.Struct("<IIQII")  # id, reserved, bytes, crc32, reserved
+F32 = tuple(name for _, name, kind, _ in SECTIONS if kind == "f32")
 
 
 def read(path):
+    """The file's version and its sections' payloads by name, in file order."""
     raw = open(path, "rb").read()
-    if raw[:8] != b"VGGCKPT1":
+    if raw[:8] != MAGIC:
         sys.exit("%s: not a vgg_dist checkpoint" % path)
     version, nsec = struct.unpack_from("<II", raw, 8)
-    off, sections = 52, {}
-    for _ in range(nsec):
-        sid, _, nbytes, _, _ = struct.unpack_from("<IIQII", raw, off)
-        off += 24
-        sections[NAMES.get(sid, str(sid))] = raw[off:off + nbytes]
+    if version not in META_BYTES:
+        sys.exit("%s: version %d, this tool reads %s" % (path, version, sorted(META_BYTES)))
+    rows = [row for row in SECTIONS if row[3] <= version]
+    if nsec != len(rows):
+        sys.exit("%s: %d sections, version %d has %d" % (path, nsec, version, len(rows)))
+    off, sections = 16 + META_BYTES[version], {}
+    for want, name, _, _ in rows:
+        sid, _, nbytes, _, _ = SEC_HEADER.unpack_from(raw, off)
+        if sid != want:
+            sys.exit("%s: section %d where %s (%d) was expected" % (path, sid, name, want))
+        off += SEC_HEADER.size
+        sections[name] = raw[off:off + nbytes]
         off += nbytes
     return version, sections
 
@@ -29,34 +57,50 @@ def floats(b):
     return struct.unpack("<%df" % (len(b) // 4), b)
 
 
-def main():
-    if sys.argv[1] == "info":
-        version, s = read(sys.argv[2])
-        print("version", version, {k: len(v) for k, v in s.items()})
-        return 0
-    a, b = read(sys.argv[2])[1], read(sys.argv[3])[1]
-    names = ("PARAMS", "ADAM_M", "ADAM_V")
-    args = sys.argv[4:]
+def compare(a, b, args):
     tol = float(args.pop(0)) if args and "=" not in args[0] else 0.0
-    tols = dict.fromkeys(names, tol)
+    tols = dict.fromkeys(F32, tol)
     for arg in args:
         name, _, value = arg.partition("=")
         if name not in tols:
-            sys.exit("ckpt_tool.py: unknown section %s (one of %s)" % (name, ", ".join(names)))
+            sys.exit("ckpt_tool.py: unknown section %s (one of %s)" % (name, ", ".join(F32)))
         tols[name] = float(value)
     ok = True
-    for name in names:
-        if tols[name] == 0.0:
-            same = a[name] == b[name]
+    for name in F32:
+        x, y = a.get(name, b""), b.get(name, b"")
+        if not x and not y:
+            print("%s: empty in both" % name)
+            continue
+        if tols[name] == 0.0 or len(x) != len(y):
+            same = x == y
             print("%s: %s" % (name, "bitwise equal" if same else "DIFFERENT"))
             ok &= same
             continue
-        x, y = floats(a[name]), floats(b[name])
+        x, y = floats(x), floats(y)
         scale = max(max(abs(v) for v in y), 1e-30)
         d = max(abs(p - q) for p, q in zip(x, y)) / scale
         print("%s: max |a-b| / max |b| = %.3e (bound %.0e)" % (name, d, tols[name]))
         ok &= d <= tols[name]
-    return 0 if ok else 1
+    return ok
+
+
+def main():
+    cmd = sys.argv[1] if len(sys.argv) > 1 else ""
+    if cmd == "sections":
+        for row in SECTIONS:
+            print("%d %s %s %d" % row)
+        return 0
+    if cmd == "info":
+        version, s = read(sys.argv[2])
+        print("version", version)
+        ids = {name: sid for sid, name, _, _ in SECTIONS}
+        for name, payload in s.items():
+            print(ids[name], name, len(payload))
+        return 0
+    if cmd == "compare":
+        a, b = read(sys.argv[2])[1], read(sys.argv[3])[1]
+        return 0 if compare(a, b, sys.argv[4:]) else 1
+    sys.exit("usage: ckpt_tool.py compare A B [TOL] [SECTION=TOL ...] | info A | sections")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-// test_checkpoint.c - the checkpoint file: CRC-32, bitwise round trip, every refusal (with
-// the caller's buffers untouched), atomic replacement under SIGKILL, latest/prune naming.
+// test_checkpoint.c - the checkpoint file: CRC-32, the section table (the run state's, and the
+// Python tool's copy of it), bitwise round trip, every refusal (with the caller's buffers
+// untouched), version-1 files, atomic replacement under SIGKILL, latest/prune naming.
 #include "checkpoint.h"
 #include "check.h"
+#include "run_state.h"
 #include "test.h"
 
 #include <dirent.h>
@@ -17,10 +19,11 @@
 #include <unistd.h>
 
 // Byte offsets of the layout in checkpoint.h, written out independently of checkpoint.c.
-#define T_META_BYTES 36
+#define T_META_BYTES 44
 #define T_HEADER_BYTES (16 + T_META_BYTES)
 #define T_SEC_HDR 24
 #define T_STATE_BYTES 116
+#define T_SECTIONS 6
 
 // A fresh subdirectory of the scratch directory, so tests do not see each other's files.
 static void make_dir(char *out, size_t len, const char *name) {
@@ -28,7 +31,7 @@ static void make_dir(char *out, size_t len, const char *name) {
   if (mkdir(out, 0700) != 0 && errno != EEXIST) FATAL("mkdir(%s): %s", out, strerror(errno));
 }
 
-static ckpt_meta sample_meta(uint64_t n_params) {
+static ckpt_meta sample_meta(uint64_t n_params, uint64_t n_buffers) {
   ckpt_meta m;
   memset(&m, 0, sizeof(m));
   snprintf(m.model, sizeof(m.model), "vgg16");
@@ -36,6 +39,7 @@ static ckpt_meta sample_meta(uint64_t n_params) {
   m.image_size = 32;
   m.classes = 10;
   m.n_params = n_params;
+  m.n_buffers = n_buffers;
   return m;
 }
 
@@ -72,6 +76,32 @@ static void fill_tensor(float *x, size_t n, uint32_t salt) {
   for (size_t i = 0; i < 5 && i < n; i++) memcpy(&x[i], &special[i], 4);
 }
 
+// A run state of n_params parameters and n_buffers buffers: the sample train_state and
+// distinct tensors (salt, salt + 1, ...); the best model differs from the live one.
+static void sample_run_state(run_state *rs, uint64_t n_params, uint64_t n_buffers, uint32_t salt) {
+  ckpt_meta meta = sample_meta(n_params, n_buffers);
+  run_state_init(rs, &meta);
+  rs->st = sample_state();
+  fill_tensor(rs->live.params, n_params, salt);
+  fill_tensor(rs->adam_m, n_params, salt + 1);
+  fill_tensor(rs->adam_v, n_params, salt + 2);
+  fill_tensor(rs->live.buffers, n_buffers, salt + 3);
+  fill_tensor(rs->best.params, n_params, salt + 4);
+  fill_tensor(rs->best.buffers, n_buffers, salt + 5);
+}
+
+static void write_rs(const char *path, run_state *rs) {
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  int n = run_state_sections(rs, RUN_SECTIONS_ALL, secs);
+  checkpoint_write(path, secs, n);
+}
+
+static int read_rs(const char *path, run_state *rs, run_sections which, char *err, size_t len) {
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  int n = run_state_sections(rs, which, secs);
+  return checkpoint_read(path, secs, n, err, len);
+}
+
 static int state_equal(const train_state *a, const train_state *b) {
 #define SAME(f) (memcmp(&a->f, &b->f, sizeof(a->f)) == 0)
   return SAME(step) && SAME(epoch) && SAME(batch) && SAME(epoch_loss_sum) && SAME(epoch_correct) &&
@@ -80,6 +110,18 @@ static int state_equal(const train_state *a, const train_state *b) {
          SAME(best_val_acc) && SAME(best_epoch) && SAME(es_bad_epochs) && SAME(seed) &&
          SAME(mean) && SAME(std);
 #undef SAME
+}
+
+static int floats_equal(const float *a, const float *b, uint64_t n) {
+  return n == 0 || memcmp(a, b, n * sizeof(float)) == 0;
+}
+
+// The live state (train_state, model, Adam) of a and b agree bit for bit.
+static int live_equal(const run_state *a, const run_state *b) {
+  uint64_t P = a->meta.n_params, B = a->meta.n_buffers;
+  return state_equal(&a->st, &b->st) && floats_equal(a->live.params, b->live.params, P) &&
+         floats_equal(a->adam_m, b->adam_m, P) && floats_equal(a->adam_v, b->adam_v, P) &&
+         floats_equal(a->live.buffers, b->live.buffers, B);
 }
 
 static int file_exists(const char *path) {
@@ -141,61 +183,148 @@ TEST(checkpoint_crc32_known_values) {
   EXPECT(whole == ~c);
 }
 
+// ---------------------------------------------------------------------------------------
+// The section table
+
+TEST(checkpoint_section_table_follows_the_run_state) {
+  run_state rs;
+  sample_run_state(&rs, 10, 3, 1);
+  ckpt_section all[CKPT_MAX_SECTIONS], model[CKPT_MAX_SECTIONS], best[CKPT_MAX_SECTIONS];
+  const int n = run_state_sections(&rs, RUN_SECTIONS_ALL, all);
+  REQUIRE(n == T_SECTIONS);
+  EXPECT_EQ_INT(run_state_sections(&rs, RUN_SECTIONS_MODEL, model), n);
+  EXPECT_EQ_INT(run_state_sections(&rs, RUN_SECTIONS_BEST, best), n);
+  const char *names[T_SECTIONS] = {"META", "STATE", "PARAMS", "ADAM_M", "ADAM_V", "BUFFERS"};
+  const void *live[T_SECTIONS] = {&rs.meta, &rs.st, rs.live.params, rs.adam_m, rs.adam_v, rs.live.buffers};
+  const uint64_t bytes[T_SECTIONS] = {sizeof(ckpt_meta), sizeof(train_state), 40, 40, 40, 12};
+  for (int i = 0; i < n; i++) {
+    EXPECT_EQ_INT(all[i].id, i + 1);
+    EXPECT(strcmp(all[i].name, names[i]) == 0);
+    EXPECT(all[i].data == live[i]);
+    EXPECT_EQ_INT(all[i].bytes, bytes[i]);
+    EXPECT(model[i].id == all[i].id && best[i].id == all[i].id && best[i].bytes == all[i].bytes);
+  }
+  EXPECT_EQ_INT(all[5].since, 2); // BUFFERS came with version 2
+  // The model tables: the model's rows only (META is the expectation a read needs).
+  EXPECT(model[0].data == &rs.meta && model[1].data == NULL && model[3].data == NULL &&
+         model[4].data == NULL);
+  EXPECT(model[2].data == rs.live.params && model[5].data == rs.live.buffers);
+  EXPECT(best[2].data == rs.best.params && best[5].data == rs.best.buffers && best[1].data == NULL);
+  // keep_best copies the whole model, parameters and buffers.
+  run_state_keep_best(&rs);
+  EXPECT(floats_equal(rs.best.params, rs.live.params, 10) && floats_equal(rs.best.buffers, rs.live.buffers, 3));
+  run_state_free(&rs);
+  run_state_free(&rs); // a freed (zeroed) state frees again
+  run_state_free(NULL);
+}
+
+// The Python tool's SECTIONS must be the C table: same rows, same order, same kinds.
+TEST(checkpoint_section_table_matches_ckpt_tool) {
+  static const char *const kinds[] = {[CKPT_KIND_META] = "meta", [CKPT_KIND_STATE] = "state",
+                                      [CKPT_KIND_F32] = "f32"};
+  run_state rs;
+  sample_run_state(&rs, 1, 1, 1);
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  const int n = run_state_sections(&rs, RUN_SECTIONS_ALL, secs);
+  char want[1024] = "", line[128], cmd[1200], out[1024] = "";
+  for (int i = 0; i < n; i++) {
+    snprintf(line, sizeof(line), "%u %s %s %u\n", secs[i].id, secs[i].name, kinds[secs[i].kind],
+             secs[i].since);
+    strncat(want, line, sizeof(want) - strlen(want) - 1);
+  }
+  const char *src = getenv("VGG_SOURCE_DIR");
+  snprintf(cmd, sizeof(cmd), "python3 %s/tests/ckpt_tool.py sections", src && *src ? src : ".");
+  FILE *p = popen(cmd, "r");
+  REQUIRE(p != NULL);
+  size_t got = fread(out, 1, sizeof(out) - 1, p);
+  out[got] = 0;
+  int rc = pclose(p);
+  EXPECT_EQ_INT(rc, 0);
+  if (strcmp(out, want) != 0)
+    test_fail(__FILE__, __LINE__, "ckpt_tool.py's table:\n%sC's table:\n%s", out, want);
+  run_state_free(&rs);
+}
+
+// The tool reads what C writes: every section, in order, with its size (a version-1 file too).
+static void tool_info(char *out, size_t len, const char *path) {
+  char cmd[1400];
+  const char *src = getenv("VGG_SOURCE_DIR");
+  snprintf(cmd, sizeof(cmd), "python3 %s/tests/ckpt_tool.py info %s", src && *src ? src : ".", path);
+  FILE *p = popen(cmd, "r");
+  if (!p) FATAL("popen(%s): %s", cmd, strerror(errno));
+  size_t got = fread(out, 1, len - 1, p);
+  out[got] = 0;
+  if (pclose(p) != 0) test_fail(__FILE__, __LINE__, "'%s' failed", cmd);
+}
+
+// ---------------------------------------------------------------------------------------
+// Round trip
+
 TEST(checkpoint_round_trip_bitwise) {
-  char dir[512], path[600];
+  char dir[512], path[600], err[512] = "";
   make_dir(dir, sizeof(dir), "ckpt_rt");
   snprintf(path, sizeof(path), "%s/rt.bin", dir);
-  const size_t n = 10007;
-  ckpt_meta meta = sample_meta(n);
-  train_state st = sample_state();
-  float *p = xmalloc(n * 4), *m = xmalloc(n * 4), *v = xmalloc(n * 4);
-  fill_tensor(p, n, 1), fill_tensor(m, n, 2), fill_tensor(v, n, 3);
-  checkpoint_write(path, &meta, &st, p, m, v);
-  EXPECT_EQ_INT(file_size(path),
-                T_HEADER_BYTES + 5 * T_SEC_HDR + T_META_BYTES + T_STATE_BYTES + 3 * 4 * (long)n);
+  const size_t n = 10007, nb = 33;
+  run_state a, b;
+  sample_run_state(&a, n, nb, 1);
+  write_rs(path, &a);
+  EXPECT_EQ_INT(file_size(path), T_HEADER_BYTES + T_SECTIONS * T_SEC_HDR + T_META_BYTES +
+                                     T_STATE_BYTES + 3 * 4 * (long)n + 4 * (long)nb);
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  char info[1024], want[1024];
+  tool_info(info, sizeof(info), path);
+  snprintf(want, sizeof(want), "version 2\n1 META 44\n2 STATE 116\n3 PARAMS %zu\n4 ADAM_M %zu\n"
+           "5 ADAM_V %zu\n6 BUFFERS %zu\n", 4 * n, 4 * n, 4 * n, 4 * nb);
+  if (strcmp(info, want) != 0) test_fail(__FILE__, __LINE__, "ckpt_tool.py info:\n%s", info);
 
-  train_state st2;
-  memset(&st2, 0xAB, sizeof(st2));
-  float *p2 = xmalloc(n * 4), *m2 = xmalloc(n * 4), *v2 = xmalloc(n * 4);
-  char err[512] = "";
-  int rc = checkpoint_read(path, &meta, &st2, p2, m2, v2, err, sizeof(err));
+  sample_run_state(&b, n, nb, 100); // everything different
+  int rc = read_rs(path, &b, RUN_SECTIONS_ALL, err, sizeof(err));
   if (rc != 0) fprintf(stderr, "    %s\n", err);
   REQUIRE(rc == 0);
-  EXPECT(state_equal(&st, &st2));
-  EXPECT(memcmp(p, p2, n * 4) == 0);
-  EXPECT(memcmp(m, m2, n * 4) == 0);
-  EXPECT(memcmp(v, v2, n * 4) == 0);
-
-  // NULL outputs are skipped; the others are still filled.
-  memset(&st2, 0, sizeof(st2));
-  memset(m2, 0, n * 4);
-  EXPECT(checkpoint_read(path, &meta, &st2, NULL, m2, NULL, err, sizeof(err)) == 0);
-  EXPECT(state_equal(&st, &st2));
-  EXPECT(memcmp(m, m2, n * 4) == 0);
-  EXPECT(checkpoint_read(path, &meta, NULL, NULL, NULL, NULL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&a, &b));
+  // The model tables fill the model only: the rest stays as it was.
+  run_state_free(&b);
+  sample_run_state(&b, n, nb, 100);
+  EXPECT(read_rs(path, &b, RUN_SECTIONS_MODEL, err, sizeof(err)) == 0);
+  EXPECT(floats_equal(a.live.params, b.live.params, n) && floats_equal(a.live.buffers, b.live.buffers, nb));
+  EXPECT(b.st.epoch == a.st.epoch && !floats_equal(a.adam_m, b.adam_m, n)); // sample_state is shared
+  EXPECT(read_rs(path, &b, RUN_SECTIONS_BEST, err, sizeof(err)) == 0);
+  EXPECT(floats_equal(a.live.params, b.best.params, n) && floats_equal(a.live.buffers, b.best.buffers, nb));
+  // Any row may point nowhere: it is skipped, the others are still filled.
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  int ns = run_state_sections(&b, RUN_SECTIONS_ALL, secs);
+  for (int i = 1; i < ns; i++)
+    if (strcmp(secs[i].name, "ADAM_M") != 0) secs[i].data = NULL;
+  EXPECT(checkpoint_read(path, secs, ns, err, sizeof(err)) == 0);
+  EXPECT(floats_equal(a.adam_m, b.adam_m, n) && !floats_equal(a.adam_v, b.adam_v, n));
 
   // Overwriting an existing checkpoint replaces it.
-  st.epoch = 8;
-  fill_tensor(p, n, 9);
-  checkpoint_write(path, &meta, &st, p, m, v);
-  EXPECT(checkpoint_read(path, &meta, &st2, p2, NULL, NULL, err, sizeof(err)) == 0);
-  EXPECT_EQ_INT(st2.epoch, 8);
-  EXPECT(memcmp(p, p2, n * 4) == 0);
+  a.st.epoch = 8;
+  fill_tensor(a.live.params, n, 9);
+  write_rs(path, &a);
+  EXPECT(read_rs(path, &b, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT_EQ_INT(b.st.epoch, 8);
+  EXPECT(live_equal(&a, &b));
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  run_state_free(&b);
+  run_state_free(&a);
 
-  // Zero parameters is a valid (if odd) file.
-  ckpt_meta meta0 = sample_meta(0);
+  // Zero parameters and zero buffers make a valid (if odd) file.
+  sample_run_state(&a, 0, 0, 1);
+  sample_run_state(&b, 0, 0, 2);
   snprintf(path, sizeof(path), "%s/rt0.bin", dir);
-  checkpoint_write(path, &meta0, &st, p, m, v);
-  EXPECT(checkpoint_read(path, &meta0, &st2, p2, m2, v2, err, sizeof(err)) == 0);
-  free(p), free(m), free(v), free(p2), free(m2), free(v2);
+  write_rs(path, &a);
+  EXPECT(read_rs(path, &b, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&a, &b));
+  run_state_free(&b);
+  run_state_free(&a);
 }
 
 // ---------------------------------------------------------------------------------------
 // Refusals: each case writes a damaged copy and checks -1, the reason, and untouched outputs.
 
 #define R_N 257
+#define R_NB 7
 typedef struct refusal_fixture {
   char dir[512], good[600], bad[600];
   ckpt_meta meta;
@@ -207,37 +336,45 @@ static void fixture_init(refusal_fixture *fx, const char *name) {
   make_dir(fx->dir, sizeof(fx->dir), name);
   snprintf(fx->good, sizeof(fx->good), "%s/good.bin", fx->dir);
   snprintf(fx->bad, sizeof(fx->bad), "%s/bad.bin", fx->dir);
-  fx->meta = sample_meta(R_N);
-  train_state st = sample_state();
-  float p[R_N], m[R_N], v[R_N];
-  fill_tensor(p, R_N, 4), fill_tensor(m, R_N, 5), fill_tensor(v, R_N, 6);
-  checkpoint_write(fx->good, &fx->meta, &st, p, m, v);
+  run_state rs;
+  sample_run_state(&rs, R_N, R_NB, 4);
+  fx->meta = rs.meta;
+  write_rs(fx->good, &rs);
+  run_state_free(&rs);
   fx->bytes = slurp(fx->good, &fx->size);
 }
 
-// Reads `path` against `expect` into sentinel-filled outputs; checks it is refused with a
+// Every byte of the state a read may fill still holds the 0x5A sentinel.
+static int untouched(const run_state *rs) {
+  const uint8_t *parts[] = {(const uint8_t *)&rs->st, (const uint8_t *)rs->live.params,
+                            (const uint8_t *)rs->adam_m, (const uint8_t *)rs->adam_v,
+                            (const uint8_t *)rs->live.buffers};
+  const size_t P = rs->meta.n_params * 4, sizes[] = {sizeof(rs->st), P, P, P, rs->meta.n_buffers * 4};
+  for (int k = 0; k < 5; k++)
+    for (size_t i = 0; i < sizes[k]; i++)
+      if (parts[k][i] != 0x5A) return 0;
+  return 1;
+}
+
+// Reads `path` against `expect` into a sentinel-filled run state; checks it is refused with a
 // message containing `want`, and that no output byte changed.
 static void expect_refused(const char *path, const ckpt_meta *expect, const char *want,
                            const char *file, int line) {
-  train_state st, st0;
-  float p[R_N], m[R_N], v[R_N];
-  memset(&st, 0x5A, sizeof(st));
-  memset(p, 0x5A, sizeof(p)), memset(m, 0x5A, sizeof(m)), memset(v, 0x5A, sizeof(v));
-  memcpy(&st0, &st, sizeof(st));
+  run_state rs;
+  run_state_init(&rs, expect);
+  memset(&rs.st, 0x5A, sizeof(rs.st));
+  size_t P = expect->n_params * 4;
+  memset(rs.live.params, 0x5A, P), memset(rs.adam_m, 0x5A, P), memset(rs.adam_v, 0x5A, P);
+  memset(rs.live.buffers, 0x5A, expect->n_buffers * 4);
   char err[512];
   memset(err, 0, sizeof(err));
-  int rc = checkpoint_read(path, expect, &st, p, m, v, err, sizeof(err));
+  int rc = read_rs(path, &rs, RUN_SECTIONS_ALL, err, sizeof(err));
   if (rc != -1) test_fail(file, line, "read of %s returned %d, expected -1 (%s)", path, rc, want);
   if (!strstr(err, want)) test_fail(file, line, "error \"%s\" does not mention \"%s\"", err, want);
   if (strchr(err, '\n')) test_fail(file, line, "error \"%s\" is not one line", err);
   if (!strstr(err, path)) test_fail(file, line, "error \"%s\" does not name the file", err);
-  int touched = memcmp(&st, &st0, sizeof(st)) != 0;
-  for (int i = 0; i < R_N; i++) {
-    uint32_t a, b, c;
-    memcpy(&a, &p[i], 4), memcpy(&b, &m[i], 4), memcpy(&c, &v[i], 4);
-    touched |= a != 0x5A5A5A5Au || b != 0x5A5A5A5Au || c != 0x5A5A5A5Au;
-  }
-  if (touched) test_fail(file, line, "refused read of %s modified the outputs", path);
+  if (!untouched(&rs)) test_fail(file, line, "refused read of %s modified the outputs", path);
+  run_state_free(&rs);
 }
 #define EXPECT_REFUSED(path, expect, want) expect_refused(path, expect, want, __FILE__, __LINE__)
 
@@ -248,19 +385,22 @@ TEST(checkpoint_refuses_truncated) {
   size_t sec_state = sec_meta + T_SEC_HDR + T_META_BYTES; // STATE section header
   size_t sec_params = sec_state + T_SEC_HDR + T_STATE_BYTES;
   size_t sec_v = sec_params + 2 * (T_SEC_HDR + 4 * R_N);
-  REQUIRE(fx.size == sec_v + T_SEC_HDR + 4 * R_N);
+  size_t sec_buf = sec_v + T_SEC_HDR + 4 * R_N;
+  REQUIRE(fx.size == sec_buf + T_SEC_HDR + 4 * R_NB);
   struct {
     size_t cut;
     const char *want;
   } cases[] = {
       {0, "truncated"},                          // empty file
       {5, "truncated"},                          // inside the magic
-      {30, "truncated"},                         // inside the header meta
+      {30, "shorter than its 60-byte header"},   // inside the header meta
       {sec_meta + 10, "header of section META"}, // inside a section header
       {sec_state + T_SEC_HDR + 50, "inside section STATE"},
       {sec_params + T_SEC_HDR + 100, "inside section PARAMS"},
-      {sec_v, "header of section ADAM_V"},    // exactly at a section boundary
-      {fx.size - 1, "inside section ADAM_V"}, // the last byte missing
+      {sec_v, "header of section ADAM_V"}, // exactly at a section boundary
+      {sec_v + T_SEC_HDR + 10, "inside section ADAM_V"},
+      {sec_buf, "header of section BUFFERS"},
+      {fx.size - 1, "inside section BUFFERS"}, // the last byte missing
   };
   for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
     spit(fx.bad, fx.bytes, cases[i].cut);
@@ -276,12 +416,9 @@ TEST(checkpoint_refuses_corrupt_sections) {
   struct {
     const char *name;
     size_t bytes;
-  } secs[] = {{"META", T_META_BYTES},
-              {"STATE", T_STATE_BYTES},
-              {"PARAMS", 4 * R_N},
-              {"ADAM_M", 4 * R_N},
-              {"ADAM_V", 4 * R_N}};
-  for (int s = 0; s < 5; s++) {
+  } secs[T_SECTIONS] = {{"META", T_META_BYTES}, {"STATE", T_STATE_BYTES}, {"PARAMS", 4 * R_N},
+                        {"ADAM_M", 4 * R_N},    {"ADAM_V", 4 * R_N},      {"BUFFERS", 4 * R_NB}};
+  for (int s = 0; s < T_SECTIONS; s++) {
     size_t payload = off + T_SEC_HDR;
     // A flipped bit at the start, middle and end of the payload: the CRC names the section.
     size_t at[3] = {payload, payload + secs[s].bytes / 2, payload + secs[s].bytes - 1};
@@ -322,10 +459,17 @@ TEST(checkpoint_refuses_corrupt_sections) {
   spit(fx.bad, fx.bytes, fx.size);
   EXPECT_REFUSED(fx.bad, &fx.meta, "header meta differs");
   fx.bytes[16 + 16 + 8] ^= 0x01;
+  fx.bytes[16 + 36] ^= 0x01; // header copy of `n_buffers`
+  spit(fx.bad, fx.bytes, fx.size);
+  EXPECT_REFUSED(fx.bad, &fx.meta, "header meta differs");
+  fx.bytes[16 + 36] ^= 0x01;
   // Sanity: the restored bytes are the good file again.
   spit(fx.bad, fx.bytes, fx.size);
+  run_state rs;
+  run_state_init(&rs, &fx.meta);
   char err[256];
-  EXPECT(checkpoint_read(fx.bad, &fx.meta, NULL, NULL, NULL, NULL, err, sizeof(err)) == 0);
+  EXPECT(read_rs(fx.bad, &rs, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  run_state_free(&rs);
   free(fx.bytes);
 }
 
@@ -342,17 +486,20 @@ TEST(checkpoint_refuses_wrong_file) {
   EXPECT_REFUSED(fx.bad, &fx.meta, "bad magic");
   fx.bytes[0] = 'V';
 
-  uint32_t version = CKPT_VERSION + 1, one = CKPT_VERSION;
-  memcpy(fx.bytes + 8, &version, 4);
-  spit(fx.bad, fx.bytes, fx.size);
-  EXPECT_REFUSED(fx.bad, &fx.meta, "version 2");
-  memcpy(fx.bytes + 8, &one, 4);
+  uint32_t versions[2] = {CKPT_VERSION + 1, 0}, current = CKPT_VERSION;
+  const char *said[2] = {"version 3, this build reads versions 1 to 2", "version 0"};
+  for (int k = 0; k < 2; k++) {
+    memcpy(fx.bytes + 8, &versions[k], 4);
+    spit(fx.bad, fx.bytes, fx.size);
+    EXPECT_REFUSED(fx.bad, &fx.meta, said[k]);
+  }
+  memcpy(fx.bytes + 8, &current, 4);
 
-  uint32_t count = 4, five = 5;
+  uint32_t count = 4, six = T_SECTIONS;
   memcpy(fx.bytes + 12, &count, 4);
   spit(fx.bad, fx.bytes, fx.size);
-  EXPECT_REFUSED(fx.bad, &fx.meta, "4 sections");
-  memcpy(fx.bytes + 12, &five, 4);
+  EXPECT_REFUSED(fx.bad, &fx.meta, "4 sections, expected 6");
+  memcpy(fx.bytes + 12, &six, 4);
 
   // Trailing garbage: one byte, and a whole extra section's worth.
   uint8_t *longer = xmalloc(fx.size + 100);
@@ -364,7 +511,7 @@ TEST(checkpoint_refuses_wrong_file) {
   EXPECT_REFUSED(fx.bad, &fx.meta, "trailing garbage");
   free(longer);
 
-  // Made for another model / width / input size / class count / parameter count.
+  // Made for another model / width / input size / class count / parameter or buffer count.
   ckpt_meta e = fx.meta;
   snprintf(e.model, sizeof(e.model), "vgg11");
   EXPECT_REFUSED(fx.good, &e, "model differs");
@@ -378,12 +525,123 @@ TEST(checkpoint_refuses_wrong_file) {
   EXPECT_REFUSED(fx.good, &e, "class count differs");
   e = fx.meta, e.n_params = R_N - 1;
   EXPECT_REFUSED(fx.good, &e, "parameter count differs");
-  e = fx.meta, e.n_params = UINT64_MAX / 3; // absurd: refused before any allocation
-  EXPECT_REFUSED(fx.good, &e, "absurd");
+  e = fx.meta, e.n_buffers = R_NB + 1;
+  EXPECT_REFUSED(fx.good, &e, "7 buffers, this run is");
+  EXPECT_REFUSED(fx.good, &e, "buffer count differs");
+  e = fx.meta, e.n_buffers = 0;
+  EXPECT_REFUSED(fx.good, &e, "buffer count differs");
+
+  // An expected size no memory could hold: refused before any allocation.
+  run_state rs;
+  run_state_init(&rs, &fx.meta);
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  int n = run_state_sections(&rs, RUN_SECTIONS_ALL, secs);
+  secs[2].data = NULL;
+  secs[2].bytes = (UINT64_MAX / 8) * 4; // a multiple of 4 above SIZE_MAX / 4
+  char err[512] = "";
+  EXPECT(checkpoint_read(fx.good, secs, n, err, sizeof(err)) == -1);
+  if (!strstr(err, "absurd")) fprintf(stderr, "    %s\n", err);
+  EXPECT(strstr(err, "section PARAMS") && strstr(err, "absurd"));
   // And the good file still reads.
-  char err[256];
-  EXPECT(checkpoint_read(fx.good, &fx.meta, NULL, NULL, NULL, NULL, err, sizeof(err)) == 0);
+  EXPECT(read_rs(fx.good, &rs, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  run_state_free(&rs);
   free(fx.bytes);
+}
+
+// ---------------------------------------------------------------------------------------
+// Version 1 (no BUFFERS section, no buffer count in the meta): still read for a model without
+// buffers, so a run resumes across the upgrade.
+
+// Written by the version-1 writer (checkpoint.c at commit 1e2df49) for vgg11 width 0.125 at
+// 32x32, 10 classes, 4 parameters, with the train_state and tensors of v1_expect below.
+static const uint8_t ckpt_v1_file[] = {
+    0x56, 0x47, 0x47, 0x43, 0x4b, 0x50, 0x54, 0x31, 0x01, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+    0x76, 0x67, 0x67, 0x31, 0x31, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x3e, 0x20, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x24, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x74, 0x9a, 0x46, 0x62, 0x00, 0x00, 0x00, 0x00, 0x76, 0x67, 0x67, 0x31,
+    0x31, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3e,
+    0x20, 0x00, 0x00, 0x00, 0x0a, 0x00, 0x00, 0x00, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x02, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x74, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x59, 0xf8, 0xd1, 0x77, 0x00, 0x00, 0x00, 0x00, 0x0d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+    0x6f, 0x12, 0x83, 0x3a, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x40, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02, 0x40, 0x00, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0xc0, 0x3f, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x05, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x00, 0x3e,
+    0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x00, 0x3f, 0x00, 0x00, 0x80, 0x3f, 0x03, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xbe, 0x74, 0xbb, 0x30,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xc0, 0x3f, 0x00, 0x00, 0x00, 0xc0, 0x00, 0x00, 0x80, 0x3e,
+    0x00, 0x00, 0x40, 0x40, 0x04, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x99, 0xdf, 0xe4, 0xcd, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x3e,
+    0x00, 0x00, 0x00, 0xbf, 0x00, 0x00, 0x80, 0x3f, 0x00, 0x00, 0x00, 0x40, 0x05, 0x00, 0x00, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x30, 0x06, 0xf3, 0x68,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x80, 0x3d, 0x00, 0x00, 0x80, 0x3e, 0x00, 0x00, 0x80, 0x40,
+    0x00, 0x00, 0x00, 0x41,
+};
+
+static void v1_expect(run_state *rs) {
+  train_state *s = &rs->st;
+  s->step = 13, s->epoch = 1, s->lr = 1e-3f, s->sched_best = 2.25, s->best_val_loss = 2.25;
+  s->best_val_acc = 0.125, s->best_epoch = 0, s->seed = 5;
+  s->mean[0] = 0.5f, s->mean[1] = 0.25f, s->mean[2] = 0.125f;
+  s->std[0] = 0.25f, s->std[1] = 0.5f, s->std[2] = 1.0f;
+  const float p[4] = {1.5f, -2.0f, 0.25f, 3.0f}, m[4] = {0.125f, -0.5f, 1.0f, 2.0f},
+              v[4] = {0.0625f, 0.25f, 4.0f, 8.0f};
+  memcpy(rs->live.params, p, sizeof(p));
+  memcpy(rs->adam_m, m, sizeof(m));
+  memcpy(rs->adam_v, v, sizeof(v));
+}
+
+static ckpt_meta v1_meta(uint64_t n_buffers) {
+  ckpt_meta meta;
+  memset(&meta, 0, sizeof(meta));
+  snprintf(meta.model, sizeof(meta.model), "vgg11");
+  meta.width = 0.125f;
+  meta.image_size = 32;
+  meta.classes = 10;
+  meta.n_params = 4;
+  meta.n_buffers = n_buffers;
+  return meta;
+}
+
+TEST(checkpoint_reads_version_1) {
+  char dir[512], path[600], err[512] = "";
+  make_dir(dir, sizeof(dir), "ckpt_v1");
+  snprintf(path, sizeof(path), "%s/ckpt_e0001.bin", dir);
+  spit(path, ckpt_v1_file, sizeof(ckpt_v1_file));
+  ckpt_meta meta = v1_meta(0);
+  run_state want, got;
+  run_state_init(&want, &meta);
+  v1_expect(&want);
+  run_state_init(&got, &meta);
+  memset(&got.st, 0x5A, sizeof(got.st));
+  int rc = read_rs(path, &got, RUN_SECTIONS_ALL, err, sizeof(err));
+  if (rc) fprintf(stderr, "    %s\n", err);
+  EXPECT(rc == 0);
+  EXPECT(live_equal(&want, &got));
+  EXPECT(read_rs(path, &got, RUN_SECTIONS_BEST, err, sizeof(err)) == 0); // best.bin of version 1
+  EXPECT(floats_equal(got.best.params, want.live.params, 4));
+  char info[512];
+  tool_info(info, sizeof(info), path);
+  EXPECT(strcmp(info, "version 1\n1 META 36\n2 STATE 116\n3 PARAMS 16\n4 ADAM_M 16\n5 ADAM_V 16\n") == 0);
+  run_state_free(&got);
+  run_state_free(&want);
+
+  // A model with buffers cannot take a file without them.
+  meta = v1_meta(3);
+  EXPECT_REFUSED(path, &meta, "0 buffers, this run is");
+  EXPECT_REFUSED(path, &meta, "buffer count differs");
+  // A version-1 file has version 1's sections, no more, no fewer.
+  meta = v1_meta(0);
+  uint8_t *bytes = xmalloc(sizeof(ckpt_v1_file));
+  memcpy(bytes, ckpt_v1_file, sizeof(ckpt_v1_file));
+  uint32_t six = 6;
+  memcpy(bytes + 12, &six, 4);
+  spit(path, bytes, sizeof(ckpt_v1_file));
+  EXPECT_REFUSED(path, &meta, "6 sections, expected 5");
+  free(bytes);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -394,11 +652,9 @@ TEST(checkpoint_survives_interrupted_write) {
   make_dir(dir, sizeof(dir), "ckpt_atomic");
   snprintf(path, sizeof(path), "%s/ckpt.bin", dir);
   const size_t n = 1000;
-  ckpt_meta meta = sample_meta(n);
-  train_state st = sample_state();
-  float *p = xmalloc(n * 4), *m = xmalloc(n * 4), *v = xmalloc(n * 4);
-  fill_tensor(p, n, 7), fill_tensor(m, n, 8), fill_tensor(v, n, 9);
-  checkpoint_write(path, &meta, &st, p, m, v);
+  run_state rs;
+  sample_run_state(&rs, n, 5, 7);
+  write_rs(path, &rs);
 
   // A child rewrites the same path with a large parameter set and is SIGKILLed midway. To
   // kill it mid-write deterministically, its temp file "<path>.tmp.<pid>" is made a FIFO
@@ -413,9 +669,9 @@ TEST(checkpoint_survives_interrupted_write) {
   if (pid == 0) {
     char c;
     if (read(go[0], &c, 1) != 1) _exit(3);
-    float *z = xcalloc(big_n, sizeof(float));
-    ckpt_meta big = sample_meta(big_n);
-    checkpoint_write(path, &big, &st, z, z, z);
+    run_state big;
+    sample_run_state(&big, big_n, 5, 1);
+    write_rs(path, &big);
     _exit(0);
   }
   snprintf(stale, sizeof(stale), "%s.tmp.%ld", path, (long)pid);
@@ -445,13 +701,12 @@ TEST(checkpoint_survives_interrupted_write) {
   close(go[0]), close(go[1]);
 
   char err[512] = "";
-  train_state st2;
-  float *p2 = xmalloc(n * 4);
-  int rc = checkpoint_read(path, &meta, &st2, p2, NULL, NULL, err, sizeof(err));
+  run_state back;
+  sample_run_state(&back, n, 5, 50);
+  int rc = read_rs(path, &back, RUN_SECTIONS_ALL, err, sizeof(err));
   if (rc) fprintf(stderr, "    %s\n", err);
   EXPECT(rc == 0); // the old checkpoint is intact
-  EXPECT(state_equal(&st, &st2));
-  EXPECT(memcmp(p, p2, n * 4) == 0);
+  EXPECT(live_equal(&rs, &back));
 
   // Stale temp files (the FIFO, and a half-written regular one) are no checkpoints: latest
   // ignores them and the next write works beside them.
@@ -463,13 +718,14 @@ TEST(checkpoint_survives_interrupted_write) {
   free(good);
   char latest[700];
   EXPECT(checkpoint_latest(dir, latest, sizeof(latest)) == -1);
-  st.epoch = 11;
-  checkpoint_write(path, &meta, &st, p, m, v);
-  EXPECT(checkpoint_read(path, &meta, &st2, NULL, NULL, NULL, err, sizeof(err)) == 0);
-  EXPECT_EQ_INT(st2.epoch, 11);
+  rs.st.epoch = 11;
+  write_rs(path, &rs);
+  EXPECT(read_rs(path, &back, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT_EQ_INT(back.st.epoch, 11);
   EXPECT_EQ_INT(count_tmp_files(dir), 1); // only the stale one
   unlink(stale);
-  free(p), free(m), free(v), free(p2);
+  run_state_free(&back);
+  run_state_free(&rs);
 }
 
 // A write that fails (here: the file-size limit, EFBIG) must delete its temp file, abort
@@ -479,11 +735,9 @@ TEST(checkpoint_failed_write_cleans_up) {
   make_dir(dir, sizeof(dir), "ckpt_fail");
   snprintf(path, sizeof(path), "%s/ckpt.bin", dir);
   const size_t n = 100, big_n = 100000;
-  ckpt_meta meta = sample_meta(n);
-  train_state st = sample_state();
-  float *p = xcalloc(big_n, sizeof(float));
-  fill_tensor(p, n, 12);
-  checkpoint_write(path, &meta, &st, p, p, p);
+  run_state rs;
+  sample_run_state(&rs, n, 3, 12);
+  write_rs(path, &rs);
   fflush(stdout), fflush(stderr);
   pid_t pid = fork();
   REQUIRE(pid >= 0);
@@ -492,8 +746,9 @@ TEST(checkpoint_failed_write_cleans_up) {
     if (setrlimit(RLIMIT_FSIZE, &lim) != 0) _exit(3);
     signal(SIGXFSZ, SIG_IGN);
     if (!freopen("/dev/null", "w", stderr)) _exit(4); // the expected FATAL message
-    ckpt_meta big = sample_meta(big_n);
-    checkpoint_write(path, &big, &st, p, p, p);
+    run_state big;
+    sample_run_state(&big, big_n, 3, 1);
+    write_rs(path, &big);
     _exit(0);
   }
   int status;
@@ -501,11 +756,12 @@ TEST(checkpoint_failed_write_cleans_up) {
   EXPECT(WIFEXITED(status) && WEXITSTATUS(status) == 1);
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   char err[512] = "";
-  train_state st2;
-  float *p2 = xmalloc(n * 4);
-  EXPECT(checkpoint_read(path, &meta, &st2, p2, NULL, NULL, err, sizeof(err)) == 0);
-  EXPECT(memcmp(p, p2, n * 4) == 0);
-  free(p), free(p2);
+  run_state back;
+  sample_run_state(&back, n, 3, 40);
+  EXPECT(read_rs(path, &back, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&rs, &back));
+  run_state_free(&back);
+  run_state_free(&rs);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -588,6 +844,25 @@ TEST(checkpoint_path_latest_prune) {
   EXPECT(!file_exists(want));
   snprintf(want, sizeof(want), "%s/ckpt_e0003_b000900.bin", dir);
   EXPECT(!file_exists(want));
+}
+
+static void dir_create_child(void *dir) { checkpoint_dir_create(dir); }
+
+TEST(checkpoint_dir_create_is_mkdir_p) {
+  char dir[512], path[700], best[800], err[512];
+  make_dir(dir, sizeof(dir), "ckpt_mkdir");
+  snprintf(path, sizeof(path), "%s/a/b/c", dir);
+  checkpoint_dir_create(path);
+  struct stat sb;
+  EXPECT(stat(path, &sb) == 0 && S_ISDIR(sb.st_mode));
+  checkpoint_dir_create(path); // it exists: fine
+  checkpoint_best_path(best, sizeof(best), path);
+  EXPECT(strncmp(best, path, strlen(path)) == 0 && strcmp(best + strlen(path), "/best.bin") == 0);
+  // A file where a directory should be: one line, exit status 2 (a usage error).
+  touch(dir, "file");
+  snprintf(path, sizeof(path), "%s/file/sub", dir);
+  EXPECT_EQ_INT(test_in_child(dir_create_child, path, err, sizeof(err)), 2);
+  EXPECT(strstr(err, "--checkpoint-dir: cannot create") != NULL);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@
 // A narrow VGG16 (and VGG11, and the AdamW variant) with the same parameters, the same input
 // batch (made by the real batch-assembly path) and the same dropout masks (exported: the C side
 // computes them with the counter-based rule, PyTorch applies them) runs 3 training steps on
-// both sides (tests/golden_vgg.py under Debian's /usr/bin/python3 with python3-torch, which
-// builds its network from the model's JSON, model_print_json, written beside the input). The loss
+// both sides (tests/golden_vgg.py under the Makefile's PY_TORCH, by default Debian's
+// /usr/bin/python3 with python3-torch, which builds its network from the model's JSON,
+// model_print_json, written beside the input). The loss
 // of every step, every gradient of step 1 and every parameter after step 3 must agree to a
 // relative error of 1e-4 (max |a - b| / max |b| per tensor); the worst errors are printed.
 //
@@ -27,6 +28,11 @@
 #include "test.h"
 
 #define GOLDEN_TOL 1e-4
+
+// The Python with torch: the Makefile's PY_TORCH, its one definition.
+#ifndef VGG_PY_TORCH
+#error "VGG_PY_TORCH (the Python with torch) comes from the Makefile's PY_TORCH"
+#endif
 
 static void export_case(const char *path, const model *m, const steps_spec *s, const steps_result *r) {
   FILE *f = xfopen(path, "wb");
@@ -85,11 +91,12 @@ static void run_case(const char *name, float width, int size, int n, int adamw) 
   xfclose(mf, model_path);
   export_case(in_path, &m, &s, &r);
   const char *src = getenv("VGG_SOURCE_DIR");
-  snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=2 /usr/bin/python3 %s/tests/golden_vgg.py %s %s %s",
+  snprintf(cmd, sizeof(cmd), "OMP_NUM_THREADS=2 %s %s/tests/golden_vgg.py %s %s %s", VGG_PY_TORCH,
            src && *src ? src : ".", model_path, in_path, out_path);
   int rc = system(cmd);
   if (rc != 0) {
-    test_fail(__FILE__, __LINE__, "'%s' failed (%d): /usr/bin/python3 needs python3-torch", cmd, rc);
+    test_fail(__FILE__, __LINE__, "'%s' failed (%d): %s needs torch (python3-torch)", cmd, rc,
+              VGG_PY_TORCH);
     steps_free(&r);
     b->ops->destroy(b);
     return;

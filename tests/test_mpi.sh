@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # test_mpi.sh - the multi-rank tests of the vgg_dist binary under mpirun (CPU backend):
-# world-size independence, bitwise resume, stopping by signal (to a rank, to mpirun, to the launch
-# script) with the RESUMABLE marker, a dead rank, the hostfile launcher, bad input, metrics, and
-# learning on real (or generated) CIFAR-10.
+# world-size independence, bitwise resume, the checkpoint format (version 2, and version-1 files
+# from an earlier build), stopping by signal (to a rank, to mpirun, to the launch script) with the
+# RESUMABLE marker, a dead rank, the hostfile launcher, bad input, metrics, and learning on real
+# (or generated) CIFAR-10.
 # usage: tests/test_mpi.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
 # Prints "N passed, N failed" last.
 set -u
@@ -76,6 +77,25 @@ check "stop + resume is bitwise equal to an uninterrupted run" \
 "${MPIRUN[@]}" -np 4 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rw" --resume auto > "$T/rw.log" 2>&1
 check "resume on another world size (2 -> 4) matches" \
   "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2 ADAM_M=1e-2
+# The format: version 2 with every section of the table (the tool refuses a file that is not),
+# and a version-1 file (an earlier build's: no buffer count, no BUFFERS section) still resumes a
+# model without buffers, to the same bits. The mid-epoch checkpoint becomes version 1 here.
+check "checkpoints are format version 2 with every section, BUFFERS empty for VGG" \
+  bash -c "'$PY' '$TOOL' info '$T/rs/ckpt_e0002.bin' | tr '\n' ' ' | grep -q '^version 2 1 META 44 .* 6 BUFFERS 0 \$'"
+mkdir -p "$T/v1"
+"$PY" - "$T/rs/ckpt_e0000_b000005.bin" "$T/v1/ckpt_e0000_b000005.bin" <<'PY'
+import struct, sys, zlib
+raw = open(sys.argv[1], "rb").read()
+meta = raw[16:16 + 36]                                  # version 2's meta without n_buffers
+state_on = 16 + 44 + 24 + 44                            # version 2: header, META section
+tail = raw[state_on:len(raw) - 24]                      # STATE .. ADAM_V; BUFFERS (empty) dropped
+assert raw[len(raw) - 24:len(raw) - 20] == struct.pack("<I", 6)
+meta_sec = struct.pack("<IIQII", 1, 0, 36, zlib.crc32(meta), 0) + meta
+open(sys.argv[2], "wb").write(b"VGGCKPT1" + struct.pack("<II", 1, 5) + meta + meta_sec + tail)
+PY
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/v1" --resume auto > "$T/v1.log" 2>&1
+check "a version-1 checkpoint resumes (bitwise equal to an uninterrupted run)" bash -c \
+  "'$PY' '$TOOL' info '$T/v1/ckpt_e0000_b000005.bin' | grep -q '^version 1' && grep -q 'resumed from .*ckpt_e0000_b000005.bin' '$T/v1.log' && '$PY' '$TOOL' compare '$T/v1/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin'"
 
 # ---- stopping: a signal to a rank, to mpirun or to the launch script ends the run after a step
 # with a checkpoint, RESUMABLE naming it and the reason, exit 0 and how to resume ----

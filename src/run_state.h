@@ -1,0 +1,57 @@
+// run_state.h - one object owns the run's state on the host: what the run is (ckpt_meta), where
+// it is (train_state), the model (parameters and non-trainable buffers), Adam's m and v, and
+// the best model so far (parameters and buffers). The checkpoint's section table is built
+// from it (run_state_sections), and the checkpoint writer, the reader and the resume
+// broadcast walk that table, so the state goes everywhere as one.
+//
+// Invariants: every host copy has the size meta says (n_params or n_buffers floats); the
+// backend holds the live state during training and the host copies are what was last
+// downloaded or loaded; `best` is a whole model (parameters with their buffers), never half
+// of one.
+#ifndef VGG_RUN_STATE_H
+#define VGG_RUN_STATE_H
+
+#include "checkpoint.h"
+#include "comm.h"
+#include "train_state.h"
+
+// A model on the host: the flat parameters and the flat non-trainable buffers.
+typedef struct host_model {
+  float *params;  // meta.n_params
+  float *buffers; // meta.n_buffers
+} host_model;
+
+typedef struct run_state {
+  ckpt_meta meta;
+  train_state st;
+  host_model live;        // the model as last downloaded or loaded
+  float *adam_m, *adam_v; // n_params each
+  host_model best;        // the model of the best epoch (the final test's)
+} run_state;
+
+// Which state a section table points at. Rows outside the choice point nowhere (NULL data:
+// the reader only checksums them, the broadcast skips them).
+typedef enum {
+  RUN_SECTIONS_ALL,   // all the live state: the checkpoints and the resume
+  RUN_SECTIONS_MODEL, // the live model only (parameters and buffers)
+  RUN_SECTIONS_BEST,  // the best model only (best.bin, read for the final test)
+} run_sections;
+
+// Allocates the host copies for meta's sizes: Adam state zeroed, the rest to be filled; the
+// train_state zeroed. run_state_free accepts NULL and a zeroed struct.
+void run_state_init(run_state *rs, const ckpt_meta *meta);
+void run_state_free(run_state *rs);
+
+// The checkpoint's section table (see checkpoint.h), rows pointing into rs; returns the row
+// count (at most CKPT_MAX_SECTIONS). Adding a section to the file is one row here (and one
+// in tests/ckpt_tool.py), and a CKPT_VERSION bump.
+int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_MAX_SECTIONS]);
+
+// Rank 0's copy of the table's state (every row but META, which each rank builds from the
+// same options and rank 0 has verified) to every rank.
+void run_state_broadcast(run_state *rs, run_sections which, comm *c);
+
+// The live model becomes the best one (parameters and buffers together).
+void run_state_keep_best(run_state *rs);
+
+#endif
