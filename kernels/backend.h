@@ -72,6 +72,11 @@ typedef struct op_shape {
 // overwrites an input it does not own.
 typedef enum { ACT_NONE = 0, ACT_RELU = 1 } activation;
 
+// BatchNorm2d's constants (torchvision's vgg*_bn: eps 1e-5, momentum 0.1).
+typedef struct bn_params {
+  float eps, momentum;
+} bn_params;
+
 // What changes from one otherwise identical training step to the next (see capture_begin).
 typedef struct step_vars {
   const int32_t *h_ids; // the batch's sample ids (host memory, n of them: the captured count)
@@ -133,6 +138,22 @@ typedef struct backend_ops {
   void (*act_fwd)(backend *b, void *y, const void *x, op_shape s, activation act);
   void (*act_bwd)(backend *b, void *dx, const void *dy, const void *y, op_shape s,
                   activation act);
+
+  // Batch normalisation (BatchNorm2d) of x (N,H,W,C) per channel over (N, H, W), then the
+  // affine gamma, beta (C each) and the activation (a fused epilogue, as conv_fwd's):
+  //   train: y = act(gamma (x - mean) / sqrt(var + eps) + beta) with the batch's mean and
+  //          biased variance; save (2C floats: mean, then 1 / sqrt(var + eps)) keeps them for
+  //          bn_bwd; running (2C floats: mean, then variance) becomes
+  //          (1 - momentum) running + momentum * (mean, unbiased variance), as PyTorch.
+  //          N * H * W must be at least 2 (the unbiased variance), or N = 0 (nothing written).
+  //   eval:  the same with running's mean and variance; save and running untouched.
+  void (*bn_fwd)(backend *b, void *y, float *save, const void *x, const float *gamma,
+                 const float *beta, float *running, op_shape s, bn_params p, int train,
+                 activation act);
+  // The backward of a training bn_fwd (before its activation: act_bwd ran first) from its
+  // save: writes dgamma, dbeta, and dx unless dx == NULL; reads dy only.
+  void (*bn_bwd)(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
+                 const float *gamma, const float *save, op_shape s);
 
   // y = x * mask / (1 - p) (see dropout_key) over D = H * W * C features per sample;
   // dx = dy * mask / (1 - p).
