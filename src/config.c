@@ -43,6 +43,7 @@ static const option_spec options[] = {
     {"beta2", OPT_FLOAT, F(beta2), 0, 0.999999, NULL, "X", "Adam beta2"},
     {"eps", OPT_FLOAT, F(eps), 1e-12, 1, NULL, "X", "Adam epsilon"},
     {"dropout", OPT_FLOAT, F(dropout), 0, 0.95, NULL, "P", "dropout probability before each of the first two FC layers"},
+    {"batchnorm", OPT_INT, F(batchnorm), 0, 1, NULL, "0|1", "BatchNorm2d after every conv, before its ReLU (torchvision's vgg*_bn)"},
     {"flip-p", OPT_FLOAT, F(flip_p), 0, 1, NULL, "P", "horizontal flip probability (the notebook used 0.7)"},
     {"val-size", OPT_INT, F(val_size), 1, 1 << 30, NULL, "N", "validation images split off the train set"},
     {"seed", OPT_U64, F(seed), 0, 0, NULL, "N", "seed of every random decision (split, shuffle, flips, dropout, init)"},
@@ -169,7 +170,7 @@ static void usage(FILE *f) {
     else fprintf(f, "  %-26s %s [default: %s]\n", lhs, o->help, def);
   }
   fprintf(f, "  %-26s %s\n", "--print-model",
-          "print the model (the options above: --model, --width, --image-size, --dropout) as JSON and exit");
+          "print the model (the options above: --model, --width, --image-size, --dropout, --batchnorm) as JSON and exit");
   fprintf(f, "  %-26s %s\n", "--help", "print this help and exit");
 }
 

@@ -27,6 +27,7 @@ typedef struct config {
   float lr, weight_decay, beta1, beta2, eps;
   int adamw;
   float dropout;
+  int batchnorm;         // BatchNorm2d after every conv
   float flip_p;
   int val_size;
   uint64_t seed;

@@ -15,7 +15,7 @@ int main(int argc, char **argv) {
   config_parse(&cfg, argc, argv);
   if (cfg.print_model) {
     model m;
-    model_build(&m, cfg.model, cfg.width, cfg.image_size, CIFAR_CLASSES, cfg.dropout);
+    model_build(&m, cfg.model, cfg.width, cfg.image_size, CIFAR_CLASSES, cfg.dropout, cfg.batchnorm);
     if (check_current_rank() == 0) model_print_json(&m, stdout);
     return 0;
   }

@@ -48,6 +48,20 @@ static void add_linear(model *m, int in, int out, activation act) {
   add_params(m, l, (size_t)out * in, out);
 }
 
+// A BatchNorm2d over C channels at H x H, followed by `act`: gamma and beta are its
+// parameters, the running mean and variance its buffers.
+static void add_bn(model *m, int H, int C, activation act) {
+  layer *l = push(m);
+  l->kind = LAYER_BN;
+  l->act = act;
+  l->H = l->W = l->oH = l->oW = H;
+  l->C = l->K = C;
+  add_params(m, l, C, C);
+  l->buf_off = m->n_buffers;
+  l->buf_count = 2 * (size_t)C;
+  m->n_buffers += l->buf_count;
+}
+
 static void add_dropout(model *m, int features, int index) {
   layer *l = push(m);
   l->kind = LAYER_DROPOUT;
@@ -57,7 +71,7 @@ static void add_dropout(model *m, int features, int index) {
 }
 
 void model_build(model *m, const char *name, float width, int image_size, int classes,
-                 float dropout) {
+                 float dropout, int batchnorm) {
   memset(m, 0, sizeof(*m));
   int row = -1;
   for (size_t i = 0; i < sizeof(vgg_table) / sizeof(vgg_table[0]); i++)
@@ -69,6 +83,8 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
   m->image_size = image_size;
   m->classes = classes;
   m->dropout = dropout;
+  m->batchnorm = batchnorm;
+  m->bn = (bn_params){1e-5f, 0.1f};
 
   int H = image_size, C = 3;
   m->max_act = (size_t)H * H * C;
@@ -82,12 +98,13 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
       l->K = C;
     } else {
       l->kind = LAYER_CONV;
-      l->act = ACT_RELU;
+      l->act = batchnorm ? ACT_NONE : ACT_RELU;
       l->K = scaled(*c, width);
       add_params(m, l, (size_t)l->K * 9 * C, l->K);
       C = l->K;
     }
     l->oH = l->oW = H;
+    if (l->kind == LAYER_CONV && batchnorm) add_bn(m, H, C, ACT_RELU); // l is no longer the last
     size_t out = (size_t)H * H * C;
     if (out > m->max_act) m->max_act = out;
   }
@@ -104,6 +121,11 @@ void model_init_params(const model *m, float *p, init_kind init, uint64_t seed) 
   for (int i = 0; i < m->n_layers; i++) {
     const layer *l = &m->layers[i];
     if (!l->w_count) continue;
+    if (l->kind == LAYER_BN) { // affine weight 1, bias 0 whatever the scheme
+      for (size_t j = 0; j < l->w_count; j++) p[l->w_off + j] = 1.0f;
+      memset(p + l->b_off, 0, l->b_count * sizeof(float));
+      continue;
+    }
     int conv = l->kind == LAYER_CONV;
     double fan_in = conv ? 9.0 * l->C : l->C, fan_out = conv ? 9.0 * l->K : l->K;
     uint32_t stream = RNG_STREAM_INIT + (uint32_t)i;
@@ -126,9 +148,15 @@ void model_init_params(const model *m, float *p, init_kind init, uint64_t seed) 
 }
 
 void model_init_buffers(const model *m, float *h_buffers) {
-  // No layer kind of the VGG table keeps state yet; a BatchNorm layer starts its running mean
-  // at 0 and its running variance at 1 here.
-  if (m->n_buffers) memset(h_buffers, 0, m->n_buffers * sizeof(float));
+  for (int i = 0; i < m->n_layers; i++) {
+    const layer *l = &m->layers[i];
+    if (l->kind != LAYER_BN) continue;
+    float *mean = h_buffers + l->buf_off, *var = mean + l->C;
+    for (int c = 0; c < l->C; c++) {
+      mean[c] = 0.0f;
+      var[c] = 1.0f;
+    }
+  }
 }
 
 double model_train_flops(const model *m) {
@@ -144,9 +172,9 @@ double model_train_flops(const model *m) {
 void model_print(const model *m, FILE *f) {
   int convs = 0;
   for (int i = 0; i < m->n_layers; i++) convs += m->layers[i].kind == LAYER_CONV;
-  fprintf(f, "model %s (%d conv + 3 FC), width %g, input %dx%d: %zu parameters, %.2f GFLOP/image for training\n",
-          m->name, convs, m->width, m->image_size, m->image_size, m->n_params,
-          model_train_flops(m) * 1e-9);
+  fprintf(f, "model %s (%d conv + 3 FC%s), width %g, input %dx%d: %zu parameters, %.2f GFLOP/image for training\n",
+          m->name, convs, m->batchnorm ? ", batch norm" : "", m->width, m->image_size,
+          m->image_size, m->n_params, model_train_flops(m) * 1e-9);
 }
 
 static const char *layer_kind_name(layer_kind k) {
@@ -155,6 +183,7 @@ static const char *layer_kind_name(layer_kind k) {
   case LAYER_POOL: return "pool";
   case LAYER_DROPOUT: return "dropout";
   case LAYER_LINEAR: return "linear";
+  case LAYER_BN: return "bn";
   }
   return "?";
 }
@@ -167,24 +196,27 @@ static const char *activation_name(activation a) {
   return "?";
 }
 
-// One layer per line. Keys: kind (conv | pool | dropout | linear), act (the activation that
-// follows it: "relu" or "none"),
+// One layer per line. Keys: kind (conv | pool | dropout | linear | bn), act (the activation
+// that follows it: "relu" or "none"),
 // in/out [H, W, C] (dropout and linear: [1, 1, features]); conv: kernel 3, pad 1; pool: 2x2
-// max, stride 2; dropout: index (keys its mask), p; with parameters: w_offset, w_count, w_shape
-// (conv (K, 3, 3, C), linear (out, in)), b_offset, b_count; with non-trainable state,
+// max, stride 2; dropout: index (keys its mask), p; bn: eps, momentum; with parameters:
+// w_offset, w_count, w_shape (conv (K, 3, 3, C), linear (out, in), bn (C)), b_offset, b_count;
+// with non-trainable state,
 // buf_offset, buf_count (into the buffer of n_buffers floats). A dropout or linear layer whose
 // input is the flattened last feature map has flat_hwc [H, W, C]: its features are in (h, w, c)
 // order (PyTorch flattens (c, h, w)).
-static void layer_print_json(const layer *l, const int flat_hwc[3], float dropout, FILE *f) {
+static void layer_print_json(const model *m, const layer *l, const int flat_hwc[3], FILE *f) {
   fprintf(f, "{\"kind\": \"%s\", \"act\": \"%s\", \"in\": [%d, %d, %d], \"out\": [%d, %d, %d]",
           layer_kind_name(l->kind), activation_name(l->act), l->H, l->W, l->C, l->oH, l->oW, l->K);
   if (l->kind == LAYER_CONV) fprintf(f, ", \"kernel\": 3, \"pad\": 1");
   if (l->kind == LAYER_POOL) fprintf(f, ", \"kernel\": 2, \"stride\": 2");
-  if (l->kind == LAYER_DROPOUT) fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, dropout);
+  if (l->kind == LAYER_DROPOUT) fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, m->dropout);
+  if (l->kind == LAYER_BN) fprintf(f, ", \"eps\": %g, \"momentum\": %g", m->bn.eps, m->bn.momentum);
   if (flat_hwc) fprintf(f, ", \"flat_hwc\": [%d, %d, %d]", flat_hwc[0], flat_hwc[1], flat_hwc[2]);
   if (l->w_count) {
     fprintf(f, ", \"w_offset\": %zu, \"w_count\": %zu, \"w_shape\": ", l->w_off, l->w_count);
     if (l->kind == LAYER_CONV) fprintf(f, "[%d, 3, 3, %d]", l->K, l->C);
+    else if (l->kind == LAYER_BN) fprintf(f, "[%d]", l->C);
     else fprintf(f, "[%d, %d]", l->K, l->C);
     fprintf(f, ", \"b_offset\": %zu, \"b_count\": %zu", l->b_off, l->b_count);
   }
@@ -194,15 +226,16 @@ static void layer_print_json(const layer *l, const int flat_hwc[3], float dropou
 
 void model_print_json(const model *m, FILE *f) {
   fprintf(f, "{\"name\": \"%s\", \"width\": %g, \"image_size\": %d, \"classes\": %d, "
-             "\"dropout\": %g, \"n_params\": %zu, \"n_buffers\": %zu,\n \"layers\": [\n",
-          m->name, m->width, m->image_size, m->classes, m->dropout, m->n_params, m->n_buffers);
+             "\"dropout\": %g, \"batchnorm\": %s, \"n_params\": %zu, \"n_buffers\": %zu,\n \"layers\": [\n",
+          m->name, m->width, m->image_size, m->classes, m->dropout,
+          m->batchnorm ? "true" : "false", m->n_params, m->n_buffers);
   int hwc[3] = {m->image_size, m->image_size, 3}, from_map = 1; // the last feature map; input still its flattening?
   for (int i = 0; i < m->n_layers; i++) {
     const layer *l = &m->layers[i];
-    int spatial = l->kind == LAYER_CONV || l->kind == LAYER_POOL;
+    int spatial = l->kind == LAYER_CONV || l->kind == LAYER_POOL || l->kind == LAYER_BN;
     if (spatial) hwc[0] = l->oH, hwc[1] = l->oW, hwc[2] = l->K;
     fprintf(f, "  ");
-    layer_print_json(l, !spatial && from_map ? hwc : NULL, m->dropout, f);
+    layer_print_json(m, l, !spatial && from_map ? hwc : NULL, f);
     fprintf(f, "%s\n", i + 1 < m->n_layers ? "," : "");
     if (l->kind == LAYER_LINEAR) from_map = 0; // its output features are its own
   }

@@ -2,12 +2,15 @@
 // layout, initialisation, and the gradient-bucket plan.
 //
 // Layer list for configuration X at input S: for each entry of the paper's table a 3x3 conv
-// (pad 1) followed by a ReLU (its activation attribute), or a 2x2 max-pool; then dropout -> FC 4096 -> ReLU -> dropout -> FC 4096 ->
+// (pad 1) followed by a ReLU (its activation attribute), or a 2x2 max-pool; with batch norm
+// (torchvision's vgg*_bn) every conv is followed by a BatchNorm2d layer, which carries the
+// ReLU instead; then dropout -> FC 4096 -> ReLU -> dropout -> FC 4096 ->
 // ReLU -> FC classes (the notebook's classifier). The first FC's input is 512 x (S/32)^2
 // (times the width) in (h, w, c) order. `width` scales every channel count and the FC width.
 //
 // Parameters: ONE flat buffer, tensors in layer order, each layer's weight then its bias:
 //   conv  w (K, 3, 3, C), b (K)        linear  w (out, in), b (out)
+//   bn    w = gamma (C), b = beta (C); its buffers: running mean (C), then running variance (C)
 // Gradients, Adam m and v use the same layout.
 // Non-trainable state (a BatchNorm's running mean and variance): a second flat fp32 buffer of
 // n_buffers elements beside the parameters, tensors in layer order at buf_off (buf_count
@@ -22,14 +25,14 @@
 
 #include "config.h"
 
-typedef enum { LAYER_CONV, LAYER_POOL, LAYER_DROPOUT, LAYER_LINEAR } layer_kind;
+typedef enum { LAYER_CONV, LAYER_POOL, LAYER_DROPOUT, LAYER_LINEAR, LAYER_BN } layer_kind;
 
 // A layer is one op (its kind) and the activation that follows it (act, applied by the walker:
 // net.c fuses it into the op where the backend does, else runs it as an op of its own).
 typedef struct layer {
   layer_kind kind;
   activation act;
-  int H, W, C;   // input (N, H, W, C); for dropout/linear H = W = 1 and C = features
+  int H, W, C;   // input (N, H, W, C); for dropout/linear H = W = 1 and C = features; bn K = C
   int oH, oW, K; // output
   size_t w_off, w_count, b_off, b_count; // into the flat parameter buffer (0 counts: none)
   size_t buf_off, buf_count;             // into the flat buffer of non-trainable state
@@ -44,6 +47,8 @@ typedef struct model {
   float width;
   int image_size, classes;
   float dropout;
+  int batchnorm;   // a BatchNorm2d after every conv
+  bn_params bn;    // its eps and momentum (PyTorch's defaults)
   int n_layers;
   layer layers[MODEL_MAX_LAYERS];
   size_t n_params;
@@ -51,13 +56,15 @@ typedef struct model {
   size_t max_act; // largest per-sample activation element count, input included
 } model;
 
-// Builds the layer list; name is vgg11|vgg13|vgg16|vgg19. Fatal on an unknown name or a size
-// that is not a multiple of 32.
+// Builds the layer list; name is vgg11|vgg13|vgg16|vgg19, batchnorm 0 or 1. Fatal on an
+// unknown name or a size that is not a multiple of 32.
 void model_build(model *m, const char *name, float width, int image_size, int classes,
-                 float dropout);
-// Fills the flat host parameter buffer deterministically from the seed.
+                 float dropout, int batchnorm);
+// Fills the flat host parameter buffer deterministically from the seed (a bn layer's gamma 1
+// and beta 0 whatever the scheme, as PyTorch).
 void model_init_params(const model *m, float *h_params, init_kind init, uint64_t seed);
-// Fills the flat host buffer of non-trainable state (n_buffers floats) with its initial values.
+// Fills the flat host buffer of non-trainable state (n_buffers floats) with its initial values
+// (running mean 0, running variance 1).
 void model_init_buffers(const model *m, float *h_buffers);
 // Training FLOPs per image (forward + backward = 3x the forward multiply-adds x 2).
 double model_train_flops(const model *m);

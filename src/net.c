@@ -5,9 +5,9 @@
 
 #include "check.h"
 
-// conv_fwd and linear_fwd take the layer's activation as their epilogue (every backend fuses
-// it); after any other op the walker runs act_fwd from the op's own output buffer (pre).
-static int act_fused(layer_kind k) { return k == LAYER_CONV || k == LAYER_LINEAR; }
+// conv_fwd, linear_fwd and bn_fwd take the layer's activation as their epilogue (every backend
+// fuses it); after any other op the walker runs act_fwd from the op's own output buffer (pre).
+static int act_fused(layer_kind k) { return k == LAYER_CONV || k == LAYER_LINEAR || k == LAYER_BN; }
 
 static int act_separate(const layer *l) { return l->act != ACT_NONE && !act_fused(l->kind); }
 
@@ -40,6 +40,7 @@ static size_t net_buffers(net *nt, const model *m, backend *b, size_t act_bytes,
     TAKE(nt->act[i + 1], out * act_bytes);
     if (act_separate(l)) TAKE(nt->pre[i], out * act_bytes);
     if (l->kind == LAYER_POOL) TAKE(nt->argmax[i], out * sizeof(int32_t));
+    if (l->kind == LAYER_BN) TAKE(nt->bn_save[i], 2 * (size_t)l->C * sizeof(float));
   }
   for (int k = 0; k < 2; k++) TAKE(nt->dbuf[k], (size_t)max_n * m->max_act * act_bytes);
   TAKE(nt->labels, (size_t)max_n * sizeof(int32_t));
@@ -74,6 +75,7 @@ void net_free(net *nt) {
   rel(b, nt->labels);
   for (int k = 1; k >= 0; k--) rel(b, nt->dbuf[k]);
   for (int i = nt->m->n_layers - 1; i >= 0; i--) {
+    rel(b, nt->bn_save[i]);
     rel(b, nt->argmax[i]);
     rel(b, nt->pre[i]);
     rel(b, nt->act[i + 1]);
@@ -123,6 +125,10 @@ static const void *op_forward(net *nt, int i, void *y, const void *x, int count,
   case LAYER_CONV: o->conv_fwd(b, y, x, P + l->w_off, P + l->b_off, s, l->act); return y;
   case LAYER_POOL: o->maxpool_fwd(b, y, nt->argmax[i], x, s); return y;
   case LAYER_LINEAR: o->linear_fwd(b, y, x, P + l->w_off, P + l->b_off, s, l->act); return y;
+  case LAYER_BN:
+    o->bn_fwd(b, y, nt->bn_save[i], x, P + l->w_off, P + l->b_off, nt->buffers + l->buf_off, s,
+              nt->m->bn, train, l->act);
+    return y;
   case LAYER_DROPOUT:
     if (!train || nt->m->dropout <= 0) return x; // identity at evaluation
     o->dropout_fwd(b, y, x, nt->ids, s, nt->m->dropout,
@@ -176,6 +182,9 @@ static void op_backward(net *nt, int i, void *dx, const void *dy, int count, uin
   }
   case LAYER_LINEAR:
     o->linear_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, s);
+    return;
+  case LAYER_BN:
+    o->bn_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, nt->bn_save[i], s);
     return;
   case LAYER_DROPOUT:
     if (dx) o->dropout_bwd(b, dx, dy, nt->ids, s, nt->m->dropout,

@@ -27,6 +27,7 @@ typedef struct net {
   void *pre[MODEL_MAX_LAYERS];             // an op's output before an activation it does not
                                            // fuse (act_fwd reads it; NULL where none)
   int32_t *argmax[MODEL_MAX_LAYERS];
+  float *bn_save[MODEL_MAX_LAYERS];        // a bn layer's batch mean and 1/std (2C), for backward
   void *dbuf[2];                           // activation-gradient ping-pong
   int32_t *labels, *ids;
   double *stats;                           // [loss sum, correct] since the last reset
@@ -67,9 +68,10 @@ void net_download_buffers(net *nt, float *h_buffers);
 // Assemble batch rows 0..count-1 from the backend-resident dataset.
 void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const int32_t *h_ids,
               int count, const prep_params *pp);
-// Forward through every layer: its op, then its activation (fused into conv and linear, an
-// act_fwd of its own after other ops). train: dropout active with masks keyed by (seed, step,
-// ids).
+// Forward through every layer: its op, then its activation (fused into conv, linear and bn,
+// an act_fwd of its own after other ops). train: dropout active with masks keyed by (seed,
+// step, ids), and batch norm normalising with the batch's statistics and updating the running
+// ones in nt->buffers (else with the running ones).
 void net_forward(net *nt, int count, int train, uint64_t seed, uint32_t step);
 // Adds loss sum / correct to stats; with grad_scale != 0 also leaves dlogits for backward.
 void net_loss(net *nt, int count, float grad_scale);

@@ -258,7 +258,7 @@ static int resume(run *r) {
 // The model and the run state (fresh, or from a checkpoint); returns whether the run resumed.
 static int state_init(run *r) {
   const config *cfg = r->cfg;
-  model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout);
+  model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout, cfg->batchnorm);
   if (r->rank == 0) model_print(&r->m, stdout);
   ckpt_meta meta;
   memset(&meta, 0, sizeof(meta));

@@ -6,7 +6,10 @@
 # batch (NHWC, already normalised), labels, the dropout masks of each step and the optimizer
 # settings; runs `steps` training steps of the same VGG in PyTorch (NCHW, the layouts
 # converted) with torch.optim.Adam/AdamW; writes OUT: the loss of every step, the gradients of
-# step 1 and the parameters after the last step, both converted back to vgg_dist's layout.
+# step 1 and the parameters after the last step, both converted back to vgg_dist's layout, the
+# branch counts, then the batch-norm running statistics after the last step (vgg_dist's
+# buffer layout: per bn layer its mean, then its variance; none without batch norm) and the
+# evaluation-mode logits of the batch with the final parameters and statistics.
 # Run with Debian's /usr/bin/python3 (python3-torch). usage: golden_vgg.py MODEL IN OUT
 import json
 import struct
@@ -21,6 +24,8 @@ def to_torch(l, w):
     """One weight in vgg_dist's layout (a slice of the flat buffer) -> PyTorch's."""
     if l["kind"] == "conv":  # (K, 3, 3, C) -> (K, C, 3, 3)
         return w.reshape(l["w_shape"]).permute(0, 3, 1, 2).contiguous()
+    if l["kind"] == "bn":  # gamma (C)
+        return w.clone()
     out, fin = l["w_shape"]
     w = w.reshape(out, fin)
     if "flat_hwc" in l:  # the first FC: (out, h, w, c) -> (out, c, h, w)
@@ -32,6 +37,8 @@ def from_torch(l, w):
     """The inverse of to_torch, flattened."""
     if l["kind"] == "conv":
         return w.permute(0, 2, 3, 1).reshape(-1)
+    if l["kind"] == "bn":
+        return w.reshape(-1)
     if "flat_hwc" in l:
         h, w_, c = l["flat_hwc"]
         return w.reshape(l["w_shape"][0], c, h, w_).permute(0, 2, 3, 1).reshape(-1)
@@ -77,12 +84,15 @@ def main(model_path, src, dst):
         params += [to_torch(l, w), flat[l["b_offset"]:l["b_offset"] + l["b_count"]].clone()]
     assert sum(l["w_count"] + l["b_count"] for l in with_params) == n_params
     params = [t.requires_grad_() for t in params]
+    # Batch norm's running statistics, PyTorch's initial values (vgg_dist starts alike).
+    running = {i: (torch.zeros(l["in"][2]), torch.ones(l["in"][2]))
+               for i, l in enumerate(layers) if l["kind"] == "bn"}
 
     # The branches vgg_dist took, per step and layer, in its NHWC order: the mask of the layer's
     # ReLU (when its activation is one), then a pool's argmaxes (the file's order).
     def nchw(a, l):
         h_, w_, c_ = l["out"]
-        return a.reshape(n, h_, w_, c_).permute(0, 3, 1, 2) if l["kind"] in ("conv", "pool") else a.reshape(n, c_)
+        return a.reshape(n, h_, w_, c_).permute(0, 3, 1, 2) if l["kind"] in ("conv", "pool", "bn") else a.reshape(n, c_)
 
     branches = []
     for _ in range(steps):
@@ -128,22 +138,28 @@ def main(model_path, src, dst):
         counts[1] += int(((gap > 0) & near).sum())
         return chosen
 
-    def forward(step):
+    def forward(step, train=True):
         h, pi = x, 0
         scale = 1.0 / (1.0 - dropout) if dropout > 0 else 1.0
-        for l, (mask, argmax) in zip(layers, branches[step]):
+        for i, (l, (mask, argmax)) in enumerate(zip(layers, branches[step])):
             if l["kind"] in ("dropout", "linear"):
                 h = torch.flatten(h, 1)
             if l["kind"] == "pool":
-                h = pool(h, argmax)
+                h = pool(h, argmax) if train else F.max_pool2d(h, 2)
             elif l["kind"] == "dropout":
-                h = h * masks[step][l["index"]] * scale
+                if train:
+                    h = h * masks[step][l["index"]] * scale
+            elif l["kind"] == "bn":
+                w, b = params[pi], params[pi + 1]
+                pi += 2
+                h = F.batch_norm(h, *running[i], w, b, training=train, momentum=l["momentum"],
+                                 eps=l["eps"])
             else:
                 w, b = params[pi], params[pi + 1]
                 pi += 2
                 h = F.conv2d(h, w, b, padding=1) if l["kind"] == "conv" else F.linear(h, w, b)
             if l["act"] == "relu":
-                h = relu(h, mask)
+                h = relu(h, mask) if train else F.relu(h)
             else:
                 assert l["act"] == "none", l["act"]
         return h
@@ -172,6 +188,11 @@ def main(model_path, src, dst):
         f.write(to_flat(grads).tobytes())
         f.write(to_flat(params).tobytes())
         f.write(struct.pack("<2d", counts[0], counts[1]))
+        for i, l in enumerate(layers):
+            if l["kind"] == "bn":
+                f.write(torch.cat(running[i]).numpy().astype("<f4").tobytes())
+        with torch.no_grad():
+            f.write(forward(steps - 1, train=False).numpy().astype("<f4").tobytes())
 
 
 if __name__ == "__main__":

@@ -62,6 +62,12 @@ void steps_run(steps_result *r, backend *b, const model *m, const steps_spec *s)
   r->init_params = xmalloc(P * sizeof(float));
   model_init_params(m, r->init_params, INIT_PYTORCH, s->seed); // non-zero biases: every term
   net_upload_params(&nt, r->init_params);
+  if (m->n_buffers) { // running statistics start as the trainer's do
+    float *h_buffers = xmalloc(m->n_buffers * sizeof(float));
+    model_init_buffers(m, h_buffers);
+    net_upload_buffers(&nt, h_buffers);
+    free(h_buffers);
+  }
 
   int images = 2 * s->n;
   size_t bytes = (size_t)images * 3072;
@@ -99,6 +105,16 @@ void steps_run(steps_result *r, backend *b, const model *m, const steps_spec *s)
     r->loss[t] = sum / s->n;
   }
   net_download_params(&nt, r->params);
+  if (m->n_buffers) {
+    r->buffers = xmalloc(m->n_buffers * sizeof(float));
+    net_download_buffers(&nt, r->buffers);
+  }
+  if (b->act_bytes == sizeof(float)) { // the input batch is still in place after the step
+    const layer *last = &m->layers[m->n_layers - 1];
+    net_forward(&nt, s->n, 0, 0, 0);
+    r->eval_logits = xmalloc((size_t)s->n * last->K * sizeof(float));
+    b->ops->download(b, r->eval_logits, nt.out[m->n_layers - 1], (size_t)s->n * last->K * sizeof(float));
+  }
   b->ops->release(b, d_lab);
   b->ops->release(b, d_img);
   free(img);
@@ -115,6 +131,8 @@ void steps_free(steps_result *r) {
   free(r->init_params);
   free(r->grads);
   free(r->params);
+  free(r->buffers);
+  free(r->eval_logits);
   memset(r, 0, sizeof(*r));
 }
 

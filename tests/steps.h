@@ -25,6 +25,9 @@ typedef struct steps_result {
   float *init_params;  // the parameters before the first step
   float *grads;        // gradients of the first step
   float *params;       // parameters after the last step
+  float *buffers;      // the non-trainable state after the last step (NULL when there is none)
+  float *eval_logits;  // fp32 backends: logits (n, classes) of the last step's batch in
+                       // evaluation mode with the final parameters and running statistics
   int32_t labels[256], ids[256]; // the first step's
   // With record_branches, per step and layer: the max-pool argmaxes and the ReLU decisions
   // (out > 0) of layers whose activation is a ReLU, in the backend's (N, H, W, C) order.

@@ -97,11 +97,11 @@ TEST(model_parameter_counts_match_torchvision) {
   // torchvision's vgg16(num_classes=10) at 224x224 has 134,301,514 parameters; vgg11 128,807,306;
   // at 32x32 the first FC shrinks to 512 inputs.
   model m;
-  model_build(&m, "vgg16", 1, 224, 10, 0.5f);
+  model_build(&m, "vgg16", 1, 224, 10, 0.5f, 0);
   EXPECT_EQ_INT(m.n_params, 134301514);
-  model_build(&m, "vgg11", 1, 224, 10, 0.5f);
+  model_build(&m, "vgg11", 1, 224, 10, 0.5f, 0);
   EXPECT_EQ_INT(m.n_params, 128807306);
-  model_build(&m, "vgg16", 1, 32, 10, 0.5f);
+  model_build(&m, "vgg16", 1, 32, 10, 0.5f, 0);
   EXPECT_EQ_INT(m.n_params, 14714688 + 512 * 4096 + 4096 + 4096 * 4096 + 4096 + 4096 * 10 + 10);
   int convs = 0, pools = 0;
   for (int i = 0; i < m.n_layers; i++) {
@@ -110,17 +110,17 @@ TEST(model_parameter_counts_match_torchvision) {
   }
   EXPECT_EQ_INT(convs, 13);
   EXPECT_EQ_INT(pools, 5);
-  model_build(&m, "vgg19", 1, 32, 10, 0.5f);
+  model_build(&m, "vgg19", 1, 32, 10, 0.5f, 0);
   convs = 0;
   for (int i = 0; i < m.n_layers; i++) convs += m.layers[i].kind == LAYER_CONV;
   EXPECT_EQ_INT(convs, 16);
   // Training FLOPs (3 x 2 x multiply-adds, convs and FCs): 30.4 GFLOP at 128 and 1.99 at 32
   // (the convs alone 1.88; the FCs are 0.11 at 32, 0.3 at 128).
-  model_build(&m, "vgg16", 1, 128, 10, 0.5f);
+  model_build(&m, "vgg16", 1, 128, 10, 0.5f, 0);
   EXPECT_NEAR(model_train_flops(&m) * 1e-9, 30.4, 0.1);
-  model_build(&m, "vgg16", 1, 32, 10, 0.5f);
+  model_build(&m, "vgg16", 1, 32, 10, 0.5f, 0);
   EXPECT_NEAR(model_train_flops(&m) * 1e-9, 1.99, 0.01);
-  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f);
+  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f, 0);
   const layer *fc1 = &m.layers[m.n_layers - 4];
   EXPECT_EQ_INT(fc1->kind, LAYER_LINEAR);
   EXPECT_EQ_INT(fc1->C, 128 * 2 * 2);
@@ -135,7 +135,7 @@ TEST(model_json_parses_and_matches_the_model) {
   const char *src = getenv("VGG_SOURCE_DIR");
   for (int i = 0; i < 4; i++) {
     model m;
-    model_build(&m, names[i], i == 3 ? 0.5f : 0.25f, i == 1 ? 64 : 32, 10, 0.3f);
+    model_build(&m, names[i], i == 3 ? 0.5f : 0.25f, i == 1 ? 64 : 32, 10, 0.3f, 0);
     int convs = 0;
     for (int k = 0; k < m.n_layers; k++) convs += m.layers[k].kind == LAYER_CONV;
     char path[512], cmd[1400];
@@ -163,7 +163,7 @@ TEST(config_print_model_flag) {
 
 TEST(model_init_statistics_per_scheme) {
   model m;
-  model_build(&m, "vgg11", 0.5f, 32, 10, 0.5f);
+  model_build(&m, "vgg11", 0.5f, 32, 10, 0.5f, 0);
   float *p = malloc(m.n_params * sizeof(float));
   const layer *conv = &m.layers[2]; // 32 -> 64 channels after the first pool
   const layer *fc = &m.layers[m.n_layers - 2];
@@ -196,7 +196,7 @@ TEST(model_init_statistics_per_scheme) {
 
 TEST(bucket_plan_tiles_the_buffer_in_backward_order) {
   model m;
-  model_build(&m, "vgg16", 0.25f, 32, 10, 0.5f);
+  model_build(&m, "vgg16", 0.25f, 32, 10, 0.5f, 0);
   size_t sizes[] = {1, 50000, 400000, 100000000};
   for (size_t k = 0; k < sizeof(sizes) / sizeof(sizes[0]); k++) {
     bucket_plan p;

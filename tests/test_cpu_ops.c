@@ -572,6 +572,134 @@ TEST(cpu_activation) {
   b->ops->destroy(b);
 }
 
+// ---- batch norm ----------------------------------------------------------------------------
+
+typedef struct bn_case {
+  backend *b;
+  op_shape s;
+  activation act;
+  float *x, *gamma, *beta, *y, *r, *ybase, *save, *running;
+} bn_case;
+
+static double bn_loss(void *p, int *kink) {
+  bn_case *t = p;
+  size_t n = (size_t)t->s.N * t->s.H * t->s.W * t->s.C;
+  t->b->ops->bn_fwd(t->b, t->y, t->save, t->x, t->gamma, t->beta, t->running, t->s,
+                    (bn_params){1e-5f, 0.1f}, 1, t->act);
+  if (t->act == ACT_RELU)
+    for (size_t i = 0; i < n; i++)
+      if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
+  return dot(t->y, t->r, n);
+}
+
+// Training forward against the formula in double, the running statistics' update, evaluation
+// with them, and the backward (after the activation's) against finite differences.
+static void bn_check(int N, int H, int W, int C, activation act) {
+  backend *b = backend_cpu_create(0);
+  const op_shape s = {N, H, W, C, C};
+  const size_t rows = (size_t)N * H * W, n = rows * C;
+  bn_case t = {b, s, act, fvec(n), fvec(C), fvec(C), fvec(n), fvec(n), fvec(n), fvec(2 * C), fvec(2 * C)};
+  fill(t.x, n, 81, -1, 3); // a mean well off 0
+  fill(t.gamma, C, 82, 0.5f, 1.5f);
+  fill(t.beta, C, 83, -0.5f, 0.5f);
+  fill(t.r, n, 84, -1, 1);
+  float running[8], save[8];
+  for (int c = 0; c < C; c++) running[c] = 0.2f, running[C + c] = 1.5f;
+  b->ops->bn_fwd(b, t.ybase, save, t.x, t.gamma, t.beta, running, s, (bn_params){1e-5f, 0.1f}, 1, act);
+  double err = 0, err_stats = 0;
+  for (int c = 0; c < C; c++) {
+    double m = 0, v = 0;
+    for (size_t i = 0; i < rows; i++) m += t.x[i * C + c];
+    m /= rows;
+    for (size_t i = 0; i < rows; i++) v += (t.x[i * C + c] - m) * (t.x[i * C + c] - m);
+    v /= rows;
+    for (size_t i = 0; i < rows; i++) {
+      double want = t.gamma[c] * (t.x[i * C + c] - m) / sqrt(v + 1e-5) + t.beta[c];
+      if (act == ACT_RELU && want < 0) want = 0;
+      err = fmax(err, fabs(t.ybase[i * C + c] - want));
+    }
+    err_stats = fmax(err_stats, fabs(save[c] - m) + fabs(save[C + c] - 1 / sqrt(v + 1e-5)));
+    err_stats = fmax(err_stats, fabs(running[c] - (0.9 * 0.2 + 0.1 * m)));
+    err_stats = fmax(err_stats, fabs(running[C + c] - (0.9 * 1.5 + 0.1 * v * rows / (rows - 1))));
+  }
+  EXPECT(err < 1e-5);
+  EXPECT(err_stats < 1e-6);
+  // Evaluation: the running statistics, nothing updated.
+  float run2[8], save2[8] = {0};
+  memcpy(run2, running, sizeof(run2));
+  b->ops->bn_fwd(b, t.y, save2, t.x, t.gamma, t.beta, run2, s, (bn_params){1e-5f, 0.1f}, 0, act);
+  double err_eval = 0;
+  for (size_t i = 0; i < rows; i++)
+    for (int c = 0; c < C; c++) {
+      double want = t.gamma[c] * (t.x[i * C + c] - running[c]) / sqrt(running[C + c] + 1e-5) + t.beta[c];
+      if (act == ACT_RELU && want < 0) want = 0;
+      err_eval = fmax(err_eval, fabs(t.y[i * C + c] - want));
+    }
+  EXPECT(err_eval < 1e-5);
+  EXPECT(memcmp(run2, running, sizeof(run2)) == 0 && save2[0] == 0 && save2[C] == 0);
+  // Backward through the activation, then batch norm; neither writes what it reads.
+  float *dy = fvec(n), *dz = fvec(n), *dx = fvec(n), *dg = fvec(C), *dbeta = fvec(C);
+  memcpy(dy, t.r, n * sizeof(float));
+  const float *g = act_grad(b, dz, dy, t.ybase, s, act);
+  b->ops->bn_bwd(b, dx, dg, dbeta, g, t.x, t.gamma, save, s);
+  EXPECT(memcmp(dy, t.r, n * sizeof(float)) == 0);
+  memcpy(t.save, save, 2 * C * sizeof(float));
+  for (int c = 0; c < 2 * C; c++) t.running[c] = running[c];
+  const float eps = act == ACT_RELU ? 1e-3f : 1e-2f;
+  int skipped = 0, bad = 0;
+  bad += fd_check("bn dx", bn_loss, &t, t.x, dx, n, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("bn dgamma", bn_loss, &t, t.gamma, dg, C, eps, 2e-3, 2e-3, &skipped);
+  bad += fd_check("bn dbeta", bn_loss, &t, t.beta, dbeta, C, eps, 2e-3, 2e-3, &skipped);
+  EXPECT_EQ_INT(bad, 0);
+  EXPECT(skipped * 4 < (int)(n + 2 * C));
+  if (act == ACT_NONE) EXPECT_EQ_INT(skipped, 0);
+  // dx == NULL (a first layer) still gives the parameter gradients.
+  float *dg2 = fvec(C), *db2 = fvec(C);
+  b->ops->bn_bwd(b, NULL, dg2, db2, g, t.x, t.gamma, save, s);
+  EXPECT(memcmp(dg2, dg, C * sizeof(float)) == 0 && memcmp(db2, dbeta, C * sizeof(float)) == 0);
+  free(dg2); free(db2); free(dy); free(dz); free(dx); free(dg); free(dbeta);
+  free(t.x); free(t.gamma); free(t.beta); free(t.y); free(t.r); free(t.ybase); free(t.save);
+  free(t.running);
+  b->ops->destroy(b);
+}
+
+TEST(cpu_bn_grad) {
+  bn_check(2, 3, 2, 4, ACT_NONE);
+  bn_check(3, 2, 2, 3, ACT_RELU);
+  bn_check(1, 1, 2, 4, ACT_NONE); // two values per channel: the smallest batch there is
+}
+
+// Many rows and threads: the same results as one thread, within the summation order.
+TEST(cpu_bn_threads_agree) {
+  const op_shape s = {8, 16, 16, 24, 24};
+  const size_t n = (size_t)8 * 16 * 16 * 24;
+  float *x = fvec(n), *dy = fvec(n), *g = fvec(24), *be = fvec(24);
+  fill(x, n, 91, -2, 2);
+  fill(dy, n, 92, -1, 1);
+  fill(g, 24, 93, 0.5f, 1.5f);
+  float *y[2], *dx[2], dg[2][24], db[2][24], run[2][48], save[2][48];
+  for (int v = 0; v < 2; v++) {
+    backend *b = backend_cpu_create(v ? 3 : 1);
+    y[v] = fvec(n);
+    dx[v] = fvec(n);
+    for (int c = 0; c < 24; c++) run[v][c] = 0, run[v][24 + c] = 1;
+    b->ops->bn_fwd(b, y[v], save[v], x, g, be, run[v], s, (bn_params){1e-5f, 0.1f}, 1, ACT_RELU);
+    b->ops->bn_bwd(b, dx[v], dg[v], db[v], dy, x, g, save[v], s);
+    b->ops->destroy(b);
+  }
+  double e = 0;
+  for (size_t i = 0; i < n; i++) e = fmax(e, fabs(y[0][i] - y[1][i]) + fabs(dx[0][i] - dx[1][i]));
+  for (int c = 0; c < 24; c++)
+    e = fmax(e, fabs(dg[0][c] - dg[1][c]) / 100 + fabs(db[0][c] - db[1][c]) / 100 +
+                    fabs(run[0][c] - run[1][c]) + fabs(run[0][24 + c] - run[1][24 + c]));
+  EXPECT(e < 1e-5);
+  free(x); free(dy); free(g); free(be);
+  for (int v = 0; v < 2; v++) {
+    free(y[v]);
+    free(dx[v]);
+  }
+}
+
 // ---- the walker with an activation that is not fused -----------------------------------------
 // A hand-made model: conv (no activation) -> max-pool + ReLU (an op that does not fuse it, so
 // the walker runs act_fwd from the pool's own output) -> linear. The net's gradients of the
@@ -807,6 +935,11 @@ TEST(cpu_ops_empty_batch) {
   b->ops->dropout_fwd(b, y, dummy, ids, (op_shape){0, 1, 1, 8, 8}, 0.5f, key);
   b->ops->dropout_bwd(b, y, dummy, ids, (op_shape){0, 1, 1, 8, 8}, 0.5f, key);
   b->ops->act_fwd(b, y, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
+  float run[2] = {7.0f, 7.0f}, save[2] = {7.0f, 7.0f}, g1[1] = {1.0f}, b1[1] = {0.0f};
+  b->ops->bn_fwd(b, y, save, dummy, g1, b1, run, (op_shape){0, 4, 4, 1, 1}, (bn_params){1e-5f, 0.1f}, 1, ACT_RELU);
+  EXPECT(run[0] == 7.0f && run[1] == 7.0f && save[0] == 7.0f); // nothing updated
+  b->ops->bn_bwd(b, dummy, g1, b1, dummy, dummy, g1, save, (op_shape){0, 4, 4, 1, 1});
+  EXPECT(g1[0] == 0.0f && b1[0] == 0.0f);
   b->ops->act_bwd(b, y, dummy, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
   double stats[2] = {1.5, 2.0};
   b->ops->xent(b, y, stats, dummy, labels, 0, 10, 1.0f);
@@ -843,7 +976,7 @@ TEST(cpu_memory_ops) {
 // is where the CPU backend's buffers come from.
 TEST(net_memory_estimate_is_what_net_init_allocates) {
   model m;
-  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f);
+  model_build(&m, "vgg16", 0.25f, 64, 10, 0.5f, 0);
   backend *b = backend_cpu_create(1);
   const int n_images = 24;
   size_t est = net_memory_bytes(&m, n_images, sizeof(float));

@@ -1314,7 +1314,7 @@ TEST(cuda_gpu_autotune_first_repeats) {
                     .weight_decay = 1e-4f, .beta1 = 0.9f, .beta2 = 0.999f, .eps = 1e-8f,
                     .size = 32, .n = 8, .steps = 2, .seed = 77, .vary = 1};
     model m;
-    model_build(&m, s.model, s.width, s.size, 10, s.dropout);
+    model_build(&m, s.model, s.width, s.size, 10, s.dropout, 0);
     steps_result r[2];
     for (int k = 0; k < 2; k++) {
       backend *g = backend_cuda_create(0, prec);
@@ -1381,7 +1381,7 @@ TEST(cuda_gpu_profile) {
     return;
   }
   model m;
-  model_build(&m, "vgg11", 0.125f, 32, 10, 0.5f);
+  model_build(&m, "vgg11", 0.125f, 32, 10, 0.5f, 0);
   const int n = 8;
   backend *plain = backend_cuda_create(0, PREC_FP32);
   backend_cuda_set_autotune(plain, AUTOTUNE_FIRST);

@@ -4,7 +4,7 @@
 // (and its order of floating-point operations where that is cheap to match).
 //
 // Owns: the backend struct and its cpu_ctx (thread count, conv workspace, reduction buffer).
-// Convolutions live in conv.c, batch assembly in prep.c. All memory is plain host memory:
+// Convolutions live in conv.c, batch norm in bn.c, batch assembly in prep.c. All memory is plain host memory:
 // upload/download are memcpy and sync is a no-op.
 //
 // Threads: all parallelism is OpenMP (ctx->threads); OpenBLAS is set to one thread and every
@@ -389,6 +389,8 @@ static const backend_ops cpu_ops = {
     .maxpool_bwd = cpu_maxpool_bwd,
     .linear_fwd = cpu_linear_fwd,
     .linear_bwd = cpu_linear_bwd,
+    .bn_fwd = cpu_bn_fwd,
+    .bn_bwd = cpu_bn_bwd,
     .act_fwd = cpu_act_fwd,
     .act_bwd = cpu_act_bwd,
     .dropout_fwd = cpu_dropout_fwd,

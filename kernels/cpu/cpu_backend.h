@@ -66,4 +66,11 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
 void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
                   const float *w, op_shape s);
 
+// BatchNorm2d (bn.c).
+void cpu_bn_fwd(backend *b, void *y, float *save, const void *x, const float *gamma,
+                const float *beta, float *running, op_shape s, bn_params p, int train,
+                activation act);
+void cpu_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
+                const float *gamma, const float *save, op_shape s);
+
 #endif

@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
   if (cuda) backend_cuda_set_autotune(b, !strcmp(o.autotune, "first") ? AUTOTUNE_FIRST : AUTOTUNE_FASTEST);
   if (o.profile) backend_cuda_profile_enable(b);
   model m;
-  model_build(&m, o.name, o.width, o.size, 10, 0.5f);
+  model_build(&m, o.name, o.width, o.size, 10, 0.5f, 0);
   net nt;
   net_init(&nt, &m, b, o.batch, 1 << 30);
   nt.graphs = o.graphs;

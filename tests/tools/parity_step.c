@@ -55,7 +55,7 @@ int main(int argc, char **argv) {
                     .size = size, .n = n, .steps = 4, .adamw = 0, .seed = 4321, .record_branches = 1,
                     .vary = 1};
     model m;
-    model_build(&m, s.model, s.width, size, 10, s.dropout);
+    model_build(&m, s.model, s.width, size, 10, s.dropout, 0);
     backend *cpu = backend_cpu_create(0);
     steps_result ref;
     steps_run(&ref, cpu, &m, &s);
