@@ -13,8 +13,9 @@
 // Activations and activation gradients are elements of backend->act_bytes bytes each (4 for
 // fp32; a bf16 backend uses 2). Parameters, gradients and Adam state are always fp32.
 // Parameter gradients are written (not accumulated): each parameter is used once per step.
-// Every op takes its sizes last; N may be 0 (a rank with no samples in a short final batch),
-// in which case outputs of size 0 are untouched and weight gradients are set to zero.
+// Every op takes its sizes (an op_shape) after its tensors, then its settings; N may be 0 (a
+// rank with no samples in a short final batch), in which case outputs of size 0 are untouched
+// and weight gradients are set to zero.
 #ifndef VGG_BACKEND_H
 #define VGG_BACKEND_H
 

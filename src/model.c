@@ -172,7 +172,8 @@ double model_train_flops(const model *m) {
 void model_print(const model *m, FILE *f) {
   int convs = 0;
   for (int i = 0; i < m->n_layers; i++) convs += m->layers[i].kind == LAYER_CONV;
-  fprintf(f, "model %s (%d conv + 3 FC%s), width %g, input %dx%d: %zu parameters, %.2f GFLOP/image for training\n",
+  fprintf(f, "model %s (%d conv + 3 FC%s), width %g, input %dx%d: %zu parameters, "
+             "%.2f GFLOP/image for training\n",
           m->name, convs, m->batchnorm ? ", batch norm" : "", m->width, m->image_size,
           m->image_size, m->n_params, model_train_flops(m) * 1e-9);
 }
@@ -210,7 +211,8 @@ static void layer_print_json(const model *m, const layer *l, const int flat_hwc[
           layer_kind_name(l->kind), activation_name(l->act), l->H, l->W, l->C, l->oH, l->oW, l->K);
   if (l->kind == LAYER_CONV) fprintf(f, ", \"kernel\": 3, \"pad\": 1");
   if (l->kind == LAYER_POOL) fprintf(f, ", \"kernel\": 2, \"stride\": 2");
-  if (l->kind == LAYER_DROPOUT) fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, m->dropout);
+  if (l->kind == LAYER_DROPOUT)
+    fprintf(f, ", \"index\": %d, \"p\": %g", l->dropout_index, m->dropout);
   if (l->kind == LAYER_BN) fprintf(f, ", \"eps\": %g, \"momentum\": %g", m->bn.eps, m->bn.momentum);
   if (flat_hwc) fprintf(f, ", \"flat_hwc\": [%d, %d, %d]", flat_hwc[0], flat_hwc[1], flat_hwc[2]);
   if (l->w_count) {
@@ -220,13 +222,15 @@ static void layer_print_json(const model *m, const layer *l, const int flat_hwc[
     else fprintf(f, "[%d, %d]", l->K, l->C);
     fprintf(f, ", \"b_offset\": %zu, \"b_count\": %zu", l->b_off, l->b_count);
   }
-  if (l->buf_count) fprintf(f, ", \"buf_offset\": %zu, \"buf_count\": %zu", l->buf_off, l->buf_count);
+  if (l->buf_count)
+    fprintf(f, ", \"buf_offset\": %zu, \"buf_count\": %zu", l->buf_off, l->buf_count);
   fprintf(f, "}");
 }
 
 void model_print_json(const model *m, FILE *f) {
   fprintf(f, "{\"name\": \"%s\", \"width\": %g, \"image_size\": %d, \"classes\": %d, "
-             "\"dropout\": %g, \"batchnorm\": %s, \"n_params\": %zu, \"n_buffers\": %zu,\n \"layers\": [\n",
+             "\"dropout\": %g, \"batchnorm\": %s, \"n_params\": %zu, \"n_buffers\": %zu,\n"
+             " \"layers\": [\n",
           m->name, m->width, m->image_size, m->classes, m->dropout,
           m->batchnorm ? "true" : "false", m->n_params, m->n_buffers);
   int hwc[3] = {m->image_size, m->image_size, 3}, from_map = 1; // the last feature map; input still its flattening?

@@ -15,7 +15,9 @@ static int act_separate(const layer *l) { return l->act != ACT_NONE && !act_fuse
 static op_shape layer_shape(const layer *l, int n) { return (op_shape){n, l->H, l->W, l->C, l->K}; }
 
 // The shape of the layer's output, for its activation (elementwise, K = C).
-static op_shape output_shape(const layer *l, int n) { return (op_shape){n, l->oH, l->oW, l->K, l->K}; }
+static op_shape output_shape(const layer *l, int n) {
+  return (op_shape){n, l->oH, l->oW, l->K, l->K};
+}
 
 // Every buffer of a net, in one place: allocated on b, or with b == NULL only counted.
 static size_t net_buffers(net *nt, const model *m, backend *b, size_t act_bytes, int max_n) {

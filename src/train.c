@@ -258,7 +258,8 @@ static int resume(run *r) {
 // The model and the run state (fresh, or from a checkpoint); returns whether the run resumed.
 static int state_init(run *r) {
   const config *cfg = r->cfg;
-  model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout, cfg->batchnorm);
+  model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout,
+              cfg->batchnorm);
   if (r->rank == 0) model_print(&r->m, stdout);
   ckpt_meta meta;
   memset(&meta, 0, sizeof(meta));
@@ -304,6 +305,18 @@ static void state_download(run *r) {
   size_t pbytes = r->m.n_params * sizeof(float);
   b->ops->download(b, r->rs.adam_m, r->net.adam_m, pbytes);
   b->ops->download(b, r->rs.adam_v, r->net.adam_v, pbytes);
+}
+
+// Batch norm's running statistics: each rank updates its own from its share of every batch
+// (its batch statistics are its own: no synchronised batch norm), so they drift apart; before
+// they are used (validation, the test) or saved, every rank takes rank 0's, as PyTorch's
+// DistributedDataParallel broadcasts its buffers. Training never reads them, so a resumed run,
+// which starts from rank 0's, stays bitwise equal to an uninterrupted one.
+static void buffers_from_rank0(run *r) {
+  if (r->world == 1 || r->m.n_buffers == 0) return;
+  net_download_buffers(&r->net, r->rs.live.buffers);
+  comm_bcast(r->c, r->rs.live.buffers, r->m.n_buffers * sizeof(float), 0);
+  net_upload_buffers(&r->net, r->rs.live.buffers);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -483,6 +496,7 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
        stop_reason(r, reason, sizeof(reason)),
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
+  buffers_from_rank0(r);
   state_download(r);
   save_periodic(r);
   stop_resumable(r);
@@ -589,6 +603,7 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
   e.train_acc = sums[1] / n_train;
   e.time_s = clk->carried + now_s() - clk->t_start;
   e.images_per_s = (n_train - (double)clk->first_batch * cfg->batch) / (now_s() - clk->t_start + 1e-9);
+  buffers_from_rank0(r);
   evaluate(r, &r->data.val, &e.val_loss, &e.val_acc);
   decide(r, &e);
   const int early = early_stop_due(st, cfg->early_stop);

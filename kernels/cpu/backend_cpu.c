@@ -4,8 +4,8 @@
 // (and its order of floating-point operations where that is cheap to match).
 //
 // Owns: the backend struct and its cpu_ctx (thread count, conv workspace, reduction buffer).
-// Convolutions live in conv.c, batch norm in bn.c, batch assembly in prep.c. All memory is plain host memory:
-// upload/download are memcpy and sync is a no-op.
+// Convolutions live in conv.c, batch norm in bn.c, batch assembly in prep.c. All memory is
+// plain host memory: upload/download are memcpy and sync is a no-op.
 //
 // Threads: all parallelism is OpenMP (ctx->threads); OpenBLAS is set to one thread and every
 // product is split by rows or columns across the OpenMP threads (cpu_sgemm, conv.c). With
@@ -160,6 +160,7 @@ static void cpu_act_bwd(backend *b, void *dx_, const void *dy_, const void *y_, 
   float *dx = dx_;
   const float *dy = dy_, *y = y_;
   const size_t count = (size_t)s.N * s.H * s.W * s.C;
+  if (count && dx_ == dy_) FATAL("act_bwd: dx and dy are the same buffer");
   if (act == ACT_NONE) {
     if (count) memcpy(dx, dy, count * sizeof(float));
     return;

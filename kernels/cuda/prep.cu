@@ -93,11 +93,13 @@ void cuda_prep_batch(backend *b, void *x, int32_t *labels, int32_t *ids, const u
     ids_upload(c, ids, h_ids, n);
   }
   cuda_stage(c, &c->d_vars->epoch, p->epoch);
+  prep_params a = *p;
+  a.epoch = UINT32_MAX; // the kernel reads the step's epoch from d_vars only (see the top)
   size_t count = (size_t)n * p->size * p->size;
   dispatch_act(c, [&](auto tag) {
     using T = typename decltype(tag)::type;
     prep_kernel<T><<<cuda_blocks(c, count), CUDA_THREADS, 0, c->stream>>>(
-        (T *)x, labels, ids, images, image_labels, n, *p, c->d_vars);
+        (T *)x, labels, ids, images, image_labels, n, a, c->d_vars);
   });
   KERNEL_CHECK();
 }
