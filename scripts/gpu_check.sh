@@ -19,8 +19,8 @@
 #      deterministic autotune (--autotune first): identical losses;
 #   5. the per-op time profile (bench_step --profile: VGG16 at 128x128, batch 64, bf16);
 #   6. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, bf16/tf32/fp32;
-#   7. if time is left, compute-sanitizer over the op tests of the row-wise and loss kernels,
-#      then a short real-data run.
+#   7. if time is left, compute-sanitizer over the op tests of the row-wise, loss and batch-norm
+#      kernels, then a short real-data run.
 # --dry-run (for machines without a GPU; `make test` runs it on a fresh clone): every part that
 # needs no GPU runs (staging, build, ldd, the host op tests, a CPU run through the staged
 # mpirun), the check stops at part 3 with a "no CUDA device" line, and exits 0 if all before
@@ -340,7 +340,7 @@ done
 # memcheck over the kernels written without a GPU (one process each: a refusal is reported).
 SAN=$CUDA_HOME/bin/compute-sanitizer
 if [ -x "$SAN" ]; then
-  for t_name in cuda_gpu_rowwise_paths cuda_gpu_pool_dropout_xent; do
+  for t_name in cuda_gpu_rowwise_paths cuda_gpu_pool_dropout_xent cuda_gpu_bn; do
     t=$(tmo 60 20 "sanitizer $t_name") || break
     log unit.log "compute-sanitizer $t_name" timeout "$t" "$SAN" --tool memcheck --error-exitcode 3 \
       $B/test_unit "$t_name"

@@ -571,6 +571,7 @@ TEST(cuda_profile_steps) {
   for (int k = 0; k < PROF_KINDS; k++) EXPECT(strcmp(prof_kind_name((prof_kind)k), "?") != 0);
   EXPECT(strcmp(prof_kind_name(PROF_ACT_FWD), "act fwd") == 0);
   EXPECT(strcmp(prof_kind_name(PROF_ACT_BWD), "act bwd") == 0);
+  EXPECT(strcmp(prof_kind_name(PROF_BN_FWD), "bn fwd") == 0 && strcmp(prof_kind_name(PROF_BN_BWD), "bn bwd") == 0);
 }
 
 TEST(cuda_profile_conv_record) {
@@ -1154,6 +1155,145 @@ TEST(cuda_gpu_pool_dropout_xent) {
     pool_case(&p);
     dropout_case(&p);
     xent_case(&p);
+    pair_close(&p);
+  }
+}
+
+// ---- batch norm (bn_fwd, bn_bwd) --------------------------------------------------------------
+// One BatchNorm2d layer (N, H, H, C) with its fused activation on both backends: a training
+// forward (y, save, the running statistics' update), the backward through act_bwd as the walker
+// runs it (dgamma, dbeta, dx), then an evaluation forward from the updated running statistics.
+// x sits 50 away from zero: a variance taken as E[x^2] - E[x]^2 in fp32 would lose about three
+// digits there, the two-pass one keeps them.
+typedef struct bn_bufs { // one backend's tensors: host or device
+  void *x, *y, *ye, *dy, *dya, *dx;
+  float *gb, *save, *run, *grads; // gamma then beta; mean, invstd; mean, var; dgamma then dbeta
+} bn_bufs;
+
+static void bn_step(backend *b, const bn_bufs *m, op_shape s, bn_params bp, activation act) {
+  const int C = s.C;
+  b->ops->bn_fwd(b, m->y, m->save, m->x, m->gb, m->gb + C, m->run, s, bp, 1, act);
+  const void *g = through_act(b, m->dya, m->dy, m->y, s, act);
+  b->ops->bn_bwd(b, m->dx, m->grads, m->grads + C, g, m->x, m->gb, m->save, s);
+  b->ops->bn_fwd(b, m->ye, m->save, m->x, m->gb, m->gb + C, m->run, s, bp, 0, act);
+}
+
+// Downloads n fp32 values of d into a fresh host buffer (free it).
+static float *f32_copy(pair *p, const float *d, size_t n) {
+  float *h = xmalloc((n ? n : 1) * sizeof(float));
+  p->gpu->ops->download(p->gpu, h, d, n * sizeof(float));
+  return h;
+}
+
+// The GPU's results against the CPU's (h: the CPU's tensors).
+static void bn_compare(pair *p, const bn_bufs *h, const bn_bufs *d, size_t n, int C) {
+  const double t = prec_tol(p->prec);
+  float *y = act_copy(p, d->y, n), *ye = act_copy(p, d->ye, n), *dx = act_copy(p, d->dx, n);
+  float *save = f32_copy(p, d->save, 2 * (size_t)C), *run = f32_copy(p, d->run, 2 * (size_t)C);
+  float *grads = f32_copy(p, d->grads, 2 * (size_t)C);
+  expect_close("bn train y", p->prec, y, h->y, n, t);
+  expect_close("bn save mean", p->prec, save, h->save, C, 1e-5);
+  expect_close("bn save invstd", p->prec, save + C, h->save + C, C, 1e-5);
+  expect_close("bn running mean", p->prec, run, h->run, C, 1e-5);
+  expect_close("bn running var", p->prec, run + C, h->run + C, C, 1e-5);
+  expect_close("bn dgamma", p->prec, grads, h->grads, C, 2 * t);
+  expect_close("bn dbeta", p->prec, grads + C, h->grads + C, C, 2 * t);
+  expect_close("bn dx", p->prec, dx, h->dx, n, 2 * t);
+  expect_close("bn eval y", p->prec, ye, h->ye, n, t);
+  free(y); free(ye); free(dx); free(save); free(run); free(grads);
+}
+
+// On the GPU alone: bn_bwd leaves its dy as it was and writes (not accumulates) the same
+// gradients again; evaluation touches neither save nor running; N = 0 updates nothing and zeroes
+// dgamma, dbeta.
+static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, activation act) {
+  backend *g = p->gpu;
+  const size_t n = (size_t)s.N * s.H * s.W * s.C, C2 = 2 * (size_t)s.C;
+  const void *dy = act == ACT_NONE ? d->dy : d->dya;
+  float *dy0 = act_copy(p, dy, n), *gr0 = f32_copy(p, d->grads, C2);
+  float *save0 = f32_copy(p, d->save, C2), *run0 = f32_copy(p, d->run, C2);
+  g->ops->bn_bwd(g, d->dx, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s);
+  g->ops->bn_fwd(g, d->ye, d->save, d->x, d->gb, d->gb + s.C, d->run, s, bp, 0, act);
+  float *dy1 = act_copy(p, dy, n), *gr1 = f32_copy(p, d->grads, C2);
+  float *save1 = f32_copy(p, d->save, C2), *run1 = f32_copy(p, d->run, C2);
+  expect_same("bn_bwd keeps dy", p->prec, dy1, dy0, n);
+  expect_same("bn_bwd writes grads", p->prec, gr1, gr0, C2);
+  expect_same("bn eval keeps save", p->prec, save1, save0, C2);
+  expect_same("bn eval keeps running", p->prec, run1, run0, C2);
+  op_shape s0 = s;
+  s0.N = 0;
+  g->ops->bn_fwd(g, d->y, d->save, d->x, d->gb, d->gb + s.C, d->run, s0, bp, 1, act);
+  g->ops->bn_bwd(g, NULL, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s0);
+  float *run2 = f32_copy(p, d->run, C2), *gr2 = f32_copy(p, d->grads, C2);
+  expect_same("bn N = 0 keeps running", p->prec, run2, run0, C2);
+  int zero = 1;
+  for (size_t i = 0; i < C2; i++) zero &= gr2[i] == 0.0f;
+  EXPECT(zero);
+  free(dy0); free(gr0); free(save0); free(run0); free(dy1); free(gr1); free(save1); free(run1);
+  free(run2); free(gr2);
+}
+
+// Host tensors of the case: x (bf16-exact in bf16, as the GPU sees it), dy likewise, gamma and
+// beta, running statistics with positive variances.
+static bn_bufs bn_host(size_t n, int C, precision_kind prec) {
+  bn_bufs h = {rand_buf(n, 21, 1.0f), xcalloc(n, 4), xcalloc(n, 4), rand_buf(n, 22, 1.0f),
+               xcalloc(n, 4), xcalloc(n, 4), rand_buf(2 * (size_t)C, 23, 0.5f),
+               xcalloc(2 * (size_t)C, 4), rand_buf(2 * (size_t)C, 24, 0.3f),
+               xcalloc(2 * (size_t)C, 4)};
+  float *x = h.x;
+  for (size_t i = 0; i < n; i++) x[i] = 50.0f + 2.0f * x[i];
+  for (int k = 0; k < C; k++) {
+    h.gb[k] += 1.0f;                        // gamma around 1, beta around 0
+    h.run[C + k] = 0.5f + fabsf(h.run[C + k]); // a variance
+  }
+  if (prec == PREC_BF16) {
+    bf16_round(h.x, n);
+    bf16_round(h.dy, n);
+  }
+  return h;
+}
+
+static void bn_case(pair *p, int N, int H, int C, activation act) {
+  const op_shape s = {N, H, H, C, C};
+  const bn_params bp = {1e-5f, 0.1f};
+  const size_t n = (size_t)N * H * H * C, C2 = 2 * (size_t)C;
+  printf("  bn N %d %dx%d C %d %s\n", N, H, H, C, act == ACT_RELU ? "relu" : "none");
+  bn_bufs h = bn_host(n, C, p->prec);
+  backend *g = p->gpu;
+  const size_t ab = g->act_bytes;
+  bn_bufs d = {up_act(p, h.x, n), g->ops->alloc(g, n * ab), g->ops->alloc(g, n * ab),
+               up_act(p, h.dy, n), g->ops->alloc(g, n * ab), g->ops->alloc(g, n * ab),
+               up_f32(p, h.gb, C2), g->ops->alloc(g, C2 * 4), up_f32(p, h.run, C2),
+               g->ops->alloc(g, C2 * 4)};
+  bn_step(p->cpu, &h, s, bp, act);
+  bn_step(g, &d, s, bp, act);
+  bn_compare(p, &h, &d, n, C);
+  bn_contract(p, &d, s, bp, act);
+  void *dv[] = {d.x, d.y, d.ye, d.dy, d.dya, d.dx, d.gb, d.save, d.run, d.grads};
+  void *hv[] = {h.x, h.y, h.ye, h.dy, h.dya, h.dx, h.gb, h.save, h.run, h.grads};
+  for (int i = 0; i < 10; i++) {
+    g->ops->release(g, dv[i]);
+    free(hv[i]);
+  }
+}
+
+// Shapes: the scalar column-sum path (C = 3, 10) and the vector one (C % 4 == 0), several row
+// chunks (N * H * W = 2048), the smallest training batch (N * H * W = 2).
+TEST(cuda_gpu_bn) {
+  for (int i = 0; i < 3; i++) {
+    pair p;
+    if (!pair_open(&p, all_precs[i])) return;
+    if (!p.cpu->ops->bn_fwd || !p.cpu->ops->bn_bwd) { // the CPU's bn ops come with issue 12
+      test_skip("the CPU backend has no bn ops to compare with");
+      pair_close(&p);
+      return;
+    }
+    bn_case(&p, 2, 4, 8, ACT_RELU);
+    bn_case(&p, 3, 3, 3, ACT_NONE);
+    bn_case(&p, 2, 4, 10, ACT_RELU);
+    bn_case(&p, 8, 16, 16, ACT_RELU);
+    bn_case(&p, 4, 8, 64, ACT_NONE);
+    bn_case(&p, 2, 1, 5, ACT_NONE);
     pair_close(&p);
   }
 }

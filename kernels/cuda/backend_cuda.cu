@@ -1,7 +1,8 @@
 // backend_cuda.cu - the CUDA backend's context (device, stream, cuDNN/cuBLAS handles,
 // workspaces, the device step variables), its memory ops, the bf16 parameter shadow, the fused
 // Adam/AdamW kernel and the ops table (filled by name). The op families live in conv.cu,
-// linear.cu, pool.cu, loss.cu, prep.cu and elementwise.cu; graph capture and replay in graph.cu.
+// linear.cu, pool.cu, bn.cu, loss.cu, prep.cu and elementwise.cu; graph capture and replay in
+// graph.cu.
 //
 // Invariants: every op is queued on the one compute stream (ctx->stream); upload/download/sync
 // are the only calls that block the host. Parameters, gradients and Adam state are fp32; in
@@ -223,6 +224,8 @@ static constexpr backend_ops cuda_ops_table(void) {
   o.linear_bwd = cuda_linear_bwd;
   o.act_fwd = cuda_act_fwd;
   o.act_bwd = cuda_act_bwd;
+  o.bn_fwd = cuda_bn_fwd;
+  o.bn_bwd = cuda_bn_bwd;
   o.dropout_fwd = cuda_dropout_fwd;
   o.dropout_bwd = cuda_dropout_bwd;
   o.xent = cuda_xent;

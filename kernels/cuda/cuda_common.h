@@ -125,6 +125,24 @@ void cuda_bias_act(cuda_ctx *c, void *y, const void *x, const float *bias, size_
 // db[k] = sum over the rows of dy (rows, K): written, deterministic; reads dy only. No-op when
 // db is NULL; zeroes db when rows == 0.
 void cuda_bias_grad(cuda_ctx *c, float *db, const void *dy, size_t rows, int K);
+// The first pass of the deterministic column sums over (rows, K) activation tensors, rows >= 1:
+// what one element at (r, k) adds, with a = a[r][k], b = b[r][k] and m = center[k]:
+//   COLSUM_PLAIN   a                          (bias gradients, BN mean; b and center NULL)
+//   COLSUM_SQDEV   (a - m)^2                  (BN variance around the mean; b NULL)
+//   COLSUM_DY_XC   a, then a (b - m)          (BN backward: sums of dy and dy (x - mean))
+// Two passes, never E[x^2] - E[x]^2: the variance comes from deviations, so a large mean does
+// not cancel it away in fp32. The inputs are only read.
+typedef enum { COLSUM_PLAIN, COLSUM_SQDEV, COLSUM_DY_XC } colsum_mode;
+template <colsum_mode MODE> struct colsum_terms_of {
+  static constexpr int value = MODE == COLSUM_DY_XC ? 2 : 1;
+};
+static inline int colsum_terms(colsum_mode mode) { return mode == COLSUM_DY_XC ? 2 : 1; }
+// Writes the sums of each row chunk (colsum_plan, in a fixed order: the result depends only on
+// the shape, not on the vector width or the run) to the scratch buffer, *partial =
+// partial[(chunk * colsum_terms(mode) + term) * K + k], and returns the chunk count; the caller's
+// second pass adds the chunks in order. Valid until the next use of the scratch buffer.
+size_t cuda_colsum_partial(cuda_ctx *c, float **partial, colsum_mode mode, const void *a,
+                           const void *b, const float *center, size_t rows, int K);
 void cuda_f32_to_bf16(cuda_ctx *c, bf16 *dst, const float *src, size_t count);
 void cuda_bf16_to_f32(cuda_ctx *c, float *dst, const bf16 *src, size_t count);
 void cuda_zero(cuda_ctx *c, void *p, size_t bytes);
@@ -148,6 +166,11 @@ void cuda_gemm_plan_free(void *plan, void *arg);
 void cuda_act_fwd(backend *b, void *y, const void *x, op_shape s, activation act);
 void cuda_act_bwd(backend *b, void *dx, const void *dy, const void *y, op_shape s,
                   activation act);
+void cuda_bn_fwd(backend *b, void *y, float *save, const void *x, const float *gamma,
+                 const float *beta, float *running, op_shape s, bn_params p, int train,
+                 activation act);
+void cuda_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
+                 const float *gamma, const float *save, op_shape s);
 void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
 void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,
@@ -235,9 +258,13 @@ template <typename T> inline void cuda_stage(cuda_ctx *c, T *field, T v) {
 }
 
 #define CUDA_THREADS 256u
-// Grid for n elements on this device (grid-stride loops cover the rest).
+// The most blocks a launch asks for: grid-stride loops cover the rest.
+static inline unsigned cuda_grid_cap(const cuda_ctx *c) {
+  return (unsigned)(c->sm_count > 0 ? c->sm_count * 32 : 4096);
+}
+// Grid for n elements on this device.
 static inline unsigned cuda_blocks(const cuda_ctx *c, size_t n) {
-  return plan_blocks(n, CUDA_THREADS, (unsigned)(c->sm_count > 0 ? c->sm_count * 32 : 4096));
+  return plan_blocks(n, CUDA_THREADS, cuda_grid_cap(c));
 }
 
 #endif

@@ -1,7 +1,7 @@
 // elementwise.cu - small kernels the layer ops share, and the activation ops: the bias +
 // activation epilogue (conv_fwd's fused ReLU, linear_fwd's when cuBLASLt's epilogue cannot take
-// it, act_fwd), the activation backward (act_bwd), the deterministic per-channel column sum
-// (bias gradients; it only reads dy), fp32 <-> bf16 conversion.
+// it, act_fwd), the activation backward (act_bwd), the deterministic per-channel column sums
+// (bias gradients, reading dy only; the first pass of bn.cu's statistics), fp32 <-> bf16.
 // Each is one template over the activation type (float or bf16, chosen by dispatch_act). The
 // three row-wise kernels are also templates over the vector width (dispatch_vec): rowwise.h
 // says when a tensor takes ROW_VEC-wide accesses and how the threads cover it (pure host logic,
@@ -20,11 +20,6 @@ template <typename T, int V>
 struct alignas(sizeof(T) * V) act_vec {
   T v[V];
 };
-
-// The most blocks a launch asks for (as cuda_blocks): grid-stride loops cover the rest.
-static unsigned grid_cap(const cuda_ctx *c) {
-  return (unsigned)(c->sm_count > 0 ? c->sm_count * 32 : 4096);
-}
 
 // The vector width as a compile-time constant: f(integral_constant<int, ROW_VEC>) or f(... 1>),
 // so that a launcher names its kernel once.
@@ -59,7 +54,7 @@ static row_launch row_launch_plan(const cuda_ctx *c, size_t rows, int K, size_t 
   L.vec = row_vec_width(K, elem_bytes, a, b);
   if (d && row_vec_width(K, elem_bytes, d, NULL) != ROW_VEC) L.vec = 1;
   L.chunks = (unsigned)(K / L.vec);
-  const row_shape s = row_shape_plan(rows, L.chunks, CUDA_THREADS, grid_cap(c));
+  const row_shape s = row_shape_plan(rows, L.chunks, CUDA_THREADS, cuda_grid_cap(c));
   L.grid = dim3(s.gx, s.gy);
   L.block = dim3(s.bx, s.by);
   return L;
@@ -165,50 +160,75 @@ void cuda_act_bwd(backend *b, void *dx, const void *dy, const void *y, op_shape 
   KERNEL_CHECK();
 }
 
-// ---- bias gradients: deterministic column sums -----------------------------------------------
+// ---- deterministic column sums: bias gradients, BatchNorm statistics -------------------------
 
 // Column sums in two deterministic passes (the shapes and the order: colsum_plan in rowwise.h).
 // Pass 1: block (COLSUM_TX, COLSUM_TY) owns COLSUM_TX column chunks of one chunk of rows; lanes
 // read consecutive chunks of a row (coalesced), the COLSUM_TY rows of threads stride the row
-// chunk, a shared-memory tree sums them into partial[chunk][k]. Pass 2 sums the chunks in order.
-// dy is only read (it is the gradient the walker owns; an activation's backward has run before).
-// Same order, same bits: a thread with V channels keeps V separate accumulators, and channel k
-// gets exactly the additions the scalar kernel (V = 1, one channel per thread) does: rows
-// r0 + ty, r0 + ty + COLSUM_TY, ... < r1 in increasing order from 0.0f, then the same tree over ty,
-// then the chunks in order. Only the loads are V wide.
-template <typename T, int V>
-__global__ void colsum_partial_kernel(float *partial, const T *dy, size_t rows, int K,
-                                      size_t rows_per_chunk) {
-  __shared__ float s[COLSUM_TY][V][COLSUM_TX]; // [ty][j][tx]: lanes hit consecutive words
+// chunk, a shared-memory tree sums them into partial[chunk][term][k]. Pass 2 sums the chunks in
+// order (colsum_final_kernel for the bias gradients, bn.cu's own for its statistics).
+// The inputs are only read (dy is the gradient the walker owns; an activation's backward has run
+// before). What a row adds per channel is the mode's terms (colsum_mode, cuda_common.h).
+// Same order, same bits: a thread with V channels keeps V separate accumulators per term, and
+// channel k gets exactly the additions the scalar kernel (V = 1, one channel per thread) does:
+// rows r0 + ty, r0 + ty + COLSUM_TY, ... < r1 in increasing order from 0.0f, then the same tree
+// over ty, then the chunks in order. Only the loads are V wide. COLSUM_PLAIN adds the plain
+// value (no FMA involved), so the bias gradients are the bits they were before the modes.
+template <typename T, int V, colsum_mode MODE>
+__global__ void colsum_partial_kernel(float *partial, const T *a, const T *b, const float *center,
+                                      size_t rows, int K, size_t rows_per_chunk) {
+  constexpr int M = colsum_terms_of<MODE>::value;
+  __shared__ float s[COLSUM_TY][M * V][COLSUM_TX]; // [ty][term, j][tx]: lanes, consecutive words
   const unsigned tx = threadIdx.x, ty = threadIdx.y;
   const size_t c = (size_t)blockIdx.x * COLSUM_TX + tx; // column chunk: channels k0 .. k0 + V - 1
   const size_t k0 = c * V, chunks = (size_t)K / V;        // K % V == 0 (row_vec_width)
   const size_t r0 = (size_t)blockIdx.y * rows_per_chunk;
   const size_t r1 = r0 + rows_per_chunk < rows ? r0 + rows_per_chunk : rows;
-  float acc[V];
+  float acc[M * V], m[V];
 #pragma unroll
-  for (int j = 0; j < V; j++) acc[j] = 0.0f;
+  for (int t = 0; t < M * V; t++) acc[t] = 0.0f;
+#pragma unroll
+  for (int j = 0; j < V; j++) m[j] = MODE != COLSUM_PLAIN && k0 < (size_t)K ? center[k0 + j] : 0.0f;
   if (k0 < (size_t)K) {
-    const act_vec<T, V> *g_col = reinterpret_cast<const act_vec<T, V> *>(dy) + c; // row 0, chunk c
+    const act_vec<T, V> *a_col = reinterpret_cast<const act_vec<T, V> *>(a) + c; // row 0, chunk c
     for (size_t r = r0 + ty; r < r1; r += COLSUM_TY) {
-      const act_vec<T, V> g = g_col[r * chunks];
+      const act_vec<T, V> va = a_col[r * chunks];
+      if constexpr (MODE == COLSUM_PLAIN) {
 #pragma unroll
-      for (int j = 0; j < V; j++) acc[j] += act_load(g.v, j);
+        for (int j = 0; j < V; j++) acc[j] += act_load(va.v, j);
+      } else if constexpr (MODE == COLSUM_SQDEV) {
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const float d = act_load(va.v, j) - m[j];
+          acc[j] = __fmaf_rn(d, d, acc[j]); // one rounding, the same in every instantiation
+        }
+      } else { // COLSUM_DY_XC: a = dy, b = x
+        const act_vec<T, V> vb = (reinterpret_cast<const act_vec<T, V> *>(b) + c)[r * chunks];
+#pragma unroll
+        for (int j = 0; j < V; j++) {
+          const float g = act_load(va.v, j);
+          acc[j] += g;
+          acc[V + j] = __fmaf_rn(g, act_load(vb.v, j) - m[j], acc[V + j]);
+        }
+      }
     }
   }
 #pragma unroll
-  for (int j = 0; j < V; j++) s[ty][j][tx] = acc[j];
+  for (int t = 0; t < M * V; t++) s[ty][t][tx] = acc[t];
   __syncthreads();
   for (unsigned h = COLSUM_TY / 2; h > 0; h /= 2) {
     if (ty < h) {
 #pragma unroll
-      for (int j = 0; j < V; j++) s[ty][j][tx] += s[ty + h][j][tx];
+      for (int t = 0; t < M * V; t++) s[ty][t][tx] += s[ty + h][t][tx];
     }
     __syncthreads();
   }
   if (ty == 0 && k0 < (size_t)K) {
 #pragma unroll
-    for (int j = 0; j < V; j++) partial[(size_t)blockIdx.y * K + k0 + j] = s[0][j][tx];
+    for (int t = 0; t < M; t++)
+#pragma unroll
+      for (int j = 0; j < V; j++)
+        partial[((size_t)blockIdx.y * M + t) * K + k0 + j] = s[0][t * V + j][tx];
   }
 }
 
@@ -220,21 +240,41 @@ __global__ void colsum_final_kernel(float *out, const float *partial, int chunks
   out[k] = acc;
 }
 
-// Both passes for dy (rows, K), rows >= 1: the vector width from the pointer, the chunks from
-// colsum_plan (independent of the width), the partial sums in the scratch buffer.
-template <typename T>
-static void colsum_launch(cuda_ctx *c, float *db, const T *dy, size_t rows, int K) {
-  const int vec = row_vec_width(K, sizeof(T), dy, NULL);
-  const colsum_shape s = colsum_plan(rows, K, vec, c->sm_count);
-  float *partial = (float *)cuda_scratch(c, s.chunks * (size_t)K * sizeof(float));
-  const dim3 grid(s.gx, (unsigned)s.chunks), block(COLSUM_TX, COLSUM_TY);
-  dispatch_vec(vec, [&](auto v) {
-    colsum_partial_kernel<T, decltype(v)::value><<<grid, block, 0, c->stream>>>(partial, dy, rows,
-                                                                                K, s.per);
+// The mode as a compile-time constant, so that the launcher names its kernel once.
+template <typename F> static void dispatch_colsum(colsum_mode mode, F &&f) {
+  switch (mode) {
+  case COLSUM_PLAIN: f(std::integral_constant<colsum_mode, COLSUM_PLAIN>()); return;
+  case COLSUM_SQDEV: f(std::integral_constant<colsum_mode, COLSUM_SQDEV>()); return;
+  case COLSUM_DY_XC: f(std::integral_constant<colsum_mode, COLSUM_DY_XC>()); return;
+  }
+  FATAL("column sums: unknown mode %d", (int)mode);
+}
+
+// Pass 1 for (rows, K) tensors a (and b), rows >= 1: the vector width from the pointers, the
+// chunks from colsum_plan (independent of the width), the partial sums in the scratch buffer.
+size_t cuda_colsum_partial(cuda_ctx *c, float **partial, colsum_mode mode, const void *a,
+                           const void *b, const float *center, size_t rows, int K) {
+  if ((mode == COLSUM_DY_XC) != (b != NULL) || (mode != COLSUM_PLAIN) != (center != NULL))
+    FATAL("column sums: mode %d given the wrong inputs", (int)mode);
+  const int terms = colsum_terms(mode);
+  size_t chunks = 0;
+  dispatch_act(c, [&](auto tag) {
+    using T = typename decltype(tag)::type;
+    const int vec = row_vec_width(K, sizeof(T), a, b);
+    const colsum_shape s = colsum_plan(rows, K, vec, c->sm_count);
+    *partial = (float *)cuda_scratch(c, s.chunks * terms * (size_t)K * sizeof(float));
+    chunks = s.chunks;
+    const dim3 grid(s.gx, (unsigned)s.chunks), block(COLSUM_TX, COLSUM_TY);
+    dispatch_vec(vec, [&](auto v) {
+      dispatch_colsum(mode, [&](auto md) {
+        colsum_partial_kernel<T, decltype(v)::value, decltype(md)::value>
+            <<<grid, block, 0, c->stream>>>(*partial, (const T *)a, (const T *)b, center, rows, K,
+                                            s.per);
+      });
+    });
   });
   KERNEL_CHECK();
-  colsum_final_kernel<<<(unsigned)((K + 255) / 256), 256, 0, c->stream>>>(db, partial, (int)s.chunks, K);
-  KERNEL_CHECK();
+  return chunks;
 }
 
 void cuda_bias_grad(cuda_ctx *c, float *db, const void *dy, size_t rows, int K) {
@@ -243,10 +283,11 @@ void cuda_bias_grad(cuda_ctx *c, float *db, const void *dy, size_t rows, int K) 
     cuda_zero(c, db, (size_t)K * sizeof(float));
     return;
   }
-  dispatch_act(c, [&](auto tag) {
-    using T = typename decltype(tag)::type;
-    colsum_launch(c, db, (const T *)dy, rows, K);
-  });
+  float *partial;
+  const size_t chunks = cuda_colsum_partial(c, &partial, COLSUM_PLAIN, dy, NULL, NULL, rows, K);
+  colsum_final_kernel<<<(unsigned)((K + 255) / 256), 256, 0, c->stream>>>(db, partial,
+                                                                          (int)chunks, K);
+  KERNEL_CHECK();
 }
 
 // ---- fp32 <-> bf16 ---------------------------------------------------------------------------

@@ -27,6 +27,8 @@ typedef enum {
   PROF_CONV_BWD_DATA,
   PROF_POOL_FWD,
   PROF_POOL_BWD,
+  PROF_BN_FWD, // batch norm with its fused activation (statistics, running update, normalise)
+  PROF_BN_BWD, // batch norm backward (gamma, beta gradients and dx)
   PROF_FC_FWD,
   PROF_FC_BWD,
   PROF_ACT_FWD, // an activation on its own (act_fwd; conv and FC fuse theirs)

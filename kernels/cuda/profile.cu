@@ -4,10 +4,11 @@
 //
 // Off unless backend_cuda_profile_enable: ctx->prof is NULL, the ops table is the plain one and
 // the conv regions cost one NULL test. On: b->ops points at the profiler's copy of the CUDA
-// ops table, whose op-level entries (prep, pool, FC, activation, dropout, loss, Adam) open a
-// region around the real op and whose capture entries are NULL, so net_train_step runs every step eagerly;
-// convolutions open a region per part themselves (conv.cu). Profiling and graph capture are
-// exclusive: enable refuses once a graph exists, capture_begin refuses while profiling.
+// ops table, whose op-level entries (prep, pool, FC, activation, batch norm, dropout, loss,
+// Adam) open a region around the real op and whose capture entries are NULL, so net_train_step
+// runs every step eagerly; convolutions open a region per part themselves (conv.cu). Profiling
+// and graph capture are exclusive: enable refuses once a graph exists, capture_begin refuses
+// while profiling.
 // Every event is created at enable (a fixed pool of PROF_CAP pairs), none during a step.
 #include <stdarg.h>
 #include <string.h>
@@ -111,6 +112,22 @@ static void prof_act_bwd(backend *b, void *dx, const void *dy, const void *y, op
   cuda_prof_end(ctx_of(b));
 }
 
+static void prof_bn_fwd(backend *b, void *y, float *save, const void *x, const float *gamma,
+                        const float *beta, float *running, op_shape s, bn_params p, int train,
+                        activation act) {
+  cuda_prof_begin(ctx_of(b), PROF_BN_FWD, "%dx%dx%d %s%s", s.H, s.W, s.C, train ? "train" : "eval",
+                  act == ACT_RELU ? " +relu" : "");
+  base_of(b)->bn_fwd(b, y, save, x, gamma, beta, running, s, p, train, act);
+  cuda_prof_end(ctx_of(b));
+}
+
+static void prof_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy,
+                        const void *x, const float *gamma, const float *save, op_shape s) {
+  cuda_prof_begin(ctx_of(b), PROF_BN_BWD, "%dx%dx%d%s", s.H, s.W, s.C, dx ? "" : " no dx");
+  base_of(b)->bn_bwd(b, dx, dgamma, dbeta, dy, x, gamma, save, s);
+  cuda_prof_end(ctx_of(b));
+}
+
 static void prof_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                              float p, dropout_key key) {
   cuda_prof_begin(ctx_of(b), PROF_DROPOUT_FWD, "%d units p %g", s.H * s.W * s.C, p);
@@ -163,6 +180,8 @@ extern "C" void backend_cuda_profile_enable(backend *b) {
   p->ops.linear_bwd = prof_linear_bwd;
   p->ops.act_fwd = prof_act_fwd;
   p->ops.act_bwd = prof_act_bwd;
+  p->ops.bn_fwd = prof_bn_fwd;
+  p->ops.bn_bwd = prof_bn_bwd;
   p->ops.dropout_fwd = prof_dropout_fwd;
   p->ops.dropout_bwd = prof_dropout_bwd;
   p->ops.xent = prof_xent;
