@@ -76,10 +76,12 @@ static const char ckpt_magic[8] = {'V', 'G', 'G', 'C', 'K', 'P', 'T', '1'};
 #define META_BYTES (META_BYTES_V1 + 8) // from version 2: the buffer count
 #define HEADER_FIXED (8 + 4 + 4)       // magic, version, section count; the meta follows
 #define SEC_HEADER_BYTES (4 + 4 + 8 + 4 + 4)
-#define STATE_BYTES (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
+#define STATE_BYTES_V1 (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
+#define STATE_BYTES (STATE_BYTES_V1 + 8) // from version 2: the warmup's length
 #define PACKED_MAX (META_BYTES > STATE_BYTES ? META_BYTES : STATE_BYTES)
 
 static size_t meta_bytes(uint32_t version) { return version >= 2 ? META_BYTES : META_BYTES_V1; }
+static size_t state_bytes(uint32_t version) { return version >= 2 ? STATE_BYTES : STATE_BYTES_V1; }
 
 // A cursor over a byte buffer; put_/get_ copy host (= little-endian) representations.
 typedef struct bytes_cursor {
@@ -118,8 +120,9 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
   if (version >= 2) get(&c, &m->n_buffers, 8);
 }
 
-// Field order is the struct's; put for packing, get for unpacking, one list for both.
-#define STATE_FIELDS(OP, c, s)                                                                     \
+// Field order is the struct's; put for packing, get for unpacking, one list for both. These
+// are version 1's fields; version 2 appends warmup_steps.
+#define STATE_FIELDS_V1(OP, c, s)                                                                  \
   OP(c, &(s)->step, 8);                                                                            \
   OP(c, &(s)->epoch, 4);                                                                           \
   OP(c, &(s)->batch, 4);                                                                           \
@@ -138,14 +141,19 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
   OP(c, (s)->mean, 12);                                                                            \
   OP(c, (s)->std, 12)
 
+// Always the current version's state: files are only written at CKPT_VERSION.
 static void state_pack(uint8_t out[STATE_BYTES], const train_state *s) {
   bytes_cursor c = {out};
-  STATE_FIELDS(put, &c, s);
+  STATE_FIELDS_V1(put, &c, s);
+  put(&c, &s->warmup_steps, 8);
 }
 
-static void state_unpack(train_state *s, const uint8_t in[STATE_BYTES]) {
+// A version-1 state has no warmup length: it was made by a build without warmup, so 0 (none).
+static void state_unpack(train_state *s, const uint8_t *in, uint32_t version) {
   bytes_cursor c = {(uint8_t *)in};
-  STATE_FIELDS(get, &c, s);
+  STATE_FIELDS_V1(get, &c, s);
+  s->warmup_steps = 0;
+  if (version >= 2) get(&c, &s->warmup_steps, 8);
 }
 
 static void sec_header_pack(uint8_t out[SEC_HEADER_BYTES], uint32_t id, uint64_t bytes,
@@ -163,7 +171,7 @@ static void sec_header_pack(uint8_t out[SEC_HEADER_BYTES], uint32_t id, uint64_t
 static uint64_t payload_bytes(const ckpt_section *s, uint32_t version) {
   switch (s->kind) {
   case CKPT_KIND_META: return meta_bytes(version);
-  case CKPT_KIND_STATE: return STATE_BYTES;
+  case CKPT_KIND_STATE: return state_bytes(version);
   case CKPT_KIND_F32: return s->bytes;
   }
   FATAL("section %s has an unknown kind %d", s->name, (int)s->kind);
@@ -520,7 +528,7 @@ static int reader_end(ckpt_reader *rd) {
 static void reader_commit(const ckpt_reader *rd, const ckpt_section *secs, int n) {
   for (int i = 0; i < n; i++) {
     if (!rd->staged[i] || !secs[i].data) continue;
-    if (secs[i].kind == CKPT_KIND_STATE) state_unpack(secs[i].data, rd->staged[i]);
+    if (secs[i].kind == CKPT_KIND_STATE) state_unpack(secs[i].data, rd->staged[i], rd->version);
     if (secs[i].kind == CKPT_KIND_F32) memcpy(secs[i].data, rd->staged[i], (size_t)secs[i].bytes);
   }
 }

@@ -12,15 +12,17 @@
 // since <= v, in table order; its first row is META (the header meta again, so it is covered
 // by a CRC). How a payload is encoded is its row's kind:
 //   CKPT_KIND_META   the header meta (36 bytes in version 1, 44 from version 2)
-//   CKPT_KIND_STATE  train_state, field by field (no padding on disk)
+//   CKPT_KIND_STATE  train_state, field by field (no padding on disk; 116 bytes in version 1,
+//                    124 from version 2)
 //   CKPT_KIND_F32    `bytes` / 4 fp32 values (parameters, Adam m and v, buffers)
 // Every section's CRC-32 (IEEE, as zlib) is verified on load, and so are the sizes; a file
 // that is truncated, corrupt, of another version, or made for another model / width / input
 // size / class count / parameter or buffer count is refused with a one-line error naming the
 // file and the reason, and nothing the caller holds is modified.
-// Versions: 1 had no BUFFERS section and no buffer count in the meta; 2 added both. A
-// version-1 file still reads when the run has no buffers (its meta reads as 0 buffers; a run
-// with buffers refuses it with "buffer count differs"), so a run resumes across the upgrade.
+// Versions: 1 had no BUFFERS section, no buffer count in the meta and no warmup length at
+// the end of STATE; 2 added all three. A version-1 file still reads when the run has no
+// buffers (its meta reads as 0 buffers, its warmup as 0 steps: none; a run with buffers
+// refuses it with "buffer count differs"), so a run resumes across the upgrade.
 // Writing: to "<path>.tmp.<pid>" in the same directory, fflush + fsync, rename over <path>,
 // fsync the directory. A crash at any moment leaves the previous file intact. Files are
 // always written at CKPT_VERSION.

@@ -51,6 +51,9 @@ static const option_spec options[] = {
     {"lr-factor", OPT_FLOAT, F(lr_factor), 1e-6, 0.999999, NULL, "X", "ReduceLROnPlateau factor"},
     {"lr-threshold", OPT_FLOAT, F(lr_threshold), 0, 1, NULL, "X", "ReduceLROnPlateau relative threshold"},
     {"min-lr", OPT_FLOAT, F(min_lr), 0, 10, NULL, "X", "ReduceLROnPlateau floor"},
+    {"warmup-epochs", OPT_FLOAT, F(warmup_epochs), 0, 100000, NULL, "E",
+     "linear lr warmup, per step, over the first E epochs (fractional allowed): step k of W "
+     "takes lr * (k+1)/W; the plateau scheduler starts after it (0: off)"},
     {"early-stop", OPT_INT, F(early_stop), 0, 100000, NULL, "N", "stop after N epochs without a better validation loss (0: never)"},
     {"train-limit", OPT_INT, F(train_limit), 0, 1 << 30, NULL, "N", "use only the first N train-set images (0: all)"},
     {"test-limit", OPT_INT, F(test_limit), 0, 1 << 30, NULL, "N", "use only the first N test images (0: all)"},
@@ -289,6 +292,10 @@ void config_parse(config *c, int argc, char **argv) {
   if (c->have_norm == 1 || c->have_norm == 2) DIE_USAGE("--mean and --std must be given together");
   if (strcmp(c->resume, "auto") == 0 && !c->checkpoint_dir[0])
     DIE_USAGE("--resume auto needs --checkpoint-dir");
+  // A warmup longer than the run never reaches the lr it climbs to: surely not what was meant.
+  if (c->warmup_epochs > c->epochs)
+    DIE_USAGE("--warmup-epochs: %g is longer than the run (--epochs %d)", c->warmup_epochs,
+              c->epochs);
 }
 
 void config_validate_world(const config *c, int world) {

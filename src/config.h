@@ -33,6 +33,7 @@ typedef struct config {
   uint64_t seed;
   int lr_patience;
   float lr_factor, lr_threshold, min_lr;
+  float warmup_epochs;   // linear lr warmup per step over the first E epochs; 0 disables
   int early_stop;        // patience; 0 disables
   int train_limit, test_limit; // 0: all
   char checkpoint_dir[512];    // empty: no checkpoints

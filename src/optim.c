@@ -1,5 +1,5 @@
-// optim.c - ReduceLROnPlateau and early stopping (see optim.h), mirroring
-// torch.optim.lr_scheduler.ReduceLROnPlateau (mode='min', threshold_mode='rel').
+// optim.c - the warmup, ReduceLROnPlateau and early stopping (see optim.h); the plateau
+// scheduler mirrors torch.optim.lr_scheduler.ReduceLROnPlateau (mode='min', threshold_mode='rel').
 #include "optim.h"
 
 #include <math.h>
@@ -13,7 +13,38 @@ void optim_state_init(train_state *st, float lr) {
   st->best_val_acc = 0;
   st->best_epoch = -1;
   st->es_bad_epochs = 0;
+  st->warmup_steps = 0;
 }
+
+// ---------------------------------------------------------------------------------------
+// The warmup
+
+int64_t optim_steps_per_epoch(int n_train, int batch) {
+  return batch > 0 && n_train > 0 ? ((int64_t)n_train + batch - 1) / batch : 0;
+}
+
+int64_t warmup_steps_for(float epochs, int64_t steps_per_epoch) {
+  if (!(epochs > 0) || steps_per_epoch <= 0) return 0;
+  // Exact in double (a 24-bit float times an integer below 2^29); the float stands for a
+  // decimal within a relative 2^-24 of it, so a product within 2^-23 below an integer is
+  // that integer, not a fraction of a step more.
+  const double x = (double)epochs * (double)steps_per_epoch;
+  return (int64_t)ceil(x - x * 0x1p-23);
+}
+
+double warmup_factor(int64_t step, int64_t warmup_steps) {
+  if (warmup_steps <= 0 || step >= warmup_steps) return 1.0;
+  return (double)(step + 1) / (double)warmup_steps;
+}
+
+float optim_lr_at(const train_state *st, int64_t step) {
+  return (float)((double)st->lr * warmup_factor(step, st->warmup_steps));
+}
+
+int warmup_epoch(int64_t first_step, int64_t warmup_steps) { return first_step < warmup_steps; }
+
+// ---------------------------------------------------------------------------------------
+// ReduceLROnPlateau
 
 int plateau_step(train_state *st, double val_loss, const plateau_params *p) {
   if (val_loss < st->sched_best * (1.0 - p->threshold)) {
@@ -38,19 +69,36 @@ int plateau_step(train_state *st, double val_loss, const plateau_params *p) {
   return 0;
 }
 
+// ---------------------------------------------------------------------------------------
+// Best model and early stopping
+
+// Returns 1 (and records the epoch) when val_loss is the best so far.
+static int best_track(train_state *st, double val_loss, double val_acc, int epoch) {
+  if (!(val_loss < st->best_val_loss)) return 0;
+  st->best_val_loss = val_loss;
+  st->best_val_acc = val_acc;
+  st->best_epoch = epoch;
+  st->es_bad_epochs = 0;
+  return 1;
+}
+
 int early_stop_step(train_state *st, double val_loss, double val_acc, int epoch) {
-  int best = val_loss < st->best_val_loss;
-  if (best) {
-    st->best_val_loss = val_loss;
-    st->best_val_acc = val_acc;
-    st->best_epoch = epoch;
-    st->es_bad_epochs = 0;
-  } else {
-    st->es_bad_epochs++;
-  }
+  int best = best_track(st, val_loss, val_acc, epoch);
+  if (!best) st->es_bad_epochs++;
   return best;
 }
 
 int early_stop_due(const train_state *st, int patience) {
   return patience > 0 && st->es_bad_epochs >= patience;
+}
+
+int optim_epoch_end(train_state *st, double val_loss, double val_acc, int64_t first_step,
+                    const plateau_params *p) {
+  const int warm = warmup_epoch(first_step, st->warmup_steps);
+  int found = 0;
+  if (!warm && plateau_step(st, val_loss, p)) found |= OPTIM_REDUCED;
+  const int best = warm ? best_track(st, val_loss, val_acc, st->epoch)
+                        : early_stop_step(st, val_loss, val_acc, st->epoch);
+  if (best) found |= OPTIM_BEST;
+  return found;
 }

@@ -173,14 +173,23 @@ static void normalisation(run *r) {
 // ---------------------------------------------------------------------------------------
 // The state: fresh, or resumed from a checkpoint
 
-// A fresh run's state: at the start, the scheduler's initial state, the model initialised from
-// the seed (and so far the best one).
+// The warmup's length in steps that the options ask for (a fresh run's; a resumed run keeps
+// its checkpoint's). Called after data_load, before data_split: the split's size from the set's.
+static int64_t warmup_steps_wanted(const run *r) {
+  const config *cfg = r->cfg;
+  const int n_train = r->data.train_set.n - cfg->val_size;
+  return warmup_steps_for(cfg->warmup_epochs, optim_steps_per_epoch(n_train, cfg->batch));
+}
+
+// A fresh run's state: at the start, the scheduler's initial state and the warmup's length,
+// the model initialised from the seed (and so far the best one).
 static void state_fresh(run *r) {
   const config *cfg = r->cfg;
   run_state *rs = &r->rs;
   rs->st.seed = cfg->seed;
   rs->st.best_epoch = -1;
   optim_state_init(&rs->st, cfg->lr);
+  rs->st.warmup_steps = warmup_steps_wanted(r);
   model_init_params(&r->m, rs->live.params, cfg->init, cfg->seed);
   model_init_buffers(&r->m, rs->live.buffers);
   // Identical on every rank by construction; this makes it certain.
@@ -250,9 +259,23 @@ static int resume(run *r) {
   resume_load(r, path);
   resume_best(r);
   const train_state *st = &r->rs.st;
-  LOG0("resumed from %s: epoch %d, batch %d, step %lld, lr %g\n", path, st->epoch + 1, st->batch,
-       (long long)st->step, st->lr);
+  LOG0("resumed from %s: epoch %d, batch %d, step %lld, lr %g%s\n", path, st->epoch + 1,
+       st->batch, (long long)st->step, optim_lr_at(st, st->step),
+       st->step < st->warmup_steps ? " (in the warmup)" : "");
   return 1;
+}
+
+// The run's warmup: said once at the start; a resumed run keeps its checkpoint's, whatever
+// --warmup-epochs says now (as it keeps its seed), so that it continues the trajectory it began.
+static void warmup_report(const run *r, int resumed) {
+  const train_state *st = &r->rs.st;
+  const int64_t wanted = warmup_steps_wanted(r);
+  if (resumed && st->warmup_steps != wanted)
+    LOG0("note: continuing with the checkpoint's warmup of %lld steps (--warmup-epochs %g asks "
+         "for %lld)\n", (long long)st->warmup_steps, r->cfg->warmup_epochs, (long long)wanted);
+  if (st->warmup_steps > 0)
+    LOG0("warmup: the lr climbs linearly over the first %lld steps, from %g to %g\n",
+         (long long)st->warmup_steps, optim_lr_at(st, 0), st->lr);
 }
 
 // The model and the run state (fresh, or from a checkpoint); returns whether the run resumed.
@@ -275,6 +298,7 @@ static int state_init(run *r) {
   if (resumed && r->rs.st.seed != cfg->seed)
     LOG0("note: continuing with the checkpoint's seed %llu (not --seed %llu)\n",
          (unsigned long long)r->rs.st.seed, (unsigned long long)cfg->seed);
+  warmup_report(r, resumed);
   return resumed;
 }
 
@@ -427,7 +451,7 @@ typedef enum {
 } epoch_end;
 
 static int epoch_batches(const run *r) {
-  return (r->data.train.n + r->cfg->batch - 1) / r->cfg->batch;
+  return (int)optim_steps_per_epoch(r->data.train.n, r->cfg->batch);
 }
 
 // Begins (or continues, after a resume) epoch st.epoch: its permutation, its flips, its clock.
@@ -453,19 +477,22 @@ static void step_take(run *r, int start, int count) {
                    .h_ids = r->local, .n = mine, .grad_scale = 1.0f / count, .pp = &r->pp,
                    .seed = st->seed,
                    .step = (uint32_t)st->step, // keys this step's dropout masks
-                   .adam = {st->lr, cfg->beta1, cfg->beta2, cfg->eps, cfg->weight_decay,
-                            (int)st->step + 1, cfg->adamw},
+                   // the warmup scales the lr only; Adam's t counts every step
+                   .adam = {optim_lr_at(st, st->step), cfg->beta1, cfg->beta2, cfg->eps,
+                            cfg->weight_decay, (int)st->step + 1, cfg->adamw},
                    .full = count == cfg->batch};
   net_train_step(&r->net, &ts, r->gs);
   st->step++;
 }
 
-// The progress line and the step's metrics, `done` images into the epoch. Leaves the epoch's
-// global sums so far in sums and returns its time so far.
+// The progress line and the step's metrics, `done` images into the epoch; lr is the one the
+// step just taken used (the warmup's, while it lasts). Leaves the epoch's global sums so far in
+// sums and returns its time so far.
 static double progress_log(run *r, epoch_clock *clk, double done, double sums[2]) {
   const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
   const int n_train = r->data.train.n;
+  const float lr = optim_lr_at(st, st->step - 1);
   double t = now_s();
   epoch_sums(r, sums);
   double ips = clk->log_images / (t - clk->t_log + 1e-9);
@@ -473,11 +500,11 @@ static double progress_log(run *r, epoch_clock *clk, double done, double sums[2]
   double eta = elapsed / (done - clk->first_batch * (double)cfg->batch) * (n_train - done);
   log_progress("epoch %d/%d step %d/%d loss %.4f acc %.4f %.0f img/s lr %.3g eta %.0fs",
                st->epoch + 1, cfg->epochs, st->batch + 1, epoch_batches(r), sums[0] / done,
-               sums[1] / done, ips, st->lr, eta);
+               sums[1] / done, ips, lr, eta);
   metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
                 "\"train_acc\": %.6f, \"images_per_s\": %.2f, \"lr\": %.6g",
                 st->epoch + 1, st->batch + 1, (long long)st->step, sums[0] / done,
-                sums[1] / done, ips, st->lr);
+                sums[1] / done, ips, lr);
   clk->t_log = t;
   clk->log_images = 0;
   return elapsed;
@@ -538,7 +565,8 @@ typedef struct epoch_result {
   int best, reduced; // the best epoch so far; the learning rate was reduced
 } epoch_result;
 
-// Rank 0 decides on the validation loss (learning rate, early stopping, best model); its
+// Rank 0 decides on the validation loss (learning rate, early stopping, best model; a warmup
+// epoch is the plateau scheduler's and early stopping's to ignore, see optim.h); its
 // train_state becomes everyone's, and the decisions follow from it.
 static void decide(run *r, epoch_result *e) {
   const config *cfg = r->cfg;
@@ -546,24 +574,26 @@ static void decide(run *r, epoch_result *e) {
   const float lr_before = st->lr;
   if (r->rank == 0) {
     plateau_params pl = {cfg->lr_factor, cfg->lr_threshold, cfg->min_lr, cfg->lr_patience};
-    plateau_step(st, e->val_loss, &pl);
-    early_stop_step(st, e->val_loss, e->val_acc, st->epoch);
+    const int64_t first_step = st->step - st->batch; // every batch of the epoch is taken
+    optim_epoch_end(st, e->val_loss, e->val_acc, first_step, &pl);
   }
   comm_bcast(r->c, st, sizeof(*st), 0);
   e->best = st->best_epoch == st->epoch;
   e->reduced = st->lr < lr_before;
 }
 
+// lr: the one the next step takes, after this epoch's decision (and the warmup's, while it lasts).
 static void epoch_report(run *r, const epoch_result *e) {
   const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
+  const float lr = optim_lr_at(st, st->step);
   LOG0("epoch %d/%d: train loss %.4f acc %.4f | val loss %.4f acc %.4f | lr %.3g | %.1fs, %.0f img/s, %.1f GFLOP/s%s%s\n",
-       st->epoch + 1, cfg->epochs, e->train_loss, e->train_acc, e->val_loss, e->val_acc, st->lr,
+       st->epoch + 1, cfg->epochs, e->train_loss, e->train_acc, e->val_loss, e->val_acc, lr,
        e->time_s, e->images_per_s, e->images_per_s * model_train_flops(&r->m) * 1e-9,
        e->best ? " | best" : "", e->reduced ? " | lr reduced" : "");
   metrics_write("epoch", "\"epoch\": %d, \"train_loss\": %.6f, \"train_acc\": %.6f, \"val_loss\": %.6f, "
                 "\"val_acc\": %.6f, \"lr\": %.6g, \"images_per_s\": %.2f, \"time_s\": %.3f, \"best\": %s",
-                st->epoch + 1, e->train_loss, e->train_acc, e->val_loss, e->val_acc, st->lr,
+                st->epoch + 1, e->train_loss, e->train_acc, e->val_loss, e->val_acc, lr,
                 e->images_per_s, e->time_s, e->best ? "true" : "false");
 }
 

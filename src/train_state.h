@@ -25,6 +25,10 @@ typedef struct train_state {
   int32_t best_epoch, es_bad_epochs;
   uint64_t seed;
   float mean[3], std[3]; // the normalisation in use
+  // The learning-rate warmup's length in optimizer steps (0: none), fixed when the run starts
+  // (--warmup-epochs x steps per epoch) and kept by the checkpoint, so a resumed run finishes
+  // the warmup it began whatever its options say. Last, so version 1's STATE is a prefix.
+  int64_t warmup_steps;
 } train_state;
 
 #endif

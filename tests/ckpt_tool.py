@@ -7,6 +7,8 @@
 #                                    bound). A section a file lacks (BUFFERS in version 1) is empty.
 #   ckpt_tool.py info A              "version V", then one line per section in file order:
 #                                    id, name, payload bytes
+#   ckpt_tool.py state A             the STATE section, one "field value" line per field (a
+#                                    version-1 file's warmup_steps, which it lacks, reads 0)
 #   ckpt_tool.py sections            the section table, one row per line: id, name, kind, since
 #                                    (tests/test_checkpoint.c compares it with the C table)
 # Every file is checked against SECTIONS (ids in order, the count its version implies); a
@@ -27,6 +29,15 @@ SECTIONS = (
 )
 MAGIC = b"VGGCKPT1"
 META_BYTES = {1: 36, 2: 44}  # the header's copy of the meta, by format version
+# The STATE section's fields in file order (src/checkpoint.c's STATE_FIELDS_V1, then what each
+# version appended), with their struct codes.
+STATE_V1 = (("step", "q"), ("epoch", "i"), ("batch", "i"), ("epoch_loss_sum", "d"),
+            ("epoch_correct", "d"), ("epoch_time_s", "d"), ("lr", "f"), ("sched_best", "d"),
+            ("sched_bad_epochs", "i"), ("sched_cooldown", "i"), ("best_val_loss", "d"),
+            ("best_val_acc", "d"), ("best_epoch", "i"), ("es_bad_epochs", "i"), ("seed", "Q"),
+            ("mean", "3f"), ("std", "3f"))
+STATE_FIELDS = {1: STATE_V1, 2: STATE_V1 + (("warmup_steps", "q"),)}
+STATE_DEFAULTS = {"warmup_steps": 0}  # what a file without the field means
 SEC_HEADER = struct.Struct("<IIQII")  # id, reserved, bytes, crc32, reserved
 F32 = tuple(name for _, name, kind, _ in SECTIONS if kind == "f32")
 
@@ -51,6 +62,22 @@ def read(path):
         sections[name] = raw[off:off + nbytes]
         off += nbytes
     return version, sections
+
+
+def state(version, payload):
+    """The STATE payload as {field: value} (3-vectors as tuples), defaults for absent fields."""
+    fields = STATE_FIELDS[version]
+    fmt = struct.Struct("<" + "".join(code for _, code in fields))
+    if len(payload) != fmt.size:
+        sys.exit("STATE has %d bytes, version %d has %d" % (len(payload), version, fmt.size))
+    values, out = list(fmt.unpack(payload)), {}
+    for name, code in fields:
+        n = int(code[:-1]) if len(code) > 1 else 1
+        out[name] = tuple(values[:n]) if n > 1 else values[0]
+        del values[:n]
+    for name, value in STATE_DEFAULTS.items():
+        out.setdefault(name, value)
+    return out
 
 
 def floats(b):
@@ -97,10 +124,15 @@ def main():
         for name, payload in s.items():
             print(ids[name], name, len(payload))
         return 0
+    if cmd == "state":
+        version, s = read(sys.argv[2])
+        for name, value in state(version, s["STATE"]).items():
+            print(name, " ".join(repr(v) for v in value) if isinstance(value, tuple) else repr(value))
+        return 0
     if cmd == "compare":
         a, b = read(sys.argv[2])[1], read(sys.argv[3])[1]
         return 0 if compare(a, b, sys.argv[4:]) else 1
-    sys.exit("usage: ckpt_tool.py compare A B [TOL] [SECTION=TOL ...] | info A | sections")
+    sys.exit("usage: ckpt_tool.py compare A B [TOL] [SECTION=TOL ...] | info A | state A | sections")
 
 
 if __name__ == "__main__":

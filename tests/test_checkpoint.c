@@ -22,7 +22,7 @@
 #define T_META_BYTES 44
 #define T_HEADER_BYTES (16 + T_META_BYTES)
 #define T_SEC_HDR 24
-#define T_STATE_BYTES 116
+#define T_STATE_BYTES 124 // version 1: 116, without the warmup's length at the end
 #define T_SECTIONS 6
 
 // A fresh subdirectory of the scratch directory, so tests do not see each other's files.
@@ -63,6 +63,7 @@ static train_state sample_state(void) {
   s.seed = 0xDEADBEEFCAFEF00DULL;
   s.mean[0] = 0.4914f, s.mean[1] = 0.4822f, s.mean[2] = 0.4465f;
   s.std[0] = 0.2470f, s.std[1] = 0.2435f, s.std[2] = 0.2616f;
+  s.warmup_steps = 9876543210LL;
   return s;
 }
 
@@ -108,7 +109,7 @@ static int state_equal(const train_state *a, const train_state *b) {
          SAME(epoch_time_s) && SAME(lr) && SAME(sched_best) &&
          SAME(sched_bad_epochs) && SAME(sched_cooldown) && SAME(best_val_loss) &&
          SAME(best_val_acc) && SAME(best_epoch) && SAME(es_bad_epochs) && SAME(seed) &&
-         SAME(mean) && SAME(std);
+         SAME(mean) && SAME(std) && SAME(warmup_steps);
 #undef SAME
 }
 
@@ -245,11 +246,13 @@ TEST(checkpoint_section_table_matches_ckpt_tool) {
   run_state_free(&rs);
 }
 
-// The tool reads what C writes: every section, in order, with its size (a version-1 file too).
-static void tool_info(char *out, size_t len, const char *path) {
+// The tool reads what C writes: every section, in order, with its size (a version-1 file too);
+// with what = "state", the STATE section's fields.
+static void tool_run(char *out, size_t len, const char *what, const char *path) {
   char cmd[1400];
   const char *src = getenv("VGG_SOURCE_DIR");
-  snprintf(cmd, sizeof(cmd), "%s %s/tests/ckpt_tool.py info %s", VGG_PY_TORCH, src && *src ? src : ".", path);
+  snprintf(cmd, sizeof(cmd), "%s %s/tests/ckpt_tool.py %s %s", VGG_PY_TORCH, src && *src ? src : ".",
+           what, path);
   FILE *p = popen(cmd, "r");
   if (!p) FATAL("popen(%s): %s", cmd, strerror(errno));
   size_t got = fread(out, 1, len - 1, p);
@@ -272,10 +275,14 @@ TEST(checkpoint_round_trip_bitwise) {
                                      T_STATE_BYTES + 3 * 4 * (long)n + 4 * (long)nb);
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   char info[1024], want[1024];
-  tool_info(info, sizeof(info), path);
-  snprintf(want, sizeof(want), "version 2\n1 META 44\n2 STATE 116\n3 PARAMS %zu\n4 ADAM_M %zu\n"
+  tool_run(info, sizeof(info), "info", path);
+  snprintf(want, sizeof(want), "version 2\n1 META 44\n2 STATE 124\n3 PARAMS %zu\n4 ADAM_M %zu\n"
            "5 ADAM_V %zu\n6 BUFFERS %zu\n", 4 * n, 4 * n, 4 * n, 4 * nb);
   if (strcmp(info, want) != 0) test_fail(__FILE__, __LINE__, "ckpt_tool.py info:\n%s", info);
+  tool_run(info, sizeof(info), "state", path); // the tool's STATE layout is C's
+  if (!strstr(info, "step 123456789012\nepoch 7\nbatch 42\n") || !strstr(info, "lr 0.0003000") ||
+      !strstr(info, "seed 16045690984503111693\n") || !strstr(info, "\nwarmup_steps 9876543210\n"))
+    test_fail(__FILE__, __LINE__, "ckpt_tool.py state:\n%s", info);
 
   sample_run_state(&b, n, nb, 100); // everything different
   int rc = read_rs(path, &b, RUN_SECTIONS_ALL, err, sizeof(err));
@@ -583,6 +590,7 @@ static const uint8_t ckpt_v1_file[] = {
     0x00, 0x00, 0x00, 0x41,
 };
 
+// warmup_steps stays 0: a version-1 file predates the warmup (the reader's default).
 static void v1_expect(run_state *rs) {
   train_state *s = &rs->st;
   s->step = 13, s->epoch = 1, s->lr = 1e-3f, s->sched_best = 2.25, s->best_val_loss = 2.25;
@@ -626,8 +634,10 @@ TEST(checkpoint_reads_version_1) {
   EXPECT(read_rs(path, &got, RUN_SECTIONS_BEST, err, sizeof(err)) == 0); // best.bin of version 1
   EXPECT(floats_equal(got.best.params, want.live.params, 4));
   char info[512];
-  tool_info(info, sizeof(info), path);
+  tool_run(info, sizeof(info), "info", path);
   EXPECT(strcmp(info, "version 1\n1 META 36\n2 STATE 116\n3 PARAMS 16\n4 ADAM_M 16\n5 ADAM_V 16\n") == 0);
+  tool_run(info, sizeof(info), "state", path);
+  EXPECT(strstr(info, "step 13\nepoch 1\n") && strstr(info, "\nwarmup_steps 0\n"));
   run_state_free(&got);
   run_state_free(&want);
 

@@ -1,5 +1,6 @@
-// test_core.c - configuration parsing, the VGG table, initialisation, the bucket plan and the
-// rank-0 decision logic (ReduceLROnPlateau, early stopping).
+// test_core.c - configuration parsing, the VGG table, initialisation, the bucket plan, the
+// learning-rate warmup and the rank-0 decision logic (ReduceLROnPlateau, early stopping, and
+// how they treat warmup epochs).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +38,7 @@ TEST(config_defaults_follow_the_recipe) {
   EXPECT_EQ_INT(c.seed, 11);
   EXPECT_NEAR(c.dropout, 0.5, 0);
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
+  EXPECT_NEAR(c.warmup_epochs, 0, 0); // off until measurements decide a default
 }
 
 TEST(config_preset_is_overridden_wherever_options_stand) {
@@ -57,6 +59,12 @@ TEST(config_preset_is_overridden_wherever_options_stand) {
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FIRST);
   parse(&c, "--autotune first --autotune fastest");
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
+  parse(&c, "--preset cpu-demo");
+  EXPECT_NEAR(c.warmup_epochs, 0, 0); // the presets leave it off
+  parse(&c, "--warmup-epochs 1.5 --preset cpu-demo");
+  EXPECT_NEAR(c.warmup_epochs, 1.5, 0);
+  parse(&c, "--epochs 4 --warmup-epochs 4");
+  EXPECT_NEAR(c.warmup_epochs, 4, 0); // as long as the run is allowed
 }
 
 static void parse_child(void *line) {
@@ -79,6 +87,9 @@ TEST(config_rejects_bad_input_with_status_2_naming_the_option) {
       {"--mean 0.5,0.5", "--mean"},
       {"--resume auto", "--resume"},
       {"--autotune slowest", "--autotune"},
+      {"--warmup-epochs -0.5", "--warmup-epochs"},
+      {"--warmup-epochs x", "--warmup-epochs"},
+      {"--epochs 3 --warmup-epochs 3.5", "--warmup-epochs"}, // longer than the run
       {"--epochs", "--epochs"},
       {"stray", "stray"},
   };
@@ -236,6 +247,96 @@ TEST(plateau_matches_pytorch_semantics) {
   plateau_step(&st, 1, &p);
   plateau_step(&st, 1, &p);
   EXPECT_NEAR(st.lr, 5e-4, 1e-9);
+}
+
+TEST(warmup_length_in_steps) {
+  EXPECT_EQ_INT(optim_steps_per_epoch(320, 32), 10);
+  EXPECT_EQ_INT(optim_steps_per_epoch(321, 32), 11); // the short last batch is a step
+  EXPECT_EQ_INT(warmup_steps_for(0, 13), 0);          // off
+  EXPECT_EQ_INT(warmup_steps_for(1, 13), 13);
+  EXPECT_EQ_INT(warmup_steps_for(2, 13), 26);
+  EXPECT_EQ_INT(warmup_steps_for(0.5f, 13), 7);       // 6.5 steps: rounded up
+  EXPECT_EQ_INT(warmup_steps_for(1e-6f, 13), 1);      // any fraction is a whole step
+  EXPECT_EQ_INT(warmup_steps_for(0.1f, 10), 1);       // 0.1f is a hair above 0.1: still 1
+  EXPECT_EQ_INT(warmup_steps_for(0.3f, 10), 3);
+  EXPECT_EQ_INT(warmup_steps_for(0.7f, 1563), 1095);  // 1094.1
+  EXPECT_EQ_INT(warmup_steps_for(2.5f, 157), 393);    // 392.5
+}
+
+TEST(warmup_factor_start_middle_end) {
+  // W = 4: 1/4, 2/4, 3/4, then the full lr from the warmup's last step on.
+  const double want[] = {0.25, 0.5, 0.75, 1, 1, 1};
+  for (int k = 0; k < 6; k++) EXPECT(warmup_factor(k, 4) == want[k]);
+  EXPECT(warmup_factor(1000000, 4) == 1);
+  for (int k = 0; k < 50; k += 7) { // no warmup: the identity
+    EXPECT(warmup_factor(k, 0) == 1);
+    EXPECT(warmup_factor(k, -3) == 1);
+  }
+  train_state st;
+  memset(&st, 0, sizeof(st));
+  optim_state_init(&st, 1e-3f);
+  for (int64_t k = 0; k < 100; k += 9) EXPECT(optim_lr_at(&st, k) == st.lr); // bitwise
+  // --warmup-epochs 0.5 at 13 steps an epoch: 7 steps, from lr/7 to lr.
+  st.warmup_steps = warmup_steps_for(0.5f, 13);
+  EXPECT_NEAR(optim_lr_at(&st, 0) / 1e-3, 1.0 / 7, 1e-6); // near 0, never 0
+  EXPECT_NEAR(optim_lr_at(&st, 3) / 1e-3, 4.0 / 7, 1e-6); // the middle
+  EXPECT(optim_lr_at(&st, 6) == st.lr);                   // the last warmup step: exactly lr
+  EXPECT(optim_lr_at(&st, 7) == st.lr);
+  for (int64_t k = 1; k < 7; k++) EXPECT(optim_lr_at(&st, k) > optim_lr_at(&st, k - 1));
+  // The warmup climbs to the scheduler's lr, whatever it is now.
+  st.lr = 1e-4f;
+  EXPECT_NEAR(optim_lr_at(&st, 3) / 1e-4, 4.0 / 7, 1e-6);
+  EXPECT(optim_lr_at(&st, 9) == st.lr);
+}
+
+TEST(warmup_epochs_are_hidden_from_plateau_and_early_stop) {
+  // 10 steps an epoch, warmup 15 steps: epochs 0 and 1 are warmup epochs (epoch 1 still began
+  // inside it). The losses rise through them; patience 0 would cut the lr at once without the
+  // warmup.
+  const plateau_params p = {0.1f, 1e-4f, 0, 0};
+  const double losses[] = {1.0, 1.2, 1.1, 1.15, 1.3};
+  const int64_t spe = 10;
+  train_state st, off;
+  memset(&st, 0, sizeof(st));
+  optim_state_init(&st, 1e-3f);
+  st.warmup_steps = 15;
+  EXPECT(warmup_epoch(0, 15) && warmup_epoch(10, 15) && !warmup_epoch(20, 15));
+  EXPECT(!warmup_epoch(0, 0));
+  int found[5];
+  for (int e = 0; e < 5; e++) {
+    st.epoch = e;
+    st.step = (e + 1) * spe;
+    found[e] = optim_epoch_end(&st, losses[e], 0.5, e * spe, &p);
+    if (e == 1) { // after the warmup epochs: the scheduler saw nothing, nothing counted
+      EXPECT(isinf(st.sched_best) && st.sched_bad_epochs == 0 && st.lr == 1e-3f);
+      EXPECT_EQ_INT(st.es_bad_epochs, 0);
+    }
+  }
+  EXPECT_EQ_INT(found[0], OPTIM_BEST);    // best-model tracking sees warmup epochs
+  EXPECT_EQ_INT(found[1], 0);             // worse, but not counted
+  EXPECT_EQ_INT(found[2], 0);             // the scheduler's first epoch: its best, no cut
+  EXPECT_EQ_INT(found[3], OPTIM_REDUCED); // one bad epoch > patience 0
+  EXPECT_EQ_INT(found[4], OPTIM_REDUCED);
+  EXPECT_NEAR(st.lr, 1e-5, 1e-12);
+  EXPECT_EQ_INT(st.best_epoch, 0);
+  EXPECT_EQ_INT(st.es_bad_epochs, 3); // epochs 2, 3, 4
+  // Without a warmup the same losses cut the lr at epoch 1, and optim_epoch_end is exactly
+  // plateau_step then early_stop_step.
+  memset(&off, 0, sizeof(off));
+  optim_state_init(&off, 1e-3f);
+  memset(&st, 0, sizeof(st));
+  optim_state_init(&st, 1e-3f);
+  for (int e = 0; e < 5; e++) {
+    off.epoch = st.epoch = e;
+    int reduced = plateau_step(&off, losses[e], &p);
+    int best = early_stop_step(&off, losses[e], 0.5, e);
+    found[e] = optim_epoch_end(&st, losses[e], 0.5, e * spe, &p);
+    EXPECT_EQ_INT(found[e], (best ? OPTIM_BEST : 0) | (reduced ? OPTIM_REDUCED : 0));
+    EXPECT(st.lr == off.lr && st.sched_best == off.sched_best &&
+           st.sched_bad_epochs == off.sched_bad_epochs && st.es_bad_epochs == off.es_bad_epochs &&
+           st.best_epoch == off.best_epoch);
+  }
+  EXPECT_NEAR(off.lr, 1e-3 * 1e-4, 1e-12); // cut at epochs 1 to 4 (none beats epoch 0)
 }
 
 TEST(early_stopping_and_best_epoch) {

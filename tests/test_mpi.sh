@@ -78,25 +78,63 @@ check "stop + resume is bitwise equal to an uninterrupted run" \
 check "resume on another world size (2 -> 4) matches" \
   "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2 ADAM_M=1e-2
 # The format: version 2 with every section of the table (the tool refuses a file that is not),
-# and a version-1 file (an earlier build's: no buffer count, no BUFFERS section) still resumes a
-# model without buffers, to the same bits. The mid-epoch checkpoint becomes version 1 here.
+# and a version-1 file (an earlier build's: no buffer count, no BUFFERS section, no warmup length
+# in STATE) still resumes a model without buffers, to the same bits. The mid-epoch checkpoint
+# becomes version 1 here.
 check "checkpoints are format version 2 with every section, BUFFERS empty for VGG" \
-  bash -c "'$PY' '$TOOL' info '$T/rs/ckpt_e0002.bin' | tr '\n' ' ' | grep -q '^version 2 1 META 44 .* 6 BUFFERS 0 \$'"
+  bash -c "'$PY' '$TOOL' info '$T/rs/ckpt_e0002.bin' | tr '\n' ' ' | grep -q '^version 2 1 META 44 2 STATE 124 .* 6 BUFFERS 0 \$'"
 mkdir -p "$T/v1"
 "$PY" - "$T/rs/ckpt_e0000_b000005.bin" "$T/v1/ckpt_e0000_b000005.bin" <<'PY'
 import struct, sys, zlib
 raw = open(sys.argv[1], "rb").read()
+hdr = struct.Struct("<IIQII")                           # id, reserved, bytes, crc32, reserved
 meta = raw[16:16 + 36]                                  # version 2's meta without n_buffers
 state_on = 16 + 44 + 24 + 44                            # version 2: header, META section
-tail = raw[state_on:len(raw) - 24]                      # STATE .. ADAM_V; BUFFERS (empty) dropped
+assert hdr.unpack_from(raw, state_on)[:3] == (2, 0, 124)
+state = raw[state_on + 24:state_on + 24 + 116]          # version 2's STATE without warmup_steps,
+assert raw[state_on + 24 + 116:state_on + 24 + 124] == bytes(8)  # which is 0: no warmup
+tail = raw[state_on + 24 + 124:len(raw) - 24]           # PARAMS .. ADAM_V; BUFFERS (empty) dropped
 assert raw[len(raw) - 24:len(raw) - 20] == struct.pack("<I", 6)
-meta_sec = struct.pack("<IIQII", 1, 0, 36, zlib.crc32(meta), 0) + meta
-open(sys.argv[2], "wb").write(b"VGGCKPT1" + struct.pack("<II", 1, 5) + meta + meta_sec + tail)
+meta_sec = hdr.pack(1, 0, 36, zlib.crc32(meta), 0) + meta
+state_sec = hdr.pack(2, 0, 116, zlib.crc32(state), 0) + state
+open(sys.argv[2], "wb").write(b"VGGCKPT1" + struct.pack("<II", 1, 5) + meta + meta_sec + state_sec + tail)
 PY
 "$PY" "$TOOL" info "$T/v1/ckpt_e0000_b000005.bin" > "$T/v1.info" 2>&1 # before the run prunes it
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/v1" --resume auto > "$T/v1.log" 2>&1
 check "a version-1 checkpoint resumes (bitwise equal to an uninterrupted run)" bash -c \
   "grep -q '^version 1' '$T/v1.info' && grep -q 'resumed from .*ckpt_e0000_b000005.bin' '$T/v1.log' && '$PY' '$TOOL' compare '$T/v1/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin'"
+
+# ---- the lr warmup: per step, kept by the checkpoint, continued bitwise after a resume ----
+# --warmup-epochs 1.5 at 13 steps an epoch: 20 warmup steps, so epochs 0 and 1 are warmup
+# epochs. Stopped at step 7 (epoch 0), again at step 16 (epoch 1, past an epoch end inside the
+# warmup), then finished by a run whose --warmup-epochs 0 must not matter: the checkpoint's
+# warmup continues, and the end is bitwise the uninterrupted run's.
+WARM=("${SMALL[@]}" --epochs 2 --warmup-epochs 1.5 --log-every 1)
+"${MPIRUN[@]}" -np 2 "$BIN" "${WARM[@]}" --checkpoint-dir "$T/wu" --metrics "$T/wu.jsonl" > "$T/wu.log" 2>&1
+"${MPIRUN[@]}" -np 2 "$BIN" "${WARM[@]}" --checkpoint-dir "$T/wus" --metrics "$T/wus.jsonl" --max-steps 7 > "$T/wus1.log" 2>&1
+"${MPIRUN[@]}" -np 2 "$BIN" "${WARM[@]}" --checkpoint-dir "$T/wus" --metrics "$T/wus.jsonl" --max-steps 16 \
+  --resume auto > "$T/wus2.log" 2>&1
+"${MPIRUN[@]}" -np 2 "$BIN" "${WARM[@]}" --warmup-epochs 0 --checkpoint-dir "$T/wus" --metrics "$T/wus.jsonl" \
+  --resume auto > "$T/wus3.log" 2>&1
+check "warmup: the run logs its 20 warmup steps" grep -q '^warmup: the lr climbs linearly over the first 20 steps' "$T/wu.log"
+check "warmup: the checkpoint keeps its length (STATE warmup_steps 20)" \
+  bash -c "'$PY' '$TOOL' state '$T/wus/ckpt_e0001_b000003.bin' | grep -qx 'warmup_steps 20'"
+check "warmup: a resume with another --warmup-epochs keeps the checkpoint's, and says so" \
+  bash -c "grep -q 'resumed from .*ckpt_e0001_b000003.bin.*(in the warmup)' '$T/wus3.log' && grep -q \"note: continuing with the checkpoint's warmup of 20 steps (--warmup-epochs 0 asks for 0)\" '$T/wus3.log'"
+check "warmup: stop + resume twice inside the warmup is bitwise equal to an uninterrupted run" \
+  "$PY" "$TOOL" compare "$T/wus/ckpt_e0002.bin" "$T/wu/ckpt_e0002.bin"
+check "warmup: differs from the run without it (it acts)" \
+  bash -c "! '$PY' '$TOOL' compare '$T/wu/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin' > /dev/null"
+check "warmup: metrics lr rises per step (lr (k+1)/20 for the step k), then stays; the resumed runs log the same" \
+  "$PY" - "$T/wu.jsonl" "$T/wus.jsonl" <<'PY'
+import json, sys
+def lrs(p): return [(e["step"], e["lr"]) for e in map(json.loads, open(p)) if e["event"] == "step"]
+a, b = lrs(sys.argv[1]), lrs(sys.argv[2])
+print("   lr by step:", " ".join("%d:%.3g" % s for s in a[:3] + a[18:22]), "...")
+want = [(k, 1e-3 * min(k, 20) / 20) for k in range(1, 27)]  # step k was the k-th (0-based k-1)
+ok = [s for s, _ in a] == [k for k, _ in want] and all(abs(x - y) <= 1e-5 * y for (_, x), (_, y) in zip(a, want))
+sys.exit(0 if ok and a == b else 1)
+PY
 
 # ---- stopping: a signal to a rank, to mpirun or to the launch script ends the run after a step
 # with a checkpoint, RESUMABLE naming it and the reason, exit 0 and how to resume ----
@@ -317,7 +355,7 @@ expect_fail "corrupt checkpoint refused" 1 "CRC" "$BIN" "${SMALL[@]}" --epochs 3
 check "refused checkpoint left untouched" bash -c "[ \"$sum_before\" = \"\$(md5sum < '$T/corrupt.bin')\" ]"
 expect_fail "checkpoint of another model refused" 1 "vgg11" "$BIN" "${SMALL[@]}" --model vgg13 --resume "$T/ws1/ckpt_e0002.bin"
 expect_fail "checkpoint of another input size refused" 1 "64x64" "$BIN" "${SMALL[@]}" --image-size 64 --resume "$T/ws1/ckpt_e0002.bin"
-check "--help documents every option with its default" bash -c "'$BIN' --help | grep -q -- '--early-stop N.*default: 5' && '$BIN' --help | grep -q -- '--model NAME.*default: vgg16'"
+check "--help documents every option with its default" bash -c "'$BIN' --help | grep -q -- '--early-stop N.*default: 5' && '$BIN' --help | grep -q -- '--model NAME.*default: vgg16' && '$BIN' --help | grep -q -- '--warmup-epochs E.*default: 0'"
 # --print-model needs no mpirun: exit 0, valid JSON on stdout (16 convs for vgg19).
 "$BIN" --print-model --model vgg19 --width 0.5 > "$T/model.json" 2> "$T/model.err"
 rc=$?
