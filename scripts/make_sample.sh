@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make_sample.sh - cuts data/sample/ (the small real CIFAR-10 sample kept in the repository)
-# from a CIFAR-10 binary directory: the first 200 records of each of data_batch_1..5.bin
-# (1000 train images, same file names) and the first 200 of test_batch.bin, plus
+# from a CIFAR-10 binary directory: the first 600 records of each of data_batch_1..5.bin
+# (3000 train images, same file names) and the first 600 of test_batch.bin, plus
 # batches.meta.txt. Records are 3073 bytes (1 label + 3072 pixels), so `head -c` on a
 # multiple of 3073 keeps whole records.
 # Usage: scripts/make_sample.sh [SRC_DIR] [DEST_DIR]
@@ -12,7 +12,7 @@ set -euo pipefail
 SRC=${1:-../shared/data/cifar-10-subset-bin}
 DEST=${2:-data/sample}
 RECORD=3073
-PER_FILE=200
+PER_FILE=600
 
 die() { echo "make_sample.sh: $*" >&2; exit 1; }
 

@@ -21,7 +21,7 @@ if [ ! -r "$data/data_batch_1.bin" ]; then
   else
     data=data/sample
     echo "run: CIFAR-10 is not here and could not be downloaded: training on the bundled SAMPLE"
-    echo "run: (data/sample: 1,000 real train and 200 test images; for the full set run"
+    echo "run: (data/sample: 3,000 real train and 600 test images; for the full set run"
     echo "run:  scripts/get_cifar10.sh, or scripts/get_cifar10.sh DEST /path/to/cifar-10-binary.tar.gz)"
   fi
 fi

@@ -6,44 +6,23 @@
 # usage: /usr/bin/python3 scripts/torch_cpu_vgg.py [MODEL=vgg16] [WIDTH=1] [SIZE=32] [BATCH=64] [STEPS=10]
 # The binary is $VGG_DIST (default: vgg_dist in the repository root). Threads follow
 # OMP_NUM_THREADS (set it equal to the other side's).
-import json
 import os
-import subprocess
 import sys
 import time
 
 import torch
 import torch.nn as nn
 
-
-def build(desc):
-    """nn.Sequential from --print-model's layers (kind, act, in/out [H, W, C])."""
-    layers = []
-    for l in desc["layers"]:
-        if l["kind"] == "conv":
-            layers.append(nn.Conv2d(l["in"][2], l["out"][2], l["kernel"], padding=l["pad"]))
-        elif l["kind"] == "pool":
-            layers.append(nn.MaxPool2d(l["kernel"], l["stride"]))
-        else:
-            if "flat_hwc" in l and not any(isinstance(m, nn.Flatten) for m in layers):
-                layers.append(nn.Flatten())
-            layers.append(nn.Dropout(l["p"]) if l["kind"] == "dropout" else nn.Linear(l["in"][2], l["out"][2]))
-        if l["act"] == "relu":
-            layers.append(nn.ReLU(True))
-        elif l["act"] != "none":
-            raise ValueError(f"unknown activation {l['act']!r}")
-    return nn.Sequential(*layers)
-
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from vgg_torch import build, default_binary, describe  # noqa: E402
 
 name = sys.argv[1] if len(sys.argv) > 1 else "vgg16"
 width = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
 size = int(sys.argv[3]) if len(sys.argv) > 3 else 32
 batch = int(sys.argv[4]) if len(sys.argv) > 4 else 64
 steps = int(sys.argv[5]) if len(sys.argv) > 5 else 10
-binary = os.environ.get("VGG_DIST") or os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "vgg_dist")
-desc = json.loads(subprocess.run([binary, "--print-model", "--model", name, "--width", str(width),
-                                  "--image-size", str(size), "--dropout", "0.5"],
-                                 check=True, capture_output=True, text=True).stdout)
+desc = describe(default_binary(), "--model", name, "--width", str(width), "--image-size", str(size),
+                "--dropout", "0.5")
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
 model = build(desc)
 assert sum(p.numel() for p in model.parameters()) == desc["n_params"]

@@ -117,14 +117,15 @@ void config_defaults(config *c) {
   c->autotune = AUTOTUNE_FASTEST;
 }
 
-// The cpu-demo preset: a narrow VGG11 at 32x32 that learns real CIFAR-10 on two CPU cores in a
-// few minutes (VGG16 without batch norm stalls at chance with Adam 1e-3; VGG11 does not).
+// The cpu-demo preset: a narrow VGG11 with batch norm at 32x32 that learns real CIFAR-10 on two
+// CPU cores in a minute (on the bundled 3,000-image sample: about 45% test accuracy).
 static void preset_apply(config *c, const char *name) {
   if (strcmp(name, "paper") == 0) {
     config_defaults(c);
   } else if (strcmp(name, "cpu-demo") == 0) {
     config_defaults(c);
     strcpy(c->model, "vgg11");
+    c->batchnorm = 1;
     c->width = 0.25f;
     c->image_size = 32;
     c->batch = 64;

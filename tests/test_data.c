@@ -1293,8 +1293,8 @@ TEST(data_sample_dir) {
   cifar10 tr, te;
   cifar10_load(&tr, dir, 1, 0);
   cifar10_load(&te, dir, 0, 0);
-  EXPECT_EQ_INT(tr.n, 1000);
-  EXPECT_EQ_INT(te.n, 200);
+  EXPECT_EQ_INT(tr.n, 3000);
+  EXPECT_EQ_INT(te.n, 600);
   REQUIRE(tr.n >= 10 && te.n >= 10);
   expect_first_labels(&tr, first_train);
   expect_first_labels(&te, first_test);
