@@ -17,8 +17,10 @@ trap 'rm -rf "$T"' EXIT
 
 "$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
 # A small, fast model; 400 train / 100 validation images, global batch 32 (13 steps an epoch).
+# Without batch norm: its batch statistics are each rank's own (no synchronised batch norm), so
+# only the plain network follows the same trajectory on every world size.
 SMALL=(--data "$T/data" --model vgg11 --width 0.125 --image-size 32 --batch 32 --val-size 100
-       --eval-batch 50 --log-every 5 --device cpu --seed 5)
+       --eval-batch 50 --log-every 5 --device cpu --seed 5 --batchnorm 0)
 
 # ---- world-size independence: -np 1, 2, 4 follow the same trajectory ----
 for np in 1 2 4; do
@@ -72,6 +74,18 @@ check "the resumed run finishes and removes RESUMABLE" \
   bash -c "grep -q '^test (best model' '$T/rs2.log' && [ ! -e '$T/rs/RESUMABLE' ]"
 check "stop + resume is bitwise equal to an uninterrupted run" \
   "$PY" "$TOOL" compare "$T/rs/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin"
+# Batch norm: the running statistics (rank 0's: every rank takes them before they are used or
+# saved) travel in the checkpoint's BUFFERS, so stop + resume still lands on the same bits.
+BN=("${SMALL[@]}" --batchnorm 1)
+"${MPIRUN[@]}" -np 2 "$BIN" "${BN[@]}" --epochs 2 --checkpoint-dir "$T/bn" > "$T/bn.log" 2>&1
+"${MPIRUN[@]}" -np 2 "$BIN" "${BN[@]}" --epochs 2 --checkpoint-dir "$T/bnr" --max-steps 5 > /dev/null 2>&1
+"${MPIRUN[@]}" -np 2 "$BIN" "${BN[@]}" --epochs 2 --checkpoint-dir "$T/bnr" --resume auto > "$T/bnr.log" 2>&1
+check "batch norm: the checkpoint's BUFFERS hold the running statistics" \
+  bash -c "'$PY' '$TOOL' info '$T/bn/ckpt_e0002.bin' | grep -q '^6 BUFFERS [1-9]' && grep -q '^test (best model' '$T/bn.log'"
+check "batch norm: stop + resume is bitwise equal, running statistics included" bash -c \
+  "grep -q 'resumed from .*ckpt_e0000_b000005.bin' '$T/bnr.log' && '$PY' '$TOOL' compare '$T/bnr/ckpt_e0002.bin' '$T/bn/ckpt_e0002.bin'"
+check "batch norm: the resumed run's validation and test equal the uninterrupted run's" bash -c \
+  "diff <(grep -oE '(val|test).*loss [0-9.]+ acc [0-9.]+' '$T/bn.log' | tail -2) <(grep -oE '(val|test).*loss [0-9.]+ acc [0-9.]+' '$T/bnr.log' | tail -2)"
 # Resume on another world size.
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/rw" --max-steps 7 > /dev/null 2>&1
 "${MPIRUN[@]}" -np 4 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rw" --resume auto > "$T/rw.log" 2>&1
