@@ -53,7 +53,8 @@ static const option_spec options[] = {
     {"min-lr", OPT_FLOAT, F(min_lr), 0, 10, NULL, "X", "ReduceLROnPlateau floor"},
     {"warmup-epochs", OPT_FLOAT, F(warmup_epochs), 0, 100000, NULL, "E",
      "linear lr warmup, per step, over the first E epochs (fractional allowed): step k of W "
-     "takes lr * (k+1)/W; the plateau scheduler starts after it (0: off)"},
+     "takes lr * (k+1)/W; the plateau scheduler starts after it (0: off; auto: 1 without "
+     "batch norm, 0 with it)"},
     {"early-stop", OPT_INT, F(early_stop), 0, 100000, NULL, "N", "stop after N epochs without a better validation loss (0: never)"},
     {"train-limit", OPT_INT, F(train_limit), 0, 1 << 30, NULL, "N", "use only the first N train-set images (0: all)"},
     {"test-limit", OPT_INT, F(test_limit), 0, 1 << 30, NULL, "N", "use only the first N test images (0: all)"},
@@ -98,6 +99,10 @@ void config_defaults(config *c) {
   c->beta2 = 0.999f;
   c->eps = 1e-8f;
   c->dropout = 0.5f;
+  // Measured on the full CIFAR-10 (README, Accuracy): VGG16 with batch norm learns on every
+  // seed; without it, it stalls at chance on some unless the lr is warmed up over an epoch.
+  c->batchnorm = 1;
+  c->warmup_epochs = WARMUP_AUTO;
   c->flip_p = 0.5f;
   c->val_size = 10000;
   c->seed = 11;
@@ -154,7 +159,10 @@ static void usage(FILE *f) {
     const char *p = (const char *)&d + o->offset;
     switch (o->type) {
     case OPT_INT: snprintf(def, sizeof(def), "%d", *(const int *)p); break;
-    case OPT_FLOAT: snprintf(def, sizeof(def), "%g", *(const float *)p); break;
+    case OPT_FLOAT:
+      if (*(const float *)p == WARMUP_AUTO) snprintf(def, sizeof(def), "auto");
+      else snprintf(def, sizeof(def), "%g", *(const float *)p);
+      break;
     case OPT_U64: snprintf(def, sizeof(def), "%llu", (unsigned long long)*(const uint64_t *)p); break;
     case OPT_STR: snprintf(def, sizeof(def), "%s", *p ? p : "none"); break;
     case OPT_VEC3: snprintf(def, sizeof(def), "computed"); break;
@@ -293,6 +301,7 @@ void config_parse(config *c, int argc, char **argv) {
   if (c->have_norm == 1 || c->have_norm == 2) DIE_USAGE("--mean and --std must be given together");
   if (strcmp(c->resume, "auto") == 0 && !c->checkpoint_dir[0])
     DIE_USAGE("--resume auto needs --checkpoint-dir");
+  if (c->warmup_epochs == WARMUP_AUTO) c->warmup_epochs = c->batchnorm ? 0.0f : 1.0f;
   // A warmup longer than the run never reaches the lr it climbs to: surely not what was meant.
   if (c->warmup_epochs > c->epochs)
     DIE_USAGE("--warmup-epochs: %g is longer than the run (--epochs %d)", c->warmup_epochs,

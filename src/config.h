@@ -16,6 +16,9 @@
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_kind;
 typedef enum { INIT_TORCHVISION, INIT_PYTORCH, INIT_PAPER } init_kind;
 
+// The default of --warmup-epochs, resolved by config_parse once --batchnorm is known.
+#define WARMUP_AUTO (-1.0f)
+
 typedef struct config {
   char preset[16];
   char data_dir[512];    // empty: $CIFAR10_DIR, else data/cifar-10-batches-bin
@@ -34,6 +37,7 @@ typedef struct config {
   int lr_patience;
   float lr_factor, lr_threshold, min_lr;
   float warmup_epochs;   // linear lr warmup per step over the first E epochs; 0 disables
+                         // (WARMUP_AUTO until parsed: 1 without batch norm, 0 with it)
   int early_stop;        // patience; 0 disables
   int train_limit, test_limit; // 0: all
   char checkpoint_dir[512];    // empty: no checkpoints

@@ -38,7 +38,14 @@ TEST(config_defaults_follow_the_recipe) {
   EXPECT_EQ_INT(c.seed, 11);
   EXPECT_NEAR(c.dropout, 0.5, 0);
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
-  EXPECT_NEAR(c.warmup_epochs, 0, 0); // off until measurements decide a default
+  EXPECT_EQ_INT(c.batchnorm, 1);      // measured: learns on every seed (README, Accuracy)
+  EXPECT_NEAR(c.warmup_epochs, 0, 0); // auto: none with batch norm
+  parse(&c, "--batchnorm 0");
+  EXPECT_NEAR(c.warmup_epochs, 1, 0); // auto: an epoch without it (past the stall)
+  parse(&c, "--batchnorm 0 --warmup-epochs 0");
+  EXPECT_NEAR(c.warmup_epochs, 0, 0); // unless asked otherwise
+  parse(&c, "--warmup-epochs 0.5");
+  EXPECT_NEAR(c.warmup_epochs, 0.5, 0);
 }
 
 TEST(config_preset_is_overridden_wherever_options_stand) {
@@ -60,7 +67,7 @@ TEST(config_preset_is_overridden_wherever_options_stand) {
   parse(&c, "--autotune first --autotune fastest");
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
   parse(&c, "--preset cpu-demo");
-  EXPECT_NEAR(c.warmup_epochs, 0, 0); // the presets leave it off
+  EXPECT_NEAR(c.warmup_epochs, 0, 0); // cpu-demo has batch norm: auto is none
   parse(&c, "--warmup-epochs 1.5 --preset cpu-demo");
   EXPECT_NEAR(c.warmup_epochs, 1.5, 0);
   parse(&c, "--epochs 4 --warmup-epochs 4");
