@@ -148,6 +148,7 @@ typedef struct backend_ops {
   //          (1 - momentum) running + momentum * (mean, unbiased variance), as PyTorch.
   //          N * H * W must be at least 2 (the unbiased variance), or N = 0 (nothing written).
   //   eval:  the same with running's mean and variance; save and running untouched.
+  // gamma, beta and running are required in both modes, save in training.
   void (*bn_fwd)(backend *b, void *y, float *save, const void *x, const float *gamma,
                  const float *beta, float *running, op_shape s, bn_params p, int train,
                  activation act);

@@ -200,6 +200,10 @@ static double parse_number(const option_spec *o, const char *arg) {
 
 static void option_set(config *c, const option_spec *o, const char *arg) {
   char *p = (char *)c + o->offset;
+  if (o->offset == offsetof(config, warmup_epochs) && strcmp(arg, "auto") == 0) {
+    c->warmup_epochs = WARMUP_AUTO; // resolved once --batchnorm is known (config_parse)
+    return;
+  }
   switch (o->type) {
   case OPT_INT: *(int *)p = (int)parse_number(o, arg); break;
   case OPT_FLOAT: *(float *)p = (float)parse_number(o, arg); break;

@@ -159,3 +159,32 @@ double steps_model_err(const model *m, const float *a, const float *b, char *wor
   }
   return w;
 }
+
+static double max_abs(const float *a, size_t n) {
+  double m = 0;
+  for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+  return m;
+}
+
+double steps_grads_err(const model *m, const float *a, const float *b, char *worst, size_t len,
+                        double *cancelled) {
+  double w = 0;
+  *cancelled = 0;
+  for (int i = 0; i < m->n_layers; i++) {
+    const layer *l = &m->layers[i];
+    if (!l->w_count) continue;
+    int bn_next = i + 1 < m->n_layers && m->layers[i + 1].kind == LAYER_BN;
+    double ew = steps_tensor_err(a + l->w_off, b + l->w_off, l->w_count), eb = 0;
+    if (bn_next) {
+      double noise = fmax(max_abs(a + l->b_off, l->b_count), max_abs(b + l->b_off, l->b_count));
+      *cancelled = fmax(*cancelled, noise / max_abs(b + l->w_off, l->w_count));
+    } else {
+      eb = steps_tensor_err(a + l->b_off, b + l->b_off, l->b_count);
+    }
+    if (fmax(ew, eb) >= w) {
+      w = fmax(ew, eb);
+      snprintf(worst, len, "layer %d %s", i, ew >= eb ? "weight" : "bias");
+    }
+  }
+  return w;
+}

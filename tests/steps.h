@@ -40,6 +40,13 @@ void steps_run(steps_result *r, backend *b, const model *m, const steps_spec *sp
 void steps_free(steps_result *r);
 // max |a - b| / max |b| over one tensor.
 double steps_tensor_err(const float *a, const float *b, size_t n);
+// The gradients' worst relative error per tensor, as steps_model_err, except the bias of a
+// conv followed by batch norm: the normalisation subtracts the channel mean, so that gradient
+// is zero in exact arithmetic and both sides hold rounding noise (relative errors of O(1)).
+// Those are checked to be noise instead: *cancelled is the largest of max |bias gradient|
+// (either side) / max |that conv's weight gradient|.
+double steps_grads_err(const model *m, const float *a, const float *b, char *worst, size_t len,
+                       double *cancelled);
 // Worst per-tensor error over the model's flat buffers; names the worst tensor in worst.
 double steps_model_err(const model *m, const float *a, const float *b, char *worst, size_t len);
 

@@ -46,6 +46,8 @@ TEST(config_defaults_follow_the_recipe) {
   EXPECT_NEAR(c.warmup_epochs, 0, 0); // unless asked otherwise
   parse(&c, "--warmup-epochs 0.5");
   EXPECT_NEAR(c.warmup_epochs, 0.5, 0);
+  parse(&c, "--warmup-epochs 2 --batchnorm 0 --warmup-epochs auto");
+  EXPECT_NEAR(c.warmup_epochs, 1, 0); // the default, asked for by name
 }
 
 TEST(config_preset_is_overridden_wherever_options_stand) {

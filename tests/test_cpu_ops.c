@@ -671,27 +671,28 @@ TEST(cpu_bn_grad) {
 
 // Many rows and threads: the same results as one thread, within the summation order.
 TEST(cpu_bn_threads_agree) {
-  const op_shape s = {8, 16, 16, 24, 24};
-  const size_t n = (size_t)8 * 16 * 16 * 24;
-  float *x = fvec(n), *dy = fvec(n), *g = fvec(24), *be = fvec(24);
+  enum { C = 32 };
+  const op_shape s = {8, 16, 16, C, C}; // 65,536 elements: the statistics split over threads
+  const size_t n = (size_t)8 * 16 * 16 * C;
+  float *x = fvec(n), *dy = fvec(n), *g = fvec(C), *be = fvec(C);
   fill(x, n, 91, -2, 2);
   fill(dy, n, 92, -1, 1);
-  fill(g, 24, 93, 0.5f, 1.5f);
-  float *y[2], *dx[2], dg[2][24], db[2][24], run[2][48], save[2][48];
+  fill(g, C, 93, 0.5f, 1.5f);
+  float *y[2], *dx[2], dg[2][C], db[2][C], run[2][2 * C], save[2][2 * C];
   for (int v = 0; v < 2; v++) {
     backend *b = backend_cpu_create(v ? 3 : 1);
     y[v] = fvec(n);
     dx[v] = fvec(n);
-    for (int c = 0; c < 24; c++) run[v][c] = 0, run[v][24 + c] = 1;
+    for (int c = 0; c < C; c++) run[v][c] = 0, run[v][C + c] = 1;
     b->ops->bn_fwd(b, y[v], save[v], x, g, be, run[v], s, (bn_params){1e-5f, 0.1f}, 1, ACT_RELU);
     b->ops->bn_bwd(b, dx[v], dg[v], db[v], dy, x, g, save[v], s);
     b->ops->destroy(b);
   }
   double e = 0;
   for (size_t i = 0; i < n; i++) e = fmax(e, fabs(y[0][i] - y[1][i]) + fabs(dx[0][i] - dx[1][i]));
-  for (int c = 0; c < 24; c++)
+  for (int c = 0; c < C; c++)
     e = fmax(e, fabs(dg[0][c] - dg[1][c]) / 100 + fabs(db[0][c] - db[1][c]) / 100 +
-                    fabs(run[0][c] - run[1][c]) + fabs(run[0][24 + c] - run[1][24 + c]));
+                    fabs(run[0][c] - run[1][c]) + fabs(run[0][C + c] - run[1][C + c]));
   EXPECT(e < 1e-5);
   free(x); free(dy); free(g); free(be);
   for (int v = 0; v < 2; v++) {

@@ -29,39 +29,6 @@
 
 #define GOLDEN_TOL 1e-4
 
-static double max_abs(const float *a, size_t n) {
-  double m = 0;
-  for (size_t i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
-  return m;
-}
-
-// The gradients' worst relative error per tensor, as steps_model_err, except the bias of a
-// conv followed by batch norm: the normalisation subtracts the channel mean, so that gradient
-// is zero in exact arithmetic and both sides hold rounding noise (relative errors of O(1)).
-// Those are checked to be noise instead: *cancelled is the largest of max |bias gradient|
-// (either side) / max |that conv's weight gradient|.
-static double grads_err(const model *m, const float *a, const float *b, char *worst, size_t len,
-                        double *cancelled) {
-  double w = 0;
-  *cancelled = 0;
-  for (int i = 0; i < m->n_layers; i++) {
-    const layer *l = &m->layers[i];
-    if (!l->w_count) continue;
-    int bn_next = i + 1 < m->n_layers && m->layers[i + 1].kind == LAYER_BN;
-    double ew = steps_tensor_err(a + l->w_off, b + l->w_off, l->w_count), eb = 0;
-    if (bn_next) {
-      double noise = fmax(max_abs(a + l->b_off, l->b_count), max_abs(b + l->b_off, l->b_count));
-      *cancelled = fmax(*cancelled, noise / max_abs(b + l->w_off, l->w_count));
-    } else {
-      eb = steps_tensor_err(a + l->b_off, b + l->b_off, l->b_count);
-    }
-    if (fmax(ew, eb) >= w) {
-      w = fmax(ew, eb);
-      snprintf(worst, len, "layer %d %s", i, ew >= eb ? "weight" : "bias");
-    }
-  }
-  return w;
-}
 
 // The Python with torch: the Makefile's PY_TORCH, its one definition.
 #ifndef VGG_PY_TORCH
@@ -108,7 +75,7 @@ static void run_case(const char *name, float width, int size, int n, int adamw, 
   // implementations agree to 1e-4. Every term of the update is still exercised (gradients
   // here are mostly far above 1e-6); the op itself is checked with eps 1e-8 in test_cpu_ops.c.
   // With batch norm, 1e-3: a conv before it has a bias whose gradient is pure rounding noise
-  // (see grads_err), which Adam would turn into steps of +-lr, and batch norm's scale
+  // (see steps_grads_err), which Adam would turn into steps of +-lr, and batch norm's scale
   // invariance leaves more weight gradients near the noise floor (measured: 1e-6 leaves
   // parameter errors of 7e-3, 1e-4 of 2e-4, 1e-3 of 3e-5).
   steps_spec s = {.model = name, .width = width, .dropout = 0.5f, .lr = 1e-3f, .weight_decay = 1e-4f,
@@ -156,7 +123,7 @@ static void run_case(const char *name, float width, int size, int n, int adamw, 
   for (int t = 0; t < 3; t++) loss_err = fmax(loss_err, fabs(r.loss[t] - ref_loss[t]) / fabs(ref_loss[t]));
   char wg[64] = "", wp[64] = "";
   double cancelled;
-  double grad_err = grads_err(&m, r.grads, ref_grads, wg, sizeof(wg), &cancelled);
+  double grad_err = steps_grads_err(&m, r.grads, ref_grads, wg, sizeof(wg), &cancelled);
   double param_err = steps_model_err(&m, r.params, ref_params, wp, sizeof(wp));
   double buf_err = nb ? steps_tensor_err(r.buffers, ref_buffers, nb) : 0;
   double eval_err = steps_tensor_err(r.eval_logits, ref_logits, nl);

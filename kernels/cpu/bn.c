@@ -90,6 +90,8 @@ void cpu_bn_fwd(backend *b, void *y_, float *save, const void *x_, const float *
   const size_t rows = (size_t)s.N * s.H * s.W;
   const int C = s.C;
   if (rows == 0) return;
+  if (!gamma || !beta || !running || (train && !save))
+    FATAL("bn_fwd: gamma, beta and the running statistics are required, and save in training");
   float *y = y_;
   const float *x = x_;
   double *mean = xmalloc(2 * (size_t)C * sizeof(double)), *invstd = mean + C;

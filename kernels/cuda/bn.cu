@@ -157,7 +157,7 @@ void cuda_bn_fwd(backend *b, void *y, float *save, const void *x, const float *g
   if (rows == 0) return; // N = 0: nothing written, running untouched
   if (!gamma || !beta) FATAL("bn_fwd: gamma and beta are required");
   if (train && !save) FATAL("bn_fwd: training needs save (the batch mean and invstd)");
-  if (!train && !running) FATAL("bn_fwd: evaluation needs the running statistics");
+  if (!running) FATAL("bn_fwd: the running statistics are required");
   if (train && rows < 2)
     FATAL("bn_fwd: training needs more than one value per channel (N * H * W = %zu)", rows);
   if (train) bn_batch_stats(c, save, running, x, rows, s.C, p);
