@@ -243,10 +243,12 @@ check "stop, requeue and resume land on the uninterrupted run's parameters (bitw
 # The script's own --signal=USR1@120 under a 1-minute limit: slurmctld sends the warning at its
 # first time-limit pass (every 30 s) to the ranks, not the batch shell, which survives to
 # decide; and the cap: VGG_MAX_REQUEUES=0 stops there, says so, fails the job, keeps the marker.
+# The signal lands on any step: mid-epoch (a mid-epoch checkpoint) or an epoch's last (1 in 13:
+# the epoch is finished first), and either way the run stops resumably.
 job=$(submit capped 1 VGG_MAX_REQUEUES=0 -- --epochs 100000 --early-stop 0 --log-every 13)
 st=$(wait_end "$job" 90)
 check "the script's --signal=USR1@120 reaches the ranks before the limit; the batch shell survives" \
-  bash -c "grep -q 'stopping after step' '$T/capped.out' && grep -q ' signal 10\$' '$T/capped/RESUMABLE' &&
+  bash -c "grep -qE 'stopping (after step|at the end of epoch)' '$T/capped.out' && grep -q ' signal 10\$' '$T/capped/RESUMABLE' &&
            grep -q 'stopped resumably' '$T/capped.out'" || show_log capped
 check "past VGG_MAX_REQUEUES: not requeued, says so, job $st" \
   bash -c "[ $st = FAILED ] && [ '$(field "$job" Restarts)' = 0 ] &&
