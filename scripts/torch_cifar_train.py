@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 # torch_cifar_train.py - the PyTorch peer for accuracy: the same recipe as vgg_dist on real
 # CIFAR-10 binary files, so the README's accuracy table can show both side by side. The network
-# is vgg_dist's own (built from `vgg_dist --print-model`, torchvision's initialisation); the
+# is vgg_dist's own (built from `vgg_dist --print-model`; PyTorch's or torchvision's init); the
 # recipe: a seeded train/validation split of the train set, per-channel normalisation from the
 # train split, random horizontal flips, dropout, Adam with L2 weight decay (PyTorch's Adam),
 # optional linear warmup per step (lr (k+1)/W for the first W steps, as vgg_dist), then
@@ -55,13 +55,16 @@ def main():
     p.add_argument("--val-size", type=int, default=10000)
     p.add_argument("--flip-p", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--init", choices=["torchvision", "pytorch"], default="pytorch",
+                   help="torchvision's VGG initialisation, or PyTorch's layer defaults")
     a = p.parse_args()
     torch.manual_seed(a.seed)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
     desc = describe(default_binary(), "--model", a.model, "--width", str(a.width), "--image-size",
                     str(a.image_size), "--dropout", "0.5", "--batchnorm", str(a.batchnorm))
     model = build(desc)
-    init_torchvision(model)
+    if a.init == "torchvision":
+        init_torchvision(model)
 
     parts = [load(os.path.join(a.data, f"data_batch_{i}.bin")) for i in range(1, 6)]
     x_all = torch.cat([q[0] for q in parts]).float() / 255
@@ -84,7 +87,7 @@ def main():
     plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.1, patience=5, threshold=1e-4)
     best, best_loss, step = None, float("inf"), 0
     print(f"pytorch {torch.__version__}: {a.model} width {a.width} {a.image_size}x{a.image_size} "
-          f"batchnorm {a.batchnorm} warmup {a.warmup_epochs} seed {a.seed}: {len(x_tr)} train, "
+          f"batchnorm {a.batchnorm} init {a.init} warmup {a.warmup_epochs} seed {a.seed}: {len(x_tr)} train, "
           f"{len(x_va)} validation, {len(x_te)} test", flush=True)
     for epoch in range(a.epochs):
         model.train()

@@ -14,7 +14,9 @@
 #include "backend.h" // autotune_mode, precision_kind
 
 typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } device_kind;
-typedef enum { INIT_TORCHVISION, INIT_PYTORCH, INIT_PAPER } init_kind;
+// INIT_AUTO (the default) is resolved by config_parse once --batchnorm is known: PyTorch's own
+// initialisation with batch norm, torchvision's without (README, Accuracy).
+typedef enum { INIT_TORCHVISION, INIT_PYTORCH, INIT_PAPER, INIT_AUTO } init_kind;
 
 // The default of --warmup-epochs, resolved by config_parse once --batchnorm is known.
 #define WARMUP_AUTO (-1.0f)

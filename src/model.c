@@ -118,6 +118,7 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
 }
 
 void model_init_params(const model *m, float *p, init_kind init, uint64_t seed) {
+  if (init == INIT_AUTO) FATAL("model_init_params: INIT_AUTO is resolved by config_parse first");
   for (int i = 0; i < m->n_layers; i++) {
     const layer *l = &m->layers[i];
     if (!l->w_count) continue;

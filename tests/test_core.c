@@ -40,8 +40,14 @@ TEST(config_defaults_follow_the_recipe) {
   EXPECT_EQ_INT(c.autotune, AUTOTUNE_FASTEST);
   EXPECT_EQ_INT(c.batchnorm, 1);      // measured: learns on every seed (README, Accuracy)
   EXPECT_NEAR(c.warmup_epochs, 0, 0); // auto: none with batch norm
+  EXPECT_EQ_INT(c.init, INIT_PYTORCH); // auto: PyTorch's with batch norm (measured best)
   parse(&c, "--batchnorm 0");
   EXPECT_NEAR(c.warmup_epochs, 1, 0); // auto: an epoch without it (past the stall)
+  EXPECT_EQ_INT(c.init, INIT_TORCHVISION);
+  parse(&c, "--init paper --init auto --batchnorm 0");
+  EXPECT_EQ_INT(c.init, INIT_TORCHVISION); // auto by name
+  parse(&c, "--init paper");
+  EXPECT_EQ_INT(c.init, INIT_PAPER);
   parse(&c, "--batchnorm 0 --warmup-epochs 0");
   EXPECT_NEAR(c.warmup_epochs, 0, 0); // unless asked otherwise
   parse(&c, "--warmup-epochs 0.5");
