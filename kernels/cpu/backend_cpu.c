@@ -46,10 +46,20 @@ double *cpu_reduction(cpu_ctx *ctx, size_t doubles) {
   return ctx->red;
 }
 
+double *cpu_channel_scratch(cpu_ctx *ctx, size_t doubles) {
+  if (doubles > ctx->chan_doubles) {
+    free(ctx->chan);
+    ctx->chan = xmalloc(doubles * sizeof(double));
+    ctx->chan_doubles = doubles;
+  }
+  return ctx->chan;
+}
+
 static void cpu_destroy(backend *b) {
   if (!b) return;
   cpu_ctx *ctx = b->impl;
   if (ctx) {
+    free(ctx->chan);
     free(ctx->red);
     free(ctx->ws);
     free(ctx);

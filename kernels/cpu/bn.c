@@ -11,7 +11,6 @@
 
 #include <math.h>
 #include <omp.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -94,8 +93,9 @@ void cpu_bn_fwd(backend *b, void *y_, float *save, const void *x_, const float *
     FATAL("bn_fwd: gamma, beta and the running statistics are required, and save in training");
   float *y = y_;
   const float *x = x_;
-  double *mean = xmalloc(2 * (size_t)C * sizeof(double)), *invstd = mean + C;
-  float *scale = xmalloc(2 * (size_t)C * sizeof(float)), *shift = scale + C;
+  // Per channel: mean, invstd (doubles), then scale and shift (floats, in the next C doubles).
+  double *mean = cpu_channel_scratch(ctx, 3 * (size_t)C), *invstd = mean + C;
+  float *scale = (float *)(invstd + C), *shift = scale + C;
   if (train) {
     batch_stats(ctx, mean, invstd, save, running, x, rows, C, p);
   } else {
@@ -118,8 +118,6 @@ void cpu_bn_fwd(backend *b, void *y_, float *save, const void *x_, const float *
       yi[c] = relu && v < 0.0f ? 0.0f : v; // NaN propagates, as torch.relu
     }
   }
-  free(scale);
-  free(mean);
 }
 
 // dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)), xhat = (x - mean) invstd, written
@@ -135,10 +133,11 @@ void cpu_bn_bwd(backend *b, void *dx_, float *dgamma, float *dbeta, const void *
     return;
   }
   const float *dy = dy_, *x = x_, *invstd = save + C;
-  double *mean = xmalloc(3 * (size_t)C * sizeof(double)), *sdy = mean + C, *sdyx = sdy + C;
+  // Per channel: mean, the two sums (doubles), then k1, k2, k3 (floats, in the next 2C doubles).
+  double *mean = cpu_channel_scratch(ctx, 5 * (size_t)C), *sdy = mean + C, *sdyx = sdy + C;
   for (int c = 0; c < C; c++) mean[c] = save[c];
   channel_sums(ctx, sdy, sdyx, SUM_GRAD, x, dy, mean, rows, C);
-  float *k = xmalloc(3 * (size_t)C * sizeof(float)), *k1 = k, *k2 = k + C, *k3 = k + 2 * C;
+  float *k1 = (float *)(sdyx + C), *k2 = k1 + C, *k3 = k2 + C;
   for (int c = 0; c < C; c++) {
     double is = invstd[c], g = gamma[c];
     dgamma[c] = (float)(sdyx[c] * is);
@@ -156,6 +155,4 @@ void cpu_bn_bwd(backend *b, void *dx_, float *dgamma, float *dbeta, const void *
       for (int c = 0; c < C; c++) di[c] = k1[c] * gi[c] + k2[c] * (xi[c] - save[c]) + k3[c];
     }
   }
-  free(k);
-  free(mean);
 }

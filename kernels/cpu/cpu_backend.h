@@ -29,6 +29,8 @@ typedef struct cpu_ctx {
   size_t conv_budget; // im2col rows per thread, in floats (CPU_CONV_BUDGET; tests shrink it)
   double *red;      // per-thread partial sums for bias gradients (deterministic reduction)
   size_t red_doubles;
+  double *chan;     // per-channel constants of batch norm (statistics, scale and shift)
+  size_t chan_doubles;
 } cpu_ctx;
 
 // Default im2col budget per thread in floats (4 MiB): gemms of >= 227 rows even at C = 512,
@@ -40,6 +42,9 @@ typedef struct cpu_ctx {
 float *cpu_workspace(cpu_ctx *ctx, size_t floats);
 // Returns ctx->red with room for at least `doubles` doubles.
 double *cpu_reduction(cpu_ctx *ctx, size_t doubles);
+// Returns ctx->chan with room for at least `doubles` doubles (grown by the first step only,
+// like the workspace: steady-state steps never allocate).
+double *cpu_channel_scratch(cpu_ctx *ctx, size_t doubles);
 
 // Bias gradient db (cols) = column sums of dy (rows, cols), accumulated in double in a fixed
 // order (deterministic for a given thread count).
