@@ -206,6 +206,17 @@ TEST(data_bad_files) {
 
 // Every file is checked whole, whatever the limit: a limit decides what is kept, not what is
 // checked (a bad file beyond it would otherwise surface only in a later run with another limit).
+// A load (mode 1: train, 2: test) under `limit` is refused with one line naming `path` and
+// holding `reason`; the line is printed when `show`.
+static int refused(const char *dir, int mode, int limit, const char *path, const char *reason,
+                   int show) {
+  char msg[1024];
+  int ok = child_load_limit(dir, mode, limit, msg, sizeof(msg)) == 1 && strstr(msg, path) &&
+           strstr(msg, reason) && count_lines(msg) == 1;
+  if (show || !ok) printf("    %s", msg);
+  return ok;
+}
+
 TEST(data_bad_files_beyond_limit) {
   char dir[512], path[600], msg[2048];
   gen_dir(dir, sizeof(dir), "gen_beyond", 20, 30, 6);
@@ -215,50 +226,32 @@ TEST(data_bad_files_beyond_limit) {
   // A truncated later file, the limit within data_batch_1.
   snprintf(path, sizeof(path), "%s/data_batch_3.bin", dir);
   CHECK_ZERO(truncate(path, (off_t)20 * CIFAR_RECORD - 7));
-  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "not a whole number of 3073-byte records") != NULL);
-  EXPECT_EQ_INT(count_lines(msg), 1);
-  printf("    truncated later file: %s", msg);
+  EXPECT(refused(dir, 1, 5, path, "not a whole number of 3073-byte records", 1));
   cifar_gen_write_file(path, 20, 6, 3);
 
   // A missing later file.
   snprintf(path, sizeof(path), "%s/data_batch_5.bin", dir);
   CHECK_ZERO(unlink(path));
-  EXPECT_EQ_INT(child_load_limit(dir, 1, 45, msg, sizeof(msg)), 1);
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "cannot open") != NULL);
-  EXPECT_EQ_INT(count_lines(msg), 1);
+  EXPECT(refused(dir, 1, 45, path, "cannot open", 0));
   cifar_gen_write_file(path, 20, 6, 5);
 
   // A bad label beyond the limit: in the file the limit ends in, and in a later file.
   snprintf(path, sizeof(path), "%s/data_batch_2.bin", dir);
   set_label(path, 12, 255);
-  EXPECT_EQ_INT(child_load_limit(dir, 1, 25, msg, sizeof(msg)), 1); // keeps records 0..4 of it
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "record 12: label 255 outside 0..9") != NULL);
-  EXPECT_EQ_INT(count_lines(msg), 1);
-  printf("    bad label beyond the limit: %s", msg);
+  EXPECT(refused(dir, 1, 25, path, "record 12: label 255 outside 0..9", 1)); // keeps records 0..4 of it
   set_label(path, 12, 3);
   snprintf(path, sizeof(path), "%s/data_batch_4.bin", dir);
   set_label(path, 19, 10);
-  EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 1);
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "record 19: label 10") != NULL);
+  EXPECT(refused(dir, 1, 5, path, "record 19: label 10", 0));
   set_label(path, 19, 0);
 
   // The test file: a bad label and a truncation beyond --test-limit.
   snprintf(path, sizeof(path), "%s/test_batch.bin", dir);
   set_label(path, 29, 200);
-  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "record 29: label 200 outside 0..9") != NULL);
-  EXPECT_EQ_INT(count_lines(msg), 1);
+  EXPECT(refused(dir, 2, 10, path, "record 29: label 200 outside 0..9", 0));
   set_label(path, 29, 1);
   CHECK_ZERO(truncate(path, (off_t)30 * CIFAR_RECORD + 1));
-  EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 1);
-  EXPECT(strstr(msg, path) != NULL);
-  EXPECT(strstr(msg, "not a whole number") != NULL);
+  EXPECT(refused(dir, 2, 10, path, "not a whole number", 0));
   cifar_gen_write_file(path, 30, 6, 0);
   EXPECT_EQ_INT(child_load_limit(dir, 1, 5, msg, sizeof(msg)), 0); // all restored
   EXPECT_EQ_INT(child_load_limit(dir, 2, 10, msg, sizeof(msg)), 0);
