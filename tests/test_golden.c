@@ -128,12 +128,13 @@ static void run_case(const char *name, float width, int size, int n, int adamw, 
   double buf_err = nb ? steps_tensor_err(r.buffers, ref_buffers, nb) : 0;
   double eval_err = steps_tensor_err(r.eval_logits, ref_logits, nl);
   printf("    %s%s width %g %dx%d batch %d %s: losses %.6f %.6f %.6f | worst rel err: loss %.2e, "
-         "grad %.2e (%s), params after 3 steps %.2e (%s), running statistics %.2e, "
-         "evaluation logits %.2e; branches within rounding of a kink: %.0f\n",
+         "grad %.2e (%s), params after 3 steps %.2e (%s), evaluation logits %.2e; branches "
+         "within rounding of a kink: %.0f\n",
          name, bn ? "_bn" : "", width, size, size, n, adamw ? "adamw" : "adam", r.loss[0],
-         r.loss[1], r.loss[2], loss_err, grad_err, wg, param_err, wp, buf_err, eval_err,
-         branches[1]);
-  if (bn) printf("    conv biases before batch norm: gradients at %.1e of their weights' (zero in exact arithmetic)\n", cancelled);
+         r.loss[1], r.loss[2], loss_err, grad_err, wg, param_err, wp, eval_err, branches[1]);
+  if (bn)
+    printf("    batch norm: running statistics %.2e; the conv biases before it have gradients at "
+           "%.1e of their weights' (zero in exact arithmetic)\n", buf_err, cancelled);
   if (branches[0] != 0)
     test_fail(__FILE__, __LINE__, "%.0f ReLU/max-pool decisions differ from PyTorch's by more than rounding", branches[0]);
   EXPECT(loss_err <= GOLDEN_TOL);
