@@ -37,22 +37,22 @@ float *cpu_workspace(cpu_ctx *ctx, size_t floats) {
   return ctx->ws;
 }
 
-double *cpu_reduction(cpu_ctx *ctx, size_t doubles) {
-  if (doubles > ctx->red_doubles) {
-    free(ctx->red);
-    ctx->red = xmalloc(doubles * sizeof(double));
-    ctx->red_doubles = doubles;
+// A host buffer of doubles that only grows (its old contents are not kept).
+static double *grow_doubles(double **buf, size_t *have, size_t doubles) {
+  if (doubles > *have) {
+    free(*buf);
+    *buf = xmalloc(doubles * sizeof(double));
+    *have = doubles;
   }
-  return ctx->red;
+  return *buf;
+}
+
+double *cpu_reduction(cpu_ctx *ctx, size_t doubles) {
+  return grow_doubles(&ctx->red, &ctx->red_doubles, doubles);
 }
 
 double *cpu_channel_scratch(cpu_ctx *ctx, size_t doubles) {
-  if (doubles > ctx->chan_doubles) {
-    free(ctx->chan);
-    ctx->chan = xmalloc(doubles * sizeof(double));
-    ctx->chan_doubles = doubles;
-  }
-  return ctx->chan;
+  return grow_doubles(&ctx->chan, &ctx->chan_doubles, doubles);
 }
 
 static void cpu_destroy(backend *b) {
