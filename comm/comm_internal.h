@@ -34,6 +34,7 @@ typedef struct grad_sync_ops {
   void (*poll)(grad_sync *g);
   void (*wait)(grad_sync *g);
   void (*destroy)(grad_sync *g);
+  void (*rank_sum_init)(grad_sync *g); // fills g->sum (grad_sync_rank_sum's first call)
 } grad_sync_ops;
 
 struct grad_sync {
@@ -42,6 +43,7 @@ struct grad_sync {
   backend *b;
   float *grads;
   size_t count;
+  rank_sum sum; // grad_sync_rank_sum's; sum.sum NULL until its first call
 };
 
 #ifdef VGG_HAVE_CUDA

@@ -103,7 +103,18 @@ static void mpi_destroy(grad_sync *g) {
   free(g);
 }
 
-static const grad_sync_ops mpi_sync_ops = {mpi_start, mpi_poll, mpi_wait, mpi_destroy};
+// Batch norm's sums: host doubles, as the control collectives (a blocking all-reduce; the
+// bucket reductions in flight meanwhile are other requests of the same communicator, issued in
+// the same order on every rank, as MPI requires).
+static void mpi_rank_sum(void *ctx, double *buf, size_t count) {
+  grad_sync *g = ctx;
+  if (g->c->size > 1) comm_allreduce_sum_f64(g->c, buf, count);
+}
+
+static void mpi_rank_sum_init(grad_sync *g) { g->sum = (rank_sum){mpi_rank_sum, g}; }
+
+static const grad_sync_ops mpi_sync_ops = {mpi_start, mpi_poll, mpi_wait, mpi_destroy,
+                                           mpi_rank_sum_init};
 
 grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
                             int bf16_wire, double timeout_s) {
@@ -130,3 +141,7 @@ void grad_sync_free(grad_sync *g) {
 void grad_sync_start(grad_sync *g, size_t offset, size_t count) { g->ops->start(g, offset, count); }
 void grad_sync_poll(grad_sync *g) { g->ops->poll(g); }
 void grad_sync_wait(grad_sync *g) { g->ops->wait(g); }
+const rank_sum *grad_sync_rank_sum(grad_sync *g) {
+  if (!g->sum.sum) g->ops->rank_sum_init(g);
+  return &g->sum;
+}

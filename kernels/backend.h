@@ -73,9 +73,22 @@ typedef struct op_shape {
 // overwrites an input it does not own.
 typedef enum { ACT_NONE = 0, ACT_RELU = 1 } activation;
 
-// BatchNorm2d's constants (torchvision's vgg*_bn: eps 1e-5, momentum 0.1).
+// A sum over every rank of `count` doubles of backend memory, in place, in stream order (on a
+// device: enqueued behind the ops before it, ahead of the ops after it; the host does not
+// wait). The communicator provides it (grad_sync_rank_sum in comm.h): batch norm's statistics
+// under --sync-bn. A collective: every rank makes the same calls in the same order.
+typedef struct rank_sum {
+  void (*sum)(void *ctx, double *buf, size_t count);
+  void *ctx;
+} rank_sum;
+
+// BatchNorm2d's constants (torchvision's vgg*_bn: eps 1e-5, momentum 0.1), and where its batch
+// statistics come from: sync NULL, this rank's share of the batch alone (PyTorch DDP's
+// default); else the whole global batch, its sums added over the ranks by sync (PyTorch's
+// SyncBatchNorm), so the result does not depend on how the batch is split.
 typedef struct bn_params {
   float eps, momentum;
+  const rank_sum *sync;
 } bn_params;
 
 // What changes from one otherwise identical training step to the next (see capture_begin).
@@ -146,16 +159,22 @@ typedef struct backend_ops {
   //          biased variance; save (2C floats: mean, then 1 / sqrt(var + eps)) keeps them for
   //          bn_bwd; running (2C floats: mean, then variance) becomes
   //          (1 - momentum) running + momentum * (mean, unbiased variance), as PyTorch.
-  //          N * H * W must be at least 2 (the unbiased variance), or N = 0 (nothing written).
-  //   eval:  the same with running's mean and variance; save and running untouched.
+  //          The batch is N * H * W values per channel, summed over the ranks with p.sync; it
+  //          must be at least 2 (the unbiased variance). N = 0 writes nothing without p.sync;
+  //          with it the rank still takes part in the sums (and updates running, as all do).
+  //   eval:  the same with running's mean and variance; save and running untouched, p.sync
+  //          unused.
   // gamma, beta and running are required in both modes, save in training.
   void (*bn_fwd)(backend *b, void *y, float *save, const void *x, const float *gamma,
                  const float *beta, float *running, op_shape s, bn_params p, int train,
                  activation act);
   // The backward of a training bn_fwd (before its activation: act_bwd ran first) from its
-  // save: writes dgamma, dbeta, and dx unless dx == NULL; reads dy only.
+  // save, with the same p: writes dgamma, dbeta, and dx unless dx == NULL; reads dy only. With
+  // p.sync, dx takes the sums of dy and dy xhat over the global batch (every rank's, as the
+  // forward's statistics), while dgamma and dbeta stay this rank's share: the gradient
+  // all-reduce adds the shares, as it does every other parameter's.
   void (*bn_bwd)(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
-                 const float *gamma, const float *save, op_shape s);
+                 const float *gamma, const float *save, op_shape s, bn_params p);
 
   // y = x * mask / (1 - p) (see dropout_key) over D = H * W * C features per sample;
   // dx = dy * mask / (1 - p).

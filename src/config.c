@@ -44,6 +44,10 @@ static const option_spec options[] = {
     {"eps", OPT_FLOAT, F(eps), 1e-12, 1, NULL, "X", "Adam epsilon"},
     {"dropout", OPT_FLOAT, F(dropout), 0, 0.95, NULL, "P", "dropout probability before each of the first two FC layers"},
     {"batchnorm", OPT_INT, F(batchnorm), 0, 1, NULL, "0|1", "BatchNorm2d after every conv, before its ReLU (torchvision's vgg*_bn)"},
+    {"sync-bn", OPT_INT, F(sync_bn), 0, 1, NULL, "0|1",
+     "batch norm's training statistics over the global batch, summed over the ranks (1: the "
+     "trajectory does not depend on the number of ranks) or each rank's share alone (0: "
+     "DDP's default, no communication)"},
     {"flip-p", OPT_FLOAT, F(flip_p), 0, 1, NULL, "P", "horizontal flip probability (the notebook used 0.7)"},
     {"val-size", OPT_INT, F(val_size), 1, 1 << 30, NULL, "N", "validation images split off the train set"},
     {"seed", OPT_U64, F(seed), 0, 0, NULL, "N", "seed of every random decision (split, shuffle, flips, dropout, init)"},
@@ -104,6 +108,9 @@ void config_defaults(config *c) {
   // seed (best with PyTorch's initialisation); without it, it stalls at chance on some unless
   // the lr is warmed up over an epoch.
   c->batchnorm = 1;
+  // The global batch's statistics, as one process computes them: the run then does not depend
+  // on how many ranks share the batch (README, Batch norm across ranks, for the cost).
+  c->sync_bn = 1;
   c->warmup_epochs = WARMUP_AUTO;
   c->flip_p = 0.5f;
   c->val_size = 10000;

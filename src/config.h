@@ -33,6 +33,7 @@ typedef struct config {
   int adamw;
   float dropout;
   int batchnorm;         // BatchNorm2d after every conv
+  int sync_bn;           // its training statistics over the global batch (summed over ranks)
   float flip_p;
   int val_size;
   uint64_t seed;

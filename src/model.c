@@ -84,7 +84,7 @@ void model_build(model *m, const char *name, float width, int image_size, int cl
   m->classes = classes;
   m->dropout = dropout;
   m->batchnorm = batchnorm;
-  m->bn = (bn_params){1e-5f, 0.1f};
+  m->bn = (bn_params){1e-5f, 0.1f, NULL}; // each rank's statistics unless the trainer syncs them
 
   int H = image_size, C = 3;
   m->max_act = (size_t)H * H * C;

@@ -114,6 +114,13 @@ void net_prep(net *nt, const uint8_t *d_images, const uint8_t *d_labels, const i
   nt->b->ops->prep_batch(nt->b, nt->act[0], nt->labels, nt->ids, d_images, d_labels, h_ids, count, pp);
 }
 
+// The model's batch-norm constants, with the statistics summed over the ranks under bn_sync.
+static bn_params bn_settings(const net *nt) {
+  bn_params p = nt->m->bn;
+  p.sync = nt->bn_sync;
+  return p;
+}
+
 // Runs layer i's op from x into y (for a layer whose activation is separate, y is its pre
 // buffer); returns what the op's output is (evaluation-mode dropout passes x through).
 static const void *op_forward(net *nt, int i, void *y, const void *x, int count, int train,
@@ -129,7 +136,7 @@ static const void *op_forward(net *nt, int i, void *y, const void *x, int count,
   case LAYER_LINEAR: o->linear_fwd(b, y, x, P + l->w_off, P + l->b_off, s, l->act); return y;
   case LAYER_BN:
     o->bn_fwd(b, y, nt->bn_save[i], x, P + l->w_off, P + l->b_off, nt->buffers + l->buf_off, s,
-              nt->m->bn, train, l->act);
+              bn_settings(nt), train, l->act);
     return y;
   case LAYER_DROPOUT:
     if (!train || nt->m->dropout <= 0) return x; // identity at evaluation
@@ -186,7 +193,8 @@ static void op_backward(net *nt, int i, void *dx, const void *dy, int count, uin
     o->linear_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, s);
     return;
   case LAYER_BN:
-    o->bn_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, nt->bn_save[i], s);
+    o->bn_bwd(b, dx, G + l->w_off, G + l->b_off, dy, nt->in[i], P + l->w_off, nt->bn_save[i], s,
+              bn_settings(nt));
     return;
   case LAYER_DROPOUT:
     if (dx) o->dropout_bwd(b, dx, dy, nt->ids, s, nt->m->dropout,

@@ -32,6 +32,9 @@ typedef struct net {
   int32_t *labels, *ids;
   double *stats;                           // [loss sum, correct] since the last reset
   bucket_plan buckets;
+  // Batch norm's statistics over the global batch: the communicator's sum over the ranks
+  // (grad_sync_rank_sum), or NULL for each rank's share alone. Set after net_init.
+  const rank_sum *bn_sync;
   // Captured steps (net_train_step): on when `graphs` is set and the backend can capture.
   int graphs;
   int graph_warm;    // a full step has run eagerly (plans built, workspaces sized)

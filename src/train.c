@@ -312,6 +312,7 @@ static void net_setup(run *r) {
   r->net.graphs = cfg->cuda_graphs;
   r->gs = grad_sync_create(r->c, b, b->is_device ? GRAD_SYNC_NCCL : GRAD_SYNC_MPI,
                            r->net.grads, r->m.n_params, cfg->grad_bf16, cfg->comm_timeout);
+  if (cfg->batchnorm && cfg->sync_bn) r->net.bn_sync = grad_sync_rank_sum(r->gs); // every rank
   size_t pbytes = r->m.n_params * sizeof(float);
   net_upload_params(&r->net, r->rs.live.params);
   net_upload_buffers(&r->net, r->rs.live.buffers);
@@ -331,11 +332,12 @@ static void state_download(run *r) {
   b->ops->download(b, r->rs.adam_v, r->net.adam_v, pbytes);
 }
 
-// Batch norm's running statistics: each rank updates its own from its share of every batch
-// (its batch statistics are its own: no synchronised batch norm), so they drift apart; before
-// they are used (validation, the test) or saved, every rank takes rank 0's, as PyTorch's
-// DistributedDataParallel broadcasts its buffers. Training never reads them, so a resumed run,
-// which starts from rank 0's, stays bitwise equal to an uninterrupted one.
+// Batch norm's running statistics: with --sync-bn 0 each rank updates its own from its share of
+// every batch, so they drift apart; with sync every rank computes the same global statistics,
+// but an all-reduce need not round alike on every rank. Before they are used (validation, the
+// test) or saved, every rank takes rank 0's, as PyTorch's DistributedDataParallel broadcasts
+// its buffers. Training never reads them, so a resumed run, which starts from rank 0's, stays
+// bitwise equal to an uninterrupted one.
 static void buffers_from_rank0(run *r) {
   if (r->world == 1 || r->m.n_buffers == 0) return;
   net_download_buffers(&r->net, r->rs.live.buffers);

@@ -7,6 +7,8 @@
 // run with tiny im2col sub-chunks and on 1-3 threads so range and chunk boundaries are hit.
 // Adam/AdamW, xent, dropout masks and max-pool ties are checked against hand-computed values.
 #include <malloc.h>
+#include <math.h>
+#include <omp.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -585,7 +587,7 @@ static double bn_loss(void *p, int *kink) {
   bn_case *t = p;
   size_t n = (size_t)t->s.N * t->s.H * t->s.W * t->s.C;
   t->b->ops->bn_fwd(t->b, t->y, t->save, t->x, t->gamma, t->beta, t->running, t->s,
-                    (bn_params){1e-5f, 0.1f}, 1, t->act);
+                    (bn_params){1e-5f, 0.1f, NULL}, 1, t->act);
   if (t->act == ACT_RELU)
     for (size_t i = 0; i < n; i++)
       if ((t->y[i] > 0) != (t->ybase[i] > 0)) *kink = 1;
@@ -605,7 +607,7 @@ static void bn_check(int N, int H, int W, int C, activation act) {
   fill(t.r, n, 84, -1, 1);
   float running[8], save[8];
   for (int c = 0; c < C; c++) running[c] = 0.2f, running[C + c] = 1.5f;
-  b->ops->bn_fwd(b, t.ybase, save, t.x, t.gamma, t.beta, running, s, (bn_params){1e-5f, 0.1f}, 1, act);
+  b->ops->bn_fwd(b, t.ybase, save, t.x, t.gamma, t.beta, running, s, (bn_params){1e-5f, 0.1f, NULL}, 1, act);
   double err = 0, err_stats = 0;
   for (int c = 0; c < C; c++) {
     double m = 0, v = 0;
@@ -627,7 +629,7 @@ static void bn_check(int N, int H, int W, int C, activation act) {
   // Evaluation: the running statistics, nothing updated.
   float run2[8], save2[8] = {0};
   memcpy(run2, running, sizeof(run2));
-  b->ops->bn_fwd(b, t.y, save2, t.x, t.gamma, t.beta, run2, s, (bn_params){1e-5f, 0.1f}, 0, act);
+  b->ops->bn_fwd(b, t.y, save2, t.x, t.gamma, t.beta, run2, s, (bn_params){1e-5f, 0.1f, NULL}, 0, act);
   double err_eval = 0;
   for (size_t i = 0; i < rows; i++)
     for (int c = 0; c < C; c++) {
@@ -641,7 +643,7 @@ static void bn_check(int N, int H, int W, int C, activation act) {
   float *dy = fvec(n), *dz = fvec(n), *dx = fvec(n), *dg = fvec(C), *dbeta = fvec(C);
   memcpy(dy, t.r, n * sizeof(float));
   const float *g = act_grad(b, dz, dy, t.ybase, s, act);
-  b->ops->bn_bwd(b, dx, dg, dbeta, g, t.x, t.gamma, save, s);
+  b->ops->bn_bwd(b, dx, dg, dbeta, g, t.x, t.gamma, save, s, (bn_params){1e-5f, 0.1f, NULL});
   EXPECT(memcmp(dy, t.r, n * sizeof(float)) == 0);
   memcpy(t.save, save, 2 * C * sizeof(float));
   for (int c = 0; c < 2 * C; c++) t.running[c] = running[c];
@@ -655,7 +657,7 @@ static void bn_check(int N, int H, int W, int C, activation act) {
   if (act == ACT_NONE) EXPECT_EQ_INT(skipped, 0);
   // dx == NULL (a first layer) still gives the parameter gradients.
   float *dg2 = fvec(C), *db2 = fvec(C);
-  b->ops->bn_bwd(b, NULL, dg2, db2, g, t.x, t.gamma, save, s);
+  b->ops->bn_bwd(b, NULL, dg2, db2, g, t.x, t.gamma, save, s, (bn_params){1e-5f, 0.1f, NULL});
   EXPECT(memcmp(dg2, dg, C * sizeof(float)) == 0 && memcmp(db2, dbeta, C * sizeof(float)) == 0);
   free(dg2); free(db2); free(dy); free(dz); free(dx); free(dg); free(dbeta);
   free(t.x); free(t.gamma); free(t.beta); free(t.y); free(t.r); free(t.ybase); free(t.save);
@@ -684,8 +686,8 @@ TEST(cpu_bn_threads_agree) {
     y[v] = fvec(n);
     dx[v] = fvec(n);
     for (int c = 0; c < C; c++) run[v][c] = 0, run[v][C + c] = 1;
-    b->ops->bn_fwd(b, y[v], save[v], x, g, be, run[v], s, (bn_params){1e-5f, 0.1f}, 1, ACT_RELU);
-    b->ops->bn_bwd(b, dx[v], dg[v], db[v], dy, x, g, save[v], s);
+    b->ops->bn_fwd(b, y[v], save[v], x, g, be, run[v], s, (bn_params){1e-5f, 0.1f, NULL}, 1, ACT_RELU);
+    b->ops->bn_bwd(b, dx[v], dg[v], db[v], dy, x, g, save[v], s, (bn_params){1e-5f, 0.1f, NULL});
     b->ops->destroy(b);
   }
   double e = 0;
@@ -699,6 +701,96 @@ TEST(cpu_bn_threads_agree) {
     free(y[v]);
     free(dx[v]);
   }
+}
+
+// ---- batch norm over ranks (--sync-bn) --------------------------------------------------------
+// Two ranks as two OpenMP threads, each with its own CPU backend and its share of one batch,
+// their statistics summed by an in-process rank_sum (both add the two buffers in rank order, as
+// an all-reduce does): the same outputs, statistics and input gradient as one backend given
+// the whole batch, and parameter gradients whose sum over the ranks is the whole batch's.
+
+typedef struct two_ranks {
+  double *part[2];
+} two_ranks;
+
+static void two_ranks_sum(void *ctx, double *buf, size_t count) {
+  two_ranks *t = ctx;
+  const int r = omp_get_thread_num();
+  double sum[64];
+  if (count > 64) FATAL("two_ranks_sum: %zu values", count);
+  t->part[r] = buf;
+#pragma omp barrier
+  for (size_t i = 0; i < count; i++) sum[i] = t->part[0][i] + t->part[1][i];
+#pragma omp barrier
+  memcpy(buf, sum, count * sizeof(double));
+}
+
+typedef struct bn_run {
+  float *y, *dx, save[16], running[16], dg[8], db[8];
+} bn_run;
+
+// Forward (training) and backward of the rows [n0, n0 + s.N) of x and dy, from running = (0, 1).
+static void bn_run_share(bn_run *o, const float *x, const float *dy, const float *g,
+                         const float *be, op_shape s, int n0, const rank_sum *sync) {
+  backend *b = backend_cpu_create(1);
+  const size_t off = (size_t)n0 * s.H * s.W * s.C;
+  for (int c = 0; c < s.C; c++) o->running[c] = 0, o->running[s.C + c] = 1;
+  const bn_params p = {1e-5f, 0.1f, sync};
+  b->ops->bn_fwd(b, o->y + off, o->save, x + off, g, be, o->running, s, p, 1, ACT_NONE);
+  b->ops->bn_bwd(b, o->dx + off, o->dg, o->db, dy + off, x + off, g, o->save, s, p);
+  b->ops->destroy(b);
+}
+
+// The largest difference of rank r's results from the whole batch's (dg, db: the ranks' sum).
+static double bn_share_err(const bn_run *r, const bn_run *other, const bn_run *whole, size_t n0,
+                           size_t n1, int C) {
+  double e = 0;
+  for (size_t i = n0; i < n1; i++)
+    e = fmax(e, fabs(r->y[i] - whole->y[i]) + fabs(r->dx[i] - whole->dx[i]));
+  for (int c = 0; c < 2 * C; c++)
+    e = fmax(e, fabs(r->save[c] - whole->save[c]) + fabs(r->running[c] - whole->running[c]));
+  for (int c = 0; c < C; c++)
+    e = fmax(e, fabs(r->dg[c] + other->dg[c] - whole->dg[c]) +
+                    fabs(r->db[c] + other->db[c] - whole->db[c]));
+  return e;
+}
+
+// The batch of N samples split as (n_first, N - n_first) over two ranks, with and without sync.
+static void bn_sync_case(int N, int n_first) {
+  enum { H = 3, W = 2, C = 5 };
+  const size_t per = (size_t)H * W * C, n = N * per;
+  float *x = fvec(n), *dy = fvec(n), g[C], be[C];
+  fill(x, n, 95, -1, 3);
+  fill(dy, n, 96, -1, 1);
+  fill(g, C, 97, 0.5f, 1.5f);
+  fill(be, C, 98, -0.5f, 0.5f);
+  bn_run whole = {.y = fvec(n), .dx = fvec(n)};
+  bn_run rk[2] = {{.y = fvec(n), .dx = fvec(n)}, {.y = fvec(n), .dx = fvec(n)}};
+  bn_run_share(&whole, x, dy, g, be, (op_shape){N, H, W, C, C}, 0, NULL);
+  double err[2][2] = {{0}};
+  for (int sync = 0; sync < 2; sync++) {
+    two_ranks t = {{NULL, NULL}};
+    const rank_sum rs = {two_ranks_sum, &t};
+#pragma omp parallel num_threads(2)
+    {
+      const int r = omp_get_thread_num(), n0 = r ? n_first : 0, nr = r ? N - n_first : n_first;
+      bn_run_share(&rk[r], x, dy, g, be, (op_shape){nr, H, W, C, C}, n0, sync ? &rs : NULL);
+    }
+    for (int r = 0; r < 2; r++)
+      err[sync][r] = bn_share_err(&rk[r], &rk[r ^ 1], &whole, r ? n_first * per : 0,
+                                  r ? n : n_first * per, C);
+  }
+  EXPECT(err[1][0] < 1e-5 && err[1][1] < 1e-5);
+  EXPECT(err[0][0] > 1e-3 || err[0][1] > 1e-3); // each rank's own statistics differ: sync acts
+  printf("    N %d as %d + %d: worst difference from the whole batch %.1e with sync, %.1e without\n",
+         N, n_first, N - n_first, fmax(err[1][0], err[1][1]), fmax(err[0][0], err[0][1]));
+  free(x); free(dy); free(whole.y); free(whole.dx);
+  for (int r = 0; r < 2; r++) free(rk[r].y), free(rk[r].dx);
+}
+
+TEST(cpu_bn_sync_over_ranks) {
+  bn_sync_case(4, 3); // uneven shares
+  bn_sync_case(3, 3); // a rank with no samples still takes part in every sum
 }
 
 // ---- the walker with an activation that is not fused -----------------------------------------
@@ -937,9 +1029,9 @@ TEST(cpu_ops_empty_batch) {
   b->ops->dropout_bwd(b, y, dummy, ids, (op_shape){0, 1, 1, 8, 8}, 0.5f, key);
   b->ops->act_fwd(b, y, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
   float run[2] = {7.0f, 7.0f}, save[2] = {7.0f, 7.0f}, g1[1] = {1.0f}, b1[1] = {0.0f};
-  b->ops->bn_fwd(b, y, save, dummy, g1, b1, run, (op_shape){0, 4, 4, 1, 1}, (bn_params){1e-5f, 0.1f}, 1, ACT_RELU);
+  b->ops->bn_fwd(b, y, save, dummy, g1, b1, run, (op_shape){0, 4, 4, 1, 1}, (bn_params){1e-5f, 0.1f, NULL}, 1, ACT_RELU);
   EXPECT(run[0] == 7.0f && run[1] == 7.0f && save[0] == 7.0f); // nothing updated
-  b->ops->bn_bwd(b, dummy, g1, b1, dummy, dummy, g1, save, (op_shape){0, 4, 4, 1, 1});
+  b->ops->bn_bwd(b, dummy, g1, b1, dummy, dummy, g1, save, (op_shape){0, 4, 4, 1, 1}, (bn_params){1e-5f, 0.1f, NULL});
   EXPECT(g1[0] == 0.0f && b1[0] == 0.0f);
   b->ops->act_bwd(b, y, dummy, dummy, (op_shape){0, 4, 4, C, C}, ACT_RELU);
   double stats[2] = {1.5, 2.0};

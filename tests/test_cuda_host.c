@@ -1174,7 +1174,7 @@ static void bn_step(backend *b, const bn_bufs *m, op_shape s, bn_params bp, acti
   const int C = s.C;
   b->ops->bn_fwd(b, m->y, m->save, m->x, m->gb, m->gb + C, m->run, s, bp, 1, act);
   const void *g = through_act(b, m->dya, m->dy, m->y, s, act);
-  b->ops->bn_bwd(b, m->dx, m->grads, m->grads + C, g, m->x, m->gb, m->save, s);
+  b->ops->bn_bwd(b, m->dx, m->grads, m->grads + C, g, m->x, m->gb, m->save, s, bp);
   b->ops->bn_fwd(b, m->ye, m->save, m->x, m->gb, m->gb + C, m->run, s, bp, 0, act);
 }
 
@@ -1212,7 +1212,7 @@ static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, act
   const void *dy = act == ACT_NONE ? d->dy : d->dya;
   float *dy0 = act_copy(p, dy, n), *gr0 = f32_copy(p, d->grads, C2);
   float *save0 = f32_copy(p, d->save, C2), *run0 = f32_copy(p, d->run, C2);
-  g->ops->bn_bwd(g, d->dx, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s);
+  g->ops->bn_bwd(g, d->dx, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s, bp);
   g->ops->bn_fwd(g, d->ye, d->save, d->x, d->gb, d->gb + s.C, d->run, s, bp, 0, act);
   float *dy1 = act_copy(p, dy, n), *gr1 = f32_copy(p, d->grads, C2);
   float *save1 = f32_copy(p, d->save, C2), *run1 = f32_copy(p, d->run, C2);
@@ -1223,7 +1223,7 @@ static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, act
   op_shape s0 = s;
   s0.N = 0;
   g->ops->bn_fwd(g, d->y, d->save, d->x, d->gb, d->gb + s.C, d->run, s0, bp, 1, act);
-  g->ops->bn_bwd(g, NULL, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s0);
+  g->ops->bn_bwd(g, NULL, d->grads, d->grads + s.C, dy, d->x, d->gb, d->save, s0, bp);
   float *run2 = f32_copy(p, d->run, C2), *gr2 = f32_copy(p, d->grads, C2);
   expect_same("bn N = 0 keeps running", p->prec, run2, run0, C2);
   int zero = 1;
@@ -1255,7 +1255,7 @@ static bn_bufs bn_host(size_t n, int C, precision_kind prec) {
 
 static void bn_case(pair *p, int N, int H, int C, activation act) {
   const op_shape s = {N, H, H, C, C};
-  const bn_params bp = {1e-5f, 0.1f};
+  const bn_params bp = {1e-5f, 0.1f, NULL};
   const size_t n = (size_t)N * H * H * C, C2 = 2 * (size_t)C;
   printf("  bn N %d %dx%d C %d %s\n", N, H, H, C, act == ACT_RELU ? "relu" : "none");
   bn_bufs h = bn_host(n, C, p->prec);

@@ -61,19 +61,30 @@ static void channel_sums(cpu_ctx *ctx, double *s1, double *s2, sum_kind k, const
   }
 }
 
-// Training statistics: save = (mean, 1 / sqrt(var + eps)) of the batch, running updated;
-// returns them in mean / invstd (C doubles each).
+// Adds sums (count doubles) over the ranks when p.sync says so; a no-op for this rank alone.
+static void sum_over_ranks(bn_params p, double *sums, size_t count) {
+  if (p.sync) p.sync->sum(p.sync->ctx, sums, count);
+}
+
+// Training statistics: save = (mean, 1 / sqrt(var + eps)) of the batch (the global batch with
+// p.sync: the sums, and the count beside them, are added over the ranks before they are used,
+// so every rank gets the same numbers), running updated; returns them in mean / invstd (C + 1
+// doubles, then C).
 static void batch_stats(cpu_ctx *ctx, double *mean, double *invstd, float *save, float *running,
                         const float *x, size_t rows, int C, bn_params p) {
-  if (rows < 2)
-    FATAL("bn_fwd: training batch norm needs more than one value per channel (N*H*W = %zu)", rows);
   channel_sums(ctx, mean, NULL, SUM_X, x, NULL, NULL, rows, C);
-  for (int c = 0; c < C; c++) mean[c] /= (double)rows;
+  mean[C] = (double)rows;
+  sum_over_ranks(p, mean, (size_t)C + 1);
+  const double n = mean[C];
+  if (n < 2)
+    FATAL("bn_fwd: training batch norm needs more than one value per channel (N*H*W = %.0f)", n);
+  for (int c = 0; c < C; c++) mean[c] /= n;
   double *var = invstd; // the squared deviations first, then turned into invstd in place
   channel_sums(ctx, var, NULL, SUM_DEV2, x, NULL, mean, rows, C);
-  const double unbias = (double)rows / (double)(rows - 1);
+  sum_over_ranks(p, var, (size_t)C);
+  const double unbias = n / (n - 1.0);
   for (int c = 0; c < C; c++) {
-    double v = var[c] / (double)rows;
+    double v = var[c] / n;
     running[c] = (1.0f - p.momentum) * running[c] + p.momentum * (float)mean[c];
     running[C + c] = (1.0f - p.momentum) * running[C + c] + p.momentum * (float)(v * unbias);
     invstd[c] = 1.0 / sqrt(v + p.eps);
@@ -88,13 +99,14 @@ void cpu_bn_fwd(backend *b, void *y_, float *save, const void *x_, const float *
   cpu_ctx *ctx = b->impl;
   const size_t rows = (size_t)s.N * s.H * s.W;
   const int C = s.C;
-  if (rows == 0) return;
+  if (rows == 0 && !(train && p.sync)) return; // with sync, an empty share still adds its zeros
   if (!gamma || !beta || !running || (train && !save))
     FATAL("bn_fwd: gamma, beta and the running statistics are required, and save in training");
   float *y = y_;
   const float *x = x_;
-  // Per channel: mean, invstd (doubles), then scale and shift (floats, in the next C doubles).
-  double *mean = cpu_channel_scratch(ctx, 3 * (size_t)C), *invstd = mean + C;
+  // Per channel: mean (and the count), invstd (doubles), then scale and shift (floats, in the
+  // next C doubles).
+  double *mean = cpu_channel_scratch(ctx, 3 * (size_t)C + 1), *invstd = mean + C + 1;
   float *scale = (float *)(invstd + C), *shift = scale + C;
   if (train) {
     batch_stats(ctx, mean, invstd, save, running, x, rows, C, p);
@@ -121,32 +133,40 @@ void cpu_bn_fwd(backend *b, void *y_, float *save, const void *x_, const float *
 }
 
 // dx = gamma invstd (dy - mean(dy) - xhat mean(dy xhat)), xhat = (x - mean) invstd, written
-// per element as k1 dy + k2 (x - mean) + k3; dgamma = sum dy xhat, dbeta = sum dy.
+// per element as k1 dy + k2 (x - mean) + k3; dgamma = sum dy xhat, dbeta = sum dy. With p.sync
+// the means in dx are over the global batch (the sums and the count added over the ranks), the
+// sums in dgamma and dbeta this rank's own.
 void cpu_bn_bwd(backend *b, void *dx_, float *dgamma, float *dbeta, const void *dy_,
-                const void *x_, const float *gamma, const float *save, op_shape s) {
+                const void *x_, const float *gamma, const float *save, op_shape s, bn_params p) {
   cpu_ctx *ctx = b->impl;
   const size_t rows = (size_t)s.N * s.H * s.W;
   const int C = s.C;
-  if (rows == 0) {
+  if (rows == 0 && !p.sync) {
     memset(dgamma, 0, (size_t)C * sizeof(float));
     memset(dbeta, 0, (size_t)C * sizeof(float));
     return;
   }
   const float *dy = dy_, *x = x_, *invstd = save + C;
-  // Per channel: mean, the two sums (doubles), then k1, k2, k3 (floats, in the next 2C doubles).
-  double *mean = cpu_channel_scratch(ctx, 5 * (size_t)C), *sdy = mean + C, *sdyx = sdy + C;
+  // Per channel: mean, the two sums and the count (doubles), then k1, k2, k3 (floats, in the
+  // next 2C doubles).
+  double *mean = cpu_channel_scratch(ctx, 5 * (size_t)C + 1), *sdy = mean + C, *sdyx = sdy + C;
   for (int c = 0; c < C; c++) mean[c] = save[c];
   channel_sums(ctx, sdy, sdyx, SUM_GRAD, x, dy, mean, rows, C);
-  float *k1 = (float *)(sdyx + C), *k2 = k1 + C, *k3 = k2 + C;
+  for (int c = 0; c < C; c++) {
+    dgamma[c] = (float)(sdyx[c] * invstd[c]);
+    dbeta[c] = (float)sdy[c];
+  }
+  sdyx[C] = (double)rows;
+  sum_over_ranks(p, sdy, 2 * (size_t)C + 1); // sdy, sdyx and the count are contiguous
+  const double n = sdyx[C];
+  float *k1 = (float *)(sdyx + C + 1), *k2 = k1 + C, *k3 = k2 + C;
   for (int c = 0; c < C; c++) {
     double is = invstd[c], g = gamma[c];
-    dgamma[c] = (float)(sdyx[c] * is);
-    dbeta[c] = (float)sdy[c];
     k1[c] = (float)(g * is);
-    k2[c] = (float)(-g * is * is * is * sdyx[c] / (double)rows);
-    k3[c] = (float)(-g * is * sdy[c] / (double)rows);
+    k2[c] = (float)(-g * is * is * is * sdyx[c] / n);
+    k3[c] = (float)(-g * is * sdy[c] / n);
   }
-  if (dx_) {
+  if (dx_ && rows) {
     float *dx = dx_;
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (rows * C > 16384)
     for (size_t i = 0; i < rows; i++) {

@@ -76,6 +76,6 @@ void cpu_bn_fwd(backend *b, void *y, float *save, const void *x, const float *ga
                 const float *beta, float *running, op_shape s, bn_params p, int train,
                 activation act);
 void cpu_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
-                const float *gamma, const float *save, op_shape s);
+                const float *gamma, const float *save, op_shape s, bn_params p);
 
 #endif

@@ -60,6 +60,10 @@ void *cuda_scratch(cuda_ctx *c, size_t bytes) {
   return grow(c, &c->scratch, &c->scratch_bytes, bytes, "scratch buffer");
 }
 
+double *cuda_sums(cuda_ctx *c, size_t count) {
+  return (double *)grow(c, &c->sums, &c->sums_bytes, count * sizeof(double), "batch-norm sums");
+}
+
 const bf16 *cuda_shadow(cuda_ctx *c, const float *p, size_t count) {
   if (!c->params_bf16)
     FATAL("bf16 precision: set_params was not called before the first layer");
@@ -188,6 +192,7 @@ static void cuda_destroy(backend *b) {
   if (c->params_bf16) cudaCheck(cudaFree(c->params_bf16));
   cuda_free_retired(c);
   cudaCheck(cudaFree(c->d_vars));
+  if (c->sums) cudaCheck(cudaFree(c->sums));
   if (c->scratch) cudaCheck(cudaFree(c->scratch));
   if (c->ws) cudaCheck(cudaFree(c->ws));
   if (c->lt_ws) cudaCheck(cudaFree(c->lt_ws));

@@ -81,6 +81,8 @@ typedef struct cuda_ctx {
   size_t ws_bytes;
   void *scratch; // small temporaries (bias-grad partials, bf16 conv dw, loss per sample)
   size_t scratch_bytes;
+  void *sums; // batch norm's per-channel sums in double (what --sync-bn adds over the ranks)
+  size_t sums_bytes;
   const float *params; // the flat fp32 parameters (set_params), and their bf16 shadow
   size_t param_count;
   bf16 *params_bf16;
@@ -113,6 +115,9 @@ cuda_ctx *cuda_ctx_checked(backend *b, const char *who);
 // Ensure the workspaces hold `bytes` (synchronises and reallocates when they grow).
 void *cuda_workspace(cuda_ctx *c, size_t bytes);
 void *cuda_scratch(cuda_ctx *c, size_t bytes);
+// The per-channel sums buffer (count doubles), apart from the scratch buffer: the column sums
+// reuse that while these are still to be read.
+double *cuda_sums(cuda_ctx *c, size_t count);
 // Frees the retired workspaces (when no graph can use them any more).
 void cuda_free_retired(cuda_ctx *c);
 // The bf16 shadow of a parameter tensor inside the flat buffer (bf16 precision only).
@@ -170,7 +175,7 @@ void cuda_bn_fwd(backend *b, void *y, float *save, const void *x, const float *g
                  const float *beta, float *running, op_shape s, bn_params p, int train,
                  activation act);
 void cuda_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy, const void *x,
-                 const float *gamma, const float *save, op_shape s);
+                 const float *gamma, const float *save, op_shape s, bn_params p);
 void cuda_dropout_fwd(backend *b, void *y, const void *x, const int32_t *ids, op_shape s,
                       float p, dropout_key key);
 void cuda_dropout_bwd(backend *b, void *dx, const void *dy, const int32_t *ids, op_shape s,

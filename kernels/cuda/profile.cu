@@ -122,9 +122,10 @@ static void prof_bn_fwd(backend *b, void *y, float *save, const void *x, const f
 }
 
 static void prof_bn_bwd(backend *b, void *dx, float *dgamma, float *dbeta, const void *dy,
-                        const void *x, const float *gamma, const float *save, op_shape s) {
+                        const void *x, const float *gamma, const float *save, op_shape s,
+                        bn_params p) {
   cuda_prof_begin(ctx_of(b), PROF_BN_BWD, "%dx%dx%d%s", s.H, s.W, s.C, dx ? "" : " no dx");
-  base_of(b)->bn_bwd(b, dx, dgamma, dbeta, dy, x, gamma, save, s);
+  base_of(b)->bn_bwd(b, dx, dgamma, dbeta, dy, x, gamma, save, s, p);
   cuda_prof_end(ctx_of(b));
 }
 
