@@ -1204,8 +1204,8 @@ static void bn_compare(pair *p, const bn_bufs *h, const bn_bufs *d, size_t n, in
 }
 
 // On the GPU alone: bn_bwd leaves its dy as it was and writes (not accumulates) the same
-// gradients again; evaluation touches neither save nor running; N = 0 updates nothing and zeroes
-// dgamma, dbeta.
+// gradients again; evaluation touches neither save nor running; N = 0 (without sync: with it, a
+// batch empty on every rank has no statistics) updates nothing and zeroes dgamma, dbeta.
 static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, activation act) {
   backend *g = p->gpu;
   const size_t n = (size_t)s.N * s.H * s.W * s.C, C2 = 2 * (size_t)s.C;
@@ -1220,6 +1220,11 @@ static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, act
   expect_same("bn_bwd writes grads", p->prec, gr1, gr0, C2);
   expect_same("bn eval keeps save", p->prec, save1, save0, C2);
   expect_same("bn eval keeps running", p->prec, run1, run0, C2);
+  free(dy0); free(gr0); free(save0); free(dy1); free(gr1); free(save1); free(run1);
+  if (bp.sync) {
+    free(run0);
+    return;
+  }
   op_shape s0 = s;
   s0.N = 0;
   g->ops->bn_fwd(g, d->y, d->save, d->x, d->gb, d->gb + s.C, d->run, s0, bp, 1, act);
@@ -1229,8 +1234,7 @@ static void bn_contract(pair *p, const bn_bufs *d, op_shape s, bn_params bp, act
   int zero = 1;
   for (size_t i = 0; i < C2; i++) zero &= gr2[i] == 0.0f;
   EXPECT(zero);
-  free(dy0); free(gr0); free(save0); free(run0); free(dy1); free(gr1); free(save1); free(run1);
-  free(run2); free(gr2);
+  free(run0); free(run2); free(gr2);
 }
 
 // Host tensors of the case: x (bf16-exact in bf16, as the GPU sees it), dy likewise, gamma and
@@ -1253,11 +1257,17 @@ static bn_bufs bn_host(size_t n, int C, precision_kind prec) {
   return h;
 }
 
-static void bn_case(pair *p, int N, int H, int C, activation act) {
+// The sum over the ranks of a world of one (--sync-bn on one GPU): the sums stay as they are,
+// on either backend, but the statistics take the synchronised path (sums and count in double).
+static void one_rank_sum(void *ctx, double *buf, size_t count) {}
+static const rank_sum one_rank = {one_rank_sum, NULL};
+
+static void bn_case(pair *p, int N, int H, int C, activation act, const rank_sum *sync) {
   const op_shape s = {N, H, H, C, C};
-  const bn_params bp = {1e-5f, 0.1f, NULL};
+  const bn_params bp = {1e-5f, 0.1f, sync};
   const size_t n = (size_t)N * H * H * C, C2 = 2 * (size_t)C;
-  printf("  bn N %d %dx%d C %d %s\n", N, H, H, C, act == ACT_RELU ? "relu" : "none");
+  printf("  bn N %d %dx%d C %d %s%s\n", N, H, H, C, act == ACT_RELU ? "relu" : "none",
+         sync ? " sync" : "");
   bn_bufs h = bn_host(n, C, p->prec);
   backend *g = p->gpu;
   const size_t ab = g->act_bytes;
@@ -1283,12 +1293,14 @@ TEST(cuda_gpu_bn) {
   for (int i = 0; i < 3; i++) {
     pair p;
     if (!pair_open(&p, all_precs[i])) return;
-    bn_case(&p, 2, 4, 8, ACT_RELU);
-    bn_case(&p, 3, 3, 3, ACT_NONE);
-    bn_case(&p, 2, 4, 10, ACT_RELU);
-    bn_case(&p, 8, 16, 16, ACT_RELU);
-    bn_case(&p, 4, 8, 64, ACT_NONE);
-    bn_case(&p, 2, 1, 5, ACT_NONE);
+    bn_case(&p, 2, 4, 8, ACT_RELU, NULL);
+    bn_case(&p, 3, 3, 3, ACT_NONE, NULL);
+    bn_case(&p, 2, 4, 10, ACT_RELU, NULL);
+    bn_case(&p, 8, 16, 16, ACT_RELU, NULL);
+    bn_case(&p, 4, 8, 64, ACT_NONE, NULL);
+    bn_case(&p, 2, 1, 5, ACT_NONE, NULL);
+    bn_case(&p, 8, 16, 16, ACT_RELU, &one_rank); // --sync-bn's path
+    bn_case(&p, 3, 3, 3, ACT_NONE, &one_rank);
     pair_close(&p);
   }
 }
