@@ -172,7 +172,7 @@ test:
 check: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
 	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./$(BIN)
 
-bench: $(BUILD)/bench_step $(BIN)
+bench: $(BUILD)/bench_step $(BUILD)/gen_cifar $(BIN)
 	scripts/bench_cpu.sh $(BUILD) $(BIN)
 
 run:
