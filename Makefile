@@ -1,7 +1,8 @@
 # Makefile - builds ./vgg_dist (both backends in one binary) and the tests, out of tree in build/.
 #   make                 release build          make debug   -O0 -g with ASan/UBSan on host code
 #   make test            all tests              make bench   CPU benchmark beside PyTorch
-#   make run             set up and train       make clean, make help
+#   make run             set up and train       make fuzz    libFuzzer targets, FUZZ_SECONDS each
+#   make clean, make help
 # `make test` and `make run` first install what they need (scripts/setup.sh); run, test, clean
 # and help never stop on detection, which only the build rules need.
 # Overridable: CUDA_HOME, CUDA_ARCH (e.g. "80 90"), NVCC, MPICC, HOSTCC, CUDNN_INC/CUDNN_LIB,
@@ -37,7 +38,7 @@ endif
 
 # ---- detection (printed once per make invocation) ------------------------------------------
 # The goals that need nothing detected: they set up first (run, test) or build nothing.
-NODEPS_GOALS := run test clean help debug
+NODEPS_GOALS := run test clean help debug fuzz-bins
 BUILDING := $(filter-out $(NODEPS_GOALS),$(or $(MAKECMDGOALS),all))
 # MPI is needed by vgg_dist alone: its absence stops those rules (require_mpi), not make.
 HAVE_MPI := $(shell command -v $(MPICC) >/dev/null 2>&1 && echo 1 || echo 0)
@@ -113,7 +114,7 @@ TEST_OBJ := $(TEST_SRC:%.c=$(BUILD)/%.o)
 # The one definition of the golden tests' Python: tests/test_golden.c reads it as VGG_PY_TORCH.
 $(TEST_OBJ): CFLAGS += -DVGG_PY_TORCH='"$(PY_TORCH)"'
 
-.PHONY: all debug test check bench run clean help FORCE
+.PHONY: all debug test check bench run clean help fuzz fuzz-bins FORCE
 all: $(BIN)
 
 # The configuration a build directory was made with: when it changes (CUDA=1 then CUDA=0, another
@@ -177,6 +178,25 @@ bench: $(BUILD)/bench_step $(BUILD)/gen_cifar $(BIN)
 
 run:
 	scripts/run.sh $(ARGS)
+
+# libFuzzer targets (tests/fuzz/): the readers of what a stranger may hand the trainer, built by
+# clang with ASan and UBSan from the sources they exercise; `exit` is wrapped so that a refused
+# input returns to the fuzzer (tests/fuzz/fuzz.h). `make fuzz` runs each for FUZZ_SECONDS
+# (tests/fuzz/run.sh); `make test` runs a short pass.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+              -Isrc -Ikernels -Icomm -Wl,--wrap=exit
+FUZZ_TARGETS := cifar config
+FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
+$(BUILD)/fuzz/fuzz_cifar: tests/fuzz/fuzz_cifar.c src/cifar10.c src/check.c
+$(BUILD)/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/config.c src/check.c
+$(FUZZ_BINS): tests/fuzz/fuzz.h $(wildcard src/*.h)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lm
+fuzz-bins: $(FUZZ_BINS)
+fuzz: fuzz-bins $(BUILD)/gen_cifar
+	BUILD=$(BUILD) tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf build vgg_dist

@@ -4,7 +4,7 @@
 # OpenBLAS in OPENBLAS_INC/OPENBLAS_LIB) count:
 #   run:  gcc, make, mpicc, OpenBLAS (pkg-config openblas, or OPENBLAS_INC's cblas.h)
 #   test: the same, /usr/bin/python3 with torch and numpy (the golden comparisons), git (the GPU
-#         check's dry run); and, optional (their suite prints a skip line without them), Slurm
+#         check's dry run), clang with libFuzzer (the fuzz suite); and, optional (their suite prints a skip line without them), Slurm
 #         and munge for the batch script's test under a real one-node cluster.
 # What is missing is installed from Debian's packages when this is root with apt-get, with
 # services kept from starting (a policy-rc.d for the install: Slurm and munge are started by
@@ -27,6 +27,9 @@ fi
 if [ "$what" = test ]; then
   /usr/bin/python3 -c 'import torch, numpy' 2> /dev/null || need+=(python3 python3-numpy python3-torch)
   command -v git > /dev/null 2>&1 || need+=(git)
+  # The fuzz suite: clang with its libFuzzer and sanitizer runtimes.
+  echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' |
+    clang -fsanitize=fuzzer,address -x c - -o /dev/null > /dev/null 2>&1 || need+=(clang libclang-rt-dev)
   for t in munged slurmctld slurmd sbatch; do
     command -v $t > /dev/null 2>&1 || { want+=(munge slurmctld slurmd slurm-client); break; }
   done

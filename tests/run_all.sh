@@ -3,8 +3,9 @@
 # Suites: the C unit tests (build/test_unit, which also runs the PyTorch golden comparisons),
 # the multi-rank tests of the binary under mpirun (tests/test_mpi.sh), launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
-# the GPU check's dry run on a fresh clone of the committed tree (tests/test_gpu_check.sh), and
-# the Makefile's newcomer path (tests/test_build.sh).
+# the GPU check's dry run on a fresh clone of the committed tree (tests/test_gpu_check.sh), the
+# Makefile's newcomer path (tests/test_build.sh), and a short pass of every libFuzzer target
+# (tests/fuzz/run.sh, FUZZ_SECONDS each, default 10 here; `make fuzz` runs them longer).
 # usage: tests/run_all.sh BUILD/test_unit ./vgg_dist
 set -u
 unit=${1:-build/test_unit}
@@ -44,6 +45,7 @@ run_suite mpi "$here/test_mpi.sh" "$bin"
 run_suite slurm "$here/test_slurm.sh" "$bin"
 run_suite gpu_check "$here/test_gpu_check.sh"
 run_suite build "$here/test_build.sh"
+run_suite fuzz "$here/fuzz/run.sh" "${FUZZ_SECONDS:-10}"
 echo "== all suites"
 echo "$total_pass passed, $total_fail failed"
 [ "$total_fail" -eq 0 ]
