@@ -445,14 +445,22 @@ static int reader_section_header(ckpt_reader *rd, const ckpt_section *s, uint64_
                          "%" PRIu64 " bytes, ends in the header of section %s",
                      rd->path, rd->file_bytes, s->name);
   rd->pos += SEC_HEADER_BYTES;
-  uint32_t id;
+  uint32_t id, reserved[2];
   memcpy(&id, h, 4);
+  memcpy(&reserved[0], h + 4, 4);
   memcpy(bytes, h + 8, 8);
   memcpy(crc, h + 16, 4);
+  memcpy(&reserved[1], h + 20, 4);
   if (id != s->id)
     return READ_FAIL(rd, "checkpoint %s is corrupt: section "
                          "%" PRIu32 " found where %s was expected",
                      rd->path, id, s->name);
+  // The writer zeroes them and no CRC covers them: anything else is damage (or a newer format
+  // that gave them a meaning this build does not know).
+  for (int k = 0; k < 2; k++)
+    if (reserved[k] != 0)
+      return READ_FAIL(rd, "checkpoint %s is corrupt: reserved field of section %s is "
+                           "0x%08" PRIx32 ", not 0", rd->path, s->name, reserved[k]);
   const uint64_t want = payload_bytes(s, rd->version);
   if (*bytes != want)
     return READ_FAIL(rd, "checkpoint %s: section %s has %" PRIu64 " bytes, expected %" PRIu64,

@@ -55,9 +55,11 @@ def read(path):
         sys.exit("%s: %d sections, version %d has %d" % (path, nsec, version, len(rows)))
     off, sections = 16 + META_BYTES[version], {}
     for want, name, _, _ in rows:
-        sid, _, nbytes, _, _ = SEC_HEADER.unpack_from(raw, off)
+        sid, res0, nbytes, _, res1 = SEC_HEADER.unpack_from(raw, off)
         if sid != want:
             sys.exit("%s: section %d where %s (%d) was expected" % (path, sid, name, want))
+        if res0 or res1:  # as the C reader: written 0, anything else is damage
+            sys.exit("%s: reserved field of section %s is not 0" % (path, name))
         off += SEC_HEADER.size
         sections[name] = raw[off:off + nbytes]
         off += nbytes

@@ -482,6 +482,38 @@ TEST(checkpoint_refuses_corrupt_sections) {
   free(fx.bytes);
 }
 
+// The two reserved u32 of every section header must be zero: a flipped bit there is corruption
+// that no CRC covers (the CRC is of the payload), so it is refused, naming the section.
+TEST(checkpoint_refuses_nonzero_reserved) {
+  refusal_fixture fx;
+  fixture_init(&fx, "ckpt_reserved");
+  const char *names[T_SECTIONS] = {"META", "STATE", "PARAMS", "ADAM_M", "ADAM_V", "BUFFERS"};
+  const size_t payload[T_SECTIONS] = {T_META_BYTES, T_STATE_BYTES, 4 * R_N, 4 * R_N, 4 * R_N,
+                                      4 * R_NB};
+  size_t off = T_HEADER_BYTES;
+  for (int s = 0; s < T_SECTIONS; s++) {
+    const size_t fields[2] = {off + 4, off + 20}; // after the id, after the CRC
+    const int bits[2] = {0, 31};
+    for (int f = 0; f < 2; f++)
+      for (int k = 0; k < 2; k++) {
+        uint32_t v;
+        memcpy(&v, fx.bytes + fields[f], 4);
+        REQUIRE(v == 0); // the writer's zero
+        v ^= 1u << bits[k];
+        memcpy(fx.bytes + fields[f], &v, 4);
+        spit(fx.bad, fx.bytes, fx.size);
+        char want[80];
+        snprintf(want, sizeof(want), "reserved field of section %s", names[s]);
+        EXPECT_REFUSED(fx.bad, &fx.meta, want);
+        v = 0;
+        memcpy(fx.bytes + fields[f], &v, 4);
+      }
+    off += T_SEC_HDR + payload[s];
+  }
+  REQUIRE(off == fx.size);
+  free(fx.bytes);
+}
+
 TEST(checkpoint_refuses_wrong_file) {
   refusal_fixture fx;
   fixture_init(&fx, "ckpt_wrong");
