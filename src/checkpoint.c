@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -616,6 +617,75 @@ static int periodic_name_parse(const char *name, long *epoch, long *batch) {
     if (!p) return 0;
   }
   return strcmp(p, ".bin") == 0;
+}
+
+// "<name>.tmp.<pid>" where <name> is a file this module writes atomically (a periodic
+// checkpoint, best.bin, the RESUMABLE marker) and <pid> is decimal digits only: the name
+// commit_tmp's callers give their temp files, and nothing else. Sets *pid.
+static int tmp_name_parse(const char *name, long *pid) {
+  const char *tmp = strstr(name, ".tmp.");
+  if (!tmp) return 0;
+  const size_t base = (size_t)(tmp - name);
+  char stem[256];
+  if (base == 0 || base >= sizeof(stem)) return 0;
+  memcpy(stem, name, base);
+  stem[base] = '\0';
+  long epoch, batch;
+  const int known = strcmp(stem, "best.bin") == 0 || strcmp(stem, CKPT_RESUMABLE) == 0 ||
+                    periodic_name_parse(stem, &epoch, &batch);
+  const char *end = known ? parse_uint(tmp + 5, pid) : NULL;
+  return end && *end == '\0' && *pid > 0;
+}
+
+// Whether process pid may still be writing: it exists (kill 0 succeeds, or is refused for
+// permission) and is not this one, which has written nothing yet when this runs.
+static int tmp_writer_alive(long pid) {
+  if (pid == (long)getpid()) return 0; // a reused pid (containers restart at the same pids)
+  if (kill((pid_t)pid, 0) == 0) return 1;
+  if (errno == ESRCH) return 0;
+  if (errno == EPERM) return 1;
+  FATAL("kill(%ld, 0) failed: %s", pid, strerror(errno));
+}
+
+// Removes dir/name when it is a regular file (never a directory or a link someone made);
+// returns 1 when it did.
+static int tmp_remove(const char *dir, const char *name, long pid,
+                      void (*removed)(const char *path, long pid)) {
+  char path[4096];
+  int len = snprintf(path, sizeof(path), "%s/%s", dir, name);
+  if (len < 0 || (size_t)len >= sizeof(path)) FATAL("path %s/%s too long", dir, name);
+  struct stat sb;
+  if (lstat(path, &sb) != 0) {
+    if (errno == ENOENT) return 0; // gone meanwhile
+    FATAL("lstat(%s) failed: %s", path, strerror(errno));
+  }
+  if (!S_ISREG(sb.st_mode)) return 0;
+  if (unlink(path) != 0) {
+    if (errno == ENOENT) return 0;
+    FATAL("unlink(%s) failed: %s", path, strerror(errno));
+  }
+  if (removed) removed(path, pid);
+  return 1;
+}
+
+int checkpoint_remove_stale_tmp(const char *dir, void (*removed)(const char *path, long pid)) {
+  DIR *d = opendir(dir);
+  if (!d) FATAL("opendir(%s) failed: %s", dir, strerror(errno));
+  int n = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *de = readdir(d);
+    if (!de) {
+      if (errno != 0) FATAL("readdir(%s) failed: %s", dir, strerror(errno));
+      break;
+    }
+    long pid;
+    if (tmp_name_parse(de->d_name, &pid) && !tmp_writer_alive(pid))
+      n += tmp_remove(dir, de->d_name, pid, removed);
+  }
+  if (closedir(d) != 0) FATAL("closedir(%s) failed: %s", dir, strerror(errno));
+  if (n > 0) fsync_dir(dir);
+  return n;
 }
 
 typedef struct ckpt_entry {

@@ -90,6 +90,13 @@ int checkpoint_latest(const char *dir, char *out, size_t out_len);
 // Deletes the oldest periodic checkpoints so that at most `keep` remain (best.bin is never
 // deleted). keep <= 0 keeps all.
 void checkpoint_prune(const char *dir, int keep);
+// Removes the temp files that interrupted writes (a kill during checkpoint_write) left in dir:
+// regular files named exactly "<name>.tmp.<pid>", <name> a periodic checkpoint's, best.bin or
+// RESUMABLE, whose process is gone (or is this one: a recycled pid; call it before this process
+// writes). Nothing else is touched. Calls removed(path, pid) for each (NULL: quietly) and
+// returns how many. Only one job may use a directory: a live pid is taken to be a writer, and a
+// writer on another host of a shared file system looks dead from here.
+int checkpoint_remove_stale_tmp(const char *dir, void (*removed)(const char *path, long pid));
 // The periodic checkpoint name for (epoch, batch): batch 0 means "start of epoch".
 void checkpoint_path(char *out, size_t out_len, const char *dir, int epoch, int batch);
 // "<dir>/best.bin", the best model's checkpoint.

@@ -691,6 +691,11 @@ static void final_test(run *r) {
     LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
 }
 
+// One line per temp file an interrupted checkpoint write left behind (rank 0, at start-up).
+static void report_stale_tmp(const char *path, long pid) {
+  LOG0("checkpoint: removed stale %s (an interrupted write; process %ld is gone)\n", path, pid);
+}
+
 // Everything before the first step: the options checked and printed, the checkpoint directory,
 // the backend, the data, the state (fresh or resumed), the net, the metrics file, the batch
 // assembly.
@@ -700,7 +705,10 @@ static void run_init(run *r, const config *cfg, comm *c) {
   stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) checkpoint_dir_create(cfg->checkpoint_dir);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
+    checkpoint_dir_create(cfg->checkpoint_dir);
+    checkpoint_remove_stale_tmp(cfg->checkpoint_dir, report_stale_tmp); // before we write any
+  }
   r->b = device_backend_create(cfg, c);
   r->local_batch = cfg->batch / r->world;
   data_load(r);

@@ -892,6 +892,77 @@ TEST(checkpoint_path_latest_prune) {
 
 static void dir_create_child(void *dir) { checkpoint_dir_create(dir); }
 
+// A pid no process has: a child that has exited and been reaped.
+static long dead_pid(void) {
+  pid_t pid = fork();
+  if (pid < 0) FATAL("fork: %s", strerror(errno));
+  if (pid == 0) _exit(0);
+  int status;
+  if (waitpid(pid, &status, 0) != pid) FATAL("waitpid: %s", strerror(errno));
+  return (long)pid;
+}
+
+static int removed_count;
+static void count_removed(const char *path, long pid) {
+  (void)path, (void)pid;
+  removed_count++;
+}
+
+// Only "<checkpoint name>.tmp.<pid of no process>" regular files go; near misses, live writers'
+// files, directories and the checkpoints themselves stay.
+TEST(checkpoint_removes_stale_tmp_only) {
+  char dir[512], name[128], path[800];
+  make_dir(dir, sizeof(dir), "ckpt_stale");
+  const long dead = dead_pid(), live = (long)getppid(); // the parent outlives this test
+  const char *stale[] = {"best.bin.tmp.%ld", "ckpt_e0003.bin.tmp.%ld",
+                         "ckpt_e0001_b000005.bin.tmp.%ld", "RESUMABLE.tmp.%ld"};
+  const char *kept[] = {"best.bin.tmp.%ldx", "best.bin.tmp.x%ld", "best.bin.tmp.%ld.bak",
+                        "best.bin.tmp%ld", "xbest.bin.tmp.%ld", "notes.txt.tmp.%ld",
+                        "ckpt_e0003.binx.tmp.%ld", "best.bin.tmp.", "best.bin.tmp.0",
+                        "best.bin.tmp.-%ld", "best.bin", "ckpt_e0003.bin"};
+  const int n_stale = sizeof(stale) / sizeof(stale[0]), n_kept = sizeof(kept) / sizeof(kept[0]);
+  for (int i = 0; i < n_stale; i++) {
+    snprintf(name, sizeof(name), stale[i], dead);
+    touch(dir, name);
+  }
+  for (int i = 0; i < n_kept; i++) {
+    snprintf(name, sizeof(name), kept[i], dead);
+    touch(dir, name);
+  }
+  snprintf(name, sizeof(name), "best.bin.tmp.%ld", live); // a live writer's
+  touch(dir, name);
+  snprintf(path, sizeof(path), "%s/ckpt_e0004.bin.tmp.%ld", dir, dead); // a directory
+  REQUIRE(mkdir(path, 0700) == 0);
+  snprintf(path, sizeof(path), "%s/ckpt_e0005.bin.tmp.%ld", dir, dead); // a link
+  REQUIRE(symlink("best.bin", path) == 0);
+
+  removed_count = 0;
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, count_removed), n_stale);
+  EXPECT_EQ_INT(removed_count, n_stale);
+  for (int i = 0; i < n_stale; i++) {
+    snprintf(path, sizeof(path), "%s/", dir);
+    snprintf(path + strlen(path), sizeof(path) - strlen(path), stale[i], dead);
+    EXPECT(!file_exists(path));
+  }
+  for (int i = 0; i < n_kept; i++) {
+    snprintf(path, sizeof(path), "%s/", dir);
+    snprintf(path + strlen(path), sizeof(path) - strlen(path), kept[i], dead);
+    if (!file_exists(path)) test_fail(__FILE__, __LINE__, "%s was removed", path);
+  }
+  snprintf(path, sizeof(path), "%s/best.bin.tmp.%ld", dir, live);
+  EXPECT(file_exists(path));
+  snprintf(path, sizeof(path), "%s/ckpt_e0004.bin.tmp.%ld", dir, dead);
+  EXPECT(file_exists(path));
+  struct stat sb;
+  snprintf(path, sizeof(path), "%s/ckpt_e0005.bin.tmp.%ld", dir, dead);
+  EXPECT(lstat(path, &sb) == 0);
+  // Our own pid: a file of an earlier process that had it, since this one has written nothing.
+  snprintf(name, sizeof(name), "best.bin.tmp.%ld", (long)getpid());
+  touch(dir, name);
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, NULL), 1);
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, NULL), 0);
+}
+
 TEST(checkpoint_dir_create_is_mkdir_p) {
   char dir[512], path[700], best[800], err[512];
   make_dir(dir, sizeof(dir), "ckpt_mkdir");
