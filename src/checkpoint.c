@@ -78,11 +78,14 @@ static const char ckpt_magic[8] = {'V', 'G', 'G', 'C', 'K', 'P', 'T', '1'};
 #define HEADER_FIXED (8 + 4 + 4)       // magic, version, section count; the meta follows
 #define SEC_HEADER_BYTES (4 + 4 + 8 + 4 + 4)
 #define STATE_BYTES_V1 (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
-#define STATE_BYTES (STATE_BYTES_V1 + 8) // from version 2: the warmup's length
+#define STATE_BYTES_V2 (STATE_BYTES_V1 + 8) // version 2: the warmup's length
+#define STATE_BYTES (STATE_BYTES_V2 + 4 * 4) // from version 3: the sample order
 #define PACKED_MAX (META_BYTES > STATE_BYTES ? META_BYTES : STATE_BYTES)
 
 static size_t meta_bytes(uint32_t version) { return version >= 2 ? META_BYTES : META_BYTES_V1; }
-static size_t state_bytes(uint32_t version) { return version >= 2 ? STATE_BYTES : STATE_BYTES_V1; }
+static size_t state_bytes(uint32_t version) {
+  return version >= 3 ? STATE_BYTES : version == 2 ? STATE_BYTES_V2 : STATE_BYTES_V1;
+}
 
 // A cursor over a byte buffer; put_/get_ copy host (= little-endian) representations.
 typedef struct bytes_cursor {
@@ -122,7 +125,7 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
 }
 
 // Field order is the struct's; put for packing, get for unpacking, one list for both. These
-// are version 1's fields; version 2 appends warmup_steps.
+// are version 1's fields; version 2 appends warmup_steps, version 3 the sample order.
 #define STATE_FIELDS_V1(OP, c, s)                                                                  \
   OP(c, &(s)->step, 8);                                                                            \
   OP(c, &(s)->epoch, 4);                                                                           \
@@ -142,19 +145,33 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
   OP(c, (s)->mean, 12);                                                                            \
   OP(c, (s)->std, 12)
 
+// Version 3's sample order, after warmup_steps.
+#define SAMPLE_ORDER_FIELDS(OP, c, o)                                                              \
+  OP(c, &(o)->batch, 4);                                                                           \
+  OP(c, &(o)->val_size, 4);                                                                        \
+  OP(c, &(o)->train_limit, 4);                                                                     \
+  OP(c, &(o)->train_images, 4)
+
 // Always the current version's state: files are only written at CKPT_VERSION.
 static void state_pack(uint8_t out[STATE_BYTES], const train_state *s) {
   bytes_cursor c = {out};
   STATE_FIELDS_V1(put, &c, s);
   put(&c, &s->warmup_steps, 8);
+  SAMPLE_ORDER_FIELDS(put, &c, &s->order);
 }
 
 // A version-1 state has no warmup length: it was made by a build without warmup, so 0 (none).
+// Before version 3 the sample order is unknown: all 0 (the caller, who knows the file's
+// version, decides what that means).
 static void state_unpack(train_state *s, const uint8_t *in, uint32_t version) {
   bytes_cursor c = {(uint8_t *)in};
   STATE_FIELDS_V1(get, &c, s);
   s->warmup_steps = 0;
+  memset(&s->order, 0, sizeof(s->order));
   if (version >= 2) get(&c, &s->warmup_steps, 8);
+  if (version >= 3) {
+    SAMPLE_ORDER_FIELDS(get, &c, &s->order);
+  }
 }
 
 static void sec_header_pack(uint8_t out[SEC_HEADER_BYTES], uint32_t id, uint64_t bytes,
@@ -544,6 +561,12 @@ static void reader_commit(const ckpt_reader *rd, const ckpt_section *secs, int n
 
 int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err,
                     size_t err_len) {
+  uint32_t version;
+  return checkpoint_read_version(path, secs, n, err, err_len, &version);
+}
+
+int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
+                            size_t err_len, uint32_t *version) {
   if (!path) return read_fail(err, err_len, "checkpoint_read: no path");
   table_check(secs, n, "checkpoint_read");
   ckpt_reader rd = {.path = path, .err = err, .err_len = err_len};
@@ -551,6 +574,7 @@ int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err
                      reader_header(&rd, secs, n) || reader_sections(&rd, secs, n) ||
                      reader_end(&rd);
   if (!failed) reader_commit(&rd, secs, n);
+  if (!failed) *version = rd.version;
   for (int i = 0; i < n; i++) free(rd.staged[i]);
   if (rd.f) fclose(rd.f); // read-only stream: a close error cannot lose data
   return failed ? -1 : 0;

@@ -13,7 +13,7 @@
 // by a CRC). How a payload is encoded is its row's kind:
 //   CKPT_KIND_META   the header meta (36 bytes in version 1, 44 from version 2)
 //   CKPT_KIND_STATE  train_state, field by field (no padding on disk; 116 bytes in version 1,
-//                    124 from version 2)
+//                    124 in version 2, 140 from version 3)
 //   CKPT_KIND_F32    `bytes` / 4 fp32 values (parameters, Adam m and v, buffers)
 // Every section's CRC-32 (IEEE, as zlib) is verified on load, and so are the sizes; a file
 // that is truncated, corrupt, of another version, or made for another model / width / input
@@ -22,7 +22,10 @@
 // Versions: 1 had no BUFFERS section, no buffer count in the meta and no warmup length at
 // the end of STATE; 2 added all three. A version-1 file still reads when the run has no
 // buffers (its meta reads as 0 buffers, its warmup as 0 steps: none; a run with buffers
-// refuses it with "buffer count differs"), so a run resumes across the upgrade.
+// refuses it with "buffer count differs"), so a run resumes across the upgrade. Version 3
+// appended the sample order to STATE (train_state.order: global batch, validation size,
+// train limit and images); an older file's reads as all 0, and checkpoint_read_version tells
+// the caller the file's version, so that it knows the order is unknown rather than zero.
 // Writing: to "<path>.tmp.<pid>" in the same directory, fflush + fsync, rename over <path>,
 // fsync the directory. A crash at any moment leaves the previous file intact. Files are
 // always written at CKPT_VERSION.
@@ -35,7 +38,7 @@
 
 #include "train_state.h"
 
-#define CKPT_VERSION 2     // what this build writes
+#define CKPT_VERSION 3     // what this build writes
 #define CKPT_VERSION_MIN 1 // the oldest it reads
 #define CKPT_MAX_SECTIONS 16
 
@@ -74,6 +77,10 @@ void checkpoint_write(const char *path, const ckpt_section *secs, int n);
 // the outputs and returns -1.
 int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err,
                     size_t err_len);
+
+// checkpoint_read, and on success *version is the file's format version (which fields it had).
+int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
+                            size_t err_len, uint32_t *version);
 
 // CRC-32 (IEEE 802.3, reflected, as zlib's crc32()); crc = 0 to start.
 uint32_t checkpoint_crc32(uint32_t crc, const void *data, size_t bytes);

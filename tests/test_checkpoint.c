@@ -22,7 +22,7 @@
 #define T_META_BYTES 44
 #define T_HEADER_BYTES (16 + T_META_BYTES)
 #define T_SEC_HDR 24
-#define T_STATE_BYTES 124 // version 1: 116, without the warmup's length at the end
+#define T_STATE_BYTES 140 // version 1: 116 (no warmup length), 2: 124 (no sample order)
 #define T_SECTIONS 6
 
 // A fresh subdirectory of the scratch directory, so tests do not see each other's files.
@@ -64,6 +64,7 @@ static train_state sample_state(void) {
   s.mean[0] = 0.4914f, s.mean[1] = 0.4822f, s.mean[2] = 0.4465f;
   s.std[0] = 0.2470f, s.std[1] = 0.2435f, s.std[2] = 0.2616f;
   s.warmup_steps = 9876543210LL;
+  s.order = (sample_order){.batch = 256, .val_size = 10000, .train_limit = 0, .train_images = 50000};
   return s;
 }
 
@@ -109,7 +110,7 @@ static int state_equal(const train_state *a, const train_state *b) {
          SAME(epoch_time_s) && SAME(lr) && SAME(sched_best) &&
          SAME(sched_bad_epochs) && SAME(sched_cooldown) && SAME(best_val_loss) &&
          SAME(best_val_acc) && SAME(best_epoch) && SAME(es_bad_epochs) && SAME(seed) &&
-         SAME(mean) && SAME(std) && SAME(warmup_steps);
+         SAME(mean) && SAME(std) && SAME(warmup_steps) && SAME(order);
 #undef SAME
 }
 
@@ -276,12 +277,14 @@ TEST(checkpoint_round_trip_bitwise) {
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   char info[1024], want[1024];
   tool_run(info, sizeof(info), "info", path);
-  snprintf(want, sizeof(want), "version 2\n1 META 44\n2 STATE 124\n3 PARAMS %zu\n4 ADAM_M %zu\n"
+  snprintf(want, sizeof(want), "version 3\n1 META 44\n2 STATE 140\n3 PARAMS %zu\n4 ADAM_M %zu\n"
            "5 ADAM_V %zu\n6 BUFFERS %zu\n", 4 * n, 4 * n, 4 * n, 4 * nb);
   if (strcmp(info, want) != 0) test_fail(__FILE__, __LINE__, "ckpt_tool.py info:\n%s", info);
   tool_run(info, sizeof(info), "state", path); // the tool's STATE layout is C's
   if (!strstr(info, "step 123456789012\nepoch 7\nbatch 42\n") || !strstr(info, "lr 0.0003000") ||
-      !strstr(info, "seed 16045690984503111693\n") || !strstr(info, "\nwarmup_steps 9876543210\n"))
+      !strstr(info, "seed 16045690984503111693\n") || !strstr(info, "\nwarmup_steps 9876543210\n") ||
+      !strstr(info, "\norder_batch 256\norder_val_size 10000\norder_train_limit 0\n"
+                    "order_train_images 50000\n"))
     test_fail(__FILE__, __LINE__, "ckpt_tool.py state:\n%s", info);
 
   sample_run_state(&b, n, nb, 100); // everything different
@@ -528,7 +531,7 @@ TEST(checkpoint_refuses_wrong_file) {
   fx.bytes[0] = 'V';
 
   uint32_t versions[2] = {CKPT_VERSION + 1, 0}, current = CKPT_VERSION;
-  const char *said[2] = {"version 3, this build reads versions 1 to 2", "version 0"};
+  const char *said[2] = {"version 4, this build reads versions 1 to 3", "version 0"};
   for (int k = 0; k < 2; k++) {
     memcpy(fx.bytes + 8, &versions[k], 4);
     spit(fx.bad, fx.bytes, fx.size);
@@ -659,10 +662,14 @@ TEST(checkpoint_reads_version_1) {
   v1_expect(&want);
   run_state_init(&got, &meta);
   memset(&got.st, 0x5A, sizeof(got.st));
-  int rc = read_rs(path, &got, RUN_SECTIONS_ALL, err, sizeof(err));
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  uint32_t version = 0;
+  int rc = checkpoint_read_version(path, secs, run_state_sections(&got, RUN_SECTIONS_ALL, secs),
+                                   err, sizeof(err), &version);
   if (rc) fprintf(stderr, "    %s\n", err);
   EXPECT(rc == 0);
-  EXPECT(live_equal(&want, &got));
+  EXPECT_EQ_INT(version, 1);
+  EXPECT(live_equal(&want, &got)); // the sample order unknown: all 0
   EXPECT(read_rs(path, &got, RUN_SECTIONS_BEST, err, sizeof(err)) == 0); // best.bin of version 1
   EXPECT(floats_equal(got.best.params, want.live.params, 4));
   char info[512];
@@ -686,6 +693,39 @@ TEST(checkpoint_reads_version_1) {
   spit(path, bytes, sizeof(ckpt_v1_file));
   EXPECT_REFUSED(path, &meta, "6 sections, expected 5");
   free(bytes);
+}
+
+// A version-2 file (this build's, its STATE cut before the sample order, CRC and version
+// redone) reads with its warmup and an unknown (all 0) sample order, and says it is version 2.
+TEST(checkpoint_reads_version_2) {
+  refusal_fixture fx;
+  fixture_init(&fx, "ckpt_v2");
+  const size_t state_hdr = T_HEADER_BYTES + T_SEC_HDR + T_META_BYTES, cut = 16;
+  uint8_t *v2 = xmalloc(fx.size - cut);
+  memcpy(v2, fx.bytes, state_hdr + T_SEC_HDR + T_STATE_BYTES - cut);
+  memcpy(v2 + state_hdr + T_SEC_HDR + T_STATE_BYTES - cut,
+         fx.bytes + state_hdr + T_SEC_HDR + T_STATE_BYTES, fx.size - (state_hdr + T_SEC_HDR + T_STATE_BYTES));
+  const uint32_t two = 2, crc = checkpoint_crc32(0, v2 + state_hdr + T_SEC_HDR, T_STATE_BYTES - cut);
+  const uint64_t bytes = T_STATE_BYTES - cut;
+  memcpy(v2 + 8, &two, 4);
+  memcpy(v2 + state_hdr + 8, &bytes, 8);
+  memcpy(v2 + state_hdr + 16, &crc, 4);
+  spit(fx.bad, v2, fx.size - cut);
+  run_state rs;
+  run_state_init(&rs, &fx.meta);
+  memset(&rs.st, 0x5A, sizeof(rs.st));
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  char err[512] = "";
+  uint32_t version = 0;
+  const int n = run_state_sections(&rs, RUN_SECTIONS_ALL, secs);
+  EXPECT(checkpoint_read_version(fx.bad, secs, n, err, sizeof(err), &version) == 0);
+  EXPECT_EQ_INT(version, 2);
+  train_state want = sample_state();
+  want.order = (sample_order){0};
+  EXPECT(state_equal(&rs.st, &want));
+  run_state_free(&rs);
+  free(v2);
+  free(fx.bytes);
 }
 
 // ---------------------------------------------------------------------------------------
