@@ -211,7 +211,7 @@ TEST(checkpoint_section_table_follows_the_run_state) {
   EXPECT(model[0].data == &rs.meta && model[1].data == NULL && model[3].data == NULL &&
          model[4].data == NULL);
   EXPECT(model[2].data == rs.live.params && model[5].data == rs.live.buffers);
-  EXPECT(best[2].data == rs.best.params && best[5].data == rs.best.buffers && best[1].data == NULL);
+  EXPECT(best[2].data == rs.best.params && best[5].data == rs.best.buffers && best[1].data == &rs.best_st);
   // keep_best copies the whole model, parameters and buffers.
   run_state_keep_best(&rs);
   EXPECT(floats_equal(rs.best.params, rs.live.params, 10) && floats_equal(rs.best.buffers, rs.live.buffers, 3));
