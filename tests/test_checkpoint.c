@@ -78,6 +78,17 @@ static void fill_tensor(float *x, size_t n, uint32_t salt) {
   for (size_t i = 0; i < 5 && i < n; i++) memcpy(&x[i], &special[i], 4);
 }
 
+// A valid mid-run state: epoch 2 (best epoch 1), batch 3 of 10 (300 train images at 32).
+static void optim_like_fresh(train_state *s) {
+  memset(s, 0, sizeof(*s));
+  s->step = 23, s->epoch = 2, s->batch = 3;
+  s->epoch_loss_sum = 200, s->epoch_correct = 40, s->epoch_time_s = 1.5;
+  s->lr = 1e-3f, s->sched_best = 1.5, s->best_val_loss = 1.5, s->best_val_acc = 0.5;
+  s->best_epoch = 1, s->es_bad_epochs = 0, s->seed = 5;
+  for (int k = 0; k < 3; k++) s->mean[k] = 0.5f, s->std[k] = 0.25f;
+  s->order = (sample_order){.batch = 32, .val_size = 100, .train_limit = 0, .train_images = 400};
+}
+
 // A run state of n_params parameters and n_buffers buffers: the sample train_state and
 // distinct tensors (salt, salt + 1, ...); the best model differs from the live one.
 static void sample_run_state(run_state *rs, uint64_t n_params, uint64_t n_buffers, uint32_t salt) {
@@ -726,6 +737,62 @@ TEST(checkpoint_reads_version_2) {
   run_state_free(&rs);
   free(v2);
   free(fx.bytes);
+}
+
+// run_state_check_resume on the tensors (the STATE fields have their table in
+// tests/test_faults.sh, through the binary) and run_state_check_best on best.bin's state.
+static void valid_state(run_state *rs) {
+  ckpt_meta meta = sample_meta(8, 2);
+  run_state_init(rs, &meta);
+  optim_like_fresh(&rs->st);
+  for (int i = 0; i < 8; i++) rs->live.params[i] = 0.5f * i, rs->adam_m[i] = 0.1f, rs->adam_v[i] = 0.01f;
+  rs->live.buffers[0] = rs->live.buffers[1] = 1.0f;
+}
+
+TEST(run_state_checks_tensors_and_best) {
+  const sample_order now = {.batch = 32, .val_size = 100, .train_limit = 0, .train_images = 400};
+  char note[256], err[256];
+  run_state rs;
+  valid_state(&rs);
+  EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == 0);
+  struct {
+    float *at;
+    float value;
+    const char *want;
+  } cases[] = {{&rs.live.params[3], NAN, "live model PARAMS[3] = nan"},
+               {&rs.live.buffers[1], INFINITY, "live model BUFFERS[1] = inf"},
+               {&rs.adam_m[7], -INFINITY, "ADAM_M[7] = -inf"},
+               {&rs.adam_v[2], -0.25f, "ADAM_V[2] = -0.25"}};
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    const float keep = *cases[k].at;
+    *cases[k].at = cases[k].value;
+    EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == -1);
+    if (!strstr(err, cases[k].want)) test_fail(__FILE__, __LINE__, "\"%s\" lacks \"%s\"", err, cases[k].want);
+    *cases[k].at = keep;
+  }
+  // Before the first step Adam's moments are zero.
+  rs.st.step = rs.st.epoch = rs.st.batch = 0, rs.st.best_epoch = -1, rs.st.best_val_loss = INFINITY;
+  rs.st.es_bad_epochs = rs.st.sched_bad_epochs = 0;
+  rs.st.epoch_loss_sum = rs.st.epoch_correct = rs.st.epoch_time_s = 0;
+  EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == -1);
+  EXPECT(strstr(err, "not 0 at step 0") != NULL);
+  run_state_free(&rs);
+
+  // best.bin: this run's best epoch (written at its end, same loss), finite.
+  valid_state(&rs);
+  rs.best_st = rs.st;
+  rs.best_st.epoch = rs.st.best_epoch + 1;
+  run_state_keep_best(&rs);
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == 0);
+  rs.best_st.best_epoch--, rs.best_st.epoch--; // an older best's
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1 && strstr(err, "the resumed run's best"));
+  rs.best_st.best_epoch++, rs.best_st.epoch++;
+  rs.best_st.best_val_loss += 1e-9; // another run's
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1);
+  rs.best_st.best_val_loss = rs.st.best_val_loss;
+  rs.best.params[0] = NAN;
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1 && strstr(err, "best model PARAMS[0] = nan"));
+  run_state_free(&rs);
 }
 
 // ---------------------------------------------------------------------------------------
