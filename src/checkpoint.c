@@ -19,6 +19,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,11 +78,14 @@ static const char ckpt_magic[8] = {'V', 'G', 'G', 'C', 'K', 'P', 'T', '1'};
 #define HEADER_FIXED (8 + 4 + 4)       // magic, version, section count; the meta follows
 #define SEC_HEADER_BYTES (4 + 4 + 8 + 4 + 4)
 #define STATE_BYTES_V1 (8 + 4 + 4 + 2 * 8 + 8 + 4 + 8 + 4 + 4 + 8 + 8 + 4 + 4 + 8 + 3 * 4 + 3 * 4)
-#define STATE_BYTES (STATE_BYTES_V1 + 8) // from version 2: the warmup's length
+#define STATE_BYTES_V2 (STATE_BYTES_V1 + 8) // version 2: the warmup's length
+#define STATE_BYTES (STATE_BYTES_V2 + 4 * 4) // from version 3: the sample order
 #define PACKED_MAX (META_BYTES > STATE_BYTES ? META_BYTES : STATE_BYTES)
 
 static size_t meta_bytes(uint32_t version) { return version >= 2 ? META_BYTES : META_BYTES_V1; }
-static size_t state_bytes(uint32_t version) { return version >= 2 ? STATE_BYTES : STATE_BYTES_V1; }
+static size_t state_bytes(uint32_t version) {
+  return version >= 3 ? STATE_BYTES : version == 2 ? STATE_BYTES_V2 : STATE_BYTES_V1;
+}
 
 // A cursor over a byte buffer; put_/get_ copy host (= little-endian) representations.
 typedef struct bytes_cursor {
@@ -121,7 +125,7 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
 }
 
 // Field order is the struct's; put for packing, get for unpacking, one list for both. These
-// are version 1's fields; version 2 appends warmup_steps.
+// are version 1's fields; version 2 appends warmup_steps, version 3 the sample order.
 #define STATE_FIELDS_V1(OP, c, s)                                                                  \
   OP(c, &(s)->step, 8);                                                                            \
   OP(c, &(s)->epoch, 4);                                                                           \
@@ -141,19 +145,33 @@ static void meta_unpack(ckpt_meta *m, const uint8_t *in, uint32_t version) {
   OP(c, (s)->mean, 12);                                                                            \
   OP(c, (s)->std, 12)
 
+// Version 3's sample order, after warmup_steps.
+#define SAMPLE_ORDER_FIELDS(OP, c, o)                                                              \
+  OP(c, &(o)->batch, 4);                                                                           \
+  OP(c, &(o)->val_size, 4);                                                                        \
+  OP(c, &(o)->train_limit, 4);                                                                     \
+  OP(c, &(o)->train_images, 4)
+
 // Always the current version's state: files are only written at CKPT_VERSION.
 static void state_pack(uint8_t out[STATE_BYTES], const train_state *s) {
   bytes_cursor c = {out};
   STATE_FIELDS_V1(put, &c, s);
   put(&c, &s->warmup_steps, 8);
+  SAMPLE_ORDER_FIELDS(put, &c, &s->order);
 }
 
 // A version-1 state has no warmup length: it was made by a build without warmup, so 0 (none).
+// Before version 3 the sample order is unknown: all 0 (the caller, who knows the file's
+// version, decides what that means).
 static void state_unpack(train_state *s, const uint8_t *in, uint32_t version) {
   bytes_cursor c = {(uint8_t *)in};
   STATE_FIELDS_V1(get, &c, s);
   s->warmup_steps = 0;
+  memset(&s->order, 0, sizeof(s->order));
   if (version >= 2) get(&c, &s->warmup_steps, 8);
+  if (version >= 3) {
+    SAMPLE_ORDER_FIELDS(get, &c, &s->order);
+  }
 }
 
 static void sec_header_pack(uint8_t out[SEC_HEADER_BYTES], uint32_t id, uint64_t bytes,
@@ -445,14 +463,22 @@ static int reader_section_header(ckpt_reader *rd, const ckpt_section *s, uint64_
                          "%" PRIu64 " bytes, ends in the header of section %s",
                      rd->path, rd->file_bytes, s->name);
   rd->pos += SEC_HEADER_BYTES;
-  uint32_t id;
+  uint32_t id, reserved[2];
   memcpy(&id, h, 4);
+  memcpy(&reserved[0], h + 4, 4);
   memcpy(bytes, h + 8, 8);
   memcpy(crc, h + 16, 4);
+  memcpy(&reserved[1], h + 20, 4);
   if (id != s->id)
     return READ_FAIL(rd, "checkpoint %s is corrupt: section "
                          "%" PRIu32 " found where %s was expected",
                      rd->path, id, s->name);
+  // The writer zeroes them and no CRC covers them: anything else is damage (or a newer format
+  // that gave them a meaning this build does not know).
+  for (int k = 0; k < 2; k++)
+    if (reserved[k] != 0)
+      return READ_FAIL(rd, "checkpoint %s is corrupt: reserved field of section %s is "
+                           "0x%08" PRIx32 ", not 0", rd->path, s->name, reserved[k]);
   const uint64_t want = payload_bytes(s, rd->version);
   if (*bytes != want)
     return READ_FAIL(rd, "checkpoint %s: section %s has %" PRIu64 " bytes, expected %" PRIu64,
@@ -535,6 +561,12 @@ static void reader_commit(const ckpt_reader *rd, const ckpt_section *secs, int n
 
 int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err,
                     size_t err_len) {
+  uint32_t version;
+  return checkpoint_read_version(path, secs, n, err, err_len, &version);
+}
+
+int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
+                            size_t err_len, uint32_t *version) {
   if (!path) return read_fail(err, err_len, "checkpoint_read: no path");
   table_check(secs, n, "checkpoint_read");
   ckpt_reader rd = {.path = path, .err = err, .err_len = err_len};
@@ -542,6 +574,7 @@ int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err
                      reader_header(&rd, secs, n) || reader_sections(&rd, secs, n) ||
                      reader_end(&rd);
   if (!failed) reader_commit(&rd, secs, n);
+  if (!failed) *version = rd.version;
   for (int i = 0; i < n; i++) free(rd.staged[i]);
   if (rd.f) fclose(rd.f); // read-only stream: a close error cannot lose data
   return failed ? -1 : 0;
@@ -608,6 +641,75 @@ static int periodic_name_parse(const char *name, long *epoch, long *batch) {
     if (!p) return 0;
   }
   return strcmp(p, ".bin") == 0;
+}
+
+// "<name>.tmp.<pid>" where <name> is a file this module writes atomically (a periodic
+// checkpoint, best.bin, the RESUMABLE marker) and <pid> is decimal digits only: the name
+// commit_tmp's callers give their temp files, and nothing else. Sets *pid.
+static int tmp_name_parse(const char *name, long *pid) {
+  const char *tmp = strstr(name, ".tmp.");
+  if (!tmp) return 0;
+  const size_t base = (size_t)(tmp - name);
+  char stem[256];
+  if (base == 0 || base >= sizeof(stem)) return 0;
+  memcpy(stem, name, base);
+  stem[base] = '\0';
+  long epoch, batch;
+  const int known = strcmp(stem, "best.bin") == 0 || strcmp(stem, CKPT_RESUMABLE) == 0 ||
+                    periodic_name_parse(stem, &epoch, &batch);
+  const char *end = known ? parse_uint(tmp + 5, pid) : NULL;
+  return end && *end == '\0' && *pid > 0;
+}
+
+// Whether process pid may still be writing: it exists (kill 0 succeeds, or is refused for
+// permission) and is not this one, which has written nothing yet when this runs.
+static int tmp_writer_alive(long pid) {
+  if (pid == (long)getpid()) return 0; // a reused pid (containers restart at the same pids)
+  if (kill((pid_t)pid, 0) == 0) return 1;
+  if (errno == ESRCH) return 0;
+  if (errno == EPERM) return 1;
+  FATAL("kill(%ld, 0) failed: %s", pid, strerror(errno));
+}
+
+// Removes dir/name when it is a regular file (never a directory or a link someone made);
+// returns 1 when it did.
+static int tmp_remove(const char *dir, const char *name, long pid,
+                      void (*removed)(const char *path, long pid)) {
+  char path[4096];
+  int len = snprintf(path, sizeof(path), "%s/%s", dir, name);
+  if (len < 0 || (size_t)len >= sizeof(path)) FATAL("path %s/%s too long", dir, name);
+  struct stat sb;
+  if (lstat(path, &sb) != 0) {
+    if (errno == ENOENT) return 0; // gone meanwhile
+    FATAL("lstat(%s) failed: %s", path, strerror(errno));
+  }
+  if (!S_ISREG(sb.st_mode)) return 0;
+  if (unlink(path) != 0) {
+    if (errno == ENOENT) return 0;
+    FATAL("unlink(%s) failed: %s", path, strerror(errno));
+  }
+  if (removed) removed(path, pid);
+  return 1;
+}
+
+int checkpoint_remove_stale_tmp(const char *dir, void (*removed)(const char *path, long pid)) {
+  DIR *d = opendir(dir);
+  if (!d) FATAL("opendir(%s) failed: %s", dir, strerror(errno));
+  int n = 0;
+  for (;;) {
+    errno = 0;
+    struct dirent *de = readdir(d);
+    if (!de) {
+      if (errno != 0) FATAL("readdir(%s) failed: %s", dir, strerror(errno));
+      break;
+    }
+    long pid;
+    if (tmp_name_parse(de->d_name, &pid) && !tmp_writer_alive(pid))
+      n += tmp_remove(dir, de->d_name, pid, removed);
+  }
+  if (closedir(d) != 0) FATAL("closedir(%s) failed: %s", dir, strerror(errno));
+  if (n > 0) fsync_dir(dir);
+  return n;
 }
 
 typedef struct ckpt_entry {

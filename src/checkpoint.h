@@ -13,7 +13,7 @@
 // by a CRC). How a payload is encoded is its row's kind:
 //   CKPT_KIND_META   the header meta (36 bytes in version 1, 44 from version 2)
 //   CKPT_KIND_STATE  train_state, field by field (no padding on disk; 116 bytes in version 1,
-//                    124 from version 2)
+//                    124 in version 2, 140 from version 3)
 //   CKPT_KIND_F32    `bytes` / 4 fp32 values (parameters, Adam m and v, buffers)
 // Every section's CRC-32 (IEEE, as zlib) is verified on load, and so are the sizes; a file
 // that is truncated, corrupt, of another version, or made for another model / width / input
@@ -22,7 +22,10 @@
 // Versions: 1 had no BUFFERS section, no buffer count in the meta and no warmup length at
 // the end of STATE; 2 added all three. A version-1 file still reads when the run has no
 // buffers (its meta reads as 0 buffers, its warmup as 0 steps: none; a run with buffers
-// refuses it with "buffer count differs"), so a run resumes across the upgrade.
+// refuses it with "buffer count differs"), so a run resumes across the upgrade. Version 3
+// appended the sample order to STATE (train_state.order: global batch, validation size,
+// train limit and images); an older file's reads as all 0, and checkpoint_read_version tells
+// the caller the file's version, so that it knows the order is unknown rather than zero.
 // Writing: to "<path>.tmp.<pid>" in the same directory, fflush + fsync, rename over <path>,
 // fsync the directory. A crash at any moment leaves the previous file intact. Files are
 // always written at CKPT_VERSION.
@@ -35,7 +38,7 @@
 
 #include "train_state.h"
 
-#define CKPT_VERSION 2     // what this build writes
+#define CKPT_VERSION 3     // what this build writes
 #define CKPT_VERSION_MIN 1 // the oldest it reads
 #define CKPT_MAX_SECTIONS 16
 
@@ -75,6 +78,10 @@ void checkpoint_write(const char *path, const ckpt_section *secs, int n);
 int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err,
                     size_t err_len);
 
+// checkpoint_read, and on success *version is the file's format version (which fields it had).
+int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
+                            size_t err_len, uint32_t *version);
+
 // CRC-32 (IEEE 802.3, reflected, as zlib's crc32()); crc = 0 to start.
 uint32_t checkpoint_crc32(uint32_t crc, const void *data, size_t bytes);
 
@@ -90,6 +97,13 @@ int checkpoint_latest(const char *dir, char *out, size_t out_len);
 // Deletes the oldest periodic checkpoints so that at most `keep` remain (best.bin is never
 // deleted). keep <= 0 keeps all.
 void checkpoint_prune(const char *dir, int keep);
+// Removes the temp files that interrupted writes (a kill during checkpoint_write) left in dir:
+// regular files named exactly "<name>.tmp.<pid>", <name> a periodic checkpoint's, best.bin or
+// RESUMABLE, whose process is gone (or is this one: a recycled pid; call it before this process
+// writes). Nothing else is touched. Calls removed(path, pid) for each (NULL: quietly) and
+// returns how many. Only one job may use a directory: a live pid is taken to be a writer, and a
+// writer on another host of a shared file system looks dead from here.
+int checkpoint_remove_stale_tmp(const char *dir, void (*removed)(const char *path, long pid));
 // The periodic checkpoint name for (epoch, batch): batch 0 means "start of epoch".
 void checkpoint_path(char *out, size_t out_len, const char *dir, int epoch, int batch);
 // "<dir>/best.bin", the best model's checkpoint.

@@ -27,6 +27,7 @@ typedef struct run_state {
   host_model live;        // the model as last downloaded or loaded
   float *adam_m, *adam_v; // n_params each
   host_model best;        // the model of the best epoch (the final test's)
+  train_state best_st;    // the state best.bin was written with (read to check it is this run's)
 } run_state;
 
 // Which state a section table points at. Rows outside the choice point nowhere (NULL data:
@@ -34,7 +35,7 @@ typedef struct run_state {
 typedef enum {
   RUN_SECTIONS_ALL,   // all the live state: the checkpoints and the resume
   RUN_SECTIONS_MODEL, // the live model only (parameters and buffers)
-  RUN_SECTIONS_BEST,  // the best model only (best.bin, read for the final test)
+  RUN_SECTIONS_BEST,  // the best model and its state into best_st (best.bin, for the final test)
 } run_sections;
 
 // Allocates the host copies for meta's sizes: Adam state zeroed, the rest to be filled; the
@@ -50,6 +51,24 @@ int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_
 // Rank 0's copy of the table's state (every row but META, which each rank builds from the
 // same options and rank 0 has verified) to every rank.
 void run_state_broadcast(run_state *rs, run_sections which, comm *c);
+
+// Checks the live state just read from a checkpoint of format `version`, as input from
+// someone else, before the run uses it: every STATE field in its range and consistent with the
+// others, the tensors finite (Adam's v >= 0; m and v zero before the first step), and the
+// sample order against the run's own (`now`). Mid-epoch the order must be the run's: another
+// batch, split or training set would resume on other images. At an epoch's start a new global
+// batch is safe (the state takes the run's and `note` says so); a new split never is (the best
+// model and the lr schedule were judged on the old validation set). A file older than
+// version 3 has no order: the run's is assumed (`note` says so mid-epoch).
+// Returns 0 (note: a line to print, or empty), or -1 with one line naming the field or option,
+// the stored and the given value in err.
+int run_state_check_resume(run_state *rs, uint32_t version, const sample_order *now, char *note,
+                           size_t note_len, char *err, size_t err_len);
+
+// Checks the best model just read (RUN_SECTIONS_BEST: best, best_st) against the resumed live
+// state: its tensors finite, and its state that of this run's best epoch (written at its end,
+// with the same best epoch and loss). Returns 0, or -1 with one line in err.
+int run_state_check_best(const run_state *rs, char *err, size_t err_len);
 
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);

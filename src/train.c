@@ -94,6 +94,10 @@ typedef struct run {
   prep_params pp;         // batch assembly (normalisation, flips); its epoch is the current one
   int32_t *order, *local; // scratch: the epoch's permutation, this rank's share of a batch
   int stop_sig; // once a stop is agreed: the largest signal number any rank got, 0 = --max-steps
+  // The resumed run's best model could not be had (best.bin unusable) and no better epoch has
+  // come since: the final test takes the last model, and says why (the reason: rank 0's).
+  int best_lost;
+  char best_why[1700];
 } run;
 
 // ---------------------------------------------------------------------------------------
@@ -181,6 +185,14 @@ static int64_t warmup_steps_wanted(const run *r) {
   return warmup_steps_for(cfg->warmup_epochs, optim_steps_per_epoch(n_train, cfg->batch));
 }
 
+// The sample order this run would give a checkpoint (after data_load): what a resumed
+// position must have been counted in.
+static sample_order order_now(const run *r) {
+  const config *cfg = r->cfg;
+  return (sample_order){.batch = cfg->batch, .val_size = cfg->val_size,
+                        .train_limit = cfg->train_limit, .train_images = r->data.train_set.n};
+}
+
 // A fresh run's state: at the start, the scheduler's initial state and the warmup's length,
 // the model initialised from the seed (and so far the best one).
 static void state_fresh(run *r) {
@@ -190,6 +202,7 @@ static void state_fresh(run *r) {
   rs->st.best_epoch = -1;
   optim_state_init(&rs->st, cfg->lr);
   rs->st.warmup_steps = warmup_steps_wanted(r);
+  rs->st.order = order_now(r);
   model_init_params(&r->m, rs->live.params, cfg->init, cfg->seed);
   model_init_buffers(&r->m, rs->live.buffers);
   // Identical on every rank by construction; this makes it certain.
@@ -214,14 +227,22 @@ static int resume_find(run *r, char *path, size_t len) {
   return found;
 }
 
-// Rank 0 reads the checkpoint into the run state and broadcasts it, so only rank 0 needs the
+// Rank 0 reads and checks the checkpoint (run_state_check_resume: its values, and its sample
+// order against the run's) into the run state and broadcasts it, so only rank 0 needs the
 // file. A refused file ends the job with rank 0's reason.
 static void resume_load(run *r, const char *path) {
   ckpt_section secs[CKPT_MAX_SECTIONS];
   const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
   int ok = 0;
-  char err[512] = "";
-  if (r->rank == 0) ok = checkpoint_read(path, secs, n, err, sizeof(err)) == 0;
+  char err[512] = "", why[400] = "", note[400] = "";
+  uint32_t version = 0;
+  const sample_order now = order_now(r);
+  if (r->rank == 0) ok = checkpoint_read_version(path, secs, n, err, sizeof(err), &version) == 0;
+  if (ok && run_state_check_resume(&r->rs, version, &now, note, sizeof(note), why, sizeof(why))) {
+    snprintf(err, sizeof(err), "checkpoint %s is refused: %s", path, why);
+    ok = 0;
+  }
+  if (note[0]) LOG0("%s\n", note);
   comm_bcast(r->c, &ok, sizeof(ok), 0);
   if (!ok) {
     // Rank 0 says why and aborts the job; the others wait for that instead of repeating it.
@@ -232,21 +253,37 @@ static void resume_load(run *r, const char *path) {
   run_state_broadcast(&r->rs, RUN_SECTIONS_ALL, r->c);
 }
 
-// The best model so far, for the final test: best.bin beside the checkpoint when present (any
-// problem with it: the resumed model instead).
-static void resume_best(run *r) {
-  const config *cfg = r->cfg;
+// Rank 0 reads best.bin beside the resumed checkpoint `path` and checks it as any checkpoint,
+// and that it is this run's best epoch; returns 1 when it may be used, else 0 with the reason.
+static int best_read(run *r, const char *path, char *why, size_t len) {
+  char dir[1024], best[1100], err[512] = "";
+  const char *slash = strrchr(path, '/');
+  snprintf(dir, sizeof(dir), "%.*s", slash ? (int)(slash - path) : 1, slash ? path : ".");
+  checkpoint_best_path(best, sizeof(best), dir);
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  const int n = run_state_sections(&r->rs, RUN_SECTIONS_BEST, secs);
+  if (checkpoint_read(best, secs, n, err, sizeof(err)) == 0 &&
+      run_state_check_best(&r->rs, err, sizeof(err)) == 0)
+    return 1;
+  snprintf(why, len, "%s unusable: %s", best, err);
+  return 0;
+}
+
+// The best model so far, for the final test: best.bin beside the checkpoint. When the resumed
+// run has a best epoch but best.bin cannot be used, the run says so once and the final test
+// will take the last model, and say so, unless a better epoch comes.
+static void resume_best(run *r, const char *path) {
   int have_best = 0;
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
-    char best[1024], err[512];
-    ckpt_section secs[CKPT_MAX_SECTIONS];
-    const int n = run_state_sections(&r->rs, RUN_SECTIONS_BEST, secs);
-    checkpoint_best_path(best, sizeof(best), cfg->checkpoint_dir);
-    have_best = checkpoint_read(best, secs, n, err, sizeof(err)) == 0;
-  }
+  if (r->rank == 0 && r->rs.st.best_epoch >= 0)
+    have_best = best_read(r, path, r->best_why, sizeof(r->best_why));
   comm_bcast(r->c, &have_best, sizeof(have_best), 0);
-  if (have_best) run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
-  else run_state_keep_best(&r->rs);
+  if (have_best) {
+    run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
+    return;
+  }
+  run_state_keep_best(&r->rs); // a whole model there, though the final test will not take it
+  r->best_lost = r->rs.st.best_epoch >= 0;
+  if (r->best_lost) LOG0("warning: %s: the final test will use the last model\n", r->best_why);
 }
 
 // Returns whether the run resumed (a fresh state stays when --resume auto finds nothing).
@@ -257,7 +294,7 @@ static int resume(run *r) {
     return 0;
   }
   resume_load(r, path);
-  resume_best(r);
+  resume_best(r, path);
   const train_state *st = &r->rs.st;
   LOG0("resumed from %s: epoch %d, batch %d, step %lld, lr %g%s\n", path, st->epoch + 1,
        st->batch, (long long)st->step, optim_lr_at(st, st->step),
@@ -610,6 +647,7 @@ static void epoch_checkpoints(run *r, int best) {
   state_download(r);
   if (best) {
     run_state_keep_best(&r->rs);
+    r->best_lost = 0; // better than the lost one too: its loss was the resumed best
     if (cfg->checkpoint_dir[0] && r->rank == 0) {
       char path[1024];
       checkpoint_best_path(path, sizeof(path), cfg->checkpoint_dir);
@@ -681,16 +719,26 @@ static int train_epochs(run *r) {
 static void final_test(run *r) {
   const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
-  net_upload_params(&r->net, r->rs.best.params);
-  net_upload_buffers(&r->net, r->rs.best.buffers);
+  const host_model *tested = r->best_lost ? &r->rs.live : &r->rs.best;
+  net_upload_params(&r->net, tested->params);
+  net_upload_buffers(&r->net, tested->buffers);
   double test_loss, test_acc;
   evaluate(r, &r->data.test, &test_loss, &test_acc);
-  LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", st->best_epoch + 1,
-       test_loss, test_acc, r->data.test.n);
+  if (r->best_lost)
+    LOG0("test (last model, epoch %d): loss %.4f acc %.4f on %d images (%s)\n", st->epoch,
+         test_loss, test_acc, r->data.test.n, r->best_why);
+  else
+    LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", st->best_epoch + 1,
+         test_loss, test_acc, r->data.test.n);
   metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
                 test_loss, test_acc, st->best_epoch + 1, r->data.test.n);
   if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
     LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
+}
+
+// One line per temp file an interrupted checkpoint write left behind (rank 0, at start-up).
+static void report_stale_tmp(const char *path, long pid) {
+  LOG0("checkpoint: removed stale %s (an interrupted write; process %ld is gone)\n", path, pid);
 }
 
 // Everything before the first step: the options checked and printed, the checkpoint directory,
@@ -702,7 +750,10 @@ static void run_init(run *r, const config *cfg, comm *c) {
   stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) checkpoint_dir_create(cfg->checkpoint_dir);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
+    checkpoint_dir_create(cfg->checkpoint_dir);
+    checkpoint_remove_stale_tmp(cfg->checkpoint_dir, report_stale_tmp); // before we write any
+  }
   r->b = device_backend_create(cfg, c);
   r->local_batch = cfg->batch / r->world;
   data_load(r);

@@ -9,6 +9,16 @@
 
 #include <stdint.h>
 
+// What decides which images a position (epoch, batch) stands for, besides the seed: the
+// split (the training set's size and the validation size) and the global batch. Stored from
+// version 3; an older file's is unknown (all 0 after reading; the reader's caller decides).
+typedef struct sample_order {
+  int32_t batch;        // the global batch (--batch)
+  int32_t val_size;     // --val-size
+  int32_t train_limit;  // --train-limit (0: all), for the messages
+  int32_t train_images; // the training set's images as loaded (its files, then the limit)
+} sample_order;
+
 // Everything besides the tensors that training needs to continue exactly.
 typedef struct train_state {
   int64_t step;        // optimizer steps taken so far (Adam's t)
@@ -29,6 +39,9 @@ typedef struct train_state {
   // (--warmup-epochs x steps per epoch) and kept by the checkpoint, so a resumed run finishes
   // the warmup it began whatever its options say. Last, so version 1's STATE is a prefix.
   int64_t warmup_steps;
+  // The sample order the position counts in (version 3; after warmup_steps, so version 2's
+  // STATE is a prefix).
+  sample_order order;
 } train_state;
 
 #endif

@@ -9,12 +9,17 @@
 #                                    id, name, payload bytes
 #   ckpt_tool.py state A             the STATE section, one "field value" line per field (a
 #                                    version-1 file's warmup_steps, which it lacks, reads 0)
+#   ckpt_tool.py set A OUT FIELD=VALUE ...
+#                                    A with STATE fields replaced (VALUE as Python reads it:
+#                                    nan, inf, -5, 1e6; a 3-vector's item as mean.0=...), its CRC
+#                                    recomputed, written to OUT: a well-formed file of hostile values
 #   ckpt_tool.py sections            the section table, one row per line: id, name, kind, since
 #                                    (tests/test_checkpoint.c compares it with the C table)
 # Every file is checked against SECTIONS (ids in order, the count its version implies); a
 # file that does not match is refused with one line.
 import struct
 import sys
+import zlib
 
 # The section table: (id, name, kind, since), the Python copy of src/run_state.c's
 # run_state_sections and the only place here that names sections. kind: how the payload is
@@ -28,7 +33,7 @@ SECTIONS = (
     (6, "BUFFERS", "f32", 2),
 )
 MAGIC = b"VGGCKPT1"
-META_BYTES = {1: 36, 2: 44}  # the header's copy of the meta, by format version
+META_BYTES = {1: 36, 2: 44, 3: 44}  # the header's copy of the meta, by format version
 # The STATE section's fields in file order (src/checkpoint.c's STATE_FIELDS_V1, then what each
 # version appended), with their struct codes.
 STATE_V1 = (("step", "q"), ("epoch", "i"), ("batch", "i"), ("epoch_loss_sum", "d"),
@@ -36,8 +41,13 @@ STATE_V1 = (("step", "q"), ("epoch", "i"), ("batch", "i"), ("epoch_loss_sum", "d
             ("sched_bad_epochs", "i"), ("sched_cooldown", "i"), ("best_val_loss", "d"),
             ("best_val_acc", "d"), ("best_epoch", "i"), ("es_bad_epochs", "i"), ("seed", "Q"),
             ("mean", "3f"), ("std", "3f"))
-STATE_FIELDS = {1: STATE_V1, 2: STATE_V1 + (("warmup_steps", "q"),)}
-STATE_DEFAULTS = {"warmup_steps": 0}  # what a file without the field means
+STATE_V2 = STATE_V1 + (("warmup_steps", "q"),)
+STATE_V3 = STATE_V2 + (("order_batch", "i"), ("order_val_size", "i"), ("order_train_limit", "i"),
+                       ("order_train_images", "i"))  # train_state.order: the sample order
+STATE_FIELDS = {1: STATE_V1, 2: STATE_V2, 3: STATE_V3}
+# What a file without the field means: no warmup; the sample order unknown (0, as the C reader)
+STATE_DEFAULTS = {"warmup_steps": 0, "order_batch": 0, "order_val_size": 0,
+                  "order_train_limit": 0, "order_train_images": 0}
 SEC_HEADER = struct.Struct("<IIQII")  # id, reserved, bytes, crc32, reserved
 F32 = tuple(name for _, name, kind, _ in SECTIONS if kind == "f32")
 
@@ -55,9 +65,11 @@ def read(path):
         sys.exit("%s: %d sections, version %d has %d" % (path, nsec, version, len(rows)))
     off, sections = 16 + META_BYTES[version], {}
     for want, name, _, _ in rows:
-        sid, _, nbytes, _, _ = SEC_HEADER.unpack_from(raw, off)
+        sid, res0, nbytes, _, res1 = SEC_HEADER.unpack_from(raw, off)
         if sid != want:
             sys.exit("%s: section %d where %s (%d) was expected" % (path, sid, name, want))
+        if res0 or res1:  # as the C reader: written 0, anything else is damage
+            sys.exit("%s: reserved field of section %s is not 0" % (path, name))
         off += SEC_HEADER.size
         sections[name] = raw[off:off + nbytes]
         off += nbytes
@@ -78,6 +90,34 @@ def state(version, payload):
     for name, value in STATE_DEFAULTS.items():
         out.setdefault(name, value)
     return out
+
+
+def set_state(path, out, assignments):
+    """Rewrites STATE fields of path into out, the section's CRC recomputed."""
+    raw = bytearray(open(path, "rb").read())
+    version, s = read(path)
+    off = 16 + META_BYTES[version]  # the META section's header
+    off += SEC_HEADER.size + SEC_HEADER.unpack_from(raw, off)[2]  # STATE's
+    fields = STATE_FIELDS[version]
+    fmt = struct.Struct("<" + "".join(code for _, code in fields))
+    values = list(fmt.unpack(s["STATE"]))
+    index, at = {}, 0
+    for name, code in fields:
+        n = int(code[:-1]) if len(code) > 1 else 1
+        for k in range(n):
+            index[name if n == 1 else "%s.%d" % (name, k)] = at + k
+        at += n
+    for assignment in assignments:
+        name, _, value = assignment.partition("=")
+        if name not in index:
+            sys.exit("ckpt_tool.py: no STATE field %s in version %d" % (name, version))
+        old = values[index[name]]
+        values[index[name]] = type(old)(float(value)) if isinstance(old, float) else int(value)
+    payload = fmt.pack(*values)
+    sid, r0, nbytes, _, r1 = SEC_HEADER.unpack_from(raw, off)
+    SEC_HEADER.pack_into(raw, off, sid, r0, nbytes, zlib.crc32(payload), r1)
+    raw[off + SEC_HEADER.size:off + SEC_HEADER.size + nbytes] = payload
+    open(out, "wb").write(bytes(raw))
 
 
 def floats(b):
@@ -129,10 +169,14 @@ def main():
         for name, value in state(version, s["STATE"]).items():
             print(name, " ".join(repr(v) for v in value) if isinstance(value, tuple) else repr(value))
         return 0
+    if cmd == "set":
+        set_state(sys.argv[2], sys.argv[3], sys.argv[4:])
+        return 0
     if cmd == "compare":
         a, b = read(sys.argv[2])[1], read(sys.argv[3])[1]
         return 0 if compare(a, b, sys.argv[4:]) else 1
-    sys.exit("usage: ckpt_tool.py compare A B [TOL] [SECTION=TOL ...] | info A | state A | sections")
+    sys.exit("usage: ckpt_tool.py compare A B [TOL] [SECTION=TOL ...] | info A | state A | "
+             "set A OUT FIELD=VALUE ... | sections")
 
 
 if __name__ == "__main__":

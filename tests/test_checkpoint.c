@@ -22,7 +22,7 @@
 #define T_META_BYTES 44
 #define T_HEADER_BYTES (16 + T_META_BYTES)
 #define T_SEC_HDR 24
-#define T_STATE_BYTES 124 // version 1: 116, without the warmup's length at the end
+#define T_STATE_BYTES 140 // version 1: 116 (no warmup length), 2: 124 (no sample order)
 #define T_SECTIONS 6
 
 // A fresh subdirectory of the scratch directory, so tests do not see each other's files.
@@ -64,6 +64,7 @@ static train_state sample_state(void) {
   s.mean[0] = 0.4914f, s.mean[1] = 0.4822f, s.mean[2] = 0.4465f;
   s.std[0] = 0.2470f, s.std[1] = 0.2435f, s.std[2] = 0.2616f;
   s.warmup_steps = 9876543210LL;
+  s.order = (sample_order){.batch = 256, .val_size = 10000, .train_limit = 0, .train_images = 50000};
   return s;
 }
 
@@ -75,6 +76,17 @@ static void fill_tensor(float *x, size_t n, uint32_t salt) {
   }
   uint32_t special[] = {0x80000000u, 0x7FC00001u, 0x00000001u, 0x7F800000u, 0xFF800000u};
   for (size_t i = 0; i < 5 && i < n; i++) memcpy(&x[i], &special[i], 4);
+}
+
+// A valid mid-run state: epoch 2 (best epoch 1), batch 3 of 10 (300 train images at 32).
+static void optim_like_fresh(train_state *s) {
+  memset(s, 0, sizeof(*s));
+  s->step = 23, s->epoch = 2, s->batch = 3;
+  s->epoch_loss_sum = 200, s->epoch_correct = 40, s->epoch_time_s = 1.5;
+  s->lr = 1e-3f, s->sched_best = 1.5, s->best_val_loss = 1.5, s->best_val_acc = 0.5;
+  s->best_epoch = 1, s->es_bad_epochs = 0, s->seed = 5;
+  for (int k = 0; k < 3; k++) s->mean[k] = 0.5f, s->std[k] = 0.25f;
+  s->order = (sample_order){.batch = 32, .val_size = 100, .train_limit = 0, .train_images = 400};
 }
 
 // A run state of n_params parameters and n_buffers buffers: the sample train_state and
@@ -109,7 +121,7 @@ static int state_equal(const train_state *a, const train_state *b) {
          SAME(epoch_time_s) && SAME(lr) && SAME(sched_best) &&
          SAME(sched_bad_epochs) && SAME(sched_cooldown) && SAME(best_val_loss) &&
          SAME(best_val_acc) && SAME(best_epoch) && SAME(es_bad_epochs) && SAME(seed) &&
-         SAME(mean) && SAME(std) && SAME(warmup_steps);
+         SAME(mean) && SAME(std) && SAME(warmup_steps) && SAME(order);
 #undef SAME
 }
 
@@ -210,7 +222,7 @@ TEST(checkpoint_section_table_follows_the_run_state) {
   EXPECT(model[0].data == &rs.meta && model[1].data == NULL && model[3].data == NULL &&
          model[4].data == NULL);
   EXPECT(model[2].data == rs.live.params && model[5].data == rs.live.buffers);
-  EXPECT(best[2].data == rs.best.params && best[5].data == rs.best.buffers && best[1].data == NULL);
+  EXPECT(best[2].data == rs.best.params && best[5].data == rs.best.buffers && best[1].data == &rs.best_st);
   // keep_best copies the whole model, parameters and buffers.
   run_state_keep_best(&rs);
   EXPECT(floats_equal(rs.best.params, rs.live.params, 10) && floats_equal(rs.best.buffers, rs.live.buffers, 3));
@@ -276,12 +288,14 @@ TEST(checkpoint_round_trip_bitwise) {
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   char info[1024], want[1024];
   tool_run(info, sizeof(info), "info", path);
-  snprintf(want, sizeof(want), "version 2\n1 META 44\n2 STATE 124\n3 PARAMS %zu\n4 ADAM_M %zu\n"
+  snprintf(want, sizeof(want), "version 3\n1 META 44\n2 STATE 140\n3 PARAMS %zu\n4 ADAM_M %zu\n"
            "5 ADAM_V %zu\n6 BUFFERS %zu\n", 4 * n, 4 * n, 4 * n, 4 * nb);
   if (strcmp(info, want) != 0) test_fail(__FILE__, __LINE__, "ckpt_tool.py info:\n%s", info);
   tool_run(info, sizeof(info), "state", path); // the tool's STATE layout is C's
   if (!strstr(info, "step 123456789012\nepoch 7\nbatch 42\n") || !strstr(info, "lr 0.0003000") ||
-      !strstr(info, "seed 16045690984503111693\n") || !strstr(info, "\nwarmup_steps 9876543210\n"))
+      !strstr(info, "seed 16045690984503111693\n") || !strstr(info, "\nwarmup_steps 9876543210\n") ||
+      !strstr(info, "\norder_batch 256\norder_val_size 10000\norder_train_limit 0\n"
+                    "order_train_images 50000\n"))
     test_fail(__FILE__, __LINE__, "ckpt_tool.py state:\n%s", info);
 
   sample_run_state(&b, n, nb, 100); // everything different
@@ -482,6 +496,38 @@ TEST(checkpoint_refuses_corrupt_sections) {
   free(fx.bytes);
 }
 
+// The two reserved u32 of every section header must be zero: a flipped bit there is corruption
+// that no CRC covers (the CRC is of the payload), so it is refused, naming the section.
+TEST(checkpoint_refuses_nonzero_reserved) {
+  refusal_fixture fx;
+  fixture_init(&fx, "ckpt_reserved");
+  const char *names[T_SECTIONS] = {"META", "STATE", "PARAMS", "ADAM_M", "ADAM_V", "BUFFERS"};
+  const size_t payload[T_SECTIONS] = {T_META_BYTES, T_STATE_BYTES, 4 * R_N, 4 * R_N, 4 * R_N,
+                                      4 * R_NB};
+  size_t off = T_HEADER_BYTES;
+  for (int s = 0; s < T_SECTIONS; s++) {
+    const size_t fields[2] = {off + 4, off + 20}; // after the id, after the CRC
+    const int bits[2] = {0, 31};
+    for (int f = 0; f < 2; f++)
+      for (int k = 0; k < 2; k++) {
+        uint32_t v;
+        memcpy(&v, fx.bytes + fields[f], 4);
+        REQUIRE(v == 0); // the writer's zero
+        v ^= 1u << bits[k];
+        memcpy(fx.bytes + fields[f], &v, 4);
+        spit(fx.bad, fx.bytes, fx.size);
+        char want[80];
+        snprintf(want, sizeof(want), "reserved field of section %s", names[s]);
+        EXPECT_REFUSED(fx.bad, &fx.meta, want);
+        v = 0;
+        memcpy(fx.bytes + fields[f], &v, 4);
+      }
+    off += T_SEC_HDR + payload[s];
+  }
+  REQUIRE(off == fx.size);
+  free(fx.bytes);
+}
+
 TEST(checkpoint_refuses_wrong_file) {
   refusal_fixture fx;
   fixture_init(&fx, "ckpt_wrong");
@@ -496,7 +542,7 @@ TEST(checkpoint_refuses_wrong_file) {
   fx.bytes[0] = 'V';
 
   uint32_t versions[2] = {CKPT_VERSION + 1, 0}, current = CKPT_VERSION;
-  const char *said[2] = {"version 3, this build reads versions 1 to 2", "version 0"};
+  const char *said[2] = {"version 4, this build reads versions 1 to 3", "version 0"};
   for (int k = 0; k < 2; k++) {
     memcpy(fx.bytes + 8, &versions[k], 4);
     spit(fx.bad, fx.bytes, fx.size);
@@ -627,10 +673,14 @@ TEST(checkpoint_reads_version_1) {
   v1_expect(&want);
   run_state_init(&got, &meta);
   memset(&got.st, 0x5A, sizeof(got.st));
-  int rc = read_rs(path, &got, RUN_SECTIONS_ALL, err, sizeof(err));
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  uint32_t version = 0;
+  int rc = checkpoint_read_version(path, secs, run_state_sections(&got, RUN_SECTIONS_ALL, secs),
+                                   err, sizeof(err), &version);
   if (rc) fprintf(stderr, "    %s\n", err);
   EXPECT(rc == 0);
-  EXPECT(live_equal(&want, &got));
+  EXPECT_EQ_INT(version, 1);
+  EXPECT(live_equal(&want, &got)); // the sample order unknown: all 0
   EXPECT(read_rs(path, &got, RUN_SECTIONS_BEST, err, sizeof(err)) == 0); // best.bin of version 1
   EXPECT(floats_equal(got.best.params, want.live.params, 4));
   char info[512];
@@ -654,6 +704,95 @@ TEST(checkpoint_reads_version_1) {
   spit(path, bytes, sizeof(ckpt_v1_file));
   EXPECT_REFUSED(path, &meta, "6 sections, expected 5");
   free(bytes);
+}
+
+// A version-2 file (this build's, its STATE cut before the sample order, CRC and version
+// redone) reads with its warmup and an unknown (all 0) sample order, and says it is version 2.
+TEST(checkpoint_reads_version_2) {
+  refusal_fixture fx;
+  fixture_init(&fx, "ckpt_v2");
+  const size_t state_hdr = T_HEADER_BYTES + T_SEC_HDR + T_META_BYTES, cut = 16;
+  uint8_t *v2 = xmalloc(fx.size - cut);
+  memcpy(v2, fx.bytes, state_hdr + T_SEC_HDR + T_STATE_BYTES - cut);
+  memcpy(v2 + state_hdr + T_SEC_HDR + T_STATE_BYTES - cut,
+         fx.bytes + state_hdr + T_SEC_HDR + T_STATE_BYTES, fx.size - (state_hdr + T_SEC_HDR + T_STATE_BYTES));
+  const uint32_t two = 2, crc = checkpoint_crc32(0, v2 + state_hdr + T_SEC_HDR, T_STATE_BYTES - cut);
+  const uint64_t bytes = T_STATE_BYTES - cut;
+  memcpy(v2 + 8, &two, 4);
+  memcpy(v2 + state_hdr + 8, &bytes, 8);
+  memcpy(v2 + state_hdr + 16, &crc, 4);
+  spit(fx.bad, v2, fx.size - cut);
+  run_state rs;
+  run_state_init(&rs, &fx.meta);
+  memset(&rs.st, 0x5A, sizeof(rs.st));
+  ckpt_section secs[CKPT_MAX_SECTIONS];
+  char err[512] = "";
+  uint32_t version = 0;
+  const int n = run_state_sections(&rs, RUN_SECTIONS_ALL, secs);
+  EXPECT(checkpoint_read_version(fx.bad, secs, n, err, sizeof(err), &version) == 0);
+  EXPECT_EQ_INT(version, 2);
+  train_state want = sample_state();
+  want.order = (sample_order){0};
+  EXPECT(state_equal(&rs.st, &want));
+  run_state_free(&rs);
+  free(v2);
+  free(fx.bytes);
+}
+
+// run_state_check_resume on the tensors (the STATE fields have their table in
+// tests/test_faults.sh, through the binary) and run_state_check_best on best.bin's state.
+static void valid_state(run_state *rs) {
+  ckpt_meta meta = sample_meta(8, 2);
+  run_state_init(rs, &meta);
+  optim_like_fresh(&rs->st);
+  for (int i = 0; i < 8; i++) rs->live.params[i] = 0.5f * i, rs->adam_m[i] = 0.1f, rs->adam_v[i] = 0.01f;
+  rs->live.buffers[0] = rs->live.buffers[1] = 1.0f;
+}
+
+TEST(run_state_checks_tensors_and_best) {
+  const sample_order now = {.batch = 32, .val_size = 100, .train_limit = 0, .train_images = 400};
+  char note[256], err[256];
+  run_state rs;
+  valid_state(&rs);
+  EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == 0);
+  struct {
+    float *at;
+    float value;
+    const char *want;
+  } cases[] = {{&rs.live.params[3], NAN, "live model PARAMS[3] = nan"},
+               {&rs.live.buffers[1], INFINITY, "live model BUFFERS[1] = inf"},
+               {&rs.adam_m[7], -INFINITY, "ADAM_M[7] = -inf"},
+               {&rs.adam_v[2], -0.25f, "ADAM_V[2] = -0.25"}};
+  for (size_t k = 0; k < sizeof(cases) / sizeof(cases[0]); k++) {
+    const float keep = *cases[k].at;
+    *cases[k].at = cases[k].value;
+    EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == -1);
+    if (!strstr(err, cases[k].want)) test_fail(__FILE__, __LINE__, "\"%s\" lacks \"%s\"", err, cases[k].want);
+    *cases[k].at = keep;
+  }
+  // Before the first step Adam's moments are zero.
+  rs.st.step = rs.st.epoch = rs.st.batch = 0, rs.st.best_epoch = -1, rs.st.best_val_loss = INFINITY;
+  rs.st.es_bad_epochs = rs.st.sched_bad_epochs = 0;
+  rs.st.epoch_loss_sum = rs.st.epoch_correct = rs.st.epoch_time_s = 0;
+  EXPECT(run_state_check_resume(&rs, CKPT_VERSION, &now, note, sizeof(note), err, sizeof(err)) == -1);
+  EXPECT(strstr(err, "not 0 at step 0") != NULL);
+  run_state_free(&rs);
+
+  // best.bin: this run's best epoch (written at its end, same loss), finite.
+  valid_state(&rs);
+  rs.best_st = rs.st;
+  rs.best_st.epoch = rs.st.best_epoch + 1;
+  run_state_keep_best(&rs);
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == 0);
+  rs.best_st.best_epoch--, rs.best_st.epoch--; // an older best's
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1 && strstr(err, "the resumed run's best"));
+  rs.best_st.best_epoch++, rs.best_st.epoch++;
+  rs.best_st.best_val_loss += 1e-9; // another run's
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1);
+  rs.best_st.best_val_loss = rs.st.best_val_loss;
+  rs.best.params[0] = NAN;
+  EXPECT(run_state_check_best(&rs, err, sizeof(err)) == -1 && strstr(err, "best model PARAMS[0] = nan"));
+  run_state_free(&rs);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -859,6 +998,77 @@ TEST(checkpoint_path_latest_prune) {
 }
 
 static void dir_create_child(void *dir) { checkpoint_dir_create(dir); }
+
+// A pid no process has: a child that has exited and been reaped.
+static long dead_pid(void) {
+  pid_t pid = fork();
+  if (pid < 0) FATAL("fork: %s", strerror(errno));
+  if (pid == 0) _exit(0);
+  int status;
+  if (waitpid(pid, &status, 0) != pid) FATAL("waitpid: %s", strerror(errno));
+  return (long)pid;
+}
+
+static int removed_count;
+static void count_removed(const char *path, long pid) {
+  (void)path, (void)pid;
+  removed_count++;
+}
+
+// Only "<checkpoint name>.tmp.<pid of no process>" regular files go; near misses, live writers'
+// files, directories and the checkpoints themselves stay.
+TEST(checkpoint_removes_stale_tmp_only) {
+  char dir[512], name[128], path[800];
+  make_dir(dir, sizeof(dir), "ckpt_stale");
+  const long dead = dead_pid(), live = (long)getppid(); // the parent outlives this test
+  const char *stale[] = {"best.bin.tmp.%ld", "ckpt_e0003.bin.tmp.%ld",
+                         "ckpt_e0001_b000005.bin.tmp.%ld", "RESUMABLE.tmp.%ld"};
+  const char *kept[] = {"best.bin.tmp.%ldx", "best.bin.tmp.x%ld", "best.bin.tmp.%ld.bak",
+                        "best.bin.tmp%ld", "xbest.bin.tmp.%ld", "notes.txt.tmp.%ld",
+                        "ckpt_e0003.binx.tmp.%ld", "best.bin.tmp.", "best.bin.tmp.0",
+                        "best.bin.tmp.-%ld", "best.bin", "ckpt_e0003.bin"};
+  const int n_stale = sizeof(stale) / sizeof(stale[0]), n_kept = sizeof(kept) / sizeof(kept[0]);
+  for (int i = 0; i < n_stale; i++) {
+    snprintf(name, sizeof(name), stale[i], dead);
+    touch(dir, name);
+  }
+  for (int i = 0; i < n_kept; i++) {
+    snprintf(name, sizeof(name), kept[i], dead);
+    touch(dir, name);
+  }
+  snprintf(name, sizeof(name), "best.bin.tmp.%ld", live); // a live writer's
+  touch(dir, name);
+  snprintf(path, sizeof(path), "%s/ckpt_e0004.bin.tmp.%ld", dir, dead); // a directory
+  REQUIRE(mkdir(path, 0700) == 0);
+  snprintf(path, sizeof(path), "%s/ckpt_e0005.bin.tmp.%ld", dir, dead); // a link
+  REQUIRE(symlink("best.bin", path) == 0);
+
+  removed_count = 0;
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, count_removed), n_stale);
+  EXPECT_EQ_INT(removed_count, n_stale);
+  for (int i = 0; i < n_stale; i++) {
+    snprintf(path, sizeof(path), "%s/", dir);
+    snprintf(path + strlen(path), sizeof(path) - strlen(path), stale[i], dead);
+    EXPECT(!file_exists(path));
+  }
+  for (int i = 0; i < n_kept; i++) {
+    snprintf(path, sizeof(path), "%s/", dir);
+    snprintf(path + strlen(path), sizeof(path) - strlen(path), kept[i], dead);
+    if (!file_exists(path)) test_fail(__FILE__, __LINE__, "%s was removed", path);
+  }
+  snprintf(path, sizeof(path), "%s/best.bin.tmp.%ld", dir, live);
+  EXPECT(file_exists(path));
+  snprintf(path, sizeof(path), "%s/ckpt_e0004.bin.tmp.%ld", dir, dead);
+  EXPECT(file_exists(path));
+  struct stat sb;
+  snprintf(path, sizeof(path), "%s/ckpt_e0005.bin.tmp.%ld", dir, dead);
+  EXPECT(lstat(path, &sb) == 0);
+  // Our own pid: a file of an earlier process that had it, since this one has written nothing.
+  snprintf(name, sizeof(name), "best.bin.tmp.%ld", (long)getpid());
+  touch(dir, name);
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, NULL), 1);
+  EXPECT_EQ_INT(checkpoint_remove_stale_tmp(dir, NULL), 0);
+}
 
 TEST(checkpoint_dir_create_is_mkdir_p) {
   char dir[512], path[700], best[800], err[512];

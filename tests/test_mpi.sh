@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # test_mpi.sh - the multi-rank tests of the vgg_dist binary under mpirun (CPU backend):
-# world-size independence, bitwise resume, the checkpoint format (version 2, and version-1 files
+# world-size independence, bitwise resume, the checkpoint format (version 3, and version-1 files
 # from an earlier build), stopping by signal (to a rank, to mpirun, to the launch script) with the
 # RESUMABLE marker, a dead rank, the hostfile launcher, bad input, metrics, and learning on real
 # (or generated) CIFAR-10.
@@ -126,23 +126,23 @@ check "batch norm: the resumed run's validation and test equal the uninterrupted
 "${MPIRUN[@]}" -np 4 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/rw" --resume auto > "$T/rw.log" 2>&1
 check "resume on another world size (2 -> 4) matches" \
   "$PY" "$TOOL" compare "$T/rw/ckpt_e0002.bin" "$T/ws2/ckpt_e0002.bin" 2e-2 ADAM_M=1e-2
-# The format: version 2 with every section of the table (the tool refuses a file that is not),
+# The format: version 3 with every section of the table (the tool refuses a file that is not),
 # and a version-1 file (an earlier build's: no buffer count, no BUFFERS section, no warmup length
 # in STATE) still resumes a model without buffers, to the same bits. The mid-epoch checkpoint
 # becomes version 1 here.
-check "checkpoints are format version 2 with every section, BUFFERS empty for VGG" \
-  bash -c "'$PY' '$TOOL' info '$T/rs/ckpt_e0002.bin' | tr '\n' ' ' | grep -q '^version 2 1 META 44 2 STATE 124 .* 6 BUFFERS 0 \$'"
+check "checkpoints are format version 3 with every section, BUFFERS empty for VGG" \
+  bash -c "'$PY' '$TOOL' info '$T/rs/ckpt_e0002.bin' | tr '\n' ' ' | grep -q '^version 3 1 META 44 2 STATE 140 .* 6 BUFFERS 0 \$'"
 mkdir -p "$T/v1"
 "$PY" - "$T/rs/ckpt_e0000_b000005.bin" "$T/v1/ckpt_e0000_b000005.bin" <<'PY'
 import struct, sys, zlib
 raw = open(sys.argv[1], "rb").read()
 hdr = struct.Struct("<IIQII")                           # id, reserved, bytes, crc32, reserved
-meta = raw[16:16 + 36]                                  # version 2's meta without n_buffers
-state_on = 16 + 44 + 24 + 44                            # version 2: header, META section
-assert hdr.unpack_from(raw, state_on)[:3] == (2, 0, 124)
-state = raw[state_on + 24:state_on + 24 + 116]          # version 2's STATE without warmup_steps,
-assert raw[state_on + 24 + 116:state_on + 24 + 124] == bytes(8)  # which is 0: no warmup
-tail = raw[state_on + 24 + 124:len(raw) - 24]           # PARAMS .. ADAM_V; BUFFERS (empty) dropped
+meta = raw[16:16 + 36]                                  # version 3's meta without n_buffers
+state_on = 16 + 44 + 24 + 44                            # version 3: header, META section
+assert hdr.unpack_from(raw, state_on)[:3] == (2, 0, 140)
+state = raw[state_on + 24:state_on + 24 + 116]          # version 3's STATE without warmup_steps,
+assert raw[state_on + 24 + 116:state_on + 24 + 124] == bytes(8)  # which is 0: no warmup, and
+tail = raw[state_on + 24 + 140:len(raw) - 24]           # the sample order; PARAMS .. ADAM_V; BUFFERS (empty) dropped
 assert raw[len(raw) - 24:len(raw) - 20] == struct.pack("<I", 6)
 meta_sec = hdr.pack(1, 0, 36, zlib.crc32(meta), 0) + meta
 state_sec = hdr.pack(2, 0, 116, zlib.crc32(state), 0) + state
