@@ -25,6 +25,11 @@ int comm_rank(const comm *c);
 int comm_world(const comm *c);
 int comm_local_rank(const comm *c);
 int comm_local_size(const comm *c);
+// --comm-timeout on the MPI path: a control collective or a host gradient reduction that stays
+// unfinished for `seconds` ends the job with a message naming the rank and the wait (0: never;
+// unset: never). Returns the previous value, so that a wait known to cover another rank's file
+// I/O can lift it for a while. (The NCCL reducer takes its own, in grad_sync_create.)
+double comm_set_timeout(comm *c, double seconds);
 void comm_barrier(comm *c);
 // Host-memory collectives for control data.
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root);

@@ -197,11 +197,21 @@ static void state_fresh(run *r) {
   run_state_keep_best(rs);
 }
 
+// While rank 0 reads or writes a checkpoint the others wait for it in a collective: there
+// without a deadline (a large file on a slow file system is no hung peer, and --comm-timeout
+// would count it). Rank 0's own waits keep theirs, so a peer that stops meanwhile still ends
+// the job when rank 0 is done.
+static void rank0_io_begin(run *r) {
+  if (r->rank != 0) comm_set_timeout(r->c, 0);
+}
+static void rank0_io_end(run *r) { comm_set_timeout(r->c, r->cfg->comm_timeout); }
+
 // The checkpoint to resume from, chosen by rank 0 (--resume PATH, or auto: the newest in the
 // directory); returns 0 when auto finds none.
 static int resume_find(run *r, char *path, size_t len) {
   const config *cfg = r->cfg;
   int found = 1;
+  rank0_io_begin(r);
   if (r->rank == 0) {
     if (strcmp(cfg->resume, "auto") == 0) {
       found = checkpoint_latest(cfg->checkpoint_dir, path, len) == 0;
@@ -211,6 +221,7 @@ static int resume_find(run *r, char *path, size_t len) {
     }
   }
   comm_bcast(r->c, &found, sizeof(found), 0);
+  rank0_io_end(r);
   return found;
 }
 
@@ -221,8 +232,10 @@ static void resume_load(run *r, const char *path) {
   const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
   int ok = 0;
   char err[512] = "";
+  rank0_io_begin(r);
   if (r->rank == 0) ok = checkpoint_read(path, secs, n, err, sizeof(err)) == 0;
   comm_bcast(r->c, &ok, sizeof(ok), 0);
+  rank0_io_end(r);
   if (!ok) {
     // Rank 0 says why and aborts the job; the others wait for that instead of repeating it.
     if (r->rank == 0) DIE_DATA("--resume: %s", err);
@@ -237,6 +250,7 @@ static void resume_load(run *r, const char *path) {
 static void resume_best(run *r) {
   const config *cfg = r->cfg;
   int have_best = 0;
+  rank0_io_begin(r);
   if (r->rank == 0 && cfg->checkpoint_dir[0]) {
     char best[1024], err[512];
     ckpt_section secs[CKPT_MAX_SECTIONS];
@@ -245,6 +259,7 @@ static void resume_best(run *r) {
     have_best = checkpoint_read(best, secs, n, err, sizeof(err)) == 0;
   }
   comm_bcast(r->c, &have_best, sizeof(have_best), 0);
+  rank0_io_end(r);
   if (have_best) run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
   else run_state_keep_best(&r->rs);
 }
@@ -605,6 +620,7 @@ static void epoch_checkpoints(run *r, int best) {
   st->epoch++;
   st->batch = 0;
   st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
+  rank0_io_begin(r);
   state_download(r);
   if (best) {
     run_state_keep_best(&r->rs);
@@ -616,8 +632,10 @@ static void epoch_checkpoints(run *r, int best) {
   }
   save_periodic(r);
   // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
-  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout.
+  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout; and this
+  // barrier has no deadline on them (rank0_io_begin).
   comm_barrier(r->c);
+  rank0_io_end(r);
 }
 
 // After the last batch of an epoch: validation, decisions, the report, the checkpoints.

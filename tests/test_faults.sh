@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# test_faults.sh - faults and hostile inputs (issue 13): a stalled rank ends the job within
+# --comm-timeout on the MPI path; a FIFO in place of a data file or a checkpoint is refused
+# instead of blocking; a diverging run stops with an error and no checkpoint of its broken state;
+# the messages of a stop, of bad options and of bad files say what happened, once, in one line.
+# Every run is bounded (timeout, or a watched background job), so a regression fails, never hangs.
+# usage: tests/test_faults.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
+# Prints "N passed, N failed" last.
+set -u
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+. "$ROOT/tests/check.sh"
+suite_tools "${1:-}"
+export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
+MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
+T=$(mktemp -d /tmp/vgg_faults_XXXXXX)
+STOPPED= # pids held by SIGSTOP: continued and killed on exit, whatever happened
+cleanup() {
+  [ -n "$STOPPED" ] && { kill -CONT $STOPPED; kill -9 $STOPPED; } 2> /dev/null
+  local left
+  left=$(pgrep -f -- "^$BIN .*$T/") && kill -9 $left 2> /dev/null # a killed mpirun's ranks
+  rm -rf "$T"
+}
+trap cleanup EXIT
+
+"$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
+SMALL=(--data "$T/data" --model vgg11 --width 0.125 --image-size 32 --batch 30 --val-size 100
+       --eval-batch 50 --log-every 1 --device cpu --seed 5 --batchnorm 0 --warmup-epochs 0)
+
+wait_step() { # wait_step METRICS: until the run has logged a step (at most 20 s)
+  for _ in $(seq 1 200); do grep -q '"step"' "$1" 2> /dev/null && return 0; sleep 0.1; done
+  return 1
+}
+wait_bounded() { # wait_bounded PID SECONDS: its status, or 124 (and it is killed) when it runs longer
+  for _ in $(seq 1 $(($2 * 10))); do kill -0 "$1" 2> /dev/null || break; sleep 0.1; done
+  if kill -0 "$1" 2> /dev/null; then kill -9 "$1"; wait "$1"; return 124; fi
+  wait "$1"
+}
+
+# ---- a stalled rank (SIGSTOP) ends the job after --comm-timeout, naming the rank and the wait ----
+"${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --epochs 50 --comm-timeout 5 --metrics "$T/stall.jsonl" \
+  > "$T/stall.log" 2>&1 &
+mpid=$!
+wait_step "$T/stall.jsonl"
+victim=$(pgrep -f -- "^$BIN .*$T/stall.jsonl" | tail -n 1)
+STOPPED=$victim
+t0=$(date +%s)
+kill -STOP "$victim"
+# The others wait with naps, not spinning: their CPU time over 2 s of the wait, in clock ticks
+# (100 a second; a spinning rank takes about 200 here).
+others=$(pgrep -f -- "^$BIN .*$T/stall.jsonl" | grep -vx "$victim" | tr '\n' ' ')
+ticks() { cat $(printf '/proc/%s/stat ' $others) 2> /dev/null | awk '{s += $14 + $15} END {print s + 0}'; }
+sleep 1
+c0=$(ticks)
+sleep 2
+cpu=$(($(ticks) - c0))
+wait_bounded $mpid 40
+rc=$?
+took=$(($(date +%s) - t0))
+echo "   job ended ${took} s after the SIGSTOP (--comm-timeout 5), exit $rc"
+check "a stopped rank of 3 ends the job within --comm-timeout + 10 s, non-zero" \
+  bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -le 15 ]"
+check "the message names the waiting rank, the collective, the time and a peer's stall" \
+  grep -qE 'error \[rank [01] .*waited [0-9]+ s for .* \(--comm-timeout 5\): a peer rank died or hangs\?' "$T/stall.log"
+check "--help says where --comm-timeout applies" bash -c "'$BIN' --help | grep -q -- '--comm-timeout S .*gradient all-reduce over NCCL or MPI, MPI control messages'"
+check "the 2 waiting ranks do not spin: $cpu CPU ticks in 2 s (< 40)" \
+  bash -c "[ -n '$others' ] && [ $cpu -lt 40 ]"
+kill -CONT "$victim" 2> /dev/null; kill -9 "$victim" 2> /dev/null
+STOPPED=
+
+summary
