@@ -77,6 +77,10 @@ void xfread_at(void *dst, size_t bytes, FILE *f, const char *path, const char *f
 void xfwrite_at(const void *src, size_t bytes, FILE *f, const char *path, const char *file,
                 int line);
 void xfclose_at(FILE *f, const char *path, const char *file, int line);
+// Opens path for reading ("rb") only when it is a regular file, never blocking on a FIFO or a
+// device. NULL on failure: *why is the reason ("not a regular file", or strerror's), errno the
+// error (EINVAL for a file of another type).
+FILE *fopen_regular(const char *path, const char **why);
 #ifdef __cplusplus
 }
 #endif

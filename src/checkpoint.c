@@ -381,8 +381,9 @@ typedef struct ckpt_reader {
 
 // Opens path and learns its size; only a regular file is a checkpoint.
 static int reader_open(ckpt_reader *rd) {
-  rd->f = fopen(rd->path, "rb");
-  if (!rd->f) return READ_FAIL(rd, "cannot open checkpoint %s: %s", rd->path, strerror(errno));
+  const char *why;
+  rd->f = fopen_regular(rd->path, &why); // a FIFO would block fopen: refused before it opens
+  if (!rd->f) return READ_FAIL(rd, "cannot open checkpoint %s: %s", rd->path, why);
   struct stat sb;
   if (fstat(fileno(rd->f), &sb) != 0)
     return READ_FAIL(rd, "cannot stat checkpoint %s: %s", rd->path, strerror(errno));

@@ -67,4 +67,27 @@ check "the 2 waiting ranks do not spin: $cpu CPU ticks in 2 s (< 40)" \
 kill -CONT "$victim" 2> /dev/null; kill -9 "$victim" 2> /dev/null
 STOPPED=
 
+# ---- a FIFO in place of a file that is read: refused in one line, never waited on ----
+# (Without the check fopen blocks until a writer comes: here never, so `timeout` says 124.)
+bounded_fail() { # bounded_fail NAME PATTERN ARGS...: exit non-zero (not 124) within 20 s, PATTERN in stderr
+  local name=$1 pat=$2
+  shift 2
+  timeout 20 "$@" > "$T/out.log" 2> "$T/err.log"
+  local rc=$?
+  if [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q -- "$pat" "$T/err.log"; then ok "$name"
+  else bad "$name (exit $rc, stderr: $(head -c 300 "$T/err.log"))"; fi
+}
+mkdir -p "$T/fifo" && cp "$T/data"/* "$T/fifo/" && rm "$T/fifo/data_batch_1.bin" && mkfifo "$T/fifo/data_batch_1.bin"
+bounded_fail "a FIFO as data_batch_1.bin: one line naming it, 'not a regular file'" \
+  "^vgg_dist: error: cannot open .*fifo/data_batch_1.bin: not a regular file$" "$BIN" "${SMALL[@]}" --data "$T/fifo"
+mkdir -p "$T/fifometa" && cp "$T/data"/* "$T/fifometa/" && rm "$T/fifometa/batches.meta.txt" && mkfifo "$T/fifometa/batches.meta.txt"
+bounded_fail "a FIFO as batches.meta.txt: refused, not waited on" \
+  "batches.meta.txt: not a regular file" "$BIN" "${SMALL[@]}" --data "$T/fifometa"
+mkfifo "$T/ckpt_fifo.bin"
+bounded_fail "a FIFO as the --resume checkpoint: one line naming it, 'not a regular file'" \
+  "cannot open checkpoint .*ckpt_fifo.bin: not a regular file" "$BIN" "${SMALL[@]}" --resume "$T/ckpt_fifo.bin"
+mkdir -p "$T/fifodir" && mkfifo "$T/fifodir/ckpt_e0001.bin"
+bounded_fail "a FIFO as the newest checkpoint (--resume auto): refused, not waited on" \
+  "ckpt_e0001.bin: not a regular file" "$BIN" "${SMALL[@]}" --checkpoint-dir "$T/fifodir" --resume auto
+
 summary
