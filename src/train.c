@@ -19,6 +19,7 @@
 // and stops; one epoch; after an epoch; the run.
 #include "train.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -456,6 +457,8 @@ typedef struct epoch_clock {
   int first_batch; // the batch this process began it at
   double t_log;    // the last progress line, and the images trained since
   int log_images;
+  double log_loss_sum; // the epoch's global loss sum at the last progress line
+  double window_loss;  // the mean training loss since the line before the last one
 } epoch_clock;
 
 // How train_epoch ended.
@@ -463,7 +466,14 @@ typedef enum {
   EPOCH_DONE,        // every batch trained
   EPOCH_DONE_STOP,   // every batch trained, and a stop (signal, --max-steps) was requested
   EPOCH_INTERRUPTED, // stopped inside the epoch; the exact position is checkpointed
+  EPOCH_DIVERGED,    // the training loss exploded: stopped, nothing of this state saved
 } epoch_end;
+
+// The divergence guard: a mean training loss over a logging window above this (a million times
+// the loss of a uniform guess over the 10 classes, ln 10) or not finite means the run has
+// diverged. A learning model starts near ln 10 and goes down; past this bound its logits
+// differ by millions and Adam will not bring it back, while a NaN never goes away.
+#define DIVERGED_LOSS (1e6 * 2.302585092994046)
 
 static int epoch_batches(const run *r) {
   return (int)optim_steps_per_epoch(r->data.train.n, r->cfg->batch);
@@ -480,6 +490,7 @@ static void epoch_begin(run *r, epoch_clock *clk) {
   net_reset_stats(&r->net);
   clk->t_log = clk->t_start;
   clk->log_images = 0;
+  clk->log_loss_sum = st->epoch_loss_sum; // a resumed epoch's sums carry its loss so far
 }
 
 // One optimizer step on global batch st.batch: the `count` images from `start` of the
@@ -513,16 +524,41 @@ static double progress_log(run *r, epoch_clock *clk, double done, double sums[2]
   double ips = clk->log_images / (t - clk->t_log + 1e-9);
   double elapsed = clk->carried + (t - clk->t_start);
   double eta = elapsed / (done - clk->first_batch * (double)cfg->batch) * (n_train - done);
+  clk->window_loss = (sums[0] - clk->log_loss_sum) / clk->log_images;
+  clk->log_loss_sum = sums[0];
   log_progress("epoch %d/%d step %d/%d loss %.4f acc %.4f %.0f img/s lr %.3g eta %.0fs",
                st->epoch + 1, cfg->epochs, st->batch + 1, epoch_batches(r), sums[0] / done,
                sums[1] / done, ips, lr, eta);
-  metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
+  // A non-finite loss would print as nan or inf, which is no JSON: the divergence guard that
+  // follows reports it instead.
+  if (isfinite(sums[0]))
+    metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
                 "\"train_acc\": %.6f, \"images_per_s\": %.2f, \"lr\": %.6g",
                 st->epoch + 1, st->batch + 1, (long long)st->step, sums[0] / done,
                 sums[1] / done, ips, lr);
   clk->t_log = t;
   clk->log_images = 0;
   return elapsed;
+}
+
+// The divergence guard, after a progress line: whether the window's mean training loss is not
+// finite or above DIVERGED_LOSS on any rank (the sums are reduced, so every rank sees the same
+// values up to the reduction's rounding; one more reduction makes the verdict the same). Rank 0
+// says so in one line.
+static int diverged(run *r, const epoch_clock *clk) {
+  const double loss = clk->window_loss;
+  double bad = !isfinite(loss) || loss > DIVERGED_LOSS;
+  comm_allreduce_max_f64(r->c, &bad, 1);
+  if (bad == 0) return 0;
+  const train_state *st = &r->rs.st;
+  if (r->rank == 0) {
+    fprintf(stderr, "vgg_dist: error: training diverged at epoch %d, step %lld: mean training "
+            "loss %g since the last progress line (not finite or above %.3g); stopped without "
+            "a checkpoint of this state (a smaller --lr?)\n", st->epoch + 1, (long long)st->step,
+            loss, DIVERGED_LOSS);
+    fflush(stderr);
+  }
+  return 1;
 }
 
 // A stop inside the epoch (preemption, --max-steps) after batch st.batch: the checkpoint
@@ -558,6 +594,7 @@ static epoch_end train_epoch(run *r, epoch_clock *clk) {
     if (st->step % cfg->log_every == 0 || last || stop) {
       double sums[2];
       double elapsed = progress_log(r, clk, start + count, sums);
+      if (diverged(r, clk)) return EPOCH_DIVERGED; // before any checkpoint of this state
       if (stop && !last) {
         stop_mid_epoch(r, sums, elapsed);
         return EPOCH_INTERRUPTED;
@@ -666,15 +703,20 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
 // ---------------------------------------------------------------------------------------
 // The run
 
-// The epochs; returns whether the run stopped early (a signal or --max-steps: resumable).
-static int train_epochs(run *r) {
+// How the epochs ended.
+typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED } run_end;
+
+// The epochs: finished (all of them, or an early stop), stopped (a signal or --max-steps:
+// resumable), or diverged.
+static run_end train_epochs(run *r) {
   const config *cfg = r->cfg;
   int memory_reported = 0;
   epoch_clock clk;
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->rs.st.epoch < cfg->epochs && !early_stop_due(&r->rs.st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &clk);
-    if (how == EPOCH_INTERRUPTED) return 1;
+    if (how == EPOCH_INTERRUPTED) return RUN_STOPPED;
+    if (how == EPOCH_DIVERGED) return RUN_DIVERGED;
     int early = validate_and_decide(r, &clk);
     if (!memory_reported) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
@@ -686,11 +728,11 @@ static int train_epochs(run *r) {
       char reason[32];
       LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_reason(r, reason, sizeof(reason)));
       stop_resumable(r);
-      return 1;
+      return RUN_STOPPED;
     }
     if (early) break;
   }
-  return 0;
+  return RUN_FINISHED;
 }
 
 // The final test with the best model; a finished run has nothing left to resume.
@@ -751,8 +793,8 @@ static void run_free(run *r) {
 int train_run(const config *cfg, comm *c) {
   run r;
   run_init(&r, cfg, c);
-  int stopped = train_epochs(&r);
-  if (!stopped) final_test(&r);
+  run_end how = train_epochs(&r);
+  if (how == RUN_FINISHED) final_test(&r);
   run_free(&r);
-  return 0;
+  return how == RUN_DIVERGED ? 1 : 0; // every rank agreed: each exits 1, after MPI_Finalize
 }

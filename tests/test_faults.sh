@@ -90,4 +90,26 @@ mkdir -p "$T/fifodir" && mkfifo "$T/fifodir/ckpt_e0001.bin"
 bounded_fail "a FIFO as the newest checkpoint (--resume auto): refused, not waited on" \
   "ckpt_e0001.bin: not a regular file" "$BIN" "${SMALL[@]}" --checkpoint-dir "$T/fifodir" --resume auto
 
+# ---- divergence: the run stops with an error, and no checkpoint of the broken state ----
+# --lr 10 reaches a mean loss of about 1e16 by step 5 here; --std 1e-30 (inputs of 1e30) at once.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/dv" > /dev/null 2>&1
+good=$(md5sum "$T/dv"/*.bin)
+timeout 120 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 3 --lr 10 --log-every 5 --max-steps 5 \
+  --checkpoint-dir "$T/dv" --metrics "$T/dv.jsonl" > "$T/dv.log" 2> "$T/dv.err"
+rc=$?
+echo "   --lr 10: exit $rc: $(grep vgg_dist "$T/dv.err")"
+# (mpirun adds its own lines about a rank's non-zero exit.)
+check "--lr 10 diverges: exit 1, one error line (rank 0's) naming the epoch and the step" \
+  bash -c "[ $rc -eq 1 ] && [ \$(grep -c vgg_dist '$T/dv.err') -eq 1 ] && grep -q '^vgg_dist: error: training diverged at epoch 1, step 5: mean training loss' '$T/dv.err'"
+check "--lr 10: no checkpoint of the diverged state (--max-steps 5 came with it), no RESUMABLE, the good ones untouched" \
+  bash -c "[ \"\$(md5sum '$T/dv'/*.bin)\" = '$good' ] && [ ! -e '$T/dv/RESUMABLE' ]"
+check "--lr 10: the metrics file holds valid JSON only (no nan or inf)" \
+  "$PY" -c "import json, sys; [json.loads(l, parse_constant=lambda c: sys.exit(1)) for l in open(sys.argv[1])]" "$T/dv.jsonl"
+timeout 120 "$BIN" "${SMALL[@]}" --epochs 2 --mean 0,0,0 --std 1e-30,1,1 > "$T/std.log" 2> "$T/std.err"
+rc=$?
+check "--std 1e-30,1,1 diverges at the first progress line: exit 1, one line" \
+  bash -c "[ $rc -eq 1 ] && [ \$(wc -l < '$T/std.err') -eq 1 ] && grep -q 'training diverged at epoch 1, step 1:' '$T/std.err'"
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --lr 0.003 > "$T/fine.log" 2>&1
+check "a run that learns is not stopped by the guard" grep -q '^test (best model' "$T/fine.log"
+
 summary
