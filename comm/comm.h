@@ -35,6 +35,13 @@ void comm_barrier(comm *c);
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root);
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count);
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count);
+// Around work where every rank may meet the same user error (each reads the same data files):
+// such an error (DIE_DATA, DIE_USAGE) is agreed at comm_agree_end instead of aborting the job
+// there: the lowest rank that met one prints it (one line, not one per rank, and no MPI_ABORT
+// banner), and every rank leaves MPI cleanly and exits with its status. No collective may run
+// between the two calls.
+void comm_agree_begin(comm *c);
+void comm_agree_end(comm *c);
 // End every rank with `code` (never returns).
 void comm_abort(comm *c, int code);
 

@@ -13,10 +13,13 @@
 #include "comm_internal.h"
 
 void comm_abort(comm *c, int code) {
-  int up = 0, down = 0;
+  int up = 0, down = 0, size = 0;
   MPI_Initialized(&up);
   MPI_Finalized(&down);
-  if (up && !down) MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
+  // A world of one rank has no one else to end: exiting spares the user Open MPI's 7-line
+  // MPI_ABORT banner after the one-line error.
+  if (up && !down && (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size > 1))
+    MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
   exit(code);
 }
 
@@ -116,6 +119,44 @@ void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {
 
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {
   allreduce_f64(c, h_buf, count, MPI_MAX, "max");
+}
+
+// ---- agreed user errors ------------------------------------------------------------------
+
+static comm *agreeing; // the communicator between comm_agree_begin and comm_agree_end
+
+// Every rank reduces {its error code, world - its rank if it has one}: the largest code is the
+// job's status and the lowest erring rank is the one that prints. Then all leave MPI together.
+static VGG_NORETURN void agree_and_exit(comm *c, int code, const char *msg) {
+  check_set_user_error_hook(NULL);
+  agreeing = NULL;
+  double v[2] = {code, code ? c->size - c->rank : 0};
+  comm_allreduce_max_f64(c, v, 2);
+  if (msg && c->size - c->rank == (int)v[1]) {
+    if (c->rank == 0) fprintf(stderr, "vgg_dist: error: %s\n", msg);
+    else fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", c->rank, msg);
+    fflush(stderr);
+  }
+  comm_finalize(c);
+  exit((int)v[0]);
+}
+
+static void agree_user_error(int code, const char *msg) { agree_and_exit(agreeing, code, msg); }
+
+void comm_agree_begin(comm *c) {
+  agreeing = c;
+  check_set_user_error_hook(agree_user_error);
+}
+
+void comm_agree_end(comm *c) {
+  check_set_user_error_hook(NULL);
+  agreeing = NULL;
+  double v[2] = {0, 0};
+  comm_allreduce_max_f64(c, v, 2);
+  if (v[0] != 0) { // another rank met an error: it printed; leave with its status
+    comm_finalize(c);
+    exit((int)v[0]);
+  }
 }
 
 // ---- host gradient reducer --------------------------------------------------------------------

@@ -8,9 +8,11 @@
 #include <unistd.h>
 
 static fatal_hook_fn abort_hook;
+static user_error_hook_fn user_error_hook;
 static int my_rank = -1;
 
 void check_set_abort_hook(fatal_hook_fn hook) { abort_hook = hook; }
+void check_set_user_error_hook(user_error_hook_fn hook) { user_error_hook = hook; }
 void check_set_rank(int rank) { my_rank = rank; }
 
 int check_current_rank(void) {
@@ -30,6 +32,7 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
+  if (!file && user_error_hook) user_error_hook(code, msg);
   char host[64] = "?";
   gethostname(host, sizeof(host) - 1);
   if (file)

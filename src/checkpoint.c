@@ -564,7 +564,8 @@ void checkpoint_dir_create(const char *dir) {
       *p = 0;
       struct stat sb;
       if (mkdir(buf, 0755) != 0 && !(errno == EEXIST && stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode)))
-        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf, strerror(errno));
+        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf,
+                  errno == EEXIST ? "it exists and is not a directory" : strerror(errno));
       *p = c;
       if (!c) break;
     }

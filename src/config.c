@@ -4,6 +4,7 @@
 // printed configuration all walk it, so an option cannot be documented but not parsed.
 #include "config.h"
 
+#include <ctype.h>
 #include <getopt.h>
 #include <math.h>
 #include <stddef.h>
@@ -216,7 +217,9 @@ static void option_set(config *c, const option_spec *o, const char *arg) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(arg, &end, 10);
-    if (errno || end == arg || *end || arg[0] == '-') DIE_USAGE("--%s: '%s' is not a non-negative integer", o->name, arg);
+    // strtoull skips leading spaces and takes " -1" as 2^64 - 1: only digits are accepted.
+    if (!isdigit((unsigned char)arg[0]) || errno || *end)
+      DIE_USAGE("--%s: '%s' is not a non-negative integer (digits only)", o->name, arg);
     *(uint64_t *)p = v;
     break;
   }

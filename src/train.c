@@ -105,12 +105,15 @@ static void data_load(run *r) {
   const config *cfg = r->cfg;
   backend *b = r->b;
   run_data *d = &r->data;
+  // Every rank reads the same files and meets the same errors: one line, from one rank.
+  comm_agree_begin(r->c);
   d->dir = cifar10_resolve_dir(cfg->data_dir[0] ? cfg->data_dir : NULL);
   cifar10_load(&d->train_set, d->dir, 1, cfg->train_limit);
   cifar10_load(&d->test_set, d->dir, 0, cfg->test_limit);
   if (cfg->val_size >= d->train_set.n)
     DIE_USAGE("--val-size %d leaves no training images: %s has %d train images", cfg->val_size,
               d->dir, d->train_set.n);
+  comm_agree_end(r->c);
   size_t train_n = (size_t)d->train_set.n, test_n = (size_t)d->test_set.n;
   d->d_train_img = b->ops->alloc(b, train_n * CIFAR_PIXELS);
   d->d_train_lab = b->ops->alloc(b, train_n);
@@ -420,6 +423,19 @@ static const char *stop_reason(const run *r, char *buf, size_t len) {
   return buf;
 }
 
+// What caused a stop, for the messages: the signal by name (it may have reached only some
+// ranks: every rank learnt of it through stop_agreed), else --max-steps.
+static const char *stop_cause(const run *r, char *buf, size_t len) {
+  const int sig = r->stop_sig;
+  const char *name = sig == SIGTERM ? "SIGTERM"
+                     : sig == SIGINT  ? "SIGINT"
+                     : sig == SIGUSR1 ? "SIGUSR1"
+                                      : "a signal";
+  if (sig) snprintf(buf, len, "%s (signal %d) received", name, sig);
+  else snprintf(buf, len, "--max-steps %d reached", r->cfg->max_steps);
+  return buf;
+}
+
 // After a stop's checkpoint (at st's position): rank 0 marks the directory resumable and says
 // how to continue.
 static void stop_resumable(run *r) {
@@ -569,9 +585,9 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
   st->epoch_correct = sums[1];
   st->epoch_time_s = elapsed;
   st->batch++;
-  char reason[32];
+  char cause[64];
   LOG0("stopping after step %lld (%s)%s%s\n", (long long)st->step,
-       stop_reason(r, reason, sizeof(reason)),
+       stop_cause(r, cause, sizeof(cause)),
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
@@ -725,8 +741,8 @@ static run_end train_epochs(run *r) {
       memory_reported = 1;
     }
     if (how == EPOCH_DONE_STOP) {
-      char reason[32];
-      LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_reason(r, reason, sizeof(reason)));
+      char cause[64];
+      LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_cause(r, cause, sizeof(cause)));
       stop_resumable(r);
       return RUN_STOPPED;
     }
@@ -761,6 +777,8 @@ static void run_init(run *r, const config *cfg, comm *c) {
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
   if (r->rank == 0 && cfg->checkpoint_dir[0]) checkpoint_dir_create(cfg->checkpoint_dir);
+  // Before the data: an unwritable metrics file is found at once, not after the loading.
+  metrics_open(cfg->metrics);
   r->b = device_backend_create(cfg, c);
   r->local_batch = cfg->batch / r->world;
   data_load(r);
@@ -768,7 +786,7 @@ static void run_init(run *r, const config *cfg, comm *c) {
   data_split(r);
   if (!resumed) normalisation(r);
   net_setup(r);
-  metrics_open(cfg->metrics, resumed);
+  if (!resumed) metrics_truncate(); // a fresh run's file starts empty; a resumed one continues
   r->pp = (prep_params){.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p,
                         .seed = r->rs.st.seed};
   memcpy(r->pp.mean, r->rs.st.mean, sizeof(r->pp.mean));

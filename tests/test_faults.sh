@@ -112,4 +112,51 @@ check "--std 1e-30,1,1 diverges at the first progress line: exit 1, one line" \
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --lr 0.003 > "$T/fine.log" 2>&1
 check "a run that learns is not stopped by the guard" grep -q '^test (best model' "$T/fine.log"
 
+# ---- messages: what stopped a run; bad unsigned values; a file as the checkpoint dir; --metrics ----
+"$GEN" "$T/sigdata" 400 200 3 > /dev/null
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --data "$T/sigdata" --epochs 50 --metrics "$T/sig.jsonl" > "$T/sig.log" 2>&1 &
+mpid=$!
+wait_step "$T/sig.jsonl"
+kill -TERM "$(pgrep -f -- "^$BIN .*$T/sig.jsonl" | tail -n 1)"
+wait_bounded $mpid 60
+rc=$?
+check "SIGTERM to one rank: the stop says SIGTERM, not --max-steps (exit $rc)" \
+  bash -c "[ $rc -eq 0 ] && grep -q '^stopping after step [0-9]* (SIGTERM (signal 15) received)' '$T/sig.log' && ! grep '^stopping' '$T/sig.log' | grep -q 'max-steps'"
+"$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/ms.log" 2>&1
+check "--max-steps 3: the stop says --max-steps" grep -q '^stopping after step 3 (--max-steps 3 reached)' "$T/ms.log"
+expect_fail() { # expect_fail NAME STATUS PATTERN ARGS...: that exit status, one stderr line matching
+  local name=$1 want=$2 pat=$3
+  shift 3
+  timeout 60 "$@" > "$T/out.log" 2> "$T/err.log"
+  local rc=$?
+  if [ $rc -eq "$want" ] && [ "$(wc -l < "$T/err.log")" -eq 1 ] && grep -q -- "$pat" "$T/err.log"; then ok "$name"
+  else bad "$name (exit $rc, stderr: $(head -c 400 "$T/err.log"))"; fi
+}
+expect_fail "--seed ' -1' refused" 2 "^vgg_dist: error: --seed: ' -1' is not a non-negative integer" "$BIN" --seed " -1"
+expect_fail "--seed -1 refused" 2 "--seed: '-1' is not a non-negative integer" "$BIN" --seed -1
+expect_fail "--seed +1 refused" 2 "--seed: '+1' is not a non-negative integer" "$BIN" --seed +1
+touch "$T/afile"
+expect_fail "a file as --checkpoint-dir: 'exists and is not a directory'" 2 \
+  "^vgg_dist: error: --checkpoint-dir: cannot create .*afile: it exists and is not a directory$" "$BIN" "${SMALL[@]}" --checkpoint-dir "$T/afile"
+# Before the data: with a missing data directory as well, the metrics error must come first.
+expect_fail "an unwritable --metrics is refused before the data is read" 2 \
+  "^vgg_dist: error: --metrics: cannot open $T/no/such/m.jsonl for writing: No such file or directory$" \
+  "$BIN" "${SMALL[@]}" --data "$T/nodata" --metrics "$T/no/such/m.jsonl"
+printf '{"event": "old"}\n' > "$T/keep.jsonl"
+"$BIN" "${SMALL[@]}" --epochs 1 --max-steps 2 --checkpoint-dir "$T/mk" --metrics "$T/keep.jsonl" > /dev/null 2>&1
+n1=$(grep -c '"step"' "$T/keep.jsonl")
+"$BIN" "${SMALL[@]}" --epochs 1 --max-steps 4 --checkpoint-dir "$T/mk" --resume auto --metrics "$T/keep.jsonl" > /dev/null 2>&1
+check "--metrics: a fresh run starts the file afresh, a resumed one appends ($n1 then $(grep -c '"step"' "$T/keep.jsonl") step lines)" \
+  bash -c "! grep -q old '$T/keep.jsonl' && [ $n1 -eq 2 ] && [ \$(grep -c '\"step\"' '$T/keep.jsonl') -eq 4 ]"
+
+# ---- an error every rank meets (bad data at -np 2): one line from one rank, no MPI_ABORT banner ----
+# (mpirun still reports the ranks' non-zero exit in its own lines; its -q would hide that too.)
+mkdir -p "$T/trunc" && cp "$T/data"/* "$T/trunc/" && truncate -s -5 "$T/trunc/data_batch_2.bin"
+timeout 60 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --data "$T/trunc" > /dev/null 2> "$T/trunc.err"
+rc=$?
+check "a truncated data file at -np 2: exit 1, the error once (rank 0's), no MPI_ABORT banner" \
+  bash -c "[ $rc -eq 1 ] && [ \$(grep -c 'vgg_dist: error' '$T/trunc.err') -eq 1 ] && grep -q '^vgg_dist: error: .*data_batch_2.bin: size' '$T/trunc.err' && ! grep -q MPI_ABORT '$T/trunc.err'"
+timeout 60 "${MPIRUN[@]}" -q -np 2 "$BIN" "${SMALL[@]}" --data "$T/trunc" > /dev/null 2> "$T/truncq.err"
+check "the same under mpirun -q: exactly one line on stderr" bash -c "[ \$(wc -l < '$T/truncq.err') -eq 1 ]"
+
 summary
