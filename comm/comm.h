@@ -25,11 +25,23 @@ int comm_rank(const comm *c);
 int comm_world(const comm *c);
 int comm_local_rank(const comm *c);
 int comm_local_size(const comm *c);
+// --comm-timeout on the MPI path: a control collective or a host gradient reduction that stays
+// unfinished for `seconds` ends the job with a message naming the rank and the wait (0: never;
+// unset: never). Returns the previous value, so that a wait known to cover another rank's file
+// I/O can lift it for a while. (The NCCL reducer takes its own, in grad_sync_create.)
+double comm_set_timeout(comm *c, double seconds);
 void comm_barrier(comm *c);
 // Host-memory collectives for control data.
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root);
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count);
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count);
+// Around work where every rank may meet the same user error (each reads the same data files):
+// such an error (DIE_DATA, DIE_USAGE) is agreed at comm_agree_end instead of aborting the job
+// there: the lowest rank that met one prints it (one line, not one per rank, and no MPI_ABORT
+// banner), and every rank leaves MPI cleanly and exits with its status. No collective may run
+// between the two calls.
+void comm_agree_begin(comm *c);
+void comm_agree_end(comm *c);
 // End every rank with `code` (never returns).
 void comm_abort(comm *c, int code);
 

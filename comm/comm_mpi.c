@@ -1,15 +1,25 @@
 // comm_mpi.c - MPI start-up, control collectives, the job-wide abort hook, and the host-memory
 // gradient reducer (non-blocking MPI_Iallreduce per bucket) used with the CPU backend.
+//
+// --comm-timeout on the MPI path: every collective here is non-blocking and completed by
+// comm_wait, a test loop with a deadline. A blocking MPI call would spin on one core forever when
+// a peer stops (a SIGSTOP, a hung file system, a dead node whose link stays up); comm_wait naps
+// between tests instead (backing off to 1 ms: each test still drives MPI's progress) and past the
+// deadline ends the job with one line naming this rank, the collective and the wait.
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "comm_internal.h"
 
 void comm_abort(comm *c, int code) {
-  int up = 0, down = 0;
+  int up = 0, down = 0, size = 0;
   MPI_Initialized(&up);
   MPI_Finalized(&down);
-  if (up && !down) MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
+  // A world of one rank has no one else to end: exiting spares the user Open MPI's 7-line
+  // MPI_ABORT banner after the one-line error.
+  if (up && !down && (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size > 1))
+    MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
   exit(code);
 }
 
@@ -45,19 +55,108 @@ int comm_rank(const comm *c) { return c->rank; }
 int comm_world(const comm *c) { return c->size; }
 int comm_local_rank(const comm *c) { return c->local_rank; }
 int comm_local_size(const comm *c) { return c->local_size; }
-void comm_barrier(comm *c) { MPI_CHECK(MPI_Barrier(c->world)); }
+
+double comm_set_timeout(comm *c, double seconds) {
+  double before = c->timeout_s;
+  c->timeout_s = seconds > 0 ? seconds : 0;
+  return before;
+}
+
+static double mono_s(void) {
+  struct timespec t;
+  CHECK_ZERO(clock_gettime(CLOCK_MONOTONIC, &t));
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
+// Completes the n requests, testing them with naps in between: the first millisecond without
+// (a collective whose peers are there finishes at full speed), then from 10 us doubling to 1 ms.
+// Past c->timeout_s (0: never) the job ends; `what` names the collective in that message.
+static void comm_wait(comm *c, int n, MPI_Request *req, const char *what) {
+  const double t0 = mono_s();
+  long nap_ns = 0;
+  for (;;) {
+    int done = 0;
+    MPI_CHECK(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
+    if (done) return;
+    const double waited = mono_s() - t0;
+    if (c->timeout_s > 0 && waited > c->timeout_s)
+      FATAL("waited %.0f s for %s (--comm-timeout %g): a peer rank died or hangs?", waited, what,
+            c->timeout_s); // the prefix names this rank and its host
+    if (waited < 1e-3) continue;
+    nap_ns = nap_ns ? (nap_ns * 2 > 1000000 ? 1000000 : nap_ns * 2) : 10000;
+    struct timespec nap = {0, nap_ns};
+    nanosleep(&nap, NULL); // an early wake-up (a signal) only tests sooner
+  }
+}
+
+void comm_barrier(comm *c) {
+  MPI_Request req;
+  MPI_CHECK(MPI_Ibarrier(c->world, &req));
+  comm_wait(c, 1, &req, "a barrier");
+}
 
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
   if (bytes > (size_t)INT32_MAX) FATAL("broadcast of %zu bytes is too large", bytes);
-  MPI_CHECK(MPI_Bcast(h_buf, (int)bytes, MPI_BYTE, root, c->world));
+  MPI_Request req;
+  MPI_CHECK(MPI_Ibcast(h_buf, (int)bytes, MPI_BYTE, root, c->world, &req));
+  char what[96];
+  snprintf(what, sizeof(what), "a broadcast of %zu bytes from rank %d", bytes, root);
+  comm_wait(c, 1, &req, what);
+}
+
+static void allreduce_f64(comm *c, double *h_buf, size_t count, MPI_Op op, const char *name) {
+  if (count > (size_t)INT32_MAX) FATAL("all-reduce of %zu doubles is too large", count);
+  MPI_Request req;
+  MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, op, c->world, &req));
+  char what[96];
+  snprintf(what, sizeof(what), "an all-reduce (%s) of %zu doubles", name, count);
+  comm_wait(c, 1, &req, what);
 }
 
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, MPI_SUM, c->world));
+  allreduce_f64(c, h_buf, count, MPI_SUM, "sum");
 }
 
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {
-  MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, h_buf, (int)count, MPI_DOUBLE, MPI_MAX, c->world));
+  allreduce_f64(c, h_buf, count, MPI_MAX, "max");
+}
+
+// ---- agreed user errors ------------------------------------------------------------------
+
+static comm *agreeing; // the communicator between comm_agree_begin and comm_agree_end
+
+// Every rank reduces {its error code, world - its rank if it has one}: the largest code is the
+// job's status and the lowest erring rank is the one that prints. Then all leave MPI together.
+static VGG_NORETURN void agree_and_exit(comm *c, int code, const char *msg) {
+  check_set_user_error_hook(NULL);
+  agreeing = NULL;
+  double v[2] = {code, code ? c->size - c->rank : 0};
+  comm_allreduce_max_f64(c, v, 2);
+  if (msg && c->size - c->rank == (int)v[1]) {
+    if (c->rank == 0) fprintf(stderr, "vgg_dist: error: %s\n", msg);
+    else fprintf(stderr, "vgg_dist: error [rank %d]: %s\n", c->rank, msg);
+    fflush(stderr);
+  }
+  comm_finalize(c);
+  exit((int)v[0]);
+}
+
+static void agree_user_error(int code, const char *msg) { agree_and_exit(agreeing, code, msg); }
+
+void comm_agree_begin(comm *c) {
+  agreeing = c;
+  check_set_user_error_hook(agree_user_error);
+}
+
+void comm_agree_end(comm *c) {
+  check_set_user_error_hook(NULL);
+  agreeing = NULL;
+  double v[2] = {0, 0};
+  comm_allreduce_max_f64(c, v, 2);
+  if (v[0] != 0) { // another rank met an error: it printed; leave with its status
+    comm_finalize(c);
+    exit((int)v[0]);
+  }
 }
 
 // ---- host gradient reducer --------------------------------------------------------------------
@@ -94,7 +193,7 @@ static void mpi_poll(grad_sync *g) {
 
 static void mpi_wait(grad_sync *g) {
   mpi_sync *s = (mpi_sync *)g;
-  if (s->n_req) MPI_CHECK(MPI_Waitall(s->n_req, s->req, MPI_STATUSES_IGNORE));
+  if (s->n_req) comm_wait(g->c, s->n_req, s->req, "the gradient all-reduce");
   s->n_req = 0;
 }
 

@@ -32,6 +32,7 @@ int comm_rank(const comm *c) { return 0; }
 int comm_world(const comm *c) { return 1; }
 int comm_local_rank(const comm *c) { return 0; }
 int comm_local_size(const comm *c) { return 1; }
+double comm_set_timeout(comm *c, double seconds) { return 0; } // nothing to wait for
 void comm_barrier(comm *c) {}
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
   if (root != 0) FATAL("broadcast from rank %d in a world of one rank", root);
@@ -39,6 +40,8 @@ void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {}
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {}
 void comm_abort(comm *c, int code) { exit(code); }
+void comm_agree_begin(comm *c) {} // one rank: its errors end it at once, printed once
+void comm_agree_end(comm *c) {}
 
 grad_sync *grad_sync_create(comm *c, backend *b, grad_sync_kind kind, float *grads, size_t count,
                             int bf16_wire, double timeout_s) {

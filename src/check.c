@@ -1,14 +1,18 @@
 // check.c - the one place that reports fatal errors and ends the job (see check.h).
 #include "check.h"
 
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static fatal_hook_fn abort_hook;
+static user_error_hook_fn user_error_hook;
 static int my_rank = -1;
 
 void check_set_abort_hook(fatal_hook_fn hook) { abort_hook = hook; }
+void check_set_user_error_hook(user_error_hook_fn hook) { user_error_hook = hook; }
 void check_set_rank(int rank) { my_rank = rank; }
 
 int check_current_rank(void) {
@@ -28,6 +32,7 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
+  if (!file && user_error_hook) user_error_hook(code, msg);
   char host[64] = "?";
   gethostname(host, sizeof(host) - 1);
   if (file)
@@ -80,4 +85,28 @@ void xfwrite_at(const void *src, size_t bytes, FILE *f, const char *path, const 
 void xfclose_at(FILE *f, const char *path, const char *file, int line) {
   if (f && fclose(f) != 0)
     check_fail(1, file, line, "closing %s failed: %s", path, strerror(errno));
+}
+
+// The type is checked on a descriptor opened with O_NONBLOCK, before any read: fopen of a FIFO
+// waits for a writer forever, and a device may never end. O_NONBLOCK is then cleared, so reads
+// of the (regular) file behave as fopen's.
+FILE *fopen_regular(const char *path, const char **why) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) {
+    *why = strerror(errno);
+    return NULL;
+  }
+  struct stat sb;
+  int err = 0, flags = 0, other_type = 0;
+  if (fstat(fd, &sb) != 0) err = errno;
+  else if (!S_ISREG(sb.st_mode)) other_type = 1, err = EINVAL;
+  else if ((flags = fcntl(fd, F_GETFL)) < 0 || fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) != 0)
+    err = errno;
+  FILE *f = err ? NULL : fdopen(fd, "rb");
+  if (f) return f;
+  if (!err) err = errno; // fdopen's
+  close(fd); // nothing was read or written: its status says nothing more
+  *why = other_type ? "not a regular file" : strerror(err);
+  errno = err;
+  return NULL;
 }

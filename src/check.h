@@ -28,6 +28,11 @@ extern "C" {
 // Installed by comm/ after MPI_Init: aborts every rank with this exit code. Never returns.
 typedef void (*fatal_hook_fn)(int code);
 void check_set_abort_hook(fatal_hook_fn hook);
+// Installed by comm/ around work where every rank may meet the same user error (reading the
+// data): a DIE_USAGE/DIE_DATA then goes to this hook, unprinted, instead of aborting; it agrees
+// with the other ranks which one prints it, and ends the job cleanly. Never returns.
+typedef void (*user_error_hook_fn)(int code, const char *msg);
+void check_set_user_error_hook(user_error_hook_fn hook);
 // This process's rank for messages (-1 until known; read from the launcher's environment
 // before MPI_Init so that early errors still name their rank).
 void check_set_rank(int rank);
@@ -77,6 +82,10 @@ void xfread_at(void *dst, size_t bytes, FILE *f, const char *path, const char *f
 void xfwrite_at(const void *src, size_t bytes, FILE *f, const char *path, const char *file,
                 int line);
 void xfclose_at(FILE *f, const char *path, const char *file, int line);
+// Opens path for reading ("rb") only when it is a regular file, never blocking on a FIFO or a
+// device. NULL on failure: *why is the reason ("not a regular file", or strerror's), errno the
+// error (EINVAL for a file of another type).
+FILE *fopen_regular(const char *path, const char **why);
 #ifdef __cplusplus
 }
 #endif

@@ -399,8 +399,9 @@ typedef struct ckpt_reader {
 
 // Opens path and learns its size; only a regular file is a checkpoint.
 static int reader_open(ckpt_reader *rd) {
-  rd->f = fopen(rd->path, "rb");
-  if (!rd->f) return READ_FAIL(rd, "cannot open checkpoint %s: %s", rd->path, strerror(errno));
+  const char *why;
+  rd->f = fopen_regular(rd->path, &why); // a FIFO would block fopen: refused before it opens
+  if (!rd->f) return READ_FAIL(rd, "cannot open checkpoint %s: %s", rd->path, why);
   struct stat sb;
   if (fstat(fileno(rd->f), &sb) != 0)
     return READ_FAIL(rd, "cannot stat checkpoint %s: %s", rd->path, strerror(errno));
@@ -596,7 +597,8 @@ void checkpoint_dir_create(const char *dir) {
       *p = 0;
       struct stat sb;
       if (mkdir(buf, 0755) != 0 && !(errno == EEXIST && stat(buf, &sb) == 0 && S_ISDIR(sb.st_mode)))
-        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf, strerror(errno));
+        DIE_USAGE("--checkpoint-dir: cannot create %s: %s", buf,
+                  errno == EEXIST ? "it exists and is not a directory" : strerror(errno));
       *p = c;
       if (!c) break;
     }

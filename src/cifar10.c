@@ -29,12 +29,13 @@ enum { SCAN_RECORDS = 341 };
 // Opens path and checks what its size says: a regular, non-empty file of whole records.
 // Returns the stream; *records is the record count.
 static FILE *open_records(const char *path, long long *records) {
-  // Plain fopen, not xfopen: a missing file is the user's error (one line, no file:line).
-  FILE *f = fopen(path, "rb");
-  if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
+  // Not xfopen: a missing file is the user's error (one line, no file:line); and a FIFO in its
+  // place is refused, not waited on.
+  const char *why;
+  FILE *f = fopen_regular(path, &why);
+  if (!f) DIE_DATA("cannot open %s: %s", path, why);
   struct stat st;
   if (fstat(fileno(f), &st) != 0) DIE_DATA("cannot stat %s: %s", path, strerror(errno));
-  if (!S_ISREG(st.st_mode)) DIE_DATA("%s is not a regular file", path);
   long long size = (long long)st.st_size;
   if (size == 0) DIE_DATA("%s is empty (0 bytes, expected 3073-byte records)", path);
   if (size % CIFAR_RECORD != 0)
@@ -180,16 +181,16 @@ static void parse_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char 
 }
 
 int cifar10_read_classes(char names[CIFAR_CLASSES][CIFAR_NAME_CAP], const char *path) {
-  FILE *f = fopen(path, "rb");
+  const char *why;
+  FILE *f = fopen_regular(path, &why);
   if (!f && errno == ENOENT) {
     for (int k = 0; k < CIFAR_CLASSES; k++)
       snprintf(names[k], CIFAR_NAME_CAP, "%s", official_classes[k]);
     return 0;
   }
-  if (!f) DIE_DATA("cannot open %s: %s", path, strerror(errno));
+  if (!f) DIE_DATA("cannot open %s: %s", path, why);
   struct stat st;
   if (fstat(fileno(f), &st) != 0) DIE_DATA("cannot stat %s: %s", path, strerror(errno));
-  if (!S_ISREG(st.st_mode)) DIE_DATA("%s is not a regular file", path);
   if (st.st_size > META_MAX_BYTES)
     DIE_DATA("%s: %lld bytes, too large for %d class names", path, (long long)st.st_size,
              CIFAR_CLASSES);

@@ -4,6 +4,7 @@
 // printed configuration all walk it, so an option cannot be documented but not parsed.
 #include "config.h"
 
+#include <ctype.h>
 #include <getopt.h>
 #include <math.h>
 #include <stddef.h>
@@ -79,7 +80,7 @@ static const option_spec options[] = {
     {"autotune", OPT_ENUM, F(autotune), 0, 0, "fastest|first", "NAME",
      "CUDA conv engine: fastest (each candidate timed at start-up) | first (the heuristics' first that runs, untimed: every process picks the same)"},
     {"grad-allreduce", OPT_ENUM, F(grad_bf16), 0, 0, "fp32|bf16", "NAME", "gradient all-reduce precision on the wire (NCCL)"},
-    {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "abort when a collective makes no progress for S seconds"},
+    {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "end the job when a collective (gradient all-reduce over NCCL or MPI, MPI control messages) stays unfinished for S seconds (not while rank 0 alone reads or writes a checkpoint)"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), 0.001, 4096, NULL, "MB", "gradient all-reduce bucket size"},
     {"max-steps", OPT_INT, F(max_steps), 0, 1 << 30, NULL, "N", "stop after N optimizer steps with a checkpoint (0: off)"},
 };
@@ -223,7 +224,9 @@ static void option_set(config *c, const option_spec *o, const char *arg) {
     char *end;
     errno = 0;
     unsigned long long v = strtoull(arg, &end, 10);
-    if (errno || end == arg || *end || arg[0] == '-') DIE_USAGE("--%s: '%s' is not a non-negative integer", o->name, arg);
+    // strtoull skips leading spaces and takes " -1" as 2^64 - 1: only digits are accepted.
+    if (!isdigit((unsigned char)arg[0]) || errno || *end)
+      DIE_USAGE("--%s: '%s' is not a non-negative integer (digits only)", o->name, arg);
     *(uint64_t *)p = v;
     break;
   }

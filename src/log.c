@@ -53,10 +53,18 @@ void log_progress_end(void) {
   }
 }
 
-void metrics_open(const char *path, int append) {
+void metrics_open(const char *path) {
   if (!root || !path || !*path) return;
   snprintf(metrics_path, sizeof(metrics_path), "%s", path);
-  metrics = xfopen(path, append ? "a" : "w");
+  // "a": opening must not lose an earlier run's lines before we know whether this one resumes.
+  metrics = fopen(path, "a");
+  if (!metrics) DIE_USAGE("--metrics: cannot open %s for writing: %s", path, strerror(errno));
+}
+
+void metrics_truncate(void) {
+  // In append mode every write goes to the end, which is then 0.
+  if (metrics && (fflush(metrics) != 0 || ftruncate(fileno(metrics), 0) != 0))
+    FATAL("truncating the metrics file %s failed: %s", metrics_path, strerror(errno));
 }
 
 void metrics_close(void) {

@@ -21,9 +21,11 @@ void log_printf(const char *fmt, ...) VGG_PRINTF(1, 2);
 void log_progress(const char *fmt, ...) VGG_PRINTF(1, 2);
 void log_progress_end(void);
 
-// Metrics: opened by rank 0 only (append: continue a resumed run's file; else start it
-// afresh); NULL or empty path = off.
-void metrics_open(const char *path, int append);
+// Metrics: opened by rank 0 only, for appending, before anything else is done (an unwritable
+// path is a one-line usage error, exit 2); a fresh run then truncates it (metrics_truncate), a
+// resumed one continues it. NULL or empty path = off.
+void metrics_open(const char *path);
+void metrics_truncate(void);
 void metrics_close(void);
 // Writes one line: {"event": "<event>", <fields>} where fields is a preformatted JSON
 // fragment such as "\"epoch\": 3, \"val_loss\": 1.25".

@@ -21,6 +21,7 @@ int main(int argc, char **argv) {
   }
   comm *c = comm_init(&argc, &argv);
   log_init(comm_rank(c));
+  comm_set_timeout(c, cfg.comm_timeout); // the MPI collectives' deadline (the NCCL one: train.c)
   int status = train_run(&cfg, c);
   comm_finalize(c);
   return status;

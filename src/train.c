@@ -19,6 +19,7 @@
 // and stops; one epoch; after an epoch; the run.
 #include "train.h"
 
+#include <math.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -108,12 +109,15 @@ static void data_load(run *r) {
   const config *cfg = r->cfg;
   backend *b = r->b;
   run_data *d = &r->data;
+  // Every rank reads the same files and meets the same errors: one line, from one rank.
+  comm_agree_begin(r->c);
   d->dir = cifar10_resolve_dir(cfg->data_dir[0] ? cfg->data_dir : NULL);
   cifar10_load(&d->train_set, d->dir, 1, cfg->train_limit);
   cifar10_load(&d->test_set, d->dir, 0, cfg->test_limit);
   if (cfg->val_size >= d->train_set.n)
     DIE_USAGE("--val-size %d leaves no training images: %s has %d train images", cfg->val_size,
               d->dir, d->train_set.n);
+  comm_agree_end(r->c);
   size_t train_n = (size_t)d->train_set.n, test_n = (size_t)d->test_set.n;
   d->d_train_img = b->ops->alloc(b, train_n * CIFAR_PIXELS);
   d->d_train_lab = b->ops->alloc(b, train_n);
@@ -210,11 +214,21 @@ static void state_fresh(run *r) {
   run_state_keep_best(rs);
 }
 
+// While rank 0 reads or writes a checkpoint the others wait for it in a collective: there
+// without a deadline (a large file on a slow file system is no hung peer, and --comm-timeout
+// would count it). Rank 0's own waits keep theirs, so a peer that stops meanwhile still ends
+// the job when rank 0 is done.
+static void rank0_io_begin(run *r) {
+  if (r->rank != 0) comm_set_timeout(r->c, 0);
+}
+static void rank0_io_end(run *r) { comm_set_timeout(r->c, r->cfg->comm_timeout); }
+
 // The checkpoint to resume from, chosen by rank 0 (--resume PATH, or auto: the newest in the
 // directory); returns 0 when auto finds none.
 static int resume_find(run *r, char *path, size_t len) {
   const config *cfg = r->cfg;
   int found = 1;
+  rank0_io_begin(r);
   if (r->rank == 0) {
     if (strcmp(cfg->resume, "auto") == 0) {
       found = checkpoint_latest(cfg->checkpoint_dir, path, len) == 0;
@@ -224,6 +238,7 @@ static int resume_find(run *r, char *path, size_t len) {
     }
   }
   comm_bcast(r->c, &found, sizeof(found), 0);
+  rank0_io_end(r);
   return found;
 }
 
@@ -234,6 +249,7 @@ static void resume_load(run *r, const char *path) {
   ckpt_section secs[CKPT_MAX_SECTIONS];
   const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
   int ok = 0;
+<<<<<<< HEAD
   char err[512] = "", why[400] = "", note[400] = "";
   uint32_t version = 0;
   const sample_order now = order_now(r);
@@ -243,7 +259,13 @@ static void resume_load(run *r, const char *path) {
     ok = 0;
   }
   if (note[0]) LOG0("%s\n", note);
+=======
+  char err[512] = "";
+  rank0_io_begin(r);
+  if (r->rank == 0) ok = checkpoint_read(path, secs, n, err, sizeof(err)) == 0;
+>>>>>>> faults_comm
   comm_bcast(r->c, &ok, sizeof(ok), 0);
+  rank0_io_end(r);
   if (!ok) {
     // Rank 0 says why and aborts the job; the others wait for that instead of repeating it.
     if (r->rank == 0) DIE_DATA("--resume: %s", err);
@@ -274,6 +296,7 @@ static int best_read(run *r, const char *path, char *why, size_t len) {
 // will take the last model, and say so, unless a better epoch comes.
 static void resume_best(run *r, const char *path) {
   int have_best = 0;
+<<<<<<< HEAD
   if (r->rank == 0 && r->rs.st.best_epoch >= 0)
     have_best = best_read(r, path, r->best_why, sizeof(r->best_why));
   comm_bcast(r->c, &have_best, sizeof(have_best), 0);
@@ -284,6 +307,20 @@ static void resume_best(run *r, const char *path) {
   run_state_keep_best(&r->rs); // a whole model there, though the final test will not take it
   r->best_lost = r->rs.st.best_epoch >= 0;
   if (r->best_lost) LOG0("warning: %s: the final test will use the last model\n", r->best_why);
+=======
+  rank0_io_begin(r);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
+    char best[1024], err[512];
+    ckpt_section secs[CKPT_MAX_SECTIONS];
+    const int n = run_state_sections(&r->rs, RUN_SECTIONS_BEST, secs);
+    checkpoint_best_path(best, sizeof(best), cfg->checkpoint_dir);
+    have_best = checkpoint_read(best, secs, n, err, sizeof(err)) == 0;
+  }
+  comm_bcast(r->c, &have_best, sizeof(have_best), 0);
+  rank0_io_end(r);
+  if (have_best) run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
+  else run_state_keep_best(&r->rs);
+>>>>>>> faults_comm
 }
 
 // Returns whether the run resumed (a fresh state stays when --resume auto finds nothing).
@@ -443,6 +480,19 @@ static const char *stop_reason(const run *r, char *buf, size_t len) {
   return buf;
 }
 
+// What caused a stop, for the messages: the signal by name (it may have reached only some
+// ranks: every rank learnt of it through stop_agreed), else --max-steps.
+static const char *stop_cause(const run *r, char *buf, size_t len) {
+  const int sig = r->stop_sig;
+  const char *name = sig == SIGTERM ? "SIGTERM"
+                     : sig == SIGINT  ? "SIGINT"
+                     : sig == SIGUSR1 ? "SIGUSR1"
+                                      : "a signal";
+  if (sig) snprintf(buf, len, "%s (signal %d) received", name, sig);
+  else snprintf(buf, len, "--max-steps %d reached", r->cfg->max_steps);
+  return buf;
+}
+
 // After a stop's checkpoint (at st's position): rank 0 marks the directory resumable and says
 // how to continue.
 static void stop_resumable(run *r) {
@@ -480,6 +530,8 @@ typedef struct epoch_clock {
   int first_batch; // the batch this process began it at
   double t_log;    // the last progress line, and the images trained since
   int log_images;
+  double log_loss_sum; // the epoch's global loss sum at the last progress line
+  double window_loss;  // the mean training loss since the line before the last one
 } epoch_clock;
 
 // How train_epoch ended.
@@ -487,7 +539,14 @@ typedef enum {
   EPOCH_DONE,        // every batch trained
   EPOCH_DONE_STOP,   // every batch trained, and a stop (signal, --max-steps) was requested
   EPOCH_INTERRUPTED, // stopped inside the epoch; the exact position is checkpointed
+  EPOCH_DIVERGED,    // the training loss exploded: stopped, nothing of this state saved
 } epoch_end;
+
+// The divergence guard: a mean training loss over a logging window above this (a million times
+// the loss of a uniform guess over the 10 classes, ln 10) or not finite means the run has
+// diverged. A learning model starts near ln 10 and goes down; past this bound its logits
+// differ by millions and Adam will not bring it back, while a NaN never goes away.
+#define DIVERGED_LOSS (1e6 * 2.302585092994046)
 
 static int epoch_batches(const run *r) {
   return (int)optim_steps_per_epoch(r->data.train.n, r->cfg->batch);
@@ -504,6 +563,7 @@ static void epoch_begin(run *r, epoch_clock *clk) {
   net_reset_stats(&r->net);
   clk->t_log = clk->t_start;
   clk->log_images = 0;
+  clk->log_loss_sum = st->epoch_loss_sum; // a resumed epoch's sums carry its loss so far
 }
 
 // One optimizer step on global batch st.batch: the `count` images from `start` of the
@@ -537,16 +597,41 @@ static double progress_log(run *r, epoch_clock *clk, double done, double sums[2]
   double ips = clk->log_images / (t - clk->t_log + 1e-9);
   double elapsed = clk->carried + (t - clk->t_start);
   double eta = elapsed / (done - clk->first_batch * (double)cfg->batch) * (n_train - done);
+  clk->window_loss = (sums[0] - clk->log_loss_sum) / clk->log_images;
+  clk->log_loss_sum = sums[0];
   log_progress("epoch %d/%d step %d/%d loss %.4f acc %.4f %.0f img/s lr %.3g eta %.0fs",
                st->epoch + 1, cfg->epochs, st->batch + 1, epoch_batches(r), sums[0] / done,
                sums[1] / done, ips, lr, eta);
-  metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
+  // A non-finite loss would print as nan or inf, which is no JSON: the divergence guard that
+  // follows reports it instead.
+  if (isfinite(sums[0]))
+    metrics_write("step", "\"epoch\": %d, \"batch\": %d, \"step\": %lld, \"train_loss\": %.6f, "
                 "\"train_acc\": %.6f, \"images_per_s\": %.2f, \"lr\": %.6g",
                 st->epoch + 1, st->batch + 1, (long long)st->step, sums[0] / done,
                 sums[1] / done, ips, lr);
   clk->t_log = t;
   clk->log_images = 0;
   return elapsed;
+}
+
+// The divergence guard, after a progress line: whether the window's mean training loss is not
+// finite or above DIVERGED_LOSS on any rank (the sums are reduced, so every rank sees the same
+// values up to the reduction's rounding; one more reduction makes the verdict the same). Rank 0
+// says so in one line.
+static int diverged(run *r, const epoch_clock *clk) {
+  const double loss = clk->window_loss;
+  double bad = !isfinite(loss) || loss > DIVERGED_LOSS;
+  comm_allreduce_max_f64(r->c, &bad, 1);
+  if (bad == 0) return 0;
+  const train_state *st = &r->rs.st;
+  if (r->rank == 0) {
+    fprintf(stderr, "vgg_dist: error: training diverged at epoch %d, step %lld: mean training "
+            "loss %g since the last progress line (not finite or above %.3g); stopped without "
+            "a checkpoint of this state (a smaller --lr?)\n", st->epoch + 1, (long long)st->step,
+            loss, DIVERGED_LOSS);
+    fflush(stderr);
+  }
+  return 1;
 }
 
 // A stop inside the epoch (preemption, --max-steps) after batch st.batch: the checkpoint
@@ -557,9 +642,9 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
   st->epoch_correct = sums[1];
   st->epoch_time_s = elapsed;
   st->batch++;
-  char reason[32];
+  char cause[64];
   LOG0("stopping after step %lld (%s)%s%s\n", (long long)st->step,
-       stop_reason(r, reason, sizeof(reason)),
+       stop_cause(r, cause, sizeof(cause)),
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
@@ -582,6 +667,7 @@ static epoch_end train_epoch(run *r, epoch_clock *clk) {
     if (st->step % cfg->log_every == 0 || last || stop) {
       double sums[2];
       double elapsed = progress_log(r, clk, start + count, sums);
+      if (diverged(r, clk)) return EPOCH_DIVERGED; // before any checkpoint of this state
       if (stop && !last) {
         stop_mid_epoch(r, sums, elapsed);
         return EPOCH_INTERRUPTED;
@@ -644,6 +730,7 @@ static void epoch_checkpoints(run *r, int best) {
   st->epoch++;
   st->batch = 0;
   st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
+  rank0_io_begin(r);
   state_download(r);
   if (best) {
     run_state_keep_best(&r->rs);
@@ -656,8 +743,10 @@ static void epoch_checkpoints(run *r, int best) {
   }
   save_periodic(r);
   // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
-  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout.
+  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout; and this
+  // barrier has no deadline on them (rank0_io_begin).
   comm_barrier(r->c);
+  rank0_io_end(r);
 }
 
 // After the last batch of an epoch: validation, decisions, the report, the checkpoints.
@@ -688,15 +777,20 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
 // ---------------------------------------------------------------------------------------
 // The run
 
-// The epochs; returns whether the run stopped early (a signal or --max-steps: resumable).
-static int train_epochs(run *r) {
+// How the epochs ended.
+typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED } run_end;
+
+// The epochs: finished (all of them, or an early stop), stopped (a signal or --max-steps:
+// resumable), or diverged.
+static run_end train_epochs(run *r) {
   const config *cfg = r->cfg;
   int memory_reported = 0;
   epoch_clock clk;
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->rs.st.epoch < cfg->epochs && !early_stop_due(&r->rs.st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &clk);
-    if (how == EPOCH_INTERRUPTED) return 1;
+    if (how == EPOCH_INTERRUPTED) return RUN_STOPPED;
+    if (how == EPOCH_DIVERGED) return RUN_DIVERGED;
     int early = validate_and_decide(r, &clk);
     if (!memory_reported) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
@@ -705,14 +799,14 @@ static int train_epochs(run *r) {
       memory_reported = 1;
     }
     if (how == EPOCH_DONE_STOP) {
-      char reason[32];
-      LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_reason(r, reason, sizeof(reason)));
+      char cause[64];
+      LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_cause(r, cause, sizeof(cause)));
       stop_resumable(r);
-      return 1;
+      return RUN_STOPPED;
     }
     if (early) break;
   }
-  return 0;
+  return RUN_FINISHED;
 }
 
 // The final test with the best model; a finished run has nothing left to resume.
@@ -750,10 +844,16 @@ static void run_init(run *r, const config *cfg, comm *c) {
   stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
+<<<<<<< HEAD
   if (r->rank == 0 && cfg->checkpoint_dir[0]) {
     checkpoint_dir_create(cfg->checkpoint_dir);
     checkpoint_remove_stale_tmp(cfg->checkpoint_dir, report_stale_tmp); // before we write any
   }
+=======
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) checkpoint_dir_create(cfg->checkpoint_dir);
+  // Before the data: an unwritable metrics file is found at once, not after the loading.
+  metrics_open(cfg->metrics);
+>>>>>>> faults_comm
   r->b = device_backend_create(cfg, c);
   r->local_batch = cfg->batch / r->world;
   data_load(r);
@@ -761,7 +861,7 @@ static void run_init(run *r, const config *cfg, comm *c) {
   data_split(r);
   if (!resumed) normalisation(r);
   net_setup(r);
-  metrics_open(cfg->metrics, resumed);
+  if (!resumed) metrics_truncate(); // a fresh run's file starts empty; a resumed one continues
   r->pp = (prep_params){.size = cfg->image_size, .augment = 1, .flip_p = cfg->flip_p,
                         .seed = r->rs.st.seed};
   memcpy(r->pp.mean, r->rs.st.mean, sizeof(r->pp.mean));
@@ -786,8 +886,8 @@ static void run_free(run *r) {
 int train_run(const config *cfg, comm *c) {
   run r;
   run_init(&r, cfg, c);
-  int stopped = train_epochs(&r);
-  if (!stopped) final_test(&r);
+  run_end how = train_epochs(&r);
+  if (how == RUN_FINISHED) final_test(&r);
   run_free(&r);
-  return 0;
+  return how == RUN_DIVERGED ? 1 : 0; // every rank agreed: each exits 1, after MPI_Finalize
 }
