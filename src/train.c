@@ -249,21 +249,16 @@ static void resume_load(run *r, const char *path) {
   ckpt_section secs[CKPT_MAX_SECTIONS];
   const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
   int ok = 0;
-<<<<<<< HEAD
   char err[512] = "", why[400] = "", note[400] = "";
   uint32_t version = 0;
   const sample_order now = order_now(r);
+  rank0_io_begin(r);
   if (r->rank == 0) ok = checkpoint_read_version(path, secs, n, err, sizeof(err), &version) == 0;
   if (ok && run_state_check_resume(&r->rs, version, &now, note, sizeof(note), why, sizeof(why))) {
     snprintf(err, sizeof(err), "checkpoint %s is refused: %s", path, why);
     ok = 0;
   }
   if (note[0]) LOG0("%s\n", note);
-=======
-  char err[512] = "";
-  rank0_io_begin(r);
-  if (r->rank == 0) ok = checkpoint_read(path, secs, n, err, sizeof(err)) == 0;
->>>>>>> faults_comm
   comm_bcast(r->c, &ok, sizeof(ok), 0);
   rank0_io_end(r);
   if (!ok) {
@@ -296,10 +291,11 @@ static int best_read(run *r, const char *path, char *why, size_t len) {
 // will take the last model, and say so, unless a better epoch comes.
 static void resume_best(run *r, const char *path) {
   int have_best = 0;
-<<<<<<< HEAD
+  rank0_io_begin(r);
   if (r->rank == 0 && r->rs.st.best_epoch >= 0)
     have_best = best_read(r, path, r->best_why, sizeof(r->best_why));
   comm_bcast(r->c, &have_best, sizeof(have_best), 0);
+  rank0_io_end(r);
   if (have_best) {
     run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
     return;
@@ -307,20 +303,6 @@ static void resume_best(run *r, const char *path) {
   run_state_keep_best(&r->rs); // a whole model there, though the final test will not take it
   r->best_lost = r->rs.st.best_epoch >= 0;
   if (r->best_lost) LOG0("warning: %s: the final test will use the last model\n", r->best_why);
-=======
-  rank0_io_begin(r);
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) {
-    char best[1024], err[512];
-    ckpt_section secs[CKPT_MAX_SECTIONS];
-    const int n = run_state_sections(&r->rs, RUN_SECTIONS_BEST, secs);
-    checkpoint_best_path(best, sizeof(best), cfg->checkpoint_dir);
-    have_best = checkpoint_read(best, secs, n, err, sizeof(err)) == 0;
-  }
-  comm_bcast(r->c, &have_best, sizeof(have_best), 0);
-  rank0_io_end(r);
-  if (have_best) run_state_broadcast(&r->rs, RUN_SECTIONS_BEST, r->c);
-  else run_state_keep_best(&r->rs);
->>>>>>> faults_comm
 }
 
 // Returns whether the run resumed (a fresh state stays when --resume auto finds nothing).
@@ -844,16 +826,12 @@ static void run_init(run *r, const config *cfg, comm *c) {
   stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
-<<<<<<< HEAD
   if (r->rank == 0 && cfg->checkpoint_dir[0]) {
     checkpoint_dir_create(cfg->checkpoint_dir);
     checkpoint_remove_stale_tmp(cfg->checkpoint_dir, report_stale_tmp); // before we write any
   }
-=======
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) checkpoint_dir_create(cfg->checkpoint_dir);
   // Before the data: an unwritable metrics file is found at once, not after the loading.
   metrics_open(cfg->metrics);
->>>>>>> faults_comm
   r->b = device_backend_create(cfg, c);
   r->local_batch = cfg->batch / r->world;
   data_load(r);
