@@ -187,15 +187,17 @@ FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
 FUZZ_FLAGS := -std=gnu11 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
               -Isrc -Ikernels -Icomm -Wl,--wrap=exit
-FUZZ_TARGETS := cifar config
+FUZZ_TARGETS := cifar config checkpoint
 FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 $(BUILD)/fuzz/fuzz_cifar: tests/fuzz/fuzz_cifar.c src/cifar10.c src/check.c
 $(BUILD)/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/config.c src/check.c
+$(BUILD)/fuzz/fuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c src/checkpoint.c src/run_state.c \
+                               src/model.c src/check.c comm/comm_single.c
 $(FUZZ_BINS): tests/fuzz/fuzz.h $(wildcard src/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lm
 fuzz-bins: $(FUZZ_BINS)
-fuzz: fuzz-bins $(BUILD)/gen_cifar
+fuzz: fuzz-bins $(BUILD)/gen_cifar $(BIN)
 	BUILD=$(BUILD) tests/fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:

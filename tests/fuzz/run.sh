@@ -23,10 +23,34 @@ make -s BUILD="$BUILD" fuzz-bins "$BUILD/gen_cifar" > /dev/null || { bad "buildi
 T=$(mktemp -d /tmp/vgg_fuzz_XXXXXX)
 trap 'rm -rf "$T" /tmp/vgg_fuzz_[0-9]*_*' EXIT
 
-# Seeds beside the committed ones: a 3-record CIFAR-10 batch and its batches.meta.txt.
+# Seeds beside the committed ones: a 3-record CIFAR-10 batch and its batches.meta.txt; the
+# checkpoints (mid-epoch, epoch end, best.bin) of the tiny run fuzz_checkpoint.c describes.
 "$BUILD/gen_cifar" "$T/gen" 3 2 > /dev/null
-mkdir -p "$T/seeds/cifar"
+mkdir -p "$T/seeds/cifar" "$T/seeds/checkpoint"
 cp "$T/gen/data_batch_1.bin" "$T/gen/batches.meta.txt" "$T/seeds/cifar/"
+TINY=(--data "$T/gen" --model vgg11 --width 0.01 --image-size 32 --batch 4 --val-size 5
+      --eval-batch 5 --device cpu --threads 1 --batchnorm 1 --checkpoint-dir "$T/ck")
+if [ -x ./vgg_dist ] && ./vgg_dist "${TINY[@]}" --epochs 2 --max-steps 4 > /dev/null 2>&1; then
+  cp "$T/ck"/*.bin "$T/seeds/checkpoint/"
+  # Their STATE payloads too (short inputs: fuzz_checkpoint puts them into this template).
+  export VGG_FUZZ_TEMPLATE=$T/ck/ckpt_e0001_b000001.bin
+  for f in "$T/ck"/*.bin; do
+    /usr/bin/python3 - "$f" "$T/seeds/checkpoint/state_$(basename "$f")" <<'PY'
+import struct, sys
+raw = open(sys.argv[1], "rb").read()
+version = struct.unpack_from("<I", raw, 8)[0]
+off = 16 + (36 if version == 1 else 44)
+while off + 24 <= len(raw):
+    sid, _, size, _, _ = struct.unpack_from("<IIQII", raw, off)
+    if sid == 2:
+        open(sys.argv[2], "wb").write(raw[off + 24:off + 24 + size])
+        break
+    off += 24 + size
+PY
+  done
+else
+  echo "note: no ./vgg_dist to make checkpoint seeds: fuzz_checkpoint starts from its corpus"
+fi
 
 OPTS=(-detect_leaks=0 -close_fd_mask=3 -timeout=10 -rss_limit_mb=2048)
 for src in tests/fuzz/fuzz_*.c; do
@@ -45,7 +69,9 @@ for src in tests/fuzz/fuzz_*.c; do
   corpus=$BUILD/fuzz/corpus/$t
   mkdir -p "$corpus"
   for s in tests/fuzz/seeds/$t "$T/seeds/$t"; do [ -d "$s" ] && cp -n "$s"/* "$corpus/" 2> /dev/null; done
-  "$bin" "${OPTS[@]}" -max_total_time="$SECONDS_EACH" -max_len=16384 \
+  max_len=16384
+  [ "$t" = checkpoint ] && max_len=65536 # the seeds are 41 KB
+  "$bin" "${OPTS[@]}" -max_total_time="$SECONDS_EACH" -max_len=$max_len \
     -artifact_prefix="$T/$t-" "$corpus" > "$T/$t.log" 2>&1
   rc=$?
   runs=$(sed -n 's/^Done \([0-9]*\) runs.*/\1/p' "$T/$t.log")
