@@ -244,29 +244,25 @@ static int resume_find(run *r, char *path, size_t len) {
 
 // Rank 0 reads and checks the checkpoint (run_state_check_resume: its values, and its sample
 // order against the run's) into the run state and broadcasts it, so only rank 0 needs the
-// file. A refused file ends the job with rank 0's reason.
+// file. A refused file ends the job with rank 0's one line, agreed by every rank (each leaves
+// MPI cleanly and exits 1: no MPI_ABORT banner).
 static void resume_load(run *r, const char *path) {
   ckpt_section secs[CKPT_MAX_SECTIONS];
   const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
-  int ok = 0;
-  char err[512] = "", why[400] = "", note[400] = "";
-  uint32_t version = 0;
-  const sample_order now = order_now(r);
   rank0_io_begin(r);
-  if (r->rank == 0) ok = checkpoint_read_version(path, secs, n, err, sizeof(err), &version) == 0;
-  if (ok && run_state_check_resume(&r->rs, version, &now, note, sizeof(note), why, sizeof(why))) {
-    snprintf(err, sizeof(err), "checkpoint %s is refused: %s", path, why);
-    ok = 0;
+  comm_agree_begin(r->c);
+  if (r->rank == 0) {
+    char err[512] = "", why[400] = "", note[400] = "";
+    uint32_t version = 0;
+    const sample_order now = order_now(r);
+    if (checkpoint_read_version(path, secs, n, err, sizeof(err), &version) != 0)
+      DIE_DATA("--resume: %s", err);
+    if (run_state_check_resume(&r->rs, version, &now, note, sizeof(note), why, sizeof(why)))
+      DIE_DATA("--resume: checkpoint %s is refused: %s", path, why);
+    if (note[0]) LOG0("%s\n", note);
   }
-  if (note[0]) LOG0("%s\n", note);
-  comm_bcast(r->c, &ok, sizeof(ok), 0);
+  comm_agree_end(r->c);
   rank0_io_end(r);
-  if (!ok) {
-    // Rank 0 says why and aborts the job; the others wait for that instead of repeating it.
-    if (r->rank == 0) DIE_DATA("--resume: %s", err);
-    comm_barrier(r->c);
-    FATAL("rank 0 refused the checkpoint but the job did not end");
-  }
   run_state_broadcast(&r->rs, RUN_SECTIONS_ALL, r->c);
 }
 
