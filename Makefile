@@ -147,6 +147,12 @@ $(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ) $(STAMP)
 $(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ) $(STAMP)
 	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
+# The all-reduce timing tool: it times comm/comm_mpi.c's gradient reducer, so it links MPI as
+# vgg_dist does (its own source includes comm.h only).
+$(BUILD)/allreduce_bench: $(BUILD)/tests/tools/allreduce_bench.o $(OBJ) $(MPI_OBJ) $(STAMP)
+	$(require_mpi)
+	$(MPICC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/%.o: %.c $(STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c $< -o $@

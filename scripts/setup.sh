@@ -34,6 +34,19 @@ if [ "$what" = test ]; then
     command -v $t > /dev/null 2>&1 || { want+=(munge slurmctld slurmd slurm-client); break; }
   done
 fi
+# ---- tests/test_tensorboard.sh: tensorboard from PyPI (Debian packages none) in the repository's
+# .venv, whose --system-site-packages Python also sees Debian's torch (the converter's writer). ----
+venv=$(cd "$(dirname "$0")/.." && pwd)/.venv
+if [ "$what" = test ] && ! "$venv/bin/python" -c 'import tensorboard, torch.utils.tensorboard' 2> /dev/null; then
+  if [ "$check_only" = 1 ]; then
+    echo "setup: no tensorboard (PyPI) in $venv: run scripts/setup.sh test${need[*]:+; missing Debian packages: ${need[*]}}" >&2
+    exit 1
+  else
+    /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || { apt-get update -q && apt-get install -y -q python3-venv; }
+    /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q tensorboard==2.21.0
+  fi
+fi
+# ---- end of the tensorboard lines ----
 [ ${#need[@]} -eq 0 ] && [ ${#want[@]} -eq 0 ] && exit 0
 
 if [ "$check_only" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
