@@ -34,20 +34,28 @@ if [ "$what" = test ]; then
     command -v $t > /dev/null 2>&1 || { want+=(munge slurmctld slurmd slurm-client); break; }
   done
 fi
-# ---- tests/test_tensorboard.sh: tensorboard from PyPI (Debian packages none) in the repository's
-# .venv, whose --system-site-packages Python also sees Debian's torch (the converter's writer). ----
+# What Debian does not package, from PyPI, in the repository's .venv (created with
+# --system-site-packages, so its Python also sees Debian's torch and numpy): tensorboard
+# (tests/test_tensorboard.sh's writer and reader). Installed after the Debian packages, so
+# that pip finds their numpy and does not pull another one beside Debian's torch.
 venv=$(cd "$(dirname "$0")/.." && pwd)/.venv
-if [ "$what" = test ] && ! "$venv/bin/python" -c 'import tensorboard, torch.utils.tensorboard' 2> /dev/null; then
+pypi=(tensorboard==2.21.0)
+pypi_check() { "$venv/bin/python" -c 'import tensorboard, torch.utils.tensorboard' 2> /dev/null; }
+pypi_install() {
+  pypi_check && return 0
+  /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q "${pypi[@]}"
+}
+if [ "$what" = test ] && ! pypi_check; then
+  /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || need+=(python3-venv)
   if [ "$check_only" = 1 ]; then
-    echo "setup: no tensorboard (PyPI) in $venv: run scripts/setup.sh test${need[*]:+; missing Debian packages: ${need[*]}}" >&2
+    echo "setup: missing from PyPI in $venv: ${pypi[*]} (scripts/setup.sh test installs them)" >&2
     exit 1
-  else
-    /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || { apt-get update -q && apt-get install -y -q python3-venv; }
-    /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q tensorboard==2.21.0
   fi
 fi
-# ---- end of the tensorboard lines ----
-[ ${#need[@]} -eq 0 ] && [ ${#want[@]} -eq 0 ] && exit 0
+if [ ${#need[@]} -eq 0 ] && [ ${#want[@]} -eq 0 ]; then
+  [ "$what" = test ] && pypi_install
+  exit 0
+fi
 
 if [ "$check_only" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
   [ ${#want[@]} -gt 0 ] && echo "setup: optional, for the Slurm suite: ${want[*]}" >&2
@@ -68,3 +76,5 @@ apt-get update -q
 if [ ${#want[@]} -gt 0 ] && ! apt-get install -y -q --no-install-recommends "${want[@]}"; then
   echo "setup: the optional ${want[*]} could not be installed: the Slurm suite will say why it skips" >&2
 fi
+[ "$what" = test ] && pypi_install
+exit 0
