@@ -25,6 +25,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 
 import ckpt_tool  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import vgg_nchw  # noqa: E402
 import vgg_torch  # noqa: E402
@@ -47,6 +48,11 @@ def describe(binary, model, width, size, batchnorm):
         fail("cannot describe %s width %g size %d with %s: %s" % (model, width, size, binary, e))
 
 
+def f32_tensor(payload):
+    """A section's little-endian float32 payload as a 1-D tensor (empty when it is)."""
+    return torch.from_numpy(np.frombuffer(payload, dtype="<f4").astype(np.float32))
+
+
 def load_checkpoint(path, binary):
     """(desc, meta, state, model in eval mode) of a vgg_dist checkpoint."""
     version, s = ckpt_tool.read(path, check_crc=True)
@@ -59,8 +65,7 @@ def load_checkpoint(path, binary):
         if desc[key] != meta[key]:
             fail("%s: %s %d, but %s width %g size %d has %d" % (
                 path, key, meta[key], meta["model"], meta["width"], meta["image_size"], desc[key]))
-    params = torch.frombuffer(bytearray(s["PARAMS"]), dtype=torch.float32)
-    buffers = torch.frombuffer(bytearray(s.get("BUFFERS", b"")), dtype=torch.float32)
+    params, buffers = f32_tensor(s["PARAMS"]), f32_tensor(s.get("BUFFERS", b""))
     if not (torch.isfinite(params).all() and torch.isfinite(buffers).all()):
         fail("%s: PARAMS or BUFFERS hold a value that is not finite" % path)
     model = vgg_nchw.VGG(desc)
