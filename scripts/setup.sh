@@ -3,9 +3,12 @@
 # What is checked is the capability, not a package name, so tools from elsewhere (modules, an
 # OpenBLAS in OPENBLAS_INC/OPENBLAS_LIB) count:
 #   run:  gcc, make, mpicc, OpenBLAS (pkg-config openblas, or OPENBLAS_INC's cblas.h)
-#   test: the same, /usr/bin/python3 with torch and numpy (the golden comparisons), git (the GPU
-#         check's dry run), clang with libFuzzer (the fuzz suite); and, optional (their suite prints a skip line without them), Slurm
-#         and munge for the batch script's test under a real one-node cluster.
+#   test: the same, /usr/bin/python3 with torch and numpy (the golden comparisons), torchvision
+#         and onnx (the export suite), git (the GPU check's dry run), clang with libFuzzer (the
+#         fuzz suite), and a venv over that Python with tensorboard and onnxruntime from PyPI
+#         ($VGG_DIST_VENV, default .venv: Debian's Python is externally managed and packages
+#         neither); and, optional (their suite prints a skip line without them), Slurm and
+#         munge for the batch script's test under a real one-node cluster.
 # What is missing is installed from Debian's packages when this is root with apt-get, with
 # services kept from starting (a policy-rc.d for the install: Slurm and munge are started by
 # their test alone, under its own configuration). Otherwise it names the command to run and
@@ -26,6 +29,9 @@ if ! pkg-config --exists openblas 2> /dev/null &&
 fi
 if [ "$what" = test ]; then
   /usr/bin/python3 -c 'import torch, numpy' 2> /dev/null || need+=(python3 python3-numpy python3-torch)
+  /usr/bin/python3 -c 'import torchvision' 2> /dev/null || need+=(python3-torchvision)
+  /usr/bin/python3 -c 'import onnx' 2> /dev/null || need+=(python3-onnx)
+  /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || need+=(python3-venv)
   command -v git > /dev/null 2>&1 || need+=(git)
   # The fuzz suite: clang with its libFuzzer and sanitizer runtimes.
   echo 'int LLVMFuzzerTestOneInput(const char *d, unsigned long n) { return 0; }' |
@@ -34,16 +40,22 @@ if [ "$what" = test ]; then
     command -v $t > /dev/null 2>&1 || { want+=(munge slurmctld slurmd slurm-client); break; }
   done
 fi
-# What Debian does not package, from PyPI, in the repository's .venv (created with
-# --system-site-packages, so its Python also sees Debian's torch and numpy): tensorboard
-# (tests/test_tensorboard.sh's writer and reader). Installed after the Debian packages, so
-# that pip finds their numpy and does not pull another one beside Debian's torch.
-venv=$(cd "$(dirname "$0")/.." && pwd)/.venv
-pypi=(tensorboard==2.21.0)
-pypi_check() { "$venv/bin/python" -c 'import tensorboard, torch.utils.tensorboard' 2> /dev/null; }
+# What Debian does not package, from PyPI, in one venv (the repository's .venv, or
+# $VGG_DIST_VENV), created with --system-site-packages so that its Python also sees Debian's
+# torch, torchvision, onnx and numpy: tensorboard (tests/test_tensorboard.sh's writer and
+# reader) and onnxruntime (tests/test_export.sh). Installed after the Debian packages, so that
+# pip finds their numpy and does not pull another one beside Debian's torch; it needs no root,
+# only the package index that pip uses.
+venv=${VGG_DIST_VENV:-$(cd "$(dirname "$0")/.." && pwd)/.venv}
+pypi=(tensorboard==2.21.0 onnxruntime==1.32.0)
+pypi_check() {
+  "$venv/bin/python" -c 'import tensorboard, torch.utils.tensorboard, onnxruntime' 2> /dev/null
+}
 pypi_install() {
   pypi_check && return 0
-  /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q "${pypi[@]}"
+  echo "setup: installing ${pypi[*]} into $venv"
+  /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q "${pypi[@]}" &&
+    pypi_check
 }
 if [ "$what" = test ] && ! pypi_check; then
   /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || need+=(python3-venv)
@@ -59,8 +71,9 @@ fi
 
 if [ "$check_only" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
   [ ${#want[@]} -gt 0 ] && echo "setup: optional, for the Slurm suite: ${want[*]}" >&2
-  [ ${#need[@]} -eq 0 ] && exit 0
+  [ ${#need[@]} -eq 0 ] && { make_venv; exit; }
   echo "setup: missing Debian packages; run: sudo apt-get update && sudo apt-get install ${need[*]}" >&2
+  make_venv || true
   exit 1
 fi
 echo "setup: installing ${need[*]} ${want[*]}"

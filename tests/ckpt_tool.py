@@ -15,8 +15,12 @@
 #                                    recomputed, written to OUT: a well-formed file of hostile values
 #   ckpt_tool.py sections            the section table, one row per line: id, name, kind, since
 #                                    (tests/test_checkpoint.c compares it with the C table)
+# As a module (scripts/export.py, scripts/import_torchvision.py): read(path, check_crc=True)
+# also verifies every section's CRC, meta() decodes META, and write() makes a version-3 file
+# (every section, CRCs, written to a temp file and renamed, as the C writer).
 # Every file is checked against SECTIONS (ids in order, the count its version implies); a
 # file that does not match is refused with one line.
+import os
 import struct
 import sys
 import zlib
@@ -49,12 +53,20 @@ STATE_FIELDS = {1: STATE_V1, 2: STATE_V2, 3: STATE_V3}
 STATE_DEFAULTS = {"warmup_steps": 0, "order_batch": 0, "order_val_size": 0,
                   "order_train_limit": 0, "order_train_images": 0}
 SEC_HEADER = struct.Struct("<IIQII")  # id, reserved, bytes, crc32, reserved
+# The meta from version 2 (src/checkpoint.h's ckpt_meta, packed): model name (NUL-padded),
+# width, image size, classes, parameter count, buffer count. Version 1 lacks the last.
+META = struct.Struct("<16sfiiQQ")
+VERSION = 3  # what write() makes: the C writer's CKPT_VERSION
 F32 = tuple(name for _, name, kind, _ in SECTIONS if kind == "f32")
 
 
-def read(path):
-    """The file's version and its sections' payloads by name, in file order."""
-    raw = open(path, "rb").read()
+def read(path, check_crc=False):
+    """The file's version and its sections' payloads by name, in file order. check_crc: refuse
+    a section whose CRC differs (off by default: `set` and the fault tests read damaged files)."""
+    try:
+        raw = open(path, "rb").read()
+    except OSError as e:
+        sys.exit("%s: cannot read: %s" % (path, e.strerror))
     if raw[:8] != MAGIC:
         sys.exit("%s: not a vgg_dist checkpoint" % path)
     version, nsec = struct.unpack_from("<II", raw, 8)
@@ -65,15 +77,71 @@ def read(path):
         sys.exit("%s: %d sections, version %d has %d" % (path, nsec, version, len(rows)))
     off, sections = 16 + META_BYTES[version], {}
     for want, name, _, _ in rows:
-        sid, res0, nbytes, _, res1 = SEC_HEADER.unpack_from(raw, off)
+        if off + SEC_HEADER.size > len(raw):
+            sys.exit("%s: truncated before section %s" % (path, name))
+        sid, res0, nbytes, crc, res1 = SEC_HEADER.unpack_from(raw, off)
         if sid != want:
             sys.exit("%s: section %d where %s (%d) was expected" % (path, sid, name, want))
         if res0 or res1:  # as the C reader: written 0, anything else is damage
             sys.exit("%s: reserved field of section %s is not 0" % (path, name))
         off += SEC_HEADER.size
         sections[name] = raw[off:off + nbytes]
+        if check_crc and (len(sections[name]) != nbytes or zlib.crc32(sections[name]) != crc):
+            sys.exit("%s: section %s is truncated or corrupt (CRC)" % (path, name))
         off += nbytes
+    if check_crc and off != len(raw):
+        sys.exit("%s: %d bytes after the last section" % (path, len(raw) - off))
     return version, sections
+
+
+def meta(version, payload):
+    """The META payload as a dict (model, width, image_size, classes, n_params, n_buffers)."""
+    want = META_BYTES[version]
+    if len(payload) != want:
+        sys.exit("META has %d bytes, version %d has %d" % (len(payload), version, want))
+    model, width, size, classes, n_params, n_buffers = META.unpack(payload.ljust(META.size, b"\0"))
+    return {"model": model.rstrip(b"\0").decode("ascii", "replace"), "width": width,
+            "image_size": size, "classes": classes, "n_params": n_params, "n_buffers": n_buffers}
+
+
+def pack_state(fields):
+    """A version-VERSION STATE payload from {field: value}; every field must be given."""
+    spec = STATE_FIELDS[VERSION]
+    missing = [name for name, _ in spec if name not in fields]
+    if missing:
+        raise ValueError("STATE fields missing: %s" % ", ".join(missing))
+    values = []
+    for name, code in spec:
+        values.extend(fields[name] if len(code) > 1 else [fields[name]])
+    return struct.pack("<" + "".join(code for _, code in spec), *values)
+
+
+def write(path, meta_fields, state_fields, f32):
+    """A version-VERSION checkpoint at path: META from meta_fields (meta()'s keys), STATE from
+    state_fields (pack_state), the f32 sections from f32 {name: bytes of float32}. Written to
+    a temp file beside path and renamed over it, so a failure leaves no half file."""
+    m = meta_fields
+    meta_raw = META.pack(m["model"].encode("ascii"), m["width"], m["image_size"], m["classes"],
+                         m["n_params"], m["n_buffers"])
+    payloads = {"META": meta_raw, "STATE": pack_state(state_fields)}
+    sizes = {"PARAMS": m["n_params"], "ADAM_M": m["n_params"], "ADAM_V": m["n_params"],
+             "BUFFERS": m["n_buffers"]}
+    for name in F32:
+        if len(f32[name]) != 4 * sizes[name]:
+            raise ValueError("%s has %d bytes, the meta implies %d" % (name, len(f32[name]),
+                                                                       4 * sizes[name]))
+        payloads[name] = f32[name]
+    rows = [row for row in SECTIONS if row[3] <= VERSION]
+    tmp = "%s.tmp.%d" % (path, os.getpid())
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + struct.pack("<II", VERSION, len(rows)) + meta_raw)
+        for sid, name, _, _ in rows:
+            data = payloads[name]
+            f.write(SEC_HEADER.pack(sid, 0, len(data), zlib.crc32(data), 0))
+            f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def state(version, payload):

@@ -7,6 +7,8 @@
 # the metrics file converted to TensorBoard event files and read back (tests/test_tensorboard.sh),
 # launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
+# the export to TorchScript / ONNX / torchvision's state_dict and the import from torchvision
+# against a reference forward (tests/test_export.sh),
 # the GPU check's dry run on a fresh clone of the committed tree (tests/test_gpu_check.sh), the
 # Makefile's newcomer path (tests/test_build.sh), and a short pass of every libFuzzer target
 # (tests/fuzz/run.sh, FUZZ_SECONDS each, default 10 here; `make fuzz` runs them longer).
@@ -50,6 +52,7 @@ run_suite faults "$here/test_faults.sh" "$bin"
 run_suite ckpt_faults "$here/test_ckpt_faults.sh" "$bin"
 run_suite tensorboard "$here/test_tensorboard.sh" "$bin"
 run_suite slurm "$here/test_slurm.sh" "$bin"
+run_suite export "$here/test_export.sh" "$bin"
 run_suite gpu_check "$here/test_gpu_check.sh"
 run_suite build "$here/test_build.sh"
 run_suite fuzz "$here/fuzz/run.sh" "${FUZZ_SECONDS:-10}"

@@ -11,7 +11,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
 suite_tools "${1:-}"
 export OMP_NUM_THREADS=1
-TB_PY=${TB_PY:-$ROOT/.venv/bin/python}
+TB_PY=${TB_PY:-${VGG_DIST_VENV:-$ROOT/.venv}/bin/python}
 CONV="$ROOT/scripts/to_tensorboard.py"
 T=$(mktemp -d /tmp/vgg_tb_XXXXXX)
 trap 'rm -rf "$T"' EXIT
