@@ -59,11 +59,10 @@ void grad_sync_poll(grad_sync *g);
 // Block (host or, on a device, the compute stream) until every started reduction is done.
 void grad_sync_wait(grad_sync *g);
 // The sum over the ranks that batch norm's statistics take under --sync-bn (rank_sum in
-// backend.h): MPI_Allreduce of host doubles for the MPI reducer; for the NCCL one, an
-// all-reduce of device doubles on the compute stream, over a communicator of its own (split
-// from the gradients') so that these small sums, on the critical path, never queue behind a
-// gradient bucket. Collective: every rank makes the first call at the same point (it sets the
-// communicator up). Valid until grad_sync_free.
+// backend.h): an all-reduce of host doubles for the MPI reducer; for the NCCL one, of device
+// doubles over the gradients' communicator and stream, between the compute stream's work before
+// and after it (one communicator, one stream: one order of collectives on every rank; the
+// sums of backward queue behind the buckets already started). Valid until grad_sync_free.
 const rank_sum *grad_sync_rank_sum(grad_sync *g);
 
 #endif

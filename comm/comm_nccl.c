@@ -17,11 +17,15 @@
 // Once a CUDA graph has captured a reduction, failures skip ncclCommAbort: NCCL's teardown waits
 // for such graphs to be destroyed, so the abort could hang where it should end the job.
 //
-// Batch norm's sums over the ranks (grad_sync_rank_sum, --sync-bn) go over a second
-// communicator, split from the first: a few KB of doubles per call, on the compute stream (the
-// next kernel needs them), which would otherwise queue behind every gradient bucket the comm
-// stream holds. Both communicators issue in the same program order on every rank; the watchdog
-// and the lock cover both.
+// Batch norm's sums over the ranks (grad_sync_rank_sum, --sync-bn) go over the same
+// communicator and stream as the buckets, gated by events both ways (the comm stream waits for
+// the compute stream's work so far, the compute stream for the sums): one communicator used
+// from one stream runs its collectives in the order the host issued them, the same on every
+// rank. A second communicator on the compute stream would not queue the sums behind the
+// buckets in flight, but NCCL gives no order between two communicators' kernels, and one that
+// blocks a device synchronisation (a lazy connection's allocation) while the other waits for a
+// peer deadlocks (NCCL's user guide, "Using multiple NCCL communicators concurrently"). The
+// price: in backward, a layer's sums wait for the buckets started before them.
 //
 // Optional bf16 wire format (bf16_wire): a range is converted into a bf16 scratch buffer,
 // reduced as ncclBfloat16 and converted back, halving the bytes moved.
@@ -53,11 +57,11 @@
 typedef struct nccl_sync {
   grad_sync base;
   ncclComm_t comm;
-  ncclComm_t stats; // batch norm's sums (NULL until grad_sync_rank_sum)
   int device;
   double timeout_s;            // <= 0: no deadline (async errors are still caught)
   cudaStream_t compute, stream; // the backend's stream; ours
   cudaEvent_t ready, done;
+  cudaEvent_t sum_done; // a batch-norm sum on the comm stream, for the compute stream to wait on
   uint16_t *wire; // bf16 copy of the gradient buffer (bf16_wire only)
   int started;    // reductions started since the last wait()
   atomic_int captured;     // a CUDA graph holds reductions of this communicator
@@ -79,10 +83,7 @@ static VGG_NORETURN void nccl_fail(nccl_sync *s, int may_abort, const char *what
     for (;;) pause(); // the first caller ends the process
   // Abort first: frees the GPU from a collective that will never complete (not with a graph
   // holding reductions: see the top of the file; the job's end frees the GPU as well).
-  if (may_abort && !atomic_load(&s->captured)) {
-    if (s->stats) ncclCommAbort(s->stats);
-    ncclCommAbort(s->comm);
-  }
+  if (may_abort && !atomic_load(&s->captured)) ncclCommAbort(s->comm);
   FATAL("rank %d: NCCL %s failed: %s", s->base.c ? s->base.c->rank : check_current_rank(), what, reason);
 }
 
@@ -99,18 +100,17 @@ static void watch_pop_done(nccl_sync *s) {
   }
 }
 
-// Poll communicator `comm` of s until its last (non-blocking) call settles; abort past the
-// deadline.
-static void nccl_settle(nccl_sync *s, ncclComm_t comm, const char *what, double timeout_s) {
+// Poll the communicator until the last (non-blocking) call settles; abort past the deadline.
+static void nccl_settle(nccl_sync *s, const char *what, double timeout_s) {
   double t0 = now_s();
   for (;;) {
     ncclResult_t st = ncclSuccess;
-    ncclResult_t r = ncclCommGetAsyncError(comm, &st);
+    ncclResult_t r = ncclCommGetAsyncError(s->comm, &st);
     if (r != ncclSuccess) nccl_fail(s, 1, what, ncclGetErrorString(r));
     if (st == ncclSuccess) return;
     if (st != ncclInProgress) {
       char msg[512];
-      snprintf(msg, sizeof(msg), "%s (%s)", ncclGetErrorString(st), ncclGetLastError(comm));
+      snprintf(msg, sizeof(msg), "%s (%s)", ncclGetErrorString(st), ncclGetLastError(s->comm));
       nccl_fail(s, 1, what, msg);
     }
     if (timeout_s > 0 && now_s() - t0 > timeout_s) {
@@ -119,18 +119,6 @@ static void nccl_settle(nccl_sync *s, ncclComm_t comm, const char *what, double 
       nccl_fail(s, 1, what, msg);
     }
     sched_yield();
-  }
-}
-
-// Ends the job when communicator `comm` of s reports an asynchronous error; under the lock.
-static void watch_async_error(nccl_sync *s, ncclComm_t comm) {
-  ncclResult_t st = ncclSuccess;
-  ncclResult_t r = ncclCommGetAsyncError(comm, &st);
-  if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
-    char msg[512];
-    snprintf(msg, sizeof(msg), "asynchronous error: %s (%s)",
-             ncclGetErrorString(r != ncclSuccess ? r : st), ncclGetLastError(comm));
-    nccl_fail(s, 1, "all-reduce", msg);
   }
 }
 
@@ -153,8 +141,14 @@ static void *watchdog_main(void *arg) {
       pthread_mutex_unlock(&s->lock);
       return NULL;
     }
-    watch_async_error(s, s->comm);
-    if (s->stats) watch_async_error(s, s->stats);
+    ncclResult_t st = ncclSuccess;
+    ncclResult_t r = ncclCommGetAsyncError(s->comm, &st);
+    if (r != ncclSuccess || (st != ncclSuccess && st != ncclInProgress)) {
+      char msg[512];
+      snprintf(msg, sizeof(msg), "asynchronous error: %s (%s)",
+               ncclGetErrorString(r != ncclSuccess ? r : st), ncclGetLastError(s->comm));
+      nccl_fail(s, 1, "all-reduce", msg);
+    }
     watch_pop_done(s);
     if (s->watch_count && s->timeout_s > 0 && now_s() - s->watch_at[s->watch_tail] > s->timeout_s) {
       char msg[160];
@@ -166,11 +160,28 @@ static void *watchdog_main(void *arg) {
   }
 }
 
-// Notes that a CUDA graph now holds this communicator's work (see the top of the file).
-static void note_capture(nccl_sync *s) {
+// Our stream waits for the compute stream's work so far (what it reduces was written there).
+static void stream_after_compute(nccl_sync *s) {
+  cudaCheck(cudaEventRecord(s->ready, s->compute));
+  cudaCheck(cudaStreamWaitEvent(s->stream, s->ready, 0));
+}
+
+// Enqueues an all-reduce (sum, in place) of count elements of buf on our stream: under the
+// watchdog's lock, since NCCL gives no thread-safety
+// guarantee for ncclCommGetAsyncError (the watchdog's poll) concurrent with a call on the same
+// communicator, and non-blocking mode polls it inside every call (PyTorch hit hangs this way:
+// pytorch#154055, #169484). Notes when a CUDA graph captures it (see the top of the file).
+static void nccl_all_reduce(nccl_sync *s, void *buf, size_t count, ncclDataType_t type,
+                            const char *what) {
   enum cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
   cudaCheck(cudaStreamIsCapturing(s->compute, &cs));
   if (cs != cudaStreamCaptureStatusNone) atomic_store(&s->captured, 1);
+  pthread_mutex_lock(&s->lock);
+  atomic_store(&s->call_since, clock_ms());
+  ncclCheck(ncclAllReduce(buf, buf, count, type, ncclSum, s->comm, s->stream));
+  nccl_settle(s, what, s->timeout_s);
+  atomic_store(&s->call_since, 0);
+  pthread_mutex_unlock(&s->lock);
 }
 
 static void nccl_start(grad_sync *g, size_t offset, size_t count) {
@@ -181,8 +192,7 @@ static void nccl_start(grad_sync *g, size_t offset, size_t count) {
   // One rank is reduced too (NCCL copies in place): the same path runs at every world size,
   // so a one-GPU check exercises it.
   if (count == 0) return;
-  cudaCheck(cudaEventRecord(s->ready, s->compute));
-  cudaCheck(cudaStreamWaitEvent(s->stream, s->ready, 0));
+  stream_after_compute(s);
   float *range = g->grads + offset;
   void *buf = range;
   ncclDataType_t type = ncclFloat;
@@ -191,16 +201,7 @@ static void nccl_start(grad_sync *g, size_t offset, size_t count) {
     type = ncclBfloat16;
     cuda_wire_pack(buf, range, count, s->stream);
   }
-  // Under the watchdog's lock: NCCL gives no thread-safety guarantee for ncclCommGetAsyncError
-  // (the watchdog's poll) concurrent with a call on the same communicator, and non-blocking
-  // mode polls it inside every call (PyTorch hit hangs this way: pytorch#154055, #169484).
-  note_capture(s);
-  pthread_mutex_lock(&s->lock);
-  atomic_store(&s->call_since, clock_ms());
-  ncclCheck(ncclAllReduce(buf, buf, count, type, ncclSum, s->comm, s->stream));
-  nccl_settle(s, s->comm, "all-reduce (enqueue)", s->timeout_s);
-  atomic_store(&s->call_since, 0);
-  pthread_mutex_unlock(&s->lock);
+  nccl_all_reduce(s, buf, count, type, "all-reduce (enqueue)");
   if (s->wire) cuda_wire_unpack(range, buf, count, s->stream);
   s->started++;
 }
@@ -251,49 +252,31 @@ static void nccl_destroy(grad_sync *g) {
   pthread_mutex_unlock(&s->lock);
   if (pthread_join(s->thread, NULL) != 0) FATAL("joining the NCCL watchdog thread failed");
   pthread_mutex_destroy(&s->lock);
-  if (s->stats) {
-    ncclCheck(ncclCommFinalize(s->stats));
-    nccl_settle(s, s->stats, "finalize", s->timeout_s);
-    ncclCheck(ncclCommDestroy(s->stats));
-  }
   ncclCheck(ncclCommFinalize(s->comm));
-  nccl_settle(s, s->comm, "finalize", s->timeout_s);
+  nccl_settle(s, "finalize", s->timeout_s);
   ncclCheck(ncclCommDestroy(s->comm));
   if (s->wire) g->b->ops->release(g->b, s->wire);
   for (int i = WATCH_RING - 1; i >= 0; i--) cudaCheck(cudaEventDestroy(s->watch[i]));
+  cudaCheck(cudaEventDestroy(s->sum_done));
   cudaCheck(cudaEventDestroy(s->done));
   cudaCheck(cudaEventDestroy(s->ready));
   cudaCheck(cudaStreamDestroy(s->stream));
   free(s);
 }
 
-// Batch norm's sums: count doubles of device memory, in place, on the compute stream (ordered
-// with the kernels around them; nothing waits on the host). One rank too, as the buckets.
+// Batch norm's sums: count doubles of device memory, in place, on our stream between the
+// compute stream's work before and after (the next kernel needs them; the host never waits).
+// One rank too, as the buckets.
 static void nccl_rank_sum(void *ctx, double *buf, size_t count) {
   nccl_sync *s = ctx;
   if (count == 0) return;
-  note_capture(s);
-  pthread_mutex_lock(&s->lock);
-  atomic_store(&s->call_since, clock_ms());
-  ncclCheck(ncclAllReduce(buf, buf, count, ncclDouble, ncclSum, s->stats, s->compute));
-  nccl_settle(s, s->stats, "batch-norm all-reduce (enqueue)", s->timeout_s);
-  atomic_store(&s->call_since, 0);
-  pthread_mutex_unlock(&s->lock);
+  stream_after_compute(s);
+  nccl_all_reduce(s, buf, count, ncclDouble, "batch-norm all-reduce (enqueue)");
+  cudaCheck(cudaEventRecord(s->sum_done, s->stream));
+  cudaCheck(cudaStreamWaitEvent(s->compute, s->sum_done, 0));
 }
 
-// The second communicator: every rank in it (one color), in the same rank order; it inherits
-// the first's non-blocking configuration.
-static void nccl_rank_sum_init(grad_sync *g) {
-  nccl_sync *s = (nccl_sync *)g;
-  pthread_mutex_lock(&s->lock);
-  atomic_store(&s->call_since, clock_ms());
-  ncclCheck(ncclCommSplit(s->comm, 0, g->c->rank, &s->stats, NULL));
-  if (!s->stats) FATAL("rank %d: ncclCommSplit gave no communicator", g->c->rank);
-  nccl_settle(s, s->stats, "communicator split", s->timeout_s);
-  atomic_store(&s->call_since, 0);
-  pthread_mutex_unlock(&s->lock);
-  g->sum = (rank_sum){nccl_rank_sum, s};
-}
+static void nccl_rank_sum_init(grad_sync *g) { g->sum = (rank_sum){nccl_rank_sum, g}; }
 
 static const grad_sync_ops nccl_sync_ops = {nccl_start, nccl_poll, nccl_wait, nccl_destroy,
                                             nccl_rank_sum_init};
@@ -339,11 +322,12 @@ grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count
   if (r != ncclSuccess && r != ncclInProgress)
     FATAL("rank %d: ncclCommInitRankConfig failed: %s (%s)", c->rank, ncclGetErrorString(r),
           ncclGetLastError(NULL));
-  nccl_settle(s, s->comm, "communicator init", timeout_s);
+  nccl_settle(s, "communicator init", timeout_s);
 
   cudaCheck(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
   cudaCheck(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming));
   cudaCheck(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
+  cudaCheck(cudaEventCreateWithFlags(&s->sum_done, cudaEventDisableTiming));
   for (int i = 0; i < WATCH_RING; i++)
     cudaCheck(cudaEventCreateWithFlags(&s->watch[i], cudaEventDisableTiming));
   if (bf16_wire && count) s->wire = b->ops->alloc(b, count * sizeof(uint16_t));
