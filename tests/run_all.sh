@@ -4,6 +4,7 @@
 # the multi-rank tests of the binary under mpirun (tests/test_mpi.sh), faults and hostile inputs
 # (tests/test_faults.sh: a stalled rank, FIFOs, divergence, messages; tests/test_ckpt_faults.sh:
 # stale temp files, best.bin, the sample order and out-of-range values of checkpoints),
+# --eval, --dump-logits and --init-from (tests/test_eval.sh),
 # launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
 # the GPU check's dry run on a fresh clone of the committed tree (tests/test_gpu_check.sh), the
@@ -47,6 +48,7 @@ run_suite unit "$unit"
 run_suite mpi "$here/test_mpi.sh" "$bin"
 run_suite faults "$here/test_faults.sh" "$bin"
 run_suite ckpt_faults "$here/test_ckpt_faults.sh" "$bin"
+run_suite eval "$here/test_eval.sh" "$bin"
 run_suite slurm "$here/test_slurm.sh" "$bin"
 run_suite gpu_check "$here/test_gpu_check.sh"
 run_suite build "$here/test_build.sh"
