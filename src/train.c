@@ -9,6 +9,9 @@
 // broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
 // A stop (a signal, --max-steps) ends the run after a step with a checkpoint and the
 // directory's RESUMABLE marker; a finished run (all epochs, early stopping) removes the marker.
+// A fresh run may take its model (parameters and buffers) from another run's checkpoint
+// (--init-from); everything else about it stays fresh. Evaluating a checkpoint without
+// training (--eval) is evaluate.c's.
 //
 // What a rank holds is one `run`: the options and the communicator, the backend and the net on
 // it, the data (run_data), and the host state (run_state: train_state, the model's host copy,
