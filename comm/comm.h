@@ -35,6 +35,12 @@ void comm_barrier(comm *c);
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root);
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count);
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count);
+// Every rank's `bytes` bytes of h_in (the sizes may differ between ranks), concatenated in rank
+// order into h_out on `root`, which holds out_cap bytes (a sum above it is a fatal error);
+// h_out and out_cap are ignored on the other ranks. Collective; MPI counts are ints, so the
+// sum must stay under 2 GiB (larger is a fatal error, never a silent cut).
+void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, size_t bytes,
+                       int root);
 // Around work where every rank may meet the same user error (each reads the same data files):
 // such an error (DIE_DATA, DIE_USAGE) is agreed at comm_agree_end instead of aborting the job
 // there: the lowest rank that met one prints it (one line, not one per rank, and no MPI_ABORT

@@ -121,6 +121,40 @@ void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {
   allreduce_f64(c, h_buf, count, MPI_MAX, "max");
 }
 
+// The sizes first (every rank's, to the root), then the bytes at their offsets. Both are
+// non-blocking and completed by comm_wait, so a peer that stops meanwhile ends the job at the
+// deadline like any other collective.
+void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, size_t bytes,
+                       int root) {
+  const int root_here = c->rank == root;
+  long long mine = (long long)bytes, *sizes = root_here ? xmalloc(sizeof(long long) * c->size) : NULL;
+  int *counts = NULL, *displs = NULL;
+  MPI_Request req;
+  MPI_CHECK(MPI_Igather(&mine, 1, MPI_LONG_LONG, sizes, 1, MPI_LONG_LONG, root, c->world, &req));
+  comm_wait(c, 1, &req, "a gather of sizes");
+  if (root_here) {
+    counts = xmalloc(sizeof(int) * c->size);
+    displs = xmalloc(sizeof(int) * c->size);
+    long long total = 0;
+    for (int r = 0; r < c->size; r++) {
+      if (total + sizes[r] > INT32_MAX) FATAL("gather of more than %d bytes is too large", INT32_MAX);
+      counts[r] = (int)sizes[r];
+      displs[r] = (int)total;
+      total += sizes[r];
+    }
+    if ((size_t)total > out_cap)
+      FATAL("gather of %lld bytes into a buffer of %zu", total, out_cap);
+  }
+  MPI_CHECK(MPI_Igatherv(h_in, (int)mine, MPI_BYTE, h_out, counts, displs, MPI_BYTE, root,
+                         c->world, &req));
+  char what[96];
+  snprintf(what, sizeof(what), "a gather of %zu bytes to rank %d", bytes, root);
+  comm_wait(c, 1, &req, what);
+  free(displs);
+  free(counts);
+  free(sizes);
+}
+
 // ---- agreed user errors ------------------------------------------------------------------
 
 static comm *agreeing; // the communicator between comm_agree_begin and comm_agree_end

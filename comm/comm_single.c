@@ -7,6 +7,7 @@
 // from oneself), the host gradient reducer has nothing to add, and comm_abort ends this process.
 // The device (NCCL) reducer needs a communicator built over MPI and is refused here.
 #include <stdlib.h>
+#include <string.h>
 
 #include "check.h"
 #include "comm.h"
@@ -39,6 +40,13 @@ void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
 }
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {}
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {}
+// Over one rank: this rank's bytes are the whole result.
+void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, size_t bytes,
+                       int root) {
+  if (root != 0) FATAL("gather to rank %d in a world of one rank", root);
+  if (bytes > out_cap) FATAL("gather of %zu bytes into a buffer of %zu", bytes, out_cap);
+  if (bytes) memcpy(h_out, h_in, bytes);
+}
 void comm_abort(comm *c, int code) { exit(code); }
 void comm_agree_begin(comm *c) {} // one rank: its errors end it at once, printed once
 void comm_agree_end(comm *c) {}

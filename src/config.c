@@ -65,6 +65,17 @@ static const option_spec options[] = {
     {"test-limit", OPT_INT, F(test_limit), 0, 1 << 30, NULL, "N", "use only the first N test images (0: all)"},
     {"checkpoint-dir", OPT_STR, F(checkpoint_dir), 0, 0, NULL, "DIR", "write checkpoints here (empty: none)"},
     {"resume", OPT_STR, F(resume), 0, 0, NULL, "PATH|auto", "resume from a checkpoint, or the newest in --checkpoint-dir"},
+    {"init-from", OPT_STR, F(init_from), 0, 0, NULL, "CKPT",
+     "start a NEW run (step 0, fresh Adam state and schedule, this run's seed) from the "
+     "parameters and buffers of checkpoint CKPT, whose model the model options must describe; "
+     "the normalisation is this run's own, not the checkpoint's (not with --resume)"},
+    {"eval", OPT_STR, F(eval), 0, 0, NULL, "CKPT",
+     "no training: evaluate checkpoint CKPT on the test set (loss, accuracy, per class, the "
+     "confusion matrix; an \"eval\" event in --metrics) with its own normalisation; the model "
+     "options must describe its model"},
+    {"dump-logits", OPT_STR, F(dump_logits), 0, 0, NULL, "FILE",
+     "with --eval: write the test logits to FILE as NumPy .npy, float32, shape (N, 10), in the "
+     "test file's order"},
     {"keep", OPT_INT, F(keep), 0, 100000, NULL, "K", "keep the K newest periodic checkpoints (0: all); best.bin is always kept"},
     {"metrics", OPT_STR, F(metrics), 0, 0, NULL, "FILE", "write JSON Lines metrics here"},
     {"device", OPT_ENUM, F(device), 0, 0, "auto|cpu|cuda", "NAME", "backend (auto: CUDA when a GPU is visible)"},
@@ -270,6 +281,16 @@ static void option_set(config *c, const option_spec *o, const char *arg) {
   }
 }
 
+// --resume continues a run, --init-from starts a new one from a model, --eval trains none:
+// at most one of them (a stopped --init-from run continues with --resume alone).
+static void config_check_modes(const config *c) {
+  if (c->init_from[0] && c->resume[0])
+    DIE_USAGE("--init-from starts a new run, --resume continues one: give only one of them");
+  if (c->eval[0] && (c->resume[0] || c->init_from[0]))
+    DIE_USAGE("--eval trains nothing: it takes no --%s", c->resume[0] ? "resume" : "init-from");
+  if (c->dump_logits[0] && !c->eval[0]) DIE_USAGE("--dump-logits needs --eval CKPT");
+}
+
 void config_parse(config *c, int argc, char **argv) {
   struct option longopts[N_OPTIONS + 3];
   for (int i = 0; i < N_OPTIONS; i++)
@@ -320,6 +341,7 @@ void config_parse(config *c, int argc, char **argv) {
   if (c->have_norm == 1 || c->have_norm == 2) DIE_USAGE("--mean and --std must be given together");
   if (strcmp(c->resume, "auto") == 0 && !c->checkpoint_dir[0])
     DIE_USAGE("--resume auto needs --checkpoint-dir");
+  config_check_modes(c);
   if (c->warmup_epochs == WARMUP_AUTO) c->warmup_epochs = c->batchnorm ? 0.0f : 1.0f;
   if (c->init == INIT_AUTO) c->init = c->batchnorm ? INIT_PYTORCH : INIT_TORCHVISION;
   // A warmup longer than the run never reaches the lr it climbs to: surely not what was meant.

@@ -45,6 +45,9 @@ typedef struct config {
   int train_limit, test_limit; // 0: all
   char checkpoint_dir[512];    // empty: no checkpoints
   char resume[512];            // empty, a path, or "auto"
+  char init_from[512];         // empty, or a checkpoint whose model a NEW run starts from
+  char eval[512];              // empty, or a checkpoint to evaluate on the test set (no training)
+  char dump_logits[512];       // with eval: the test logits as .npy here (empty: none)
   int keep;
   char metrics[512];
   device_kind device;

@@ -74,13 +74,20 @@ void metrics_close(void) {
 
 void metrics_write(const char *event, const char *fmt, ...) {
   if (!metrics) return;
-  char body[2048];
-  va_list ap;
+  // Sized first: an event (the eval's confusion matrix and class names) may be long, and a
+  // cut line would be no JSON.
+  va_list ap, again;
   va_start(ap, fmt);
-  vsnprintf(body, sizeof(body), fmt, ap);
+  va_copy(again, ap);
+  const int len = vsnprintf(NULL, 0, fmt, ap);
   va_end(ap);
+  if (len < 0) FATAL("formatting a metrics line failed");
+  char *body = xmalloc((size_t)len + 1);
+  vsnprintf(body, (size_t)len + 1, fmt, again);
+  va_end(again);
   if (fprintf(metrics, "{\"event\": \"%s\", %s}\n", event, body) < 0 || fflush(metrics) != 0)
     FATAL("writing metrics to %s failed: %s", metrics_path, strerror(errno));
+  free(body);
 }
 
 double now_s(void) {

@@ -3,7 +3,8 @@
 // LOG0 prints on rank 0 only (other ranks print only errors, through check.h). The progress
 // line redraws in place ("\r") when stdout is a terminal and is a plain line otherwise.
 // The metrics file holds one JSON object per line with an "event" key ("step", "epoch",
-// "test"); it is flushed after every line so a crash loses nothing already reported.
+// "test", and "eval" from --eval); it is flushed after every line so a crash loses nothing
+// already reported.
 #ifndef VGG_LOG_H
 #define VGG_LOG_H
 

@@ -1,10 +1,12 @@
 // main.c - vgg_dist's entry point: parse the command line (before MPI, so that bad options fail
 // fast on every rank with one message from rank 0), start the communicator, train, finish.
-// --print-model prints the model as JSON and exits before MPI: it needs no mpirun.
+// --print-model prints the model as JSON and exits before MPI: it needs no mpirun. --eval
+// evaluates a checkpoint instead of training (evaluate.c).
 #include "check.h"
 #include "cifar10.h"
 #include "comm.h"
 #include "config.h"
+#include "evaluate.h"
 #include "log.h"
 #include "model.h"
 #include "train.h"
@@ -22,7 +24,7 @@ int main(int argc, char **argv) {
   comm *c = comm_init(&argc, &argv);
   log_init(comm_rank(c));
   comm_set_timeout(c, cfg.comm_timeout); // the MPI collectives' deadline (the NCCL one: train.c)
-  int status = train_run(&cfg, c);
+  int status = cfg.eval[0] ? evaluate_run(&cfg, c) : train_run(&cfg, c);
   comm_finalize(c);
   return status;
 }

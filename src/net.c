@@ -1,6 +1,7 @@
 // net.c - walks the model's layer table through the backend ops (see net.h).
 #include "net.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
@@ -169,6 +170,24 @@ void net_loss(net *nt, int count, float grad_scale) {
   const layer *last = &nt->m->layers[nt->m->n_layers - 1];
   nt->b->ops->xent(nt->b, grad_scale != 0 ? nt->dbuf[0] : NULL, nt->stats, nt->out[nt->m->n_layers - 1],
                   nt->labels, count, last->K, grad_scale);
+}
+
+void net_download_logits(net *nt, float *h_logits, int count) {
+  const int last = nt->m->n_layers - 1;
+  const size_t n = (size_t)count * nt->m->layers[last].K, ab = nt->b->act_bytes;
+  if (ab == sizeof(float)) {
+    nt->b->ops->download(nt->b, h_logits, nt->out[last], n * sizeof(float));
+    return;
+  }
+  if (ab != sizeof(uint16_t)) FATAL("activations of %zu bytes: neither fp32 nor bf16", ab);
+  // bf16 is the top half of an fp32: widening is exact.
+  uint16_t *half = xmalloc(n * sizeof(uint16_t));
+  nt->b->ops->download(nt->b, half, nt->out[last], n * sizeof(uint16_t));
+  for (size_t i = 0; i < n; i++) {
+    uint32_t bits = (uint32_t)half[i] << 16;
+    memcpy(&h_logits[i], &bits, sizeof(bits));
+  }
+  free(half);
 }
 
 // Layer i's op backward from dy into dx (NULL: not needed) and its parameter gradients.

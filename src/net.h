@@ -94,6 +94,10 @@ void net_train_step(net *nt, const train_step *s, grad_sync *gs);
 // grad_sync_free.
 void net_release_graph(net *nt);
 
+// The last forward's logits, rows 0..count-1 of (count, classes), into h_logits as fp32 (a
+// backend with 2-byte activations holds bf16: widened exactly).
+void net_download_logits(net *nt, float *h_logits, int count);
+
 void net_reset_stats(net *nt);
 void net_read_stats(net *nt, double *loss_sum, double *correct);
 

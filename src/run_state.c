@@ -32,6 +32,18 @@ void run_state_init(run_state *rs, const ckpt_meta *meta) {
   rs->best.buffers = xmalloc(B * sizeof(float));
 }
 
+void run_state_init_model(run_state *rs, const model *m) {
+  ckpt_meta meta;
+  memset(&meta, 0, sizeof(meta)); // the name's padding is on disk
+  snprintf(meta.model, sizeof(meta.model), "%s", m->name);
+  meta.width = m->width;
+  meta.image_size = m->image_size;
+  meta.classes = m->classes;
+  meta.n_params = m->n_params;
+  meta.n_buffers = m->n_buffers;
+  run_state_init(rs, &meta);
+}
+
 void run_state_free(run_state *rs) {
   if (!rs) return;
   free(rs->best.buffers);
@@ -45,6 +57,7 @@ void run_state_free(run_state *rs) {
 
 int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_MAX_SECTIONS]) {
   const int all = which == RUN_SECTIONS_ALL, best = which == RUN_SECTIONS_BEST;
+  const int source = which == RUN_SECTIONS_SOURCE;
   host_model *mdl = which == RUN_SECTIONS_BEST ? &rs->best : &rs->live;
   const uint64_t P = rs->meta.n_params * sizeof(float), B = rs->meta.n_buffers * sizeof(float);
   // id, name, kind, since (the format version that added it), data, bytes. In file order;
@@ -52,7 +65,8 @@ int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_
   // training state, best.bin's STATE at best_st, or nowhere.
   const ckpt_section rows[] = {
       {1, "META", CKPT_KIND_META, 1, &rs->meta, sizeof(rs->meta)},
-      {2, "STATE", CKPT_KIND_STATE, 1, all ? &rs->st : best ? &rs->best_st : NULL, sizeof(rs->st)},
+      {2, "STATE", CKPT_KIND_STATE, 1, all || source ? &rs->st : best ? &rs->best_st : NULL,
+       sizeof(rs->st)},
       {3, "PARAMS", CKPT_KIND_F32, 1, mdl->params, P},
       {4, "ADAM_M", CKPT_KIND_F32, 1, all ? rs->adam_m : NULL, P},
       {5, "ADAM_V", CKPT_KIND_F32, 1, all ? rs->adam_v : NULL, P},
@@ -277,4 +291,36 @@ int run_state_check_best(const run_state *rs, char *err, size_t err_len) {
                       "run's best is epoch %" PRId32 " (best loss %g)", b->best_epoch + 1,
                       b->best_val_loss, s->best_epoch + 1, s->best_val_loss);
   return check_model(&rs->best, &rs->meta, "best model", err, err_len);
+}
+
+int run_state_check_source(const run_state *rs, uint32_t version, char *err, size_t err_len) {
+  const train_state *s = &rs->st;
+  // A version-3 file's own order says what its position may be; an older file has none (all 0).
+  return check_counts(s, err, err_len) || check_values(s, err, err_len) ||
+                 check_epoch_sums(s, err, err_len) ||
+                 (version >= 3 && (check_order(&s->order, err, err_len) ||
+                                   check_position(s, err, err_len))) ||
+                 check_model(&rs->live, &rs->meta, "model", err, err_len)
+             ? -1
+             : 0;
+}
+
+void run_state_load_source(run_state *rs, const char *path, const char *opt, comm *c,
+                           double timeout_s) {
+  const int rank = comm_rank(c);
+  if (rank != 0) comm_set_timeout(c, 0);
+  comm_agree_begin(c);
+  if (rank == 0) {
+    ckpt_section secs[CKPT_MAX_SECTIONS];
+    const int n = run_state_sections(rs, RUN_SECTIONS_SOURCE, secs);
+    char err[512] = "", why[400] = "";
+    uint32_t version = 0;
+    if (checkpoint_read_version(path, secs, n, err, sizeof(err), &version) != 0)
+      DIE_DATA("%s: %s", opt, err);
+    if (run_state_check_source(rs, version, why, sizeof(why)) != 0)
+      DIE_DATA("%s: checkpoint %s is refused: %s", opt, path, why);
+  }
+  comm_agree_end(c);
+  comm_set_timeout(c, timeout_s);
+  run_state_broadcast(rs, RUN_SECTIONS_SOURCE, c);
 }

@@ -13,6 +13,7 @@
 
 #include "checkpoint.h"
 #include "comm.h"
+#include "model.h"
 #include "train_state.h"
 
 // A model on the host: the flat parameters and the flat non-trainable buffers.
@@ -36,12 +37,15 @@ typedef enum {
   RUN_SECTIONS_ALL,   // all the live state: the checkpoints and the resume
   RUN_SECTIONS_MODEL, // the live model only (parameters and buffers)
   RUN_SECTIONS_BEST,  // the best model and its state into best_st (best.bin, for the final test)
+  RUN_SECTIONS_SOURCE, // the live model and STATE, no Adam state (--eval and --init-from)
 } run_sections;
 
 // Allocates the host copies for meta's sizes: Adam state zeroed, the rest to be filled; the
 // train_state zeroed. run_state_free accepts NULL and a zeroed struct.
 void run_state_init(run_state *rs, const ckpt_meta *meta);
 void run_state_free(run_state *rs);
+// run_state_init for the meta of model m (what a checkpoint of it says it is).
+void run_state_init_model(run_state *rs, const model *m);
 
 // The checkpoint's section table (see checkpoint.h), rows pointing into rs; returns the row
 // count (at most CKPT_MAX_SECTIONS). Adding a section to the file is one row here (and one
@@ -69,6 +73,21 @@ int run_state_check_resume(run_state *rs, uint32_t version, const sample_order *
 // state: its tensors finite, and its state that of this run's best epoch (written at its end,
 // with the same best epoch and loss). Returns 0, or -1 with one line in err.
 int run_state_check_best(const run_state *rs, char *err, size_t err_len);
+
+// Checks a model source just read (RUN_SECTIONS_SOURCE from a file of format `version`): the
+// checks of run_state_check_resume that do not compare with this run's data: every STATE
+// field in its range (its normalisation among them: --eval uses it), a version-3 file's sample
+// order and position consistent in themselves, the model's tensors finite. Adam's state is
+// not read, so not checked. Returns 0, or -1 with one line in err.
+int run_state_check_source(const run_state *rs, uint32_t version, char *err, size_t err_len);
+
+// Rank 0 reads the checkpoint at `path` (RUN_SECTIONS_SOURCE: CRCs, its meta against rs->meta,
+// the run's model) and checks it (run_state_check_source); every rank then gets the live model
+// and STATE by broadcast. A refusal ends the job with rank 0's one line "<opt>: <reason>",
+// agreed by every rank (no MPI_ABORT). The other ranks wait without a deadline while rank 0
+// reads (a slow file system is no hung peer), then get `timeout_s` back.
+void run_state_load_source(run_state *rs, const char *path, const char *opt, comm *c,
+                           double timeout_s);
 
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);

@@ -9,6 +9,9 @@
 // broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
 // A stop (a signal, --max-steps) ends the run after a step with a checkpoint and the
 // directory's RESUMABLE marker; a finished run (all epochs, early stopping) removes the marker.
+// A fresh run may take its model (parameters and buffers) from another run's checkpoint
+// (--init-from); everything else about it stays fresh. Evaluating a checkpoint without
+// training (--eval) is evaluate.c's.
 //
 // What a rank holds is one `run`: the options and the communicator, the backend and the net on
 // it, the data (run_data), and the host state (run_state: train_state, the model's host copy,
@@ -317,6 +320,19 @@ static int resume(run *r) {
   return 1;
 }
 
+// --init-from: a fresh run (state_fresh's position, schedule, seed and zero Adam state) whose
+// model is the checkpoint's parameters and buffers; its STATE is checked, then set aside (the
+// normalisation too: the run computes its own, see normalisation()).
+static void init_from(run *r) {
+  const train_state fresh = r->rs.st;
+  run_state_load_source(&r->rs, r->cfg->init_from, "--init-from", r->c, r->cfg->comm_timeout);
+  const int source_epoch = r->rs.st.epoch, source_step = (int)r->rs.st.step;
+  r->rs.st = fresh;
+  run_state_keep_best(&r->rs); // the model so far, should no epoch improve on it
+  LOG0("init: the model of %s (after epoch %d, step %d); a new run from step 0\n",
+       r->cfg->init_from, source_epoch, source_step);
+}
+
 // The run's warmup: said once at the start; a resumed run keeps its checkpoint's, whatever
 // --warmup-epochs says now (as it keeps its seed), so that it continues the trajectory it began.
 static void warmup_report(const run *r, int resumed) {
@@ -336,16 +352,9 @@ static int state_init(run *r) {
   model_build(&r->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout,
               cfg->batchnorm);
   if (r->rank == 0) model_print(&r->m, stdout);
-  ckpt_meta meta;
-  memset(&meta, 0, sizeof(meta));
-  snprintf(meta.model, sizeof(meta.model), "%s", cfg->model);
-  meta.width = cfg->width;
-  meta.image_size = cfg->image_size;
-  meta.classes = CIFAR_CLASSES;
-  meta.n_params = r->m.n_params;
-  meta.n_buffers = r->m.n_buffers;
-  run_state_init(&r->rs, &meta);
+  run_state_init_model(&r->rs, &r->m);
   state_fresh(r);
+  if (cfg->init_from[0]) init_from(r);
   int resumed = cfg->resume[0] && resume(r);
   if (resumed && r->rs.st.seed != cfg->seed)
     LOG0("note: continuing with the checkpoint's seed %llu (not --seed %llu)\n",
