@@ -71,6 +71,13 @@ for bn in 0 1; do
          --batchnorm $bn --test-limit 64 --device cpu --threads 1 > "$T/$tag.eval.log" 2>&1; then
       check "$tag: vgg_dist --eval --dump-logits matches the reference" \
         "$TPY" "$CHECK" logits "$T/$tag.logits.npy" "$T/$tag.ref"
+      # And the exports against vgg_dist's own logits directly (the same images).
+      mkdir -p "$T/$tag.vref" && cp "$T/$tag.ref/x.npy" "$T/$tag.ref/norm.json" "$T/$tag.vref/" &&
+        cp "$T/$tag.logits.npy" "$T/$tag.vref/ref.npy"
+      check "$tag: TorchScript logits match vgg_dist's (--dump-logits)" \
+        "$TPY" "$CHECK" torchscript "$T/$tag.torchscript" "$T/$tag.vref"
+      [ "$ORT_OK" = 1 ] && check "$tag: ONNX Runtime logits match vgg_dist's (--dump-logits)" \
+        "$VENV/bin/python" "$CHECK" onnx "$T/$tag.onnx" "$T/$tag.vref"
     else
       bad "$tag: vgg_dist --eval --dump-logits: $(tail -n 1 "$T/$tag.eval.log")"
     fi
