@@ -26,8 +26,8 @@ int comm_world(const comm *c);
 int comm_local_rank(const comm *c);
 int comm_local_size(const comm *c);
 // --comm-timeout on the MPI path: a control collective or a host gradient reduction that stays
-// unfinished for `seconds` ends the job with a message naming the rank and the wait (0: never;
-// unset: never). Returns the previous value, so that a wait known to cover another rank's file
+// unfinished for `seconds` ends the job with a message naming the rank and the wait (0: never,
+// which is also what a comm has before the first call; vgg_dist sets --comm-timeout's value). Returns the previous value, so that a wait known to cover another rank's file
 // I/O can lift it for a while. (The NCCL reducer takes its own, in grad_sync_create.)
 double comm_set_timeout(comm *c, double seconds);
 void comm_barrier(comm *c);

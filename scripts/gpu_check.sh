@@ -16,7 +16,8 @@
 #   3. whole-step parity of the CUDA backend against the CPU backend, and of CUDA graph replays
 #      against eager steps (parity_step: fp32, tf32, bf16) -- the first part that needs a GPU;
 #   4. two 1-rank NCCL training runs through mpirun, CUDA graphs on and off, with the
-#      deterministic autotune (--autotune first): identical losses;
+#      deterministic autotune (--autotune first): identical losses (the graphs run also sums
+#      batch norm's statistics over NCCL, --sync-bn 1: at one rank the same numbers);
 #   5. the per-op time profile (bench_step --profile: VGG16 at 128x128, batch 64, bf16);
 #   6. throughput: VGG16 (width 1) at 128x128 and 32x32, batch 64 and 256, bf16/tf32/fp32;
 #   7. if time is left, compute-sanitizer over the op tests of the row-wise, loss and batch-norm
@@ -258,16 +259,19 @@ grep -E "^parity|error|FATAL" "$OUT/parity.log" | tee -a "$SUM"
 # 1000 train images in batches of 64: step 1 eager, step 2 captured, later ones replayed, the
 # short last one eager. With --autotune first both processes pick the same (deterministic)
 # engines, so the losses must be identical; a stale step variable in the graph (ids, flips,
-# dropout step, Adam step or lr) would not.
+# dropout step, Adam step or lr) would not. The graphs run takes batch norm's sums over NCCL
+# (--sync-bn 1: all-reduces of doubles on the comm stream, captured between the compute
+# stream's kernels), the eager run not: over one rank they are the same sums, so a broken event
+# order, capture or all-reduce there shows as a difference too.
 data=data/sample
 [ -r .device/data/data_batch_1.bin ] && data=.device/data
-nccl_run() { # nccl_run GRAPHS
+nccl_run() { # nccl_run GRAPHS (and --sync-bn GRAPHS)
   local t
   t=$(tmo 90 20 "nccl --cuda-graphs $1") || return 124
-  log nccl.log "1 rank, --cuda-graphs $1" timeout "$t" "${MPIRUN[@]}" -np 1 $B/vgg_dist \
+  log nccl.log "1 rank, --cuda-graphs $1 --sync-bn $1" timeout "$t" "${MPIRUN[@]}" -np 1 $B/vgg_dist \
     --device cuda --data "$data" --model vgg11 --width 0.5 --image-size 32 --batch 64 --epochs 1 \
     --val-size 200 --train-limit 1000 --lr 1e-3 --log-every 5 --autotune first --cuda-graphs "$1" \
-    --metrics "$WORK/nccl_$1.jsonl"
+    --sync-bn "$1" --metrics "$WORK/nccl_$1.jsonl"
 }
 same_losses() { # every step and epoch loss and accuracy (%.6f in the metrics) of the two runs
   [ -s "$WORK/nccl_1.jsonl" ] && [ -s "$WORK/nccl_0.jsonl" ] || { echo "a run wrote no metrics"; return 1; }
@@ -291,7 +295,7 @@ if [ "$HAVE_BIN" = 1 ]; then
   cmp=$(same_losses 2>&1)
   crc=$?
   if [ $rc -eq 0 ] && [ $rc0 -eq 0 ] && [ $crc -eq 0 ]; then
-    say "nccl 1 rank: exit 0 and 0, graph and eager losses identical ($cmp)"
+    say "nccl 1 rank: exit 0 and 0, graph (--sync-bn 1) and eager (--sync-bn 0) losses identical ($cmp)"
   else
     fail "nccl 1 rank: FAIL (exit $rc with graphs, $rc0 eager; losses must be identical: $cmp)"
   fi

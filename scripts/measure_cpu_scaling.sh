@@ -8,11 +8,11 @@
 # Writes OUT (default scaling_cpu.json), the shape `scaling_model.py --from-json` reads.
 #   usage: scripts/measure_cpu_scaling.sh [OUT]   (env: MODEL=vgg16 WIDTH=0.25 SIZE=32
 #          BATCH=32 (per rank) ROUNDS=3 TRAIN=400 (images per generated file), BIN=./vgg_dist,
-#          SYNC_BN=1 (vgg_dist --sync-bn: 0 leaves the gradient all-reduce the only communication))
+#          SYNC_BN=0 (vgg_dist --sync-bn, its default: the gradient all-reduce is the only communication))
 set -euo pipefail
 out=${1:-scaling_cpu.json}
 MODEL=${MODEL:-vgg16} WIDTH=${WIDTH:-0.25} SIZE=${SIZE:-32} BATCH=${BATCH:-32} ROUNDS=${ROUNDS:-3}
-TRAIN=${TRAIN:-400} BIN=${BIN:-./vgg_dist} BUILD=${BUILD:-build} SYNC_BN=${SYNC_BN:-1}
+TRAIN=${TRAIN:-400} BIN=${BIN:-./vgg_dist} BUILD=${BUILD:-build} SYNC_BN=${SYNC_BN:-0}
 for f in "$BIN" "$BUILD/gen_cifar" "$BUILD/allreduce_bench"; do
   [ -x "$f" ] || { echo "measure_cpu_scaling: $f missing: make && make $BUILD/gen_cifar $BUILD/allreduce_bench" >&2; exit 1; }
 done

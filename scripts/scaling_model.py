@@ -99,7 +99,7 @@ def parse():
     p.add_argument("--backward-fraction", type=float, default=2.0 / 3.0,
                    help="backward's share of compute (backward = 2x forward FLOPs)")
     p.add_argument("--sync-collectives", type=int, default=0,
-                   help="small blocking all-reduces per step (vgg_dist --sync-bn 1: 2 per BN layer)")
+                   help="small blocking all-reduces per step (vgg_dist --sync-bn 1: 3 per BN layer, 39 for VGG16)")
     p.add_argument("--grad-dtype", choices=["fp32", "bf16", "both"], default="both")
     p.add_argument("--from-json", help="inputs as JSON (see the header); keys override flags")
     p.add_argument("--png", default="docs/scaling_vgg16.png")

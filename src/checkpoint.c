@@ -18,6 +18,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -660,7 +661,7 @@ static int tmp_name_parse(const char *name, long *pid) {
   const int known = strcmp(stem, "best.bin") == 0 || strcmp(stem, CKPT_RESUMABLE) == 0 ||
                     periodic_name_parse(stem, &epoch, &batch);
   const char *end = known ? parse_uint(tmp + 5, pid) : NULL;
-  return end && *end == '\0' && *pid > 0;
+  return end && *end == '\0' && *pid > 0 && *pid <= INT_MAX; // a pid_t
 }
 
 // Whether process pid may still be writing: it exists (kill 0 succeeds, or is refused for

@@ -460,7 +460,8 @@ static void save_periodic(run *r) {
   LOG0("checkpoint: %s\n", path);
 }
 
-// The reason of a stop, as the RESUMABLE marker and the messages give it.
+// The reason of a stop, as the RESUMABLE marker gives it (its format is read by scripts and
+// tests: "signal N" or "max-steps"; the messages say it in words, stop_cause).
 static const char *stop_reason(const run *r, char *buf, size_t len) {
   if (r->stop_sig) snprintf(buf, len, "signal %d", r->stop_sig);
   else snprintf(buf, len, "max-steps");
@@ -811,8 +812,10 @@ static void final_test(run *r) {
   else
     LOG0("test (best model, epoch %d): loss %.4f acc %.4f on %d images\n", st->best_epoch + 1,
          test_loss, test_acc, r->data.test.n);
-  metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d",
-                test_loss, test_acc, st->best_epoch + 1, r->data.test.n);
+  // "model": which one was tested (the best epoch's, or the last when best.bin was unusable).
+  metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d, "
+                "\"model\": \"%s\"", test_loss, test_acc, st->best_epoch + 1, r->data.test.n,
+                r->best_lost ? "last" : "best");
   if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
     LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
 }

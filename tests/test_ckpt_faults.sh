@@ -124,14 +124,15 @@ for case in intact corrupt other missing; do
     missing) rm "$T/b_$case/best.bin"; why="cannot open" ;;
   esac
   # --epochs 1: nothing left to train, so only the final test runs, on the model resumed.
-  "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/b_$case" --resume auto > "$T/b_$case.log" 2>&1
+  "$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/b_$case" --resume auto \
+    --metrics "$T/b_$case.jsonl" > "$T/b_$case.log" 2>&1
   rc=$?
   if [ $case = intact ]; then
     check "intact best.bin: the final test is the best model's, as in the uninterrupted run" bash -c \
-      "[ $rc -eq 0 ] && [ -n '$good_test' ] && grep -q '^$good_test' '$T/b_$case.log' && ! grep -q unusable '$T/b_$case.log'"
+      "[ $rc -eq 0 ] && [ -n '$good_test' ] && grep -q '^$good_test' '$T/b_$case.log' && ! grep -q unusable '$T/b_$case.log' && grep -q '\"event\": \"test\".*\"model\": \"best\"' '$T/b_$case.jsonl'"
   else
-    check "$case best.bin: one warning, the final test says it is the last model's and why" bash -c \
-      "[ $rc -eq 0 ] && [ \$(grep -c \"^warning: .*best.bin unusable: .*$why.*: the final test will use the last model\" '$T/b_$case.log') -eq 1 ] && grep -q \"^test (last model, epoch 1): loss .*(.*best.bin unusable: .*$why\" '$T/b_$case.log' && ! grep -q '^test (best model' '$T/b_$case.log'"
+    check "$case best.bin: one warning, the final test (and its metrics event) says it is the last model's and why" bash -c \
+      "[ $rc -eq 0 ] && [ \$(grep -c \"^warning: .*best.bin unusable: .*$why.*: the final test will use the last model\" '$T/b_$case.log') -eq 1 ] && grep -q \"^test (last model, epoch 1): loss .*(.*best.bin unusable: .*$why\" '$T/b_$case.log' && ! grep -q '^test (best model' '$T/b_$case.log' && grep -q '\"event\": \"test\".*\"model\": \"last\"' '$T/b_$case.jsonl'"
   fi
 done
 

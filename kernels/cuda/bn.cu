@@ -50,8 +50,11 @@ __global__ void bn_sums_kernel(double *sums, const float *partial, int chunks, i
   if (k == 0) sums[(size_t)terms * C] = count;
 }
 
-// The batch's count from the sums' last slot: fewer than 2 values give NaN statistics (the
-// host refuses a rank's single value; only an all-empty global batch could get here).
+// The batch's count from the sums' last slot: fewer than 2 values give NaN statistics. Without
+// sync the host refuses that before the launch; with sync only the global count says, which
+// the host does not wait for: at the image sizes the trainer takes (32 and up, the last conv
+// block 2x2) a global batch of one image still has 4 values per channel, so it cannot happen
+// there. (The CPU backend, whose sums are on the host, refuses it with a message.)
 __device__ __forceinline__ double bn_count(const double *count) {
   return *count >= 2.0 ? *count : nan("");
 }

@@ -61,10 +61,13 @@ static int fuzz_run(void (*fn)(void *), void *arg) {
   return code;
 }
 
-// Writes the input to a file of this process (the readers take paths) and returns its path.
+// Writes the input to a file of this process (the readers take paths) in $TMPDIR (else /tmp)
+// and returns its path.
 static const char *fuzz_file(const char *name, const uint8_t *data, size_t size) {
-  static char path[256];
-  snprintf(path, sizeof(path), "/tmp/vgg_fuzz_%ld_%s", (long)getpid(), name);
+  static char path[512];
+  const char *dir = getenv("TMPDIR");
+  snprintf(path, sizeof(path), "%s/vgg_fuzz_%ld_%s", dir && *dir ? dir : "/tmp", (long)getpid(),
+           name);
   FILE *f = fopen(path, "wb");
   if (!f || (size && fwrite(data, 1, size, f) != size) || fclose(f) != 0) {
     perror(path);

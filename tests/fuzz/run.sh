@@ -21,7 +21,8 @@ if ! command -v "${FUZZ_CC:-clang}" > /dev/null 2>&1; then
 fi
 make -s BUILD="$BUILD" fuzz-bins "$BUILD/gen_cifar" > /dev/null || { bad "building the fuzz targets"; echo "$pass passed, $fail failed"; exit 1; }
 T=$(mktemp -d /tmp/vgg_fuzz_XXXXXX)
-trap 'rm -rf "$T" /tmp/vgg_fuzz_[0-9]*_*' EXIT
+trap 'rm -rf "$T"' EXIT
+export TMPDIR=$T # where the targets write their inputs (fuzz.h): ours alone, removed with T
 
 # Seeds beside the committed ones: a 3-record CIFAR-10 batch and its batches.meta.txt; the
 # checkpoints (mid-epoch, epoch end, best.bin) of the tiny run fuzz_checkpoint.c describes.
