@@ -78,7 +78,7 @@ check "--sync-bn 1: stopped on 2 ranks, resumed on 4, equal to np 1's run" bash 
 # 133 train-set images, 100 for validation: the epoch ends with a batch of one image, so 3 of 4
 # ranks have none and must still take part in every batch-norm sum (or the job would hang).
 for np in 1 4; do
-  timeout 120 "${MPIRUN[@]}" -np $np "$BIN" "${SBN[@]}" --train-limit 133 --metrics "$T/sbnl$np.jsonl" \
+  timeout 120 "${MPIRUN[@]}" -np $np "$BIN" "${SBN[@]}" --sync-bn 1 --train-limit 133 --metrics "$T/sbnl$np.jsonl" \
     > "$T/sbnl$np.log" 2>&1 || bad "batch norm, a batch of one image over np $np (see log)"
 done
 check "--sync-bn 1: ranks without images take part; np 4 validation loss equals np 1's" "$PY" - \
@@ -309,11 +309,15 @@ check "after SIGTERM to mpirun the run resumes and finishes" resume_ok "$T/mterm
 
 # SIGINT to the launch script's process group, as a Ctrl-C at its terminal: the script passes
 # SIGUSR1 to mpirun (in a process group of its own). set -m: a background job that ignores
-# SIGINT (as one without job control does) could not trap it.
+# SIGINT (as one without job control does) could not trap it. And the script starts with SIGINT
+# at its default even when this shell was started with it ignored (a background job of a
+# non-interactive shell, `make check &`), which a shell can neither trap nor reset: as at a
+# terminal, where Ctrl-C reaches it.
 launch_bg() { # launch_bg NAME: launch/single_node.sh (2 ranks) in its own process group, lpid,
   # checkpoints in $T/NAME, until its first step
   set -m
-  NP=2 "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/$1" --metrics "$T/$1.jsonl" > "$T/$1.log" 2>&1 &
+  NP=2 "$PY" -c 'import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); os.execv(sys.argv[1], sys.argv[1:])' \
+    "$ROOT/launch/single_node.sh" "${SIGRUN[@]}" --checkpoint-dir "$T/$1" --metrics "$T/$1.jsonl" > "$T/$1.log" 2>&1 &
   lpid=$!
   set +m
   wait_step "$T/$1.jsonl"
