@@ -323,8 +323,7 @@ void checkpoint_write(const char *path, const ckpt_section *secs, int n) {
 // Reading: open -> header -> each section into private buffers (the META one verified against
 // the run's) -> the end of the file -> only then the caller's outputs.
 
-static int read_fail(char *err, size_t err_len, const char *fmt, ...) VGG_PRINTF(3, 4);
-static int read_fail(char *err, size_t err_len, const char *fmt, ...) {
+int checkpoint_errorf(char *err, size_t err_len, const char *fmt, ...) {
   if (err && err_len) {
     va_list ap;
     va_start(ap, fmt);
@@ -396,7 +395,7 @@ typedef struct ckpt_reader {
   size_t err_len;
 } ckpt_reader;
 
-#define READ_FAIL(rd, ...) read_fail((rd)->err, (rd)->err_len, __VA_ARGS__)
+#define READ_FAIL(rd, ...) checkpoint_errorf((rd)->err, (rd)->err_len, __VA_ARGS__)
 
 // Opens path and learns its size; only a regular file is a checkpoint.
 static int reader_open(ckpt_reader *rd) {
@@ -569,7 +568,7 @@ int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err
 
 int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
                             size_t err_len, uint32_t *version) {
-  if (!path) return read_fail(err, err_len, "checkpoint_read: no path");
+  if (!path) return checkpoint_errorf(err, err_len, "checkpoint_read: no path");
   table_check(secs, n, "checkpoint_read");
   ckpt_reader rd = {.path = path, .err = err, .err_len = err_len};
   const int failed = reader_check_sizes(&rd, secs, n) || reader_open(&rd) ||
@@ -695,17 +694,19 @@ static int tmp_remove(const char *dir, const char *name, long pid,
   return 1;
 }
 
+// The next entry of directory d (named dir), NULL at its end; a read error is fatal.
+static struct dirent *dir_next(DIR *d, const char *dir) {
+  errno = 0;
+  struct dirent *de = readdir(d);
+  if (!de && errno != 0) FATAL("readdir(%s) failed: %s", dir, strerror(errno));
+  return de;
+}
+
 int checkpoint_remove_stale_tmp(const char *dir, void (*removed)(const char *path, long pid)) {
   DIR *d = opendir(dir);
   if (!d) FATAL("opendir(%s) failed: %s", dir, strerror(errno));
   int n = 0;
-  for (;;) {
-    errno = 0;
-    struct dirent *de = readdir(d);
-    if (!de) {
-      if (errno != 0) FATAL("readdir(%s) failed: %s", dir, strerror(errno));
-      break;
-    }
+  for (struct dirent *de; (de = dir_next(d, dir));) {
     long pid;
     if (tmp_name_parse(de->d_name, &pid) && !tmp_writer_alive(pid))
       n += tmp_remove(dir, de->d_name, pid, removed);
@@ -737,13 +738,7 @@ static int list_periodic(const char *dir, ckpt_entry **out, int *count) {
   }
   int n = 0, cap = 16;
   ckpt_entry *e = xmalloc(cap * sizeof(*e));
-  for (;;) {
-    errno = 0;
-    struct dirent *de = readdir(d);
-    if (!de) {
-      if (errno != 0) FATAL("readdir(%s) failed: %s", dir, strerror(errno));
-      break;
-    }
+  for (struct dirent *de; (de = dir_next(d, dir));) {
     long epoch, batch;
     if (!periodic_name_parse(de->d_name, &epoch, &batch)) continue;
     if (strlen(de->d_name) >= sizeof(e->name)) continue;

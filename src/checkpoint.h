@@ -82,6 +82,14 @@ int checkpoint_read(const char *path, const ckpt_section *secs, int n, char *err
 int checkpoint_read_version(const char *path, const ckpt_section *secs, int n, char *err,
                             size_t err_len, uint32_t *version);
 
+// Writes a one-line reason into err (err_len bytes; err may be NULL) and returns -1: how the
+// reader and the checks of what it read (run_state.c) refuse a file.
+int checkpoint_errorf(char *err, size_t err_len, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+
 // CRC-32 (IEEE 802.3, reflected, as zlib's crc32()); crc = 0 to start.
 uint32_t checkpoint_crc32(uint32_t crc, const void *data, size_t bytes);
 

@@ -9,7 +9,6 @@
 
 #include <inttypes.h>
 #include <math.h>
-#include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -100,19 +99,9 @@ void run_state_keep_best(run_state *rs) {
 #define LR_MAX 10.0         // --lr's and --min-lr's bound
 #define BATCH_MAX (1 << 20) // --batch's bound
 
-static int state_refuse(char *err, size_t len, const char *fmt, ...) VGG_PRINTF(3, 4);
-static int state_refuse(char *err, size_t len, const char *fmt, ...) {
-  if (err && len) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, len, fmt, ap);
-    va_end(ap);
-  }
-  return -1;
-}
 
 #define REFUSE(name, fmt, value, why)                                                              \
-  state_refuse(err, len, "STATE %s = " fmt " is out of range: %s", name, value, why)
+  checkpoint_errorf(err, len, "STATE %s = " fmt " is out of range: %s", name, value, why)
 
 // The counters: the position and the scheduler's and early stopping's epoch counts.
 static int check_counts(const train_state *s, char *err, size_t len) {
@@ -187,7 +176,7 @@ static int check_position(const train_state *s, char *err, size_t len) {
   const int64_t n_train = s->order.train_images - s->order.val_size;
   const int64_t batches = (n_train + s->order.batch - 1) / s->order.batch;
   if (s->batch >= batches)
-    return state_refuse(err, len, "STATE batch = %" PRId32 " is out of range: an epoch of %" PRId64
+    return checkpoint_errorf(err, len, "STATE batch = %" PRId32 " is out of range: an epoch of %" PRId64
                       " images in batches of %" PRId32 " has batches 0 to %" PRId64, s->batch,
                       n_train, s->order.batch, batches - 1);
   if (s->epoch_correct > (double)s->batch * s->order.batch)
@@ -209,16 +198,16 @@ static int adopt_order(train_state *s, uint32_t version, const sample_order *now
                "sample order: assuming this run's --batch %d, --val-size %d, --train-limit %d",
                version, now->batch, now->val_size, now->train_limit);
   } else if (was->val_size != now->val_size) {
-    return state_refuse(err, len, "--val-size %d: the checkpoint's run split off %" PRId32
+    return checkpoint_errorf(err, len, "--val-size %d: the checkpoint's run split off %" PRId32
                       " validation images (its best model and lr schedule were judged on them)",
                       now->val_size, was->val_size);
   } else if (was->train_images != now->train_images) {
-    return state_refuse(err, len, "--train-limit %d: this run has %d training images, the "
+    return checkpoint_errorf(err, len, "--train-limit %d: this run has %d training images, the "
                       "checkpoint's run had %" PRId32 " (--train-limit %" PRId32 ")",
                       now->train_limit, now->train_images, was->train_images, was->train_limit);
   } else if (was->batch != now->batch) {
     if (s->batch > 0) // its batches are counted in the old size: they would be other images
-      return state_refuse(err, len, "--batch %d: the checkpoint is at batch %" PRId32 " of an epoch "
+      return checkpoint_errorf(err, len, "--batch %d: the checkpoint is at batch %" PRId32 " of an epoch "
                         "in batches of %" PRId32 "; resume mid-epoch with --batch %" PRId32,
                         now->batch, s->batch, was->batch, was->batch);
     snprintf(note, note_len, "note: --batch %d (the checkpoint's run used %" PRId32 "): from "
@@ -240,10 +229,10 @@ static int check_model(const host_model *m, const ckpt_meta *meta, const char *w
                        size_t len) {
   int64_t i;
   if ((i = first_bad(m->params, meta->n_params, 0)) >= 0)
-    return state_refuse(err, len, "%s PARAMS[%" PRId64 "] = %g is not finite", what, i,
+    return checkpoint_errorf(err, len, "%s PARAMS[%" PRId64 "] = %g is not finite", what, i,
                       (double)m->params[i]);
   if ((i = first_bad(m->buffers, meta->n_buffers, 0)) >= 0)
-    return state_refuse(err, len, "%s BUFFERS[%" PRId64 "] = %g is not finite", what, i,
+    return checkpoint_errorf(err, len, "%s BUFFERS[%" PRId64 "] = %g is not finite", what, i,
                       (double)m->buffers[i]);
   return 0;
 }
@@ -253,14 +242,14 @@ static int check_adam(const run_state *rs, char *err, size_t len) {
   const uint64_t P = rs->meta.n_params;
   int64_t i;
   if ((i = first_bad(rs->adam_m, P, 0)) >= 0)
-    return state_refuse(err, len, "ADAM_M[%" PRId64 "] = %g is not finite", i, (double)rs->adam_m[i]);
+    return checkpoint_errorf(err, len, "ADAM_M[%" PRId64 "] = %g is not finite", i, (double)rs->adam_m[i]);
   if ((i = first_bad(rs->adam_v, P, 1)) >= 0)
-    return state_refuse(err, len, "ADAM_V[%" PRId64 "] = %g is not finite and >= 0", i,
+    return checkpoint_errorf(err, len, "ADAM_V[%" PRId64 "] = %g is not finite and >= 0", i,
                       (double)rs->adam_v[i]);
   if (rs->st.step == 0)
     for (uint64_t k = 0; k < P; k++)
       if (rs->adam_m[k] != 0 || rs->adam_v[k] != 0)
-        return state_refuse(err, len, "ADAM_M/ADAM_V[%" PRIu64 "] is not 0 at step 0 (no step "
+        return checkpoint_errorf(err, len, "ADAM_M/ADAM_V[%" PRIu64 "] is not 0 at step 0 (no step "
                           "taken yet)", k);
   return 0;
 }
@@ -287,7 +276,7 @@ int run_state_check_best(const run_state *rs, char *err, size_t err_len) {
   // values travelled), else it is another run's or an older best.
   if (b->best_epoch != s->best_epoch || b->epoch != s->best_epoch + 1 ||
       memcmp(&b->best_val_loss, &s->best_val_loss, sizeof(double)) != 0)
-    return state_refuse(err, err_len, "it holds epoch %" PRId32 " (best loss %g), the resumed "
+    return checkpoint_errorf(err, err_len, "it holds epoch %" PRId32 " (best loss %g), the resumed "
                       "run's best is epoch %" PRId32 " (best loss %g)", b->best_epoch + 1,
                       b->best_val_loss, s->best_epoch + 1, s->best_val_loss);
   return check_model(&rs->best, &rs->meta, "best model", err, err_len);
