@@ -2,7 +2,9 @@
 # ok/bad count, check runs a command as a named test, summary prints the closing line
 # "N passed, N failed" that tests/run_all.sh reads and returns whether all passed, and
 # suite_tools BIN sets what the suites of the binary share: BIN (absolute), GEN (gen_cifar in
-# $BUILD, default build), TOOL (the checkpoint tool) and PY.
+# $BUILD, default build), TOOL (the checkpoint tool), PY, and VENV (scripts/setup.sh's venv of
+# PyPI packages); require_python PYTHON CODE ends a suite at once (one failure) when that Python
+# cannot run CODE (its imports), naming the command that installs them.
 pass=0
 fail=0
 ok() { echo "ok   $1"; pass=$((pass + 1)); }
@@ -20,4 +22,11 @@ suite_tools() { # suite_tools [BIN]
   [ -x "$GEN" ] || GEN="$BUILD/gen_cifar"
   TOOL="$ROOT/tests/ckpt_tool.py"
   PY=${PY:-python3}
+  VENV=${VGG_DIST_VENV:-$ROOT/.venv}
+}
+require_python() { # require_python PYTHON CODE
+  "$1" -c "$2" 2> /dev/null && return 0
+  echo "FAIL $1 cannot run '$2': run scripts/setup.sh test"
+  echo "0 passed, 1 failed"
+  exit 1
 }

@@ -18,18 +18,13 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 suite_tools "${1:-}"
 export OMP_NUM_THREADS=1 VGG_DIST="$BIN"
 TPY=/usr/bin/python3 # Debian's, with torch (the python3 first on PATH may not be)
-VENV=${VGG_DIST_VENV:-$ROOT/.venv}
 CHECK="$ROOT/tests/export_check.py"
 EXPORT="$ROOT/scripts/export.py"
 IMPORT="$ROOT/scripts/import_torchvision.py"
 T=$(mktemp -d /tmp/vgg_export_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-if ! "$TPY" -c 'import torch, torchvision, onnx' 2> /dev/null; then
-  echo "FAIL /usr/bin/python3 lacks torch, torchvision or onnx: run scripts/setup.sh test"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+require_python "$TPY" 'import torch, torchvision, onnx'
 ORT_OK=1
 "$VENV/bin/python" -c 'import onnxruntime, onnx' 2> /dev/null || ORT_OK=0
 

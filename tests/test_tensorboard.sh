@@ -11,16 +11,12 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
 suite_tools "${1:-}"
 export OMP_NUM_THREADS=1
-TB_PY=${TB_PY:-${VGG_DIST_VENV:-$ROOT/.venv}/bin/python}
+TB_PY=${TB_PY:-$VENV/bin/python}
 CONV="$ROOT/scripts/to_tensorboard.py"
 T=$(mktemp -d /tmp/vgg_tb_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
-if ! "$TB_PY" -c 'import tensorboard, torch.utils.tensorboard' 2> /dev/null; then
-  echo "no tensorboard in $TB_PY: run scripts/setup.sh test (or set TB_PY)"
-  echo "0 passed, 1 failed"
-  exit 1
-fi
+require_python "$TB_PY" 'import tensorboard, torch.utils.tensorboard'
 "$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
 "$BIN" --data "$T/data" --model vgg11 --width 0.125 --image-size 32 --batch 32 --val-size 100 \
   --device cpu --epochs 2 --log-every 2 --seed 3 --metrics "$T/m.jsonl" > "$T/run.log" 2>&1
