@@ -3,7 +3,8 @@
 # "N passed, N failed" that tests/run_all.sh reads and returns whether all passed, and
 # suite_tools BIN sets what the suites of the binary share: BIN (absolute), GEN (gen_cifar in
 # $BUILD, default build), TOOL (the checkpoint tool), PY, and VENV (scripts/setup.sh's venv of
-# PyPI packages); require_python PYTHON CODE ends a suite at once (one failure) when that Python
+# PyPI packages); suite_mpi exports one thread per rank and sets MPIRUN (mpirun as root,
+# oversubscribed); require_python PYTHON CODE ends a suite at once (one failure) when that Python
 # cannot run CODE (its imports), naming the command that installs them.
 pass=0
 fail=0
@@ -23,6 +24,10 @@ suite_tools() { # suite_tools [BIN]
   TOOL="$ROOT/tests/ckpt_tool.py"
   PY=${PY:-python3}
   VENV=${VGG_DIST_VENV:-$ROOT/.venv}
+}
+suite_mpi() { # the suites that start ranks: one thread each, more ranks than cores allowed (root)
+  export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
+  MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
 }
 require_python() { # require_python PYTHON CODE
   "$1" -c "$2" 2> /dev/null && return 0

@@ -12,8 +12,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
 suite_tools "${1:-}"
 NPY=/usr/bin/python3 # with numpy: it reads the .npy files as NumPy itself would
-export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
+suite_mpi
 T=$(mktemp -d /tmp/vgg_eval_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 

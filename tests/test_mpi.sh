@@ -10,8 +10,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
 suite_tools "${1:-}"
-export OMP_NUM_THREADS=1 OMPI_MCA_rmaps_base_oversubscribe=1
-MPIRUN=(mpirun --allow-run-as-root --oversubscribe)
+suite_mpi
 T=$(mktemp -d /tmp/vgg_mpi_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
