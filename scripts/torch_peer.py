@@ -189,8 +189,11 @@ def run_ddp(a):
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
-    mp.spawn(ddp_rank, args=(a, port, queue), nprocs=a.ranks, join=True)
-    return queue.get()
+    procs = mp.spawn(ddp_rank, args=(a, port, queue), nprocs=a.ranks, join=False)
+    result = queue.get()  # before joining: a rank never waits on a full pipe to exit
+    while not procs.join():
+        pass
+    return result
 
 
 def run_gpu(a):
