@@ -147,6 +147,12 @@ $(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ) $(STAMP)
 $(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ) $(STAMP)
 	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
+# bench_step over MPI (the same object, linked with comm/comm_mpi.c as vgg_dist is): the 2-rank
+# rows of `make bench`, mpirun -np 2 build/bench_step_mpi.
+$(BUILD)/bench_step_mpi: $(BUILD)/tests/tools/bench_step.o $(OBJ) $(MPI_OBJ) $(STAMP)
+	$(require_mpi)
+	$(MPICC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
+
 # The all-reduce timing tool: it times comm/comm_mpi.c's gradient reducer, so it links MPI as
 # vgg_dist does (its own source includes comm.h only).
 $(BUILD)/allreduce_bench: $(BUILD)/tests/tools/allreduce_bench.o $(OBJ) $(MPI_OBJ) $(STAMP)
@@ -179,8 +185,8 @@ test:
 check: $(BIN) $(BUILD)/test_unit $(BUILD)/gen_cifar
 	BUILD=$(BUILD) tests/run_all.sh $(BUILD)/test_unit ./$(BIN)
 
-bench: $(BUILD)/bench_step $(BUILD)/gen_cifar $(BIN)
-	scripts/bench_cpu.sh $(BUILD) $(BIN)
+bench: $(BUILD)/bench_step $(BUILD)/bench_step_mpi $(BUILD)/gen_cifar $(BIN)
+	scripts/bench.py --build $(BUILD) --vgg-dist $(BIN)
 
 run:
 	scripts/run.sh $(ARGS)

@@ -1,6 +1,6 @@
 # vgg_torch.py - vgg_dist's network as a PyTorch nn.Module, built from vgg_dist's own
 # description of it (`vgg_dist --print-model`: the layer table lives only in src/model.c), and
-# torchvision's VGG initialisation. Shared by the PyTorch peers (torch_cpu_vgg.py: speed,
+# torchvision's VGG initialisation. Shared by the PyTorch peers (torch_peer.py: speed,
 # torch_cifar_train.py: accuracy). Import it with scripts/ on sys.path.
 import json
 import os
