@@ -718,6 +718,7 @@ static void epoch_checkpoints(run *r, int best) {
   st->epoch++;
   st->batch = 0;
   st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
+  const double t0 = now_s();
   rank0_io_begin(r);
   state_download(r);
   if (best) {
@@ -735,6 +736,10 @@ static void epoch_checkpoints(run *r, int best) {
   // barrier has no deadline on them (rank0_io_begin).
   comm_barrier(r->c);
   rank0_io_end(r);
+  // What every rank waited for the end-of-epoch checkpoints (the download, the writes and
+  // their fsyncs): the stall the benchmark in BENCHMARKS.md measures.
+  if (cfg->checkpoint_dir[0])
+    LOG0("checkpoints: epoch %d written in %.2f s\n", st->epoch, now_s() - t0);
 }
 
 // After the last batch of an epoch: validation, decisions, the report, the checkpoints.
