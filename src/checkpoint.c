@@ -319,6 +319,49 @@ void checkpoint_write(const char *path, const ckpt_section *secs, int n) {
   commit_tmp(f, tmp, path);
 }
 
+// Appends the file src to f (open on tmp): the fallback where src cannot be linked.
+static void copy_into(FILE *f, const char *tmp, const char *src) {
+  FILE *in = fopen(src, "rb");
+  WRITE_CHECK(in, f, tmp, "open(%s) to copy it failed: %s", src, strerror(errno));
+  enum { CHUNK = 1 << 20 };
+  char *buf = xmalloc(CHUNK);
+  size_t n;
+  while ((n = fread(buf, 1, CHUNK, in)) > 0) write_bytes(f, tmp, buf, n);
+  const int failed = ferror(in);
+  free(buf);
+  WRITE_CHECK(fclose(in) == 0 && !failed, f, tmp, "reading %s to copy it failed", src);
+}
+
+// Where a file system has no hard links (or not across these two paths), link() fails with
+// one of these and a copy does the same job; any other failure is a real error.
+static int link_unsupported(int err) {
+  return err == EXDEV || err == EPERM || err == EMLINK || err == ENOTSUP ||
+         err == EOPNOTSUPP || err == ENOSYS;
+}
+
+int checkpoint_link(const char *src, const char *path) {
+  char tmp[4096], dir[4096];
+  int len = snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  if (len < 0 || (size_t)len >= sizeof(tmp)) FATAL("checkpoint path too long: %s", path);
+  path_dirname(dir, sizeof(dir), path);
+  // A leftover of this pid (a recycled one) would make link() fail with EEXIST.
+  if (unlink(tmp) != 0 && errno != ENOENT) FATAL("unlink(%s) failed: %s", tmp, strerror(errno));
+  if (link(src, tmp) != 0) {
+    if (!link_unsupported(errno)) FATAL("link(%s, %s) failed: %s", src, tmp, strerror(errno));
+    FILE *f = xfopen(tmp, "wb");
+    copy_into(f, tmp, src);
+    commit_tmp(f, tmp, path); // the copy's data fsynced, renamed, the directory fsynced
+    return 0;
+  }
+  // src's data was fsynced when it was written: only the new names need to be durable.
+  WRITE_CHECK(rename(tmp, path) == 0, (FILE *)NULL, tmp, "rename(%s, %s) failed: %s", tmp, path,
+              strerror(errno));
+  // rename() of two links to one file does nothing and leaves tmp (path already was src).
+  if (unlink(tmp) != 0 && errno != ENOENT) FATAL("unlink(%s) failed: %s", tmp, strerror(errno));
+  fsync_dir(dir);
+  return 1;
+}
+
 // ---------------------------------------------------------------------------------------
 // Reading: open -> header -> each section into private buffers (the META one verified against
 // the run's) -> the end of the file -> only then the caller's outputs.

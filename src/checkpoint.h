@@ -71,6 +71,14 @@ typedef struct ckpt_section {
 // stays in place) and on a table that is not well formed (META first, every row's data set).
 void checkpoint_write(const char *path, const ckpt_section *secs, int n);
 
+// Makes path the same file as src, a finished checkpoint, atomically (as checkpoint_write:
+// "<path>.tmp.<pid>", rename, directory fsync): a hard link, so the state is written once
+// (best.bin is the epoch's checkpoint; deleting src's name later leaves path whole). Where hard
+// links fail (EXDEV, EPERM, ... : another file system, or one without them) src is copied.
+// Returns 1 when linked, 0 when copied; fatal on I/O errors (the old path stays in place).
+// The two names share one file: nothing may modify either in place (nothing here does).
+int checkpoint_link(const char *src, const char *path);
+
 // Reads and verifies path against the table: the META row's meta must match the file's, each
 // section's size must be its row's. On success fills every other row whose data is set and
 // returns 0. On any problem writes a one-line reason into err (err_len bytes), touches none of

@@ -449,15 +449,24 @@ static void save_checkpoint(run *r, const char *path) {
   checkpoint_write(path, secs, n);
 }
 
-// Periodic checkpoint at (epoch, batch) of st; callers have downloaded the state.
-static void save_periodic(run *r) {
+// Periodic checkpoint at (epoch, batch) of st; callers have downloaded the state. With
+// `best` it is also best.bin: the best model's checkpoint is the epoch's own (the same state at
+// the same moment, RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it.
+// Pruning comes after the link: a resumed run may write a checkpoint older than those present,
+// which --keep then deletes at once; best.bin's link keeps its data.
+static void save_periodic(run *r, int best) {
   const config *cfg = r->cfg;
   if (!cfg->checkpoint_dir[0] || r->rank != 0) return;
-  char path[1024];
+  char path[1024], best_path[1100];
   checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->rs.st.epoch, r->rs.st.batch);
   save_checkpoint(r, path);
+  const char *how = "";
+  if (best) {
+    checkpoint_best_path(best_path, sizeof(best_path), cfg->checkpoint_dir);
+    how = checkpoint_link(path, best_path) ? " (best.bin: linked)" : " (best.bin: copied)";
+  }
   checkpoint_prune(cfg->checkpoint_dir, cfg->keep);
-  LOG0("checkpoint: %s\n", path);
+  LOG0("checkpoint: %s%s\n", path, how);
 }
 
 // The reason of a stop, as the RESUMABLE marker gives it (its format is read by scripts and
@@ -637,7 +646,7 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
   state_download(r);
-  save_periodic(r);
+  save_periodic(r, 0);
   stop_resumable(r);
 }
 
@@ -711,7 +720,8 @@ static void epoch_report(run *r, const epoch_result *e) {
 }
 
 // The checkpoints at the end of an epoch, which name the start of the next one: the best
-// model (every rank keeps it for the final test; rank 0 writes best.bin) and the periodic one.
+// model (every rank keeps it for the final test; rank 0 links best.bin to the periodic one)
+// and the periodic one, written once.
 static void epoch_checkpoints(run *r, int best) {
   const config *cfg = r->cfg;
   train_state *st = &r->rs.st;
@@ -724,13 +734,8 @@ static void epoch_checkpoints(run *r, int best) {
   if (best) {
     run_state_keep_best(&r->rs);
     r->best_lost = 0; // better than the lost one too: its loss was the resumed best
-    if (cfg->checkpoint_dir[0] && r->rank == 0) {
-      char path[1024];
-      checkpoint_best_path(path, sizeof(path), cfg->checkpoint_dir);
-      save_checkpoint(r, path);
-    }
   }
-  save_periodic(r);
+  save_periodic(r, best);
   // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
   // count rank 0's checkpoint writing (a slow file system) against --comm-timeout; and this
   // barrier has no deadline on them (rank0_io_begin).

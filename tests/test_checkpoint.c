@@ -997,6 +997,95 @@ TEST(checkpoint_path_latest_prune) {
   EXPECT(!file_exists(want));
 }
 
+// (inode, link count) of path.
+static void inode_of(const char *path, ino_t *ino, nlink_t *links) {
+  struct stat sb;
+  if (stat(path, &sb) != 0) FATAL("stat(%s): %s", path, strerror(errno));
+  *ino = sb.st_ino;
+  *links = sb.st_nlink;
+}
+
+// Whether files a and b hold the same bytes.
+static int files_same_bytes(const char *a, const char *b) {
+  size_t na, nb;
+  uint8_t *x = slurp(a, &na), *y = slurp(b, &nb);
+  int same = na == nb && memcmp(x, y, na) == 0;
+  free(x);
+  free(y);
+  return same;
+}
+
+// best.bin as a hard link to the epoch's checkpoint: one file, two names; a newer best moves
+// the name; pruning the periodic name leaves best.bin whole and readable.
+TEST(checkpoint_link_shares_the_file) {
+  char dir[512], e1[600], e2[600], e3[600], best[600], err[512] = "";
+  make_dir(dir, sizeof(dir), "ckpt_link");
+  snprintf(e1, sizeof(e1), "%s/ckpt_e0001.bin", dir);
+  snprintf(e2, sizeof(e2), "%s/ckpt_e0002.bin", dir);
+  snprintf(e3, sizeof(e3), "%s/ckpt_e0003.bin", dir);
+  checkpoint_best_path(best, sizeof(best), dir);
+  run_state a, b;
+  sample_run_state(&a, 1001, 7, 1);
+  sample_run_state(&b, 1001, 7, 50);
+  ino_t ib, ie;
+  nlink_t lb, le;
+  write_rs(e1, &a);
+  EXPECT(checkpoint_link(e1, best) == 1);
+  inode_of(best, &ib, &lb);
+  inode_of(e1, &ie, &le);
+  EXPECT(ib == ie && lb == 2);
+  EXPECT(checkpoint_link(e1, best) == 1); // already the same file: nothing changes, no temp left
+  inode_of(best, &ib, &lb);
+  EXPECT(ib == ie && lb == 2);
+  a.st.epoch = 2;
+  fill_tensor(a.live.params, 1001, 77);
+  write_rs(e2, &a);
+  EXPECT(checkpoint_link(e2, best) == 1); // a newer best replaces the name, not the old file
+  inode_of(best, &ib, &lb);
+  inode_of(e2, &ie, &le);
+  EXPECT(ib == ie && lb == 2);
+  inode_of(e1, &ie, &le);
+  EXPECT(le == 1);
+  write_rs(e3, &b);
+  checkpoint_prune(dir, 1); // deletes ckpt_e0002.bin's name: best.bin keeps its data
+  EXPECT(!file_exists(e2) && file_exists(e3));
+  inode_of(best, &ib, &lb);
+  EXPECT(lb == 1);
+  EXPECT(read_rs(best, &b, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&a, &b));
+  EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  run_state_free(&a);
+  run_state_free(&b);
+}
+
+// Across file systems (tmpfs /dev/shm to the scratch directory) link() fails with EXDEV and
+// the file is copied: the same bytes under a new inode, atomically, no temp file left.
+TEST(checkpoint_link_copies_across_file_systems) {
+  char dir[512], src[600], best[600];
+  make_dir(dir, sizeof(dir), "ckpt_link_copy");
+  snprintf(src, sizeof(src), "/dev/shm/vgg_link_src.%ld", (long)getpid());
+  checkpoint_best_path(best, sizeof(best), dir);
+  struct stat sd, ss;
+  if (stat("/dev/shm", &ss) != 0 || stat(dir, &sd) != 0 || ss.st_dev == sd.st_dev) {
+    fprintf(stderr, "    skipped: no /dev/shm on another file system\n");
+    return;
+  }
+  run_state a;
+  sample_run_state(&a, 513, 3, 9);
+  write_rs(src, &a);
+  spit(best, "old", 3);
+  EXPECT(checkpoint_link(src, best) == 0);
+  ino_t ib, is;
+  nlink_t lb, ls;
+  inode_of(best, &ib, &lb);
+  inode_of(src, &is, &ls);
+  EXPECT(lb == 1 && ls == 1);
+  EXPECT(files_same_bytes(src, best));
+  EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  if (unlink(src) != 0) FATAL("unlink(%s): %s", src, strerror(errno));
+  run_state_free(&a);
+}
+
 static void dir_create_child(void *dir) { checkpoint_dir_create(dir); }
 
 // A pid no process has: a child that has exited and been reaped.

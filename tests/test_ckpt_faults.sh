@@ -136,4 +136,14 @@ for case in intact corrupt other missing; do
   fi
 done
 
+# ---- best.bin is the improving epoch's checkpoint written once: a hard link to it. Deleting the
+# periodic name (as --keep prunes it) leaves best.bin whole, and a run resumes from it ----
+check "best.bin and ckpt_e0001.bin are one file (same inode, 2 links), and the log says linked" bash -c \
+  "[ \"\$(stat -c %i '$T/e1/best.bin')\" = \"\$(stat -c %i '$T/e1/ckpt_e0001.bin')\" ] && [ \"\$(stat -c %h '$T/e1/best.bin')\" -eq 2 ] && grep -q '^checkpoint: .*ckpt_e0001.bin (best.bin: linked)' '$T/e1.log'"
+rm -rf "$T/pr" && cp -a "$T/e1" "$T/pr" && rm "$T/pr/ckpt_e0001.bin" # cp -a keeps the link
+"$BIN" "${SMALL[@]}" --epochs 1 --checkpoint-dir "$T/pr" --resume "$T/pr/best.bin" > "$T/pr.log" 2>&1
+rc=$?
+check "with its periodic name deleted, best.bin (1 link left) resumes and gives the best model's test" bash -c \
+  "[ $rc -eq 0 ] && [ \"\$(stat -c %h '$T/pr/best.bin')\" -eq 1 ] && [ -n '$good_test' ] && grep -q '^$good_test' '$T/pr.log' && ! grep -q unusable '$T/pr.log'"
+
 summary
