@@ -645,9 +645,16 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
+  // As at an epoch's end: the others wait for rank 0's writing in a barrier without a deadline
+  // (rank0_io_begin). Without it they would go on to leave the job, and on GPUs wait for rank 0
+  // inside ncclCommFinalize, whose settling counts --comm-timeout: a slow file system would end
+  // a clean stop as a hung peer. After the barrier every rank finalizes NCCL together.
+  rank0_io_begin(r);
   state_download(r);
   save_periodic(r, 0);
   stop_resumable(r);
+  comm_barrier(r->c);
+  rank0_io_end(r);
 }
 
 // Trains the remaining batches of epoch st.epoch.
@@ -799,7 +806,10 @@ static run_end train_epochs(run *r) {
     if (how == EPOCH_DONE_STOP) {
       char cause[64];
       LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_cause(r, cause, sizeof(cause)));
+      rank0_io_begin(r); // the marker's write and fsyncs: as stop_mid_epoch's barrier says
       stop_resumable(r);
+      comm_barrier(r->c);
+      rank0_io_end(r);
       return RUN_STOPPED;
     }
     if (early) break;
