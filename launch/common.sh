@@ -5,7 +5,10 @@
 VGG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VGG_BIN=${VGG_BIN:-$VGG_ROOT/vgg_dist}
 [ -x "$VGG_BIN" ] || { echo "launch: $VGG_BIN not built (run make)" >&2; exit 1; }
-MPI_FLAGS=(--bind-to none --map-by slot)
+# Binding: none by default, since Open MPI's default (one core per rank for 2 ranks or fewer)
+# would pin a CPU rank's OpenMP threads to one core. VGG_MPI_BIND replaces it (words split), e.g.
+# "--map-by ppr:4:socket:PE=8 --bind-to core" to keep each GPU rank's cores near its GPU.
+read -r -a MPI_FLAGS <<< "${VGG_MPI_BIND:---bind-to none --map-by slot}"
 # Root in containers and CI: Open MPI refuses root unless told.
 [ "$(id -u)" -eq 0 ] && MPI_FLAGS+=(--allow-run-as-root)
 # gpu_count: the GPUs this job can see, which is what the ranks' CUDA shows them. nvidia-smi -L

@@ -2,7 +2,8 @@
 # test_launch.sh - launch/common.sh's gpu_count, the GPU count the launch scripts and
 # scripts/run.sh size a job by: CUDA_VISIBLE_DEVICES when set (empty: none; a list: its entries
 # up to the first invalid one), else the lines of nvidia-smi -L. A fake nvidia-smi on PATH prints
-# N GPU lines: this tests our counting, not the driver. Prints "N passed, N failed" last.
+# N GPU lines: this tests our counting, not the driver. Also the mpirun binding flags
+# (none by default, VGG_MPI_BIND replaces them). Prints "N passed, N failed" last.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
@@ -37,4 +38,9 @@ check "CUDA_VISIBLE_DEVICES empty: 0 (nvidia-smi's 4 are hidden)" is "$(count 4 
 check "CUDA_VISIBLE_DEVICES=NoDevFiles (Slurm without GPUs): 0" is "$(count 4 NoDevFiles)" 0
 check "CUDA_VISIBLE_DEVICES=0,-1,2: 1 (CUDA stops at the invalid entry)" is "$(count 4 0,-1,2)" 1
 check "CUDA_VISIBLE_DEVICES of UUIDs: 2" is "$(count 4 GPU-aa,GPU-bb)" 2
+flags() { env "$@" VGG_BIN=/bin/true bash -c 'source "$0" && echo "${MPI_FLAGS[*]}"' "$ROOT/launch/common.sh"; }
+check "mpirun binding: none by default (OpenMP threads stay free)" \
+  bash -c "[[ '$(flags -u VGG_MPI_BIND)' == '--bind-to none --map-by slot'* ]]"
+check "mpirun binding: VGG_MPI_BIND replaces it, word by word" \
+  bash -c "[[ '$(flags VGG_MPI_BIND='--map-by ppr:4:socket:PE=8 --bind-to core')' == '--map-by ppr:4:socket:PE=8 --bind-to core'* ]]"
 summary
