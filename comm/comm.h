@@ -25,6 +25,12 @@ int comm_rank(const comm *c);
 int comm_world(const comm *c);
 int comm_local_rank(const comm *c);
 int comm_local_size(const comm *c);
+// The thread support the MPI library gave ("multiple", "serialized", "funneled", "single"; "one
+// process" without MPI), for the device line. comm_init asks for MPI_THREAD_MULTIPLE: the NCCL
+// watchdog thread may end the job (MPI_Abort) while the main thread is inside MPI, so the
+// NCCL reducer refuses to start with less; the CPU path calls MPI from one thread only and
+// runs with any level.
+const char *comm_thread_level(const comm *c);
 // --comm-timeout on the MPI path: a control collective or a host gradient reduction that stays
 // unfinished for `seconds` ends the job with a message naming the rank and the wait (0: never,
 // which is also what a comm has before the first call; vgg_dist sets --comm-timeout's value). Returns the previous value, so that a wait known to cover another rank's file

@@ -13,6 +13,7 @@ struct comm {
   MPI_Comm world;
   MPI_Comm node; // ranks on this node (MPI_Comm_split_type SHARED)
   int rank, size, local_rank, local_size;
+  int thread_level; // what MPI_Init_thread provided (MPI_THREAD_*)
   double timeout_s; // --comm-timeout for the MPI waits (comm_set_timeout); 0: none
 };
 

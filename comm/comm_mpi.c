@@ -31,6 +31,7 @@ comm *comm_init(int *argc, char ***argv) {
   MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_MULTIPLE, &provided));
   comm *c = xcalloc(1, sizeof(comm));
   c->world = MPI_COMM_WORLD;
+  c->thread_level = provided; // less than asked is refused only where it matters (comm_nccl.c)
   check_set_abort_hook(comm_abort_hook);
   // Errors come back as codes (checked by MPI_CHECK) instead of MPI's default abort.
   MPI_CHECK(MPI_Comm_set_errhandler(c->world, MPI_ERRORS_RETURN));
@@ -55,6 +56,12 @@ int comm_rank(const comm *c) { return c->rank; }
 int comm_world(const comm *c) { return c->size; }
 int comm_local_rank(const comm *c) { return c->local_rank; }
 int comm_local_size(const comm *c) { return c->local_size; }
+
+const char *comm_thread_level(const comm *c) {
+  if (c->thread_level >= MPI_THREAD_MULTIPLE) return "multiple";
+  if (c->thread_level >= MPI_THREAD_SERIALIZED) return "serialized";
+  return c->thread_level >= MPI_THREAD_FUNNELED ? "funneled" : "single";
+}
 
 double comm_set_timeout(comm *c, double seconds) {
   double before = c->timeout_s;

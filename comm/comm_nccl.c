@@ -40,6 +40,7 @@
 #include <nccl.h>
 
 #include "comm_internal.h"
+#include "device.h"
 #include "log.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_wire.h"
@@ -281,8 +282,12 @@ static void nccl_rank_sum_init(grad_sync *g) { g->sum = (rank_sum){nccl_rank_sum
 static const grad_sync_ops nccl_sync_ops = {nccl_start, nccl_poll, nccl_wait, nccl_destroy,
                                             nccl_rank_sum_init};
 
-// Two ranks driving one GPU would deadlock NCCL (or be silently slow): compare PCI bus ids of
-// all ranks on this node. Bus ids, not device indices, because CUDA_VISIBLE_DEVICES may differ.
+// Two ranks driving one GPU would deadlock NCCL (or be silently slow): compare the PCI bus ids
+// of all ranks on this node. Bus ids, not device indices: under srun --gpus-per-task=1,
+// --gpu-bind or a per-rank CUDA_VISIBLE_DEVICES every rank's GPU is its device 0 (device_pick
+// binds local rank % visible without refusing), and only the bus ids tell distinct GPUs from
+// one GPU shared. Agreed over all ranks (the other nodes must not go on to the NCCL id
+// broadcast): the lowest rank of the clashing node prints one line, every rank exits 2.
 static void check_one_rank_per_gpu(comm *c, int device) {
   enum { ID = 64 };
   char mine[ID];
@@ -290,12 +295,28 @@ static void check_one_rank_per_gpu(comm *c, int device) {
   cudaCheck(cudaDeviceGetPCIBusId(mine, ID, device));
   char *all = xcalloc((size_t)c->local_size, ID);
   MPI_CHECK(MPI_Allgather(mine, ID, MPI_CHAR, all, ID, MPI_CHAR, c->node));
-  for (int j = 0; j < c->local_size; j++)
-    if (j != c->local_rank && strncmp(all + (size_t)j * ID, mine, ID) == 0)
-      DIE_USAGE("local ranks %d and %d on this node both use GPU %s: run at most one rank per "
-                "GPU (check CUDA_VISIBLE_DEVICES and the number of ranks per node)",
-                c->local_rank < j ? c->local_rank : j, c->local_rank < j ? j : c->local_rank, mine);
+  int i = 0, j = 0, clash = device_bus_id_clash(all, c->local_size, ID, &i, &j);
+  char host[64] = "?";
+  if (clash) gethostname(host, sizeof(host) - 1); // only for the message: a failure leaves "?"
+  comm_agree_begin(c);
+  if (clash)
+    DIE_USAGE("local ranks %d and %d of the %d on %s both drive GPU %s: run at most one rank "
+              "per GPU (more ranks on the node than GPUs, or CUDA_VISIBLE_DEVICES / --gpu-bind "
+              "giving two ranks one GPU)", i, j, c->local_size, host, all + (size_t)i * ID);
+  comm_agree_end(c);
   free(all);
+}
+
+// The watchdog thread ends the job (MPI_Abort, through FATAL's hook) while the main thread may
+// be inside MPI: that needs MPI_THREAD_MULTIPLE. Every rank runs the same library, so every
+// rank refuses alike (agreed: one line, exit 2).
+static void check_thread_level(comm *c) {
+  comm_agree_begin(c);
+  if (c->thread_level < MPI_THREAD_MULTIPLE)
+    DIE_USAGE("the MPI library gives thread level \"%s\", the NCCL reducer's watchdog needs "
+              "\"multiple\" (it may abort the job while the main thread is inside MPI): use an "
+              "MPI built with thread support, or --device cpu", comm_thread_level(c));
+  comm_agree_end(c);
 }
 
 grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count, int bf16_wire,
@@ -310,6 +331,7 @@ grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count
   s->timeout_s = timeout_s;
   s->compute = (cudaStream_t)b->ops->stream(b);
   cudaCheck(cudaGetDevice(&s->device)); // the backend selected it
+  check_thread_level(c);
   check_one_rank_per_gpu(c, s->device);
 
   ncclUniqueId id;
@@ -324,7 +346,11 @@ grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count
           ncclGetLastError(NULL));
   nccl_settle(s, "communicator init", timeout_s);
 
-  cudaCheck(cudaStreamCreateWithFlags(&s->stream, cudaStreamNonBlocking));
+  // The highest priority there is (numerically the least): a bucket's reduction is on the
+  // critical path once backward ends, so its kernels go before queued compute kernels.
+  int least = 0, greatest = 0;
+  cudaCheck(cudaDeviceGetStreamPriorityRange(&least, &greatest));
+  cudaCheck(cudaStreamCreateWithPriority(&s->stream, cudaStreamNonBlocking, greatest));
   cudaCheck(cudaEventCreateWithFlags(&s->ready, cudaEventDisableTiming));
   cudaCheck(cudaEventCreateWithFlags(&s->done, cudaEventDisableTiming));
   cudaCheck(cudaEventCreateWithFlags(&s->sum_done, cudaEventDisableTiming));

@@ -33,6 +33,7 @@ int comm_rank(const comm *c) { return 0; }
 int comm_world(const comm *c) { return 1; }
 int comm_local_rank(const comm *c) { return 0; }
 int comm_local_size(const comm *c) { return 1; }
+const char *comm_thread_level(const comm *c) { return "one process"; }
 double comm_set_timeout(comm *c, double seconds) { return 0; } // nothing to wait for
 void comm_barrier(comm *c) {}
 void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {

@@ -5,11 +5,24 @@
 VGG_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VGG_BIN=${VGG_BIN:-$VGG_ROOT/vgg_dist}
 [ -x "$VGG_BIN" ] || { echo "launch: $VGG_BIN not built (run make)" >&2; exit 1; }
-MPI_FLAGS=(--bind-to none --map-by slot)
+# Binding: none by default, since Open MPI's default (one core per rank for 2 ranks or fewer)
+# would pin a CPU rank's OpenMP threads to one core. VGG_MPI_BIND replaces it (words split), e.g.
+# "--map-by ppr:4:socket:PE=8 --bind-to core" to keep each GPU rank's cores near its GPU.
+read -r -a MPI_FLAGS <<< "${VGG_MPI_BIND:---bind-to none --map-by slot}"
 # Root in containers and CI: Open MPI refuses root unless told.
 [ "$(id -u)" -eq 0 ] && MPI_FLAGS+=(--allow-run-as-root)
+# gpu_count: the GPUs this job can see, which is what the ranks' CUDA shows them. nvidia-smi -L
+# lists every GPU of the machine and ignores CUDA_VISIBLE_DEVICES; when that is set (a
+# scheduler's allocation, a user's choice) it is the answer: empty or "NoDevFiles" (Slurm
+# without GPUs) is none, a list is its entries up to the first invalid one ("-1" hides the rest,
+# as in CUDA). Unset: every GPU nvidia-smi lists (0 without nvidia-smi).
 gpu_count() {
-  if command -v nvidia-smi > /dev/null 2>&1; then nvidia-smi -L 2> /dev/null | grep -c '^GPU'; else echo 0; fi
+  if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
+    echo "$CUDA_VISIBLE_DEVICES" | awk -F, '{ n = 0; for (i = 1; i <= NF; i++) { v = $i; gsub(/ /, "", v)
+      if (v == "" || v ~ /^-/ || v == "NoDevFiles") break; n++ } print n }'
+  elif command -v nvidia-smi > /dev/null 2>&1; then
+    nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true
+  else echo 0; fi
 }
 # NCCL errors and stalls: the binary's own non-blocking communicator and watchdog end the job
 # (--comm-timeout); NCCL_ASYNC_ERROR_HANDLING is PyTorch's variable, which NCCL never reads.

@@ -26,8 +26,7 @@ if [ ! -r "$data/data_batch_1.bin" ]; then
   fi
 fi
 
-gpus=0
-command -v nvidia-smi > /dev/null 2>&1 && gpus=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+gpus=$(source launch/common.sh && gpu_count) # the GPUs this job sees (CUDA_VISIBLE_DEVICES)
 mkdir -p runs
 if [ "$gpus" -gt 0 ]; then
   echo "run: $gpus GPUs: VGG16 with the paper's recipe, one rank per GPU"

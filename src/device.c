@@ -1,26 +1,46 @@
 // device.c - the backend choice, the thread policy and the GPU memory check (see device.h).
 #include "device.h"
 
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "check.h"
 #include "log.h"
 #include "net.h"
 
-// A CUDA backend: one rank per GPU, bound to GPU local rank % visible GPUs.
+int device_pick(int local_rank, int local_size, int visible) {
+  if (local_rank < 0 || local_rank >= local_size) return -1; // not a rank of this node
+  // Never refused for local_size > visible: per-rank visibility (srun --gpus-per-task=1,
+  // --gpu-bind, a wrapper setting CUDA_VISIBLE_DEVICES) shows each rank one GPU as device 0
+  // while the node has several ranks. Two ranks on one physical GPU are told from that case
+  // only by the PCI bus ids (device_bus_id_clash, over every rank's, in comm_nccl.c).
+  return visible > 0 ? local_rank % visible : -1;
+}
+
+int device_bus_id_clash(const char *ids, int n, size_t stride, int *first, int *second) {
+  for (int i = 0; i < n; i++)
+    for (int j = i + 1; j < n; j++)
+      if (strncmp(ids + (size_t)i * stride, ids + (size_t)j * stride, stride) == 0) {
+        *first = i;
+        *second = j;
+        return 1;
+      }
+  return 0;
+}
+
+// A CUDA backend: one rank per GPU, bound to GPU local rank % the GPUs this rank sees.
 static backend *cuda_create(const config *cfg, comm *c, int gpus) {
+  int dev = device_pick(comm_local_rank(c), comm_local_size(c), gpus);
   // None visible: backend_cuda_create says why (no device, the driver's reason, or a build
   // without CUDA) and exits.
-  if (gpus == 0) return backend_cuda_create(0, cfg->precision);
-  if (comm_local_size(c) > gpus)
-    DIE_USAGE("%d ranks on this node but only %d GPUs: one rank per GPU (use fewer ranks)",
-              comm_local_size(c), gpus);
-  LOG0("device: cuda (%d GPUs visible on rank 0's node, %d ranks there), precision %s, "
-       "CUDA graphs %s, conv autotune %s\n", gpus, comm_local_size(c),
+  if (dev < 0) return backend_cuda_create(0, cfg->precision);
+  LOG0("device: cuda (%d GPUs visible to rank 0, %d ranks on its node), precision %s, "
+       "CUDA graphs %s, conv autotune %s, MPI threads %s\n", gpus, comm_local_size(c),
        config_precision_name(cfg->precision), cfg->cuda_graphs ? "on (full batches)" : "off",
-       cfg->autotune == AUTOTUNE_FIRST ? "first (untimed)" : "fastest");
-  backend *b = backend_cuda_create(comm_local_rank(c) % gpus, cfg->precision);
+       cfg->autotune == AUTOTUNE_FIRST ? "first (untimed)" : "fastest", comm_thread_level(c));
+  backend *b = backend_cuda_create(dev, cfg->precision);
   backend_cuda_set_autotune(b, cfg->autotune);
   return b;
 }
@@ -36,17 +56,60 @@ static backend *cpu_create(const config *cfg, comm *c) {
     long cores = sysconf(_SC_NPROCESSORS_ONLN);
     threads = cores > comm_local_size(c) ? (int)(cores / comm_local_size(c)) : 1;
   }
-  LOG0("device: cpu (%s), %d ranks, %d threads each\n",
+  LOG0("device: cpu (%s), %d ranks, %d threads each, MPI threads %s\n",
        cfg->device == DEVICE_CPU ? "requested" : "no CUDA device visible", comm_world(c),
-       threads ? threads : atoi(omp));
+       threads ? threads : atoi(omp), comm_thread_level(c));
   return backend_cpu_create(threads);
+}
+
+size_t device_mixture_message(char *out, size_t len, const char *hosts, int world,
+                              size_t stride) {
+  int cpu = 0;
+  size_t at = (size_t)snprintf(out, len, "the ranks chose different backends: the CPU on");
+  for (int r = 0; r < world; r++) {
+    const char *h = hosts + (size_t)r * stride;
+    if (!h[0]) continue; // a CUDA rank
+    int seen = 0; // each host once, in rank order
+    for (int q = 0; q < r && !seen; q++) seen = strncmp(hosts + (size_t)q * stride, h, stride) == 0;
+    if (!seen && at < len)
+      at += (size_t)snprintf(out + at, len - at, "%s %.*s", cpu ? "," : "", (int)stride, h);
+    cpu++;
+  }
+  if (at < len)
+    at += (size_t)snprintf(out + at, len - at, " (%d of %d ranks: no GPU visible, or --device "
+                           "cpu), CUDA on the other %d: every rank must use the same backend "
+                           "(give --device cpu, or run only on nodes with GPUs)", cpu, world,
+                           world - cpu);
+  return at < len ? at : len - 1;
+}
+
+// The ranks' backends must agree: the CPU backend reduces with MPI, CUDA with NCCL, and a mix
+// hangs in (or dies misleadingly from) the first collective one side makes alone. So this runs
+// before any backend's collective (the node's bus-id gather, the NCCL id broadcast): a mixture
+// is one line from rank 0 naming the hosts without a GPU, and exit 2 on every rank.
+static void backend_agree(comm *c, int cuda) {
+  double n = cuda;
+  comm_allreduce_sum_f64(c, &n, 1);
+  const int world = comm_world(c);
+  if (n == 0 || n == world) return;
+  enum { HOST = 64 };
+  char mine[HOST] = "", *all = comm_rank(c) == 0 ? xcalloc((size_t)world, HOST) : NULL;
+  if (!cuda) CHECK_ZERO(gethostname(mine, HOST - 1));
+  comm_gather_bytes(c, all, (size_t)world * HOST, mine, HOST, 0);
+  char msg[1024] = "another rank chose a different backend";
+  if (all) device_mixture_message(msg, sizeof(msg), all, world, HOST);
+  free(all);
+  comm_agree_begin(c); // every rank stops here; the lowest (rank 0) prints its message
+  DIE_USAGE("%s", msg);
 }
 
 backend *device_backend_create(const config *cfg, comm *c) {
   int gpus = cfg->device == DEVICE_CPU ? 0 : backend_cuda_device_count();
-  if (cfg->device == DEVICE_CUDA || (cfg->device == DEVICE_AUTO && gpus > 0))
-    return cuda_create(cfg, c, gpus);
-  return cpu_create(cfg, c);
+  // --device cuda wants CUDA even without a GPU here: the agreement comes first, and only then
+  // does such a rank die with the driver's reason (cuda_create).
+  int cuda = cfg->device == DEVICE_CUDA || (cfg->device == DEVICE_AUTO && gpus > 0);
+  backend_agree(c, cuda);
+  return cuda ? cuda_create(cfg, c, gpus) : cpu_create(cfg, c);
 }
 
 void device_memory_check(backend *b, const model *m, const config *cfg, int max_n, int world) {

@@ -6,7 +6,7 @@
 # stale temp files, best.bin, the sample order and out-of-range values of checkpoints),
 # the metrics file converted to TensorBoard event files and read back (tests/test_tensorboard.sh),
 # --eval, --dump-logits and --init-from (tests/test_eval.sh),
-# launch/slurm.sbatch under
+# launch/common.sh's GPU count with a fake nvidia-smi (tests/test_launch.sh), launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
 # the export to TorchScript / ONNX / torchvision's state_dict and the import from torchvision
 # against a reference forward (tests/test_export.sh),
@@ -54,6 +54,7 @@ run_suite ckpt_faults "$here/test_ckpt_faults.sh" "$bin"
 run_suite tensorboard "$here/test_tensorboard.sh" "$bin"
 run_suite eval "$here/test_eval.sh" "$bin"
 run_suite slurm "$here/test_slurm.sh" "$bin"
+run_suite launch "$here/test_launch.sh"
 run_suite export "$here/test_export.sh" "$bin"
 run_suite gpu_check "$here/test_gpu_check.sh"
 run_suite build "$here/test_build.sh"

@@ -102,6 +102,10 @@ sys.exit(0 if ok else 1)
 PY
 
 # ---- class names: from batches.meta.txt, else the official ones with a warning ----
+# comm_init asks for MPI_THREAD_MULTIPLE (the NCCL watchdog may abort while the main thread is
+# in MPI); the device line says what the library gave.
+check "the device line names the MPI thread level (multiple)" \
+  grep -q '^device: cpu .*, MPI threads multiple$' "$T/ws2.log"
 check "class names logged once (rank 0 of 2)" bash -c "[ \$(grep -c '^classes: 0 airplane, 1 automobile, .*, 9 truck\$' '$T/ws2.log') -eq 1 ]"
 mkdir -p "$T/nometa" && cp "$T/data"/*.bin "$T/nometa/"
 "$BIN" "${SMALL[@]}" --data "$T/nometa" --epochs 1 --train-limit 132 --test-limit 50 > "$T/nometa.log" 2>&1
@@ -403,6 +407,15 @@ expect_fail() { # expect_fail NAME STATUS PATTERN ARGS...
 expect_fail "unknown option" 2 "unknown option '--bogus'" "$BIN" --bogus
 expect_fail "value out of range" 2 "--lr" "$BIN" --lr -1
 expect_fail "batch not divisible by the ranks" 2 "not divisible" "${MPIRUN[@]}" -np 3 "$BIN" "${SMALL[@]}" --batch 32
+# One backend for all ranks: rank 0 forced to the CPU, rank 1 to CUDA (an MPMD line; --device
+# cuda without a GPU would die alone, and with one the other rank would wait in MPI while it
+# waits in NCCL). Agreed before either backend's first collective: exit 2 on every rank, one
+# line from rank 0 naming this host as the one without a GPU; timeout: a hang fails.
+expect_fail "a mixture of backends (MPMD --device cpu : --device cuda) refused, naming the host" \
+  2 "the ranks chose different backends: the CPU on $(hostname) (1 of 2 ranks" timeout 120 \
+  "${MPIRUN[@]}" -np 1 "$BIN" "${SMALL[@]}" : -np 1 "$BIN" "${SMALL[@]}" --device cuda
+check "a mixture of backends: one error line, no MPI_ABORT banner" bash -c \
+  "[ \$(grep -c 'error' '$T/err.log') -eq 1 ] && ! grep -q MPI_ABORT '$T/err.log'"
 mkdir -p "$T/trunc" && cp "$T/data"/* "$T/trunc/" && truncate -s -5 "$T/trunc/data_batch_2.bin"
 expect_fail "truncated dataset" 1 "data_batch_2.bin.*not a whole number" "$BIN" "${SMALL[@]}" --data "$T/trunc"
 # Every file is checked whole whatever the limits: the limit here ends in data_batch_2.
