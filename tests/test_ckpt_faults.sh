@@ -10,7 +10,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 . "$ROOT/tests/check.sh"
 suite_tools "${1:-}"
 export OMP_NUM_THREADS=1
-T=$(mktemp -d /tmp/vgg_faults_XXXXXX)
+T=$(mktemp -d /tmp/vgg_ckpt_faults_XXXXXX)
 trap 'rm -rf "$T"' EXIT
 
 "$GEN" "$T/data" 100 200 3 || { echo "cannot generate data"; echo "0 passed, 1 failed"; exit 1; }
