@@ -57,23 +57,34 @@ pypi_install() {
   /usr/bin/python3 -m venv --system-site-packages "$venv" && "$venv/bin/pip" install -q "${pypi[@]}" &&
     pypi_check
 }
+pypi_missing=0
 if [ "$what" = test ] && ! pypi_check; then
+  pypi_missing=1
   /usr/bin/python3 -c 'import ensurepip' 2> /dev/null || need+=(python3-venv)
-  if [ "$check_only" = 1 ]; then
-    echo "setup: missing from PyPI in $venv: ${pypi[*]} (scripts/setup.sh test installs them)" >&2
+fi
+# --check installs nothing: it reports everything missing at once, and exits 1 if a required
+# piece is (the optional Slurm packages only get a note).
+if [ "$check_only" = 1 ]; then
+  [ ${#want[@]} -gt 0 ] && echo "setup: optional, for the Slurm suite: ${want[*]}" >&2
+  [ ${#need[@]} -gt 0 ] && echo "setup: missing Debian packages: ${need[*]}" >&2
+  [ "$pypi_missing" = 1 ] && echo "setup: missing from PyPI in $venv: ${pypi[*]}" >&2
+  if [ ${#need[@]} -gt 0 ] || [ "$pypi_missing" = 1 ]; then
+    echo "setup: run scripts/setup.sh $what (as root for the Debian packages)" >&2
     exit 1
   fi
+  exit 0
 fi
 if [ ${#need[@]} -eq 0 ] && [ ${#want[@]} -eq 0 ]; then
   [ "$what" = test ] && pypi_install
   exit 0
 fi
-
-if [ "$check_only" = 1 ] || [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
+if [ "$(id -u)" -ne 0 ] || ! command -v apt-get > /dev/null 2>&1; then
   [ ${#want[@]} -gt 0 ] && echo "setup: optional, for the Slurm suite: ${want[*]}" >&2
-  [ ${#need[@]} -eq 0 ] && { make_venv; exit; }
+  if [ ${#need[@]} -eq 0 ]; then # the venv needs no root
+    [ "$what" = test ] && pypi_install
+    exit 0
+  fi
   echo "setup: missing Debian packages; run: sudo apt-get update && sudo apt-get install ${need[*]}" >&2
-  make_venv || true
   exit 1
 fi
 echo "setup: installing ${need[*]} ${want[*]}"

@@ -40,6 +40,8 @@ check "the same configuration again rebuilds nothing" \
 scripts/setup.sh nonsense > /dev/null 2>&1
 check "scripts/setup.sh refuses an unknown argument (exit 2)" test $? -eq 2
 check "scripts/setup.sh test --check: everything the tests need is here (exit 0)" scripts/setup.sh test --check
+check "scripts/setup.sh test --check without the PyPI venv: exit 1 naming its packages, nothing installed" \
+  bash -c "VGG_DIST_VENV=/nonexistent/venv scripts/setup.sh test --check 2>&1 | grep -q 'missing from PyPI in /nonexistent/venv: tensorboard' && ! VGG_DIST_VENV=/nonexistent/venv scripts/setup.sh test --check 2> /dev/null && [ ! -e /nonexistent ]"
 # Without root nothing is installed: what is required and missing (here OpenBLAS, hidden from
 # pkg-config) is named with the command to run.
 if command -v setpriv > /dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
