@@ -57,6 +57,13 @@ void comm_agree_end(comm *c);
 // End every rank with `code` (never returns).
 void comm_abort(comm *c, int code);
 
+// Refuses, on every rank alike (one line, exit 2), two ranks of a node that drive one physical
+// GPU: compares the PCI bus ids of b's device over the node's ranks (device indices would not
+// do: CUDA_VISIBLE_DEVICES may differ per rank). Collective over the CUDA ranks, right after
+// their backends are made and before they allocate, so training and --eval are both covered.
+// Without CUDA in the build, and over one process, there is nothing to compare.
+void comm_check_gpu_per_rank(comm *c, backend *b);
+
 typedef struct grad_sync grad_sync;
 typedef enum { GRAD_SYNC_MPI = 0, GRAD_SYNC_NCCL = 1 } grad_sync_kind;
 // grads: the flat fp32 gradient buffer (backend memory) of `count` elements.

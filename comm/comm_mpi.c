@@ -200,6 +200,12 @@ void comm_agree_end(comm *c) {
   }
 }
 
+#ifndef VGG_HAVE_CUDA
+// A build without CUDA makes no CUDA backend, so no rank has a GPU to share (comm_nccl.c has
+// the check otherwise).
+void comm_check_gpu_per_rank(comm *c, backend *b) {}
+#endif
+
 // ---- host gradient reducer --------------------------------------------------------------------
 
 #define MAX_PENDING 128

@@ -288,10 +288,13 @@ static const grad_sync_ops nccl_sync_ops = {nccl_start, nccl_poll, nccl_wait, nc
 // binds local rank % visible without refusing), and only the bus ids tell distinct GPUs from
 // one GPU shared. Agreed over all ranks (the other nodes must not go on to the NCCL id
 // broadcast): the lowest rank of the clashing node prints one line, every rank exits 2.
-static void check_one_rank_per_gpu(comm *c, int device) {
+void comm_check_gpu_per_rank(comm *c, backend *b) {
   enum { ID = 64 };
   char mine[ID];
   memset(mine, 0, sizeof(mine));
+  if (!b->is_device) FATAL("comm_check_gpu_per_rank: not a CUDA backend");
+  int device = 0;
+  cudaCheck(cudaGetDevice(&device)); // the backend selected it
   cudaCheck(cudaDeviceGetPCIBusId(mine, ID, device));
   char *all = xcalloc((size_t)c->local_size, ID);
   MPI_CHECK(MPI_Allgather(mine, ID, MPI_CHAR, all, ID, MPI_CHAR, c->node));
@@ -331,8 +334,7 @@ grad_sync *grad_sync_nccl_create(comm *c, backend *b, float *grads, size_t count
   s->timeout_s = timeout_s;
   s->compute = (cudaStream_t)b->ops->stream(b);
   cudaCheck(cudaGetDevice(&s->device)); // the backend selected it
-  check_thread_level(c);
-  check_one_rank_per_gpu(c, s->device);
+  check_thread_level(c); // (one rank per GPU: device.c checked it when the backend was made)
 
   ncclUniqueId id;
   memset(&id, 0, sizeof(id));

@@ -49,6 +49,7 @@ void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, s
   if (bytes) memcpy(h_out, h_in, bytes);
 }
 void comm_abort(comm *c, int code) { exit(code); }
+void comm_check_gpu_per_rank(comm *c, backend *b) {} // one process drives one GPU
 void comm_agree_begin(comm *c) {} // one rank: its errors end it at once, printed once
 void comm_agree_end(comm *c) {}
 

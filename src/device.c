@@ -42,6 +42,7 @@ static backend *cuda_create(const config *cfg, comm *c, int gpus) {
        cfg->autotune == AUTOTUNE_FIRST ? "first (untimed)" : "fastest", comm_thread_level(c));
   backend *b = backend_cuda_create(dev, cfg->precision);
   backend_cuda_set_autotune(b, cfg->autotune);
+  comm_check_gpu_per_rank(c, b); // before anything allocates: two ranks on one GPU refused
   return b;
 }
 
