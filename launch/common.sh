@@ -15,7 +15,9 @@ read -r -a MPI_FLAGS <<< "${VGG_MPI_BIND:---bind-to none --map-by slot}"
 # lists every GPU of the machine and ignores CUDA_VISIBLE_DEVICES; when that is set (a
 # scheduler's allocation, a user's choice) it is the answer: empty or "NoDevFiles" (Slurm
 # without GPUs) is none, a list is its entries up to the first invalid one ("-1" hides the rest,
-# as in CUDA). Unset: every GPU nvidia-smi lists (0 without nvidia-smi).
+# as in CUDA). Unset: every GPU nvidia-smi lists (0 without nvidia-smi). An entry naming no
+# existing GPU ("0,1,7" on a 4-GPU node) still counts here while CUDA drops it; the ranks then
+# bound to a shared GPU are refused by their PCI bus ids, in one line.
 gpu_count() {
   if [ -n "${CUDA_VISIBLE_DEVICES+set}" ]; then
     echo "$CUDA_VISIBLE_DEVICES" | awk -F, '{ n = 0; for (i = 1; i <= NF; i++) { v = $i; gsub(/ /, "", v)

@@ -46,9 +46,16 @@ def env_int(name, default, lo):
     return int(v)
 
 
+ROW_TIMEOUT_S = 1800  # a row that takes longer hangs (a dead peer process): one line, not forever
+
+
 def sh(cmd, env=None):
     """Runs cmd (a list); its stdout, or one line naming the command and its last error line."""
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                           timeout=ROW_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        die(f"`{shlex.join(cmd)}` did not finish in {ROW_TIMEOUT_S} s")
     if r.returncode:
         tail = (r.stderr.strip().splitlines() or ["(no message)"])[-1]
         die(f"`{shlex.join(cmd)}` failed (exit {r.returncode}): {tail}")

@@ -188,12 +188,23 @@ def run_ddp(a):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
-    queue = ctx.SimpleQueue()
+    queue = ctx.Queue()
     procs = mp.spawn(ddp_rank, args=(a, port, queue), nprocs=a.ranks, join=False)
-    result = queue.get()  # before joining: a rank never waits on a full pipe to exit
+    # The result before joining (a rank never waits on a full pipe to exit), but not forever:
+    # a rank that died (join raises with its error) or hangs must end this process too.
+    import queue as queue_mod
+    deadline = time.monotonic() + 1800
+    while True:
+        try:
+            out = queue.get(timeout=5)
+            break
+        except queue_mod.Empty:
+            procs.join(timeout=0)  # raises ProcessRaisedException / ProcessExitedException
+            if time.monotonic() > deadline:
+                sys.exit("torch_peer: the DDP ranks gave no result in 1800 s")
     while not procs.join():
         pass
-    return result
+    return out
 
 
 def run_gpu(a):

@@ -185,7 +185,12 @@ def set_state(path, out, assignments):
     sid, r0, nbytes, _, r1 = SEC_HEADER.unpack_from(raw, off)
     SEC_HEADER.pack_into(raw, off, sid, r0, nbytes, zlib.crc32(payload), r1)
     raw[off + SEC_HEADER.size:off + SEC_HEADER.size + nbytes] = payload
-    open(out, "wb").write(bytes(raw))
+    # A new file renamed over out, never written in place: best.bin may be a hard link to an
+    # epoch's checkpoint, which an in-place write would change too.
+    tmp = "%s.tmp.%d" % (out, os.getpid())
+    with open(tmp, "wb") as f:
+        f.write(bytes(raw))
+    os.replace(tmp, out)
 
 
 def floats(b):
