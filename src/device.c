@@ -15,7 +15,7 @@ int device_pick(int local_rank, int local_size, int visible) {
   // Never refused for local_size > visible: per-rank visibility (srun --gpus-per-task=1,
   // --gpu-bind, a wrapper setting CUDA_VISIBLE_DEVICES) shows each rank one GPU as device 0
   // while the node has several ranks. Two ranks on one physical GPU are told from that case
-  // only by the PCI bus ids (device_bus_id_clash, over every rank's, in comm_nccl.c).
+  // only by the PCI bus ids (comm_check_gpu_per_rank, right after the backend is made).
   return visible > 0 ? local_rank % visible : -1;
 }
 
