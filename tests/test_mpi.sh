@@ -430,6 +430,11 @@ printf '\x55' | dd of="$T/corrupt.bin" bs=1 seek=5000 conv=notrunc 2> /dev/null
 sum_before=$(md5sum < "$T/corrupt.bin")
 expect_fail "corrupt checkpoint refused" 1 "CRC" "$BIN" "${SMALL[@]}" --epochs 3 --resume "$T/corrupt.bin"
 check "refused checkpoint left untouched" bash -c "[ \"$sum_before\" = \"\$(md5sum < '$T/corrupt.bin')\" ]"
+# At -np 2 rank 0 alone reads the file: its refusal is agreed, one line, no MPI_ABORT banner.
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 3 --resume "$T/corrupt.bin" > "$T/out.log" 2> "$T/err2.log"
+rc=$?
+check "corrupt checkpoint at -np 2: exit $rc (1), rank 0's one error line, no MPI_ABORT banner" bash -c \
+  "[ $rc -eq 1 ] && [ \$(grep -c '^vgg_dist: error' '$T/err2.log') -eq 1 ] && grep -q 'CRC' '$T/err2.log' && ! grep -q MPI_ABORT '$T/err2.log'"
 expect_fail "checkpoint of another model refused" 1 "vgg11" "$BIN" "${SMALL[@]}" --model vgg13 --resume "$T/ws1/ckpt_e0002.bin"
 expect_fail "checkpoint of another input size refused" 1 "64x64" "$BIN" "${SMALL[@]}" --image-size 64 --resume "$T/ws1/ckpt_e0002.bin"
 check "--help documents every option with its default" bash -c "'$BIN' --help | grep -q -- '--early-stop N.*default: 5' && '$BIN' --help | grep -q -- '--model NAME.*default: vgg16' && '$BIN' --help | grep -q -- '--warmup-epochs E.*default: auto' && '$BIN' --help | grep -q -- '--batchnorm 0|1.*default: 1'"
