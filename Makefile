@@ -204,7 +204,7 @@ FUZZ_BINS := $(FUZZ_TARGETS:%=$(BUILD)/fuzz/fuzz_%)
 $(BUILD)/fuzz/fuzz_cifar: tests/fuzz/fuzz_cifar.c src/cifar10.c src/check.c
 $(BUILD)/fuzz/fuzz_config: tests/fuzz/fuzz_config.c src/config.c src/check.c
 $(BUILD)/fuzz/fuzz_checkpoint: tests/fuzz/fuzz_checkpoint.c src/checkpoint.c src/run_state.c \
-                               src/model.c src/check.c comm/comm_single.c
+                               src/model.c src/check.c src/log.c comm/comm_single.c
 $(FUZZ_BINS): tests/fuzz/fuzz.h $(wildcard src/*.h kernels/*.h comm/*.h)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $(filter %.c,$^) -lm

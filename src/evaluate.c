@@ -3,7 +3,7 @@
 //
 // Every rank builds the model from the options, which must describe the checkpoint's (as for
 // --resume: the reader refuses another model, width, image size or batch-norm setting with one
-// line naming both). Rank 0 reads and checks the file (run_state_load_source: CRCs, meta, the
+// line naming both). Rank 0 reads and checks the file (run_state_load: CRCs, meta, the
 // resume's range checks that do not compare with a training run) and every rank gets the model
 // by broadcast. Each rank evaluates a contiguous share of the test images, as validation does
 // in train.c, in evaluation mode (dropout off, batch norm with the checkpoint's running
@@ -103,7 +103,7 @@ static void eval_model_load(eval_run *e) {
   model_build(&e->m, cfg->model, cfg->width, cfg->image_size, CIFAR_CLASSES, cfg->dropout,
               cfg->batchnorm);
   run_state_init_model(&e->rs, &e->m);
-  run_state_load_source(&e->rs, cfg->eval, "--eval", e->c, cfg->comm_timeout);
+  run_state_load(&e->rs, RUN_SECTIONS_SOURCE, cfg->eval, "--eval", NULL, e->c, cfg->comm_timeout);
   const train_state *st = &e->rs.st;
   LOG0("eval: %s: %s width %g at %dx%d%s, %zu parameters, after epoch %d (step %lld)\n",
        cfg->eval, e->m.name, e->m.width, e->m.image_size, e->m.image_size,

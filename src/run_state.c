@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "check.h"
+#include "log.h"
 
 void run_state_init(run_state *rs, const ckpt_meta *meta) {
   memset(rs, 0, sizeof(*rs));
@@ -294,22 +295,28 @@ int run_state_check_source(const run_state *rs, uint32_t version, char *err, siz
              : 0;
 }
 
-void run_state_load_source(run_state *rs, const char *path, const char *opt, comm *c,
-                           double timeout_s) {
+void run_state_load(run_state *rs, run_sections which, const char *path, const char *opt,
+                    const sample_order *now, comm *c, double timeout_s) {
+  if (which != RUN_SECTIONS_ALL && which != RUN_SECTIONS_SOURCE)
+    FATAL("run_state_load: sections %d are not a resume's or a source's", (int)which);
   const int rank = comm_rank(c);
   if (rank != 0) comm_set_timeout(c, 0);
   comm_agree_begin(c);
   if (rank == 0) {
     ckpt_section secs[CKPT_MAX_SECTIONS];
-    const int n = run_state_sections(rs, RUN_SECTIONS_SOURCE, secs);
-    char err[512] = "", why[400] = "";
+    const int n = run_state_sections(rs, which, secs);
+    char err[512] = "", why[400] = "", note[400] = "";
     uint32_t version = 0;
     if (checkpoint_read_version(path, secs, n, err, sizeof(err), &version) != 0)
       DIE_DATA("%s: %s", opt, err);
-    if (run_state_check_source(rs, version, why, sizeof(why)) != 0)
-      DIE_DATA("%s: checkpoint %s is refused: %s", opt, path, why);
+    const int bad = which == RUN_SECTIONS_ALL
+                        ? run_state_check_resume(rs, version, now, note, sizeof(note), why,
+                                                 sizeof(why))
+                        : run_state_check_source(rs, version, why, sizeof(why));
+    if (bad) DIE_DATA("%s: checkpoint %s is refused: %s", opt, path, why);
+    if (note[0]) LOG0("%s\n", note);
   }
   comm_agree_end(c);
   comm_set_timeout(c, timeout_s);
-  run_state_broadcast(rs, RUN_SECTIONS_SOURCE, c);
+  run_state_broadcast(rs, which, c);
 }

@@ -81,13 +81,15 @@ int run_state_check_best(const run_state *rs, char *err, size_t err_len);
 // not read, so not checked. Returns 0, or -1 with one line in err.
 int run_state_check_source(const run_state *rs, uint32_t version, char *err, size_t err_len);
 
-// Rank 0 reads the checkpoint at `path` (RUN_SECTIONS_SOURCE: CRCs, its meta against rs->meta,
-// the run's model) and checks it (run_state_check_source); every rank then gets the live model
-// and STATE by broadcast. A refusal ends the job with rank 0's one line "<opt>: <reason>",
-// agreed by every rank (no MPI_ABORT). The other ranks wait without a deadline while rank 0
-// reads (a slow file system is no hung peer), then get `timeout_s` back.
-void run_state_load_source(run_state *rs, const char *path, const char *opt, comm *c,
-                           double timeout_s);
+// Rank 0 reads the checkpoint at `path` into the `which` rows of rs (CRCs, its meta against
+// rs->meta) and checks it: RUN_SECTIONS_ALL, a resume (run_state_check_resume against the run's
+// sample order `now`; its note, if any, is printed); RUN_SECTIONS_SOURCE, the model of
+// --init-from or --eval (run_state_check_source). Every rank then gets the rows by broadcast. A
+// refusal ends the job with rank 0's one line "<opt>: <reason>", agreed by every rank (no
+// MPI_ABORT). The other ranks wait without a deadline while rank 0 reads (a slow file system
+// is no hung peer), then get `timeout_s` back.
+void run_state_load(run_state *rs, run_sections which, const char *path, const char *opt,
+                    const sample_order *now, comm *c, double timeout_s);
 
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);

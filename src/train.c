@@ -250,23 +250,8 @@ static int resume_find(run *r, char *path, size_t len) {
 // file. A refused file ends the job with rank 0's one line, agreed by every rank (each leaves
 // MPI cleanly and exits 1: no MPI_ABORT banner).
 static void resume_load(run *r, const char *path) {
-  ckpt_section secs[CKPT_MAX_SECTIONS];
-  const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
-  rank0_io_begin(r);
-  comm_agree_begin(r->c);
-  if (r->rank == 0) {
-    char err[512] = "", why[400] = "", note[400] = "";
-    uint32_t version = 0;
-    const sample_order now = order_now(r);
-    if (checkpoint_read_version(path, secs, n, err, sizeof(err), &version) != 0)
-      DIE_DATA("--resume: %s", err);
-    if (run_state_check_resume(&r->rs, version, &now, note, sizeof(note), why, sizeof(why)))
-      DIE_DATA("--resume: checkpoint %s is refused: %s", path, why);
-    if (note[0]) LOG0("%s\n", note);
-  }
-  comm_agree_end(r->c);
-  rank0_io_end(r);
-  run_state_broadcast(&r->rs, RUN_SECTIONS_ALL, r->c);
+  const sample_order now = order_now(r);
+  run_state_load(&r->rs, RUN_SECTIONS_ALL, path, "--resume", &now, r->c, r->cfg->comm_timeout);
 }
 
 // Rank 0 reads best.bin beside the resumed checkpoint `path` and checks it as any checkpoint,
@@ -325,7 +310,8 @@ static int resume(run *r) {
 // normalisation too: the run computes its own, see normalisation()).
 static void init_from(run *r) {
   const train_state fresh = r->rs.st;
-  run_state_load_source(&r->rs, r->cfg->init_from, "--init-from", r->c, r->cfg->comm_timeout);
+  run_state_load(&r->rs, RUN_SECTIONS_SOURCE, r->cfg->init_from, "--init-from", NULL, r->c,
+                 r->cfg->comm_timeout);
   const int source_epoch = r->rs.st.epoch, source_step = (int)r->rs.st.step;
   r->rs.st = fresh;
   run_state_keep_best(&r->rs); // the model so far, should no epoch improve on it
