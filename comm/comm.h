@@ -77,6 +77,9 @@ void grad_sync_start(grad_sync *g, size_t offset, size_t count);
 void grad_sync_poll(grad_sync *g);
 // Block (host or, on a device, the compute stream) until every started reduction is done.
 void grad_sync_wait(grad_sync *g);
+// The host seconds spent in grad_sync_wait so far (the MPI reducer's exposed all-reduce time: on
+// the CPU the wait blocks; a device reducer's only enqueues). For the benchmark.
+double grad_sync_wait_seconds(const grad_sync *g);
 // The sum over the ranks that batch norm's statistics take under --sync-bn (rank_sum in
 // backend.h): an all-reduce of host doubles for the MPI reducer; for the NCCL one, of device
 // doubles over the gradients' communicator and stream, between the compute stream's work before

@@ -46,6 +46,7 @@ struct grad_sync {
   float *grads;
   size_t count;
   rank_sum sum; // grad_sync_rank_sum's; sum.sum NULL until its first call
+  double wait_s; // host seconds spent in grad_sync_wait (grad_sync_wait_seconds)
 };
 
 #ifdef VGG_HAVE_CUDA

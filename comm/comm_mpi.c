@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "comm_internal.h"
+#include "log.h"
 
 void comm_abort(comm *c, int code) {
   int up = 0, down = 0, size = 0;
@@ -286,7 +287,12 @@ void grad_sync_free(grad_sync *g) {
 }
 void grad_sync_start(grad_sync *g, size_t offset, size_t count) { g->ops->start(g, offset, count); }
 void grad_sync_poll(grad_sync *g) { g->ops->poll(g); }
-void grad_sync_wait(grad_sync *g) { g->ops->wait(g); }
+void grad_sync_wait(grad_sync *g) {
+  const double t0 = now_s();
+  g->ops->wait(g);
+  g->wait_s += now_s() - t0;
+}
+double grad_sync_wait_seconds(const grad_sync *g) { return g->wait_s; }
 const rank_sum *grad_sync_rank_sum(grad_sync *g) {
   if (!g->sum.sum) g->ops->rank_sum_init(g);
   return &g->sum;

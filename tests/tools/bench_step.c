@@ -114,10 +114,8 @@ static double bench_median(double *v, int n) { // sorts v
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-// Step s; returns the seconds it waited in grad_sync_wait (0 on one rank). Over ranks the step
-// is net_train_step's eager order (step_eager in src/net.c: prep, forward, loss, backward with
-// the buckets started as their layers finish, wait, Adam), opened up here so that the wait alone
-// can be timed; the CPU backend never captures, so that is the step vgg_dist runs.
+// Step s, the trainer's own (net_train_step); returns the seconds it waited in grad_sync_wait
+// (the reducer counts them; 0 on one rank).
 static double bench_one(bench_ctx *x, int s, int timed) {
   const bench_opts *o = x->o;
   int base = s * o->batch + comm_rank(x->c) * x->n; // distinct samples on every rank
@@ -125,19 +123,10 @@ static double bench_one(bench_ctx *x, int s, int timed) {
   train_step ts = {.d_images = x->d_img, .d_labels = x->d_lab, .h_ids = x->ids, .n = x->n,
                    .grad_scale = 1.0f / o->batch, .pp = &x->pp, .seed = 1, .step = (uint32_t)s,
                    .adam = {1e-4f, 0.9f, 0.999f, 1e-8f, 1e-4f, s + 1, 0}, .full = 1};
-  double t0 = o->profile ? (x->b->ops->sync(x->b), now_s()) : 0, wait = 0;
-  if (!x->gs) {
-    net_train_step(x->nt, &ts, NULL);
-  } else {
-    net_prep(x->nt, ts.d_images, ts.d_labels, ts.h_ids, ts.n, ts.pp);
-    net_forward(x->nt, ts.n, 1, ts.seed, ts.step);
-    net_loss(x->nt, ts.n, ts.grad_scale);
-    net_backward(x->nt, ts.n, ts.seed, ts.step, x->gs);
-    double w0 = now_s();
-    grad_sync_wait(x->gs);
-    wait = now_s() - w0;
-    net_adam(x->nt, &ts.adam);
-  }
+  double t0 = o->profile ? (x->b->ops->sync(x->b), now_s()) : 0;
+  const double w0 = x->gs ? grad_sync_wait_seconds(x->gs) : 0;
+  net_train_step(x->nt, &ts, x->gs);
+  const double wait = x->gs ? grad_sync_wait_seconds(x->gs) - w0 : 0;
   if (o->profile) {
     x->b->ops->sync(x->b);
     backend_cuda_profile_step(x->b, (now_s() - t0) * 1e3, timed);
