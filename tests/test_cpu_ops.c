@@ -121,12 +121,16 @@ static double conv_loss(void *p, int *kink) {
   return dot(t->y, t->r, ny);
 }
 
+// The algorithm conv_check's backends use (the backend's default: by layer shape).
+static cpu_conv_algo conv_algo = CPU_CONV_AUTO;
+
 // Gradient check of conv_bwd (and conv_fwd against the direct reference) for one shape, with
-// the given im2col chunk budget (floats; 0 = the backend's default).
+// the given chunk budget (floats; 0 = the backend's default).
 static void conv_check(int N, int H, int W, int C, int K, int relu, int with_dx, size_t budget) {
   backend *b = backend_cpu_create(0);
   cpu_ctx *ctx = b->impl;
   if (budget) ctx->conv_budget = budget;
+  ctx->conv_algo = conv_algo;
   size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
   const op_shape s = {N, H, W, C, K};
   const activation act = relu ? ACT_RELU : ACT_NONE;
@@ -187,6 +191,67 @@ TEST(cpu_conv_grad_chunked) {
   conv_check(2, 5, 3, 3, 4, 1, 1, 4 * 36); // patch rows of 9 max(C, K) floats
   conv_check(2, 6, 6, 5, 7, 1, 1, 7 * 63);
   conv_check(2, 6, 6, 5, 7, 0, 1, 63); // one pixel per chunk
+}
+
+// Winograd F(2x2, 3x3) for the forward and dx, forced on small layers: even and odd sizes
+// (tiles hanging over the right and bottom edges), 1x1 and 2x2 images, one tile per chunk.
+TEST(cpu_conv_winograd_grad) {
+  conv_algo = CPU_CONV_WINOGRAD;
+  conv_check(2, 5, 3, 3, 4, 1, 1, 0);
+  conv_check(2, 6, 6, 5, 7, 0, 1, 0);
+  conv_check(1, 7, 5, 4, 3, 1, 1, 0);
+  conv_check(3, 1, 1, 4, 5, 0, 1, 0);
+  conv_check(2, 2, 2, 6, 3, 1, 1, 0);
+  conv_check(2, 6, 6, 5, 7, 1, 1, 16 * 12); // one tile per chunk
+  conv_check(2, 5, 3, 3, 4, 1, 0, 0);       // dx == NULL
+  conv_algo = CPU_CONV_AUTO;
+}
+
+// The im2col path on a layer the shape rule gives to Winograd.
+TEST(cpu_conv_im2col_grad) {
+  conv_algo = CPU_CONV_IM2COL;
+  conv_check(2, 4, 4, 16, 16, 1, 1, 0);
+  conv_algo = CPU_CONV_AUTO;
+}
+
+// Both algorithms on a VGG-like layer (64 channels, 8x8, odd 7x7): each within 1e-5 of the
+// direct double sum (relative to the output's scale), and the shape rule picks Winograd here.
+TEST(cpu_conv_algorithms_agree) {
+  const int N = 2, C = 64, K = 64;
+  for (int H = 7; H <= 8; H++) {
+    const int W = H;
+    size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
+    float *x = fvec(nx), *w = fvec(nw), *bias = fvec(K), *y = fvec(ny);
+    fill(x, nx, 31, -1, 1);
+    fill(w, nw, 32, -0.05f, 0.05f);
+    fill(bias, K, 33, -0.1f, 0.1f);
+    double *yref = xmalloc(ny * sizeof(double));
+    conv_ref(yref, x, w, bias, N, H, W, C, K, 0);
+    double scale = 0;
+    for (size_t i = 0; i < ny; i++) scale = fmax(scale, fabs(yref[i]));
+    const cpu_conv_algo algo[2] = {CPU_CONV_IM2COL, CPU_CONV_WINOGRAD};
+    for (int a = 0; a < 2; a++) {
+      backend *b = backend_cpu_create(2);
+      cpu_ctx *ctx = b->impl;
+      ctx->conv_algo = algo[a];
+      b->ops->conv_fwd(b, y, x, w, bias, (op_shape){N, H, W, C, K}, ACT_NONE);
+      double err = 0;
+      for (size_t i = 0; i < ny; i++) err = fmax(err, fabs(y[i] - yref[i]));
+      EXPECT(err < 1e-5 * scale);
+      b->ops->destroy(b);
+    }
+    free(x); free(w); free(bias); free(y); free(yref);
+  }
+  backend *b = backend_cpu_create(1);
+  EXPECT(cpu_conv_winograd(b->impl, 8, 8, 64, 64));
+  EXPECT(!cpu_conv_winograd(b->impl, 8, 8, 3, 64));
+  EXPECT(!cpu_conv_winograd(b->impl, 32, 32, 16, 16));
+  EXPECT(!cpu_conv_winograd(b->impl, 2, 2, 128, 128));
+  EXPECT(cpu_conv_winograd(b->impl, 2, 2, 512, 512));
+  for (int C = 1; C <= 600; C += 7) // symmetric: dx's convolution swaps C and K
+    for (int H = 1; H <= 9; H += 2)
+      EXPECT(cpu_conv_winograd(b->impl, H, H, C, 40) == cpu_conv_winograd(b->impl, H, H, 40, C));
+  b->ops->destroy(b);
 }
 
 // A bigger layer on 1, 2 and 3 threads with whole and tiny sub-chunks: the per-thread pixel

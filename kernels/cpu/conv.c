@@ -23,6 +23,17 @@
 
 #include "check.h"
 
+// The shape rule, from per-layer timings of VGG16 at widths 1 and 0.25 on one Zen 4 core
+// (BENCHMARKS.md, "CPU convolutions"): Winograd's 16 gemms have only C (or K) as their inner
+// dimension and tiles as their rows, so it loses on the thinnest layers (16 -> 16 channels,
+// and the first layer's 3) and on 2x2 images unless the layer is wide enough for the gemms to
+// stay efficient on one tile per image.
+int cpu_conv_winograd(const cpu_ctx *ctx, int H, int W, int C, int K) {
+  if (ctx->conv_algo != CPU_CONV_AUTO) return ctx->conv_algo == CPU_CONV_WINOGRAD;
+  if (C < 16 || K < 16 || C + K <= 32) return 0;
+  return H * W >= 16 || (long)C * K >= 256 * 256;
+}
+
 // Threads for a layer: one for tiny problems (the fork costs more than the work), and never
 // more than there are pixels.
 static int conv_threads(const cpu_ctx *ctx, long P, int C, int K) {
@@ -99,6 +110,11 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
   const long P = (long)s.N * H * W;
   if (P == 0) return;
   const int nt = conv_threads(ctx, P, C, K);
+  if (cpu_conv_winograd(ctx, H, W, C, K)) {
+    float *ws = cpu_workspace(ctx, cpu_wino_floats(ctx, nt, C, K));
+    cpu_wino_conv(ctx, nt, y, x, w, bias, act, s.N, H, W, C, K, ws);
+    return;
+  }
   const long sub = conv_sub_pixels(ctx, 9 * C);
   float *ws = cpu_workspace(ctx, (size_t)nt * sub * 9 * C);
 #pragma omp parallel num_threads(nt)
@@ -107,6 +123,17 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
     long lo = P * t / T, hi = P * (t + 1) / T;
     conv_rows(y, x, w, bias, act, ws + (size_t)t * sub * 9 * C, sub, lo, hi - lo, H, W, C, K);
   }
+}
+
+// wt (C,3,3,K): w (K,3,3,C) flipped in (r, s) and transposed in (k, c), the weights of dx's
+// convolution.
+static void flip_weights(float *wt, const float *w, int C, int K, int nt) {
+#pragma omp parallel for schedule(static) num_threads(nt)
+  for (int k = 0; k < K; k++)
+    for (int rs = 0; rs < 9; rs++) {
+      const float *src = w + ((size_t)k * 9 + rs) * C;
+      for (int c = 0; c < C; c++) wt[((size_t)c * 9 + (8 - rs)) * K + k] = src[c];
+    }
 }
 
 void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, const void *x_,
@@ -125,20 +152,26 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, c
   cpu_bias_grad(ctx, db, dy, (size_t)P, K);
 
   const int nt = conv_threads(ctx, P, C, K);
+  if (cpu_conv_winograd(ctx, H, W, C, K)) { // its shape rule is symmetric in C and K
+    // Workspace: wt | Winograd's, for the filter gradient, then for dx.
+    const size_t need = dx ? cpu_wino_floats(ctx, nt, K, C) : 0,
+                 grad = cpu_wino_grad_floats(ctx, nt, C, K);
+    float *ws = cpu_workspace(ctx, nw + (need > grad ? need : grad));
+    cpu_wino_filter_grad(ctx, nt, dw, dy, x, s.N, H, W, C, K, ws + nw);
+    if (dx) {
+      flip_weights(ws, w, C, K, nt);
+      cpu_wino_conv(ctx, nt, dx, dy, ws, NULL, ACT_NONE, s.N, H, W, K, C, ws + nw);
+    }
+    return;
+  }
+  // dx is computed in the same pass as dw, each thread on its own pixels.
   const int maxrow = 9 * (C > K ? C : K);
   const long sub = conv_sub_pixels(ctx, maxrow);
   // Workspace: per-thread patch rows | wt (C,3,3,K) | nt - 1 partial filter gradients.
   const size_t cols = (size_t)nt * sub * maxrow;
   float *ws = cpu_workspace(ctx, cols + nw + (nt - 1) * nw);
   float *wt = ws + cols, *part = wt + nw;
-  if (dx) {
-#pragma omp parallel for schedule(static) num_threads(nt)
-    for (int k = 0; k < K; k++)
-      for (int rs = 0; rs < 9; rs++) {
-        const float *src = w + ((size_t)k * 9 + rs) * C;
-        for (int c = 0; c < C; c++) wt[((size_t)c * 9 + (8 - rs)) * K + k] = src[c];
-      }
-  }
+  if (dx) flip_weights(wt, w, C, K, nt);
   int used = 1;
 #pragma omp parallel num_threads(nt)
   {

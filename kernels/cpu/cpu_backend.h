@@ -20,6 +20,10 @@ void cpu_resize_plane(float *dst, int stride, const uint8_t *src, int size, int 
 
 #include <stddef.h>
 
+// How the 3x3 convolutions are computed: im2col + sgemm (conv.c) for every layer, Winograd
+// F(2x2, 3x3) (winograd.c) for every layer, or each layer by its shape (cpu_conv_winograd).
+typedef enum { CPU_CONV_AUTO, CPU_CONV_IM2COL, CPU_CONV_WINOGRAD } cpu_conv_algo;
+
 // The CPU backend's context (backend->impl). The conv workspace is grown on demand and only
 // the first step of training ever grows it, so steady-state steps never allocate.
 typedef struct cpu_ctx {
@@ -27,6 +31,7 @@ typedef struct cpu_ctx {
   float *ws;        // conv workspace: im2col rows, flipped weights, filter-grad partials
   size_t ws_floats; // its capacity in floats
   size_t conv_budget; // im2col rows per thread, in floats (CPU_CONV_BUDGET; tests shrink it)
+  cpu_conv_algo conv_algo; // CPU_CONV_AUTO; tests force one algorithm
   double *red;      // per-thread partial sums for bias gradients (deterministic reduction)
   size_t red_doubles;
   double *chan;     // per-channel constants of batch norm (statistics, scale and shift)
@@ -70,6 +75,21 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
                   op_shape s, activation act);
 void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
                   const float *w, op_shape s);
+
+// Whether a layer of HxW images with C input and K output channels takes Winograd under
+// ctx->conv_algo (conv.c; the same answer with C and K swapped, as dx's convolution has them).
+int cpu_conv_winograd(const cpu_ctx *ctx, int H, int W, int C, int K);
+// y (N,H,W,K) = act(conv3x3(x (N,H,W,C), w (K,3,3,C)) + bias) by Winograd F(2x2, 3x3) on up to
+// `threads` threads, in ws of cpu_wino_floats(ctx, threads, C, K) floats (winograd.c).
+size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K);
+void cpu_wino_conv(cpu_ctx *ctx, int threads, float *y, const float *x, const float *w,
+                   const float *bias, activation act, int N, int H, int W, int C, int K,
+                   float *ws);
+// dw (K,3,3,C) of that convolution from dy (N,H,W,K) and x by Winograd, in ws of
+// cpu_wino_grad_floats(ctx, threads, C, K) floats.
+size_t cpu_wino_grad_floats(const cpu_ctx *ctx, int threads, int C, int K);
+void cpu_wino_filter_grad(cpu_ctx *ctx, int threads, float *dw, const float *dy, const float *x,
+                          int N, int H, int W, int C, int K, float *ws);
 
 // BatchNorm2d (bn.c).
 void cpu_bn_fwd(backend *b, void *y, float *save, const void *x, const float *gamma,
