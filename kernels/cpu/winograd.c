@@ -79,8 +79,9 @@ static inline void tile_pos(long t, int th, int tw, long *n, int *ti, int *tj) {
 // U[xi][i][c] = (B^T d B)[xi] for tiles t0 + i, i < nq, d the 4x4 patch of channel c
 // (zero outside the image); B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. U's blocks are
 // `stride` floats apart.
-VEC_CLONES static void input_transform(float *U, size_t stride, const float *x, const float *zero, long t0,
-                            long nq, int H, int W, int C, int th, int tw) {
+VEC_CLONES static void input_transform(float *U, size_t stride, const float *x,
+                                       const float *zero, long t0, long nq, int H, int W, int C,
+                                       int th, int tw) {
   for (long i = 0; i < nq; i++) {
     long n;
     int ti, tj;
