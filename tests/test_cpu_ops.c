@@ -243,14 +243,12 @@ TEST(cpu_conv_algorithms_agree) {
     free(x); free(w); free(bias); free(y); free(yref);
   }
   backend *b = backend_cpu_create(1);
-  EXPECT(cpu_conv_winograd(b->impl, 8, 8, 64, 64));
-  EXPECT(!cpu_conv_winograd(b->impl, 8, 8, 3, 64));
-  EXPECT(!cpu_conv_winograd(b->impl, 32, 32, 16, 16));
-  EXPECT(!cpu_conv_winograd(b->impl, 2, 2, 128, 128));
-  EXPECT(cpu_conv_winograd(b->impl, 2, 2, 512, 512));
+  EXPECT(cpu_conv_winograd(b->impl, 64, 64));
+  EXPECT(!cpu_conv_winograd(b->impl, 3, 64));
+  EXPECT(cpu_conv_winograd(b->impl, 16, 16));
   for (int C = 1; C <= 600; C += 7) // symmetric: dx's convolution swaps C and K
-    for (int H = 1; H <= 9; H += 2)
-      EXPECT(cpu_conv_winograd(b->impl, H, H, C, 40) == cpu_conv_winograd(b->impl, H, H, 40, C));
+    for (int K = 1; K <= 20; K++)
+      EXPECT(cpu_conv_winograd(b->impl, C, K) == cpu_conv_winograd(b->impl, K, C));
   b->ops->destroy(b);
 }
 

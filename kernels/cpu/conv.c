@@ -24,14 +24,12 @@
 #include "check.h"
 
 // The shape rule, from per-layer timings of VGG16 at widths 1 and 0.25 on one Zen 4 core
-// (BENCHMARKS.md, "CPU convolutions"): Winograd's 16 gemms have only C (or K) as their inner
-// dimension and tiles as their rows, so it loses on the thinnest layers (16 -> 16 channels,
-// and the first layer's 3) and on 2x2 images unless the layer is wide enough for the gemms to
-// stay efficient on one tile per image.
-int cpu_conv_winograd(const cpu_ctx *ctx, int H, int W, int C, int K) {
+// (BENCHMARKS.md, "CPU convolutions"): Winograd was as fast or faster on every layer from 16
+// channels up, 2x2 images included. Its 16 gemms have only C (or K) as their inner dimension,
+// so the first layer's 3 input channels stay with im2col's 27.
+int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K) {
   if (ctx->conv_algo != CPU_CONV_AUTO) return ctx->conv_algo == CPU_CONV_WINOGRAD;
-  if (C < 16 || K < 16 || C + K <= 32) return 0;
-  return H * W >= 16 || (long)C * K >= 256 * 256;
+  return C >= 8 && K >= 8;
 }
 
 // Threads for a layer: one for tiny problems (the fork costs more than the work), and never
@@ -110,7 +108,7 @@ void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const floa
   const long P = (long)s.N * H * W;
   if (P == 0) return;
   const int nt = conv_threads(ctx, P, C, K);
-  if (cpu_conv_winograd(ctx, H, W, C, K)) {
+  if (cpu_conv_winograd(ctx, C, K)) {
     float *ws = cpu_workspace(ctx, cpu_wino_floats(ctx, nt, C, K));
     cpu_wino_conv(ctx, nt, y, x, w, bias, act, s.N, H, W, C, K, ws);
     return;
@@ -152,7 +150,7 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, c
   cpu_bias_grad(ctx, db, dy, (size_t)P, K);
 
   const int nt = conv_threads(ctx, P, C, K);
-  if (cpu_conv_winograd(ctx, H, W, C, K)) { // its shape rule is symmetric in C and K
+  if (cpu_conv_winograd(ctx, C, K)) { // its shape rule is symmetric in C and K
     // Workspace: wt | Winograd's, for the filter gradient, then for dx.
     const size_t need = dx ? cpu_wino_floats(ctx, nt, K, C) : 0,
                  grad = cpu_wino_grad_floats(ctx, nt, C, K);

@@ -38,32 +38,31 @@ size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K) {
 
 // V[xi][k][c] = (G g G^T)[xi] for k in [k0, k1) and every c, g the 3x3 kernel w[k][.][.][c];
 // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
-VEC_CLONES static void weight_transform(float *restrict V, const float *restrict w, int C, int K,
+VEC_CLONES static void weight_transform(float *V, const float *w, int C, int K,
                                         int k0, int k1) {
   const size_t KC = (size_t)K * C;
   for (int k = k0; k < k1; k++) {
-    const float *g = w + (size_t)k * 9 * C;
-    float *v = V + (size_t)k * C;
-    for (int i = 0; i < 4; i++) {
-      // Row i of G g, from kernel rows 0..2 (each of 3 taps): (G g)[i][s] = sum_r G[i][r] g[r][s].
-      const float *r0 = g, *r1 = g + 3 * (size_t)C, *r2 = g + 6 * (size_t)C;
-      float *vi = v + (size_t)i * 4 * KC;
-      for (int c = 0; c < C; c++) {
-        float a0, a1, a2;
-        if (i == 0) {
-          a0 = r0[c]; a1 = r0[C + c]; a2 = r0[2 * C + c];
-        } else if (i == 3) {
-          a0 = r2[c]; a1 = r2[C + c]; a2 = r2[2 * C + c];
-        } else {
-          const float sg = i == 1 ? 1.0f : -1.0f;
-          a0 = 0.5f * (r0[c] + sg * r1[c] + r2[c]);
-          a1 = 0.5f * (r0[C + c] + sg * r1[C + c] + r2[C + c]);
-          a2 = 0.5f * (r0[2 * C + c] + sg * r1[2 * C + c] + r2[2 * C + c]);
-        }
-        vi[c] = a0; // (G g) G^T: the columns
-        vi[KC + c] = 0.5f * (a0 + a1 + a2);
-        vi[2 * KC + c] = 0.5f * (a0 - a1 + a2);
-        vi[3 * KC + c] = a2;
+    const float *g[9]; // the kernel's taps (r, s), each C floats
+    float *v[16];      // V[xi][k]
+    for (int i = 0; i < 9; i++) g[i] = w + ((size_t)k * 9 + i) * C;
+    for (int i = 0; i < 16; i++) v[i] = V + (size_t)i * KC + (size_t)k * C;
+#pragma GCC ivdep
+    for (int c = 0; c < C; c++) {
+      // G g, row by row (kernel rows r0, r1, r2; taps 0..2 of each)
+      const float r00 = g[0][c], r01 = g[1][c], r02 = g[2][c];
+      const float r10 = g[3][c], r11 = g[4][c], r12 = g[5][c];
+      const float r20 = g[6][c], r21 = g[7][c], r22 = g[8][c];
+      const float a[4][3] = {{r00, r01, r02},
+                             {0.5f * (r00 + r10 + r20), 0.5f * (r01 + r11 + r21),
+                              0.5f * (r02 + r12 + r22)},
+                             {0.5f * (r00 - r10 + r20), 0.5f * (r01 - r11 + r21),
+                              0.5f * (r02 - r12 + r22)},
+                             {r20, r21, r22}};
+      for (int i = 0; i < 4; i++) { // (G g) G^T: the columns
+        v[i * 4 + 0][c] = a[i][0];
+        v[i * 4 + 1][c] = 0.5f * (a[i][0] + a[i][1] + a[i][2]);
+        v[i * 4 + 2][c] = 0.5f * (a[i][0] - a[i][1] + a[i][2]);
+        v[i * 4 + 3][c] = a[i][2];
       }
     }
   }
@@ -239,20 +238,26 @@ VEC_CLONES static void grad_transform(float *Z, size_t stride, const float *dy,
 }
 
 // dw[k][.][.][c] = G^T S G for k in [k0, k1), S the sum of the `parts` threads' S blocks
-// (`part` floats apart, added in thread order).
-VEC_CLONES static void filter_back(float *restrict dw, const float *restrict S, size_t part,
-                                   int parts, int C, int K, int k0, int k1) {
-  const size_t KC = (size_t)K * C;
+// (`part` floats apart, added into the first in thread order).
+VEC_CLONES static void filter_back(float *dw, float *S, size_t part, int parts,
+                                   int C, int K, int k0, int k1) {
+  const size_t KC = (size_t)K * C, n = (size_t)(k1 - k0) * C;
+  for (int xi = 0; xi < 16; xi++) {
+    float *s0 = S + (size_t)xi * KC + (size_t)k0 * C;
+    for (int q = 1; q < parts; q++) {
+      const float *sq = s0 + (size_t)q * part;
+      for (size_t i = 0; i < n; i++) s0[i] += sq[i];
+    }
+  }
   for (int k = k0; k < k1; k++) {
-    float *d = dw + (size_t)k * 9 * C;
+    float *d[9]; // dw[k]'s taps (r, s), each C floats
+    const float *p[16]; // S[xi][k]
+    for (int i = 0; i < 9; i++) d[i] = dw + ((size_t)k * 9 + i) * C;
+    for (int i = 0; i < 16; i++) p[i] = S + (size_t)i * KC + (size_t)k * C;
+#pragma GCC ivdep
     for (int c = 0; c < C; c++) {
       float s[16];
-      for (int xi = 0; xi < 16; xi++) {
-        const float *p = S + (size_t)xi * KC + (size_t)k * C + c;
-        float v = p[0];
-        for (int q = 1; q < parts; q++) v += p[(size_t)q * part];
-        s[xi] = v;
-      }
+      for (int xi = 0; xi < 16; xi++) s[xi] = p[xi][c];
       float g[3][4]; // G^T S: the rows
       for (int j = 0; j < 4; j++) {
         g[0][j] = s[j] + 0.5f * s[4 + j] + 0.5f * s[8 + j];
@@ -260,9 +265,9 @@ VEC_CLONES static void filter_back(float *restrict dw, const float *restrict S, 
         g[2][j] = 0.5f * s[4 + j] + 0.5f * s[8 + j] + s[12 + j];
       }
       for (int r = 0; r < 3; r++) { // (G^T S) G: the columns
-        d[(r * 3 + 0) * C + c] = g[r][0] + 0.5f * g[r][1] + 0.5f * g[r][2];
-        d[(r * 3 + 1) * C + c] = 0.5f * g[r][1] - 0.5f * g[r][2];
-        d[(r * 3 + 2) * C + c] = 0.5f * g[r][1] + 0.5f * g[r][2] + g[r][3];
+        d[r * 3 + 0][c] = g[r][0] + 0.5f * g[r][1] + 0.5f * g[r][2];
+        d[r * 3 + 1][c] = 0.5f * g[r][1] - 0.5f * g[r][2];
+        d[r * 3 + 2][c] = 0.5f * g[r][1] + 0.5f * g[r][2] + g[r][3];
       }
     }
   }
