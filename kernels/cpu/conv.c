@@ -151,15 +151,11 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, c
 
   const int nt = conv_threads(ctx, P, C, K);
   if (cpu_conv_winograd(ctx, C, K)) { // its shape rule is symmetric in C and K
-    // Workspace: wt | Winograd's, for the filter gradient, then for dx.
-    const size_t need = dx ? cpu_wino_floats(ctx, nt, K, C) : 0,
+    const size_t need = dx ? cpu_wino_floats(ctx, nt, C, K) : 0,
                  grad = cpu_wino_grad_floats(ctx, nt, C, K);
-    float *ws = cpu_workspace(ctx, nw + (need > grad ? need : grad));
-    cpu_wino_filter_grad(ctx, nt, dw, dy, x, s.N, H, W, C, K, ws + nw);
-    if (dx) {
-      flip_weights(ws, w, C, K, nt);
-      cpu_wino_conv(ctx, nt, dx, dy, ws, NULL, ACT_NONE, s.N, H, W, K, C, ws + nw);
-    }
+    float *ws = cpu_workspace(ctx, need > grad ? need : grad);
+    cpu_wino_filter_grad(ctx, nt, dw, dy, x, s.N, H, W, C, K, ws);
+    if (dx) cpu_wino_data_grad(ctx, nt, dx, dy, w, s.N, H, W, C, K, ws);
     return;
   }
   // dx is computed in the same pass as dw, each thread on its own pixels.

@@ -80,13 +80,16 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, co
 // (conv.c; the same answer with C and K swapped, as dx's convolution has them).
 int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K);
 // y (N,H,W,K) = act(conv3x3(x (N,H,W,C), w (K,3,3,C)) + bias) by Winograd F(2x2, 3x3) on up to
-// `threads` threads, in ws of cpu_wino_floats(ctx, threads, C, K) floats (winograd.c).
+// `threads` threads, in ws of cpu_wino_floats(ctx, threads, C, K) floats (winograd.c); and
+// that convolution's dx (N,H,W,C) from dy (N,H,W,K), in as many.
 size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K);
 void cpu_wino_conv(cpu_ctx *ctx, int threads, float *y, const float *x, const float *w,
                    const float *bias, activation act, int N, int H, int W, int C, int K,
                    float *ws);
-// dw (K,3,3,C) of that convolution from dy (N,H,W,K) and x by Winograd, in ws of
-// cpu_wino_grad_floats(ctx, threads, C, K) floats.
+void cpu_wino_data_grad(cpu_ctx *ctx, int threads, float *dx, const float *dy, const float *w,
+                        int N, int H, int W, int C, int K, float *ws);
+// Its dw (K,3,3,C) from dy (N,H,W,K) and x, in ws of cpu_wino_grad_floats(ctx, threads, C, K)
+// floats.
 size_t cpu_wino_grad_floats(const cpu_ctx *ctx, int threads, int C, int K);
 void cpu_wino_filter_grad(cpu_ctx *ctx, int threads, float *dw, const float *dy, const float *x,
                           int N, int H, int W, int C, int K, float *ws);

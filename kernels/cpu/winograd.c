@@ -28,8 +28,9 @@ static long wino_chunk(const cpu_ctx *ctx, int C, int K) {
 }
 
 size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K) {
-  return (size_t)16 * K * C + (size_t)(C > K ? C : K) +
-         (size_t)threads * ((size_t)wino_chunk(ctx, C, K) * 16 * (size_t)(C + K) + (size_t)K);
+  const size_t wide = (size_t)(C > K ? C : K);
+  return (size_t)16 * K * C + wide +
+         (size_t)threads * ((size_t)wino_chunk(ctx, C, K) * 16 * (size_t)(C + K) + wide);
 }
 
 // Every transform loops over channels innermost, where the data is contiguous, and is built
@@ -165,14 +166,21 @@ VEC_CLONES static void output_transform(float *y, const float *M, size_t stride,
   }
 }
 
-void cpu_wino_conv(cpu_ctx *ctx, int nt, float *y, const float *x, const float *w,
-                   const float *bias, activation act, int N, int H, int W, int C, int K,
-                   float *ws) {
+// The forward (dgrad = 0): y (N,H,W,K) from x (N,H,W,C); or the data gradient (dgrad = 1):
+// dx (N,H,W,C) from dy (N,H,W,K), the convolution of dy with w flipped in (r, s) and
+// transposed in (k, c). Flipping the kernel swaps rows 0 and 3 of G (G J = P G), so its
+// transform is V with xi's rows and columns 0 and 3 swapped, and the (k, c) transpose is the
+// gemm's: M[xi] = U[xi] (tiles, K) * V[p(xi)] (K, C). No flipped copy of w is made.
+static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x, const float *w,
+                      const float *bias, activation act, int N, int H, int W, int C, int K,
+                      float *ws) {
+  static const int swap03[4] = {3, 1, 2, 0};
+  const int Ci = dgrad ? K : C, Co = dgrad ? C : K; // channels in and out of this convolution
   const int th = (H + 1) / 2, tw = (W + 1) / 2;
   const long tiles = (long)N * th * tw;
   if (tiles < nt) nt = (int)tiles;
   const long T = wino_chunk(ctx, C, K);
-  const size_t each = (size_t)T * 16 * (C + K) + (size_t)K; // U, M and a sink row per thread
+  const size_t each = (size_t)T * 16 * (C + K) + (size_t)Co; // U, M and a sink row per thread
   const int wide = C > K ? C : K;
   // V | zeros (the padding's input rows, and the bias of a layer without one) | per thread
   float *V = ws, *zero = V + (size_t)16 * K * C, *per = zero + wide;
@@ -184,17 +192,35 @@ void cpu_wino_conv(cpu_ctx *ctx, int nt, float *y, const float *x, const float *
     weight_transform(V, w, C, K, K * t / Tn, K * (t + 1) / Tn);
 #pragma omp barrier
     const long lo = tiles * t / Tn, hi = tiles * (t + 1) / Tn;
-    float *U = per + (size_t)t * each, *M = U + (size_t)16 * T * C, *sink = M + (size_t)16 * T * K;
+    float *U = per + (size_t)t * each, *M = U + (size_t)16 * T * Ci;
+    float *sink = M + (size_t)16 * T * Co;
     for (long q0 = lo; q0 < hi; q0 += T) {
       const long nq = hi - q0 < T ? hi - q0 : T;
-      input_transform(U, (size_t)T * C, x, zero, q0, nq, H, W, C, th, tw);
-      for (int xi = 0; xi < 16; xi++)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, C, 1.0f,
-                    U + (size_t)xi * T * C, C, V + (size_t)xi * K * C, C, 0.0f,
-                    M + (size_t)xi * T * K, K);
-      output_transform(y, M, (size_t)T * K, bias, act, sink, q0, nq, H, W, K, th, tw);
+      input_transform(U, (size_t)T * Ci, x, zero, q0, nq, H, W, Ci, th, tw);
+      for (int xi = 0; xi < 16; xi++) {
+        const float *Ux = U + (size_t)xi * T * Ci;
+        float *Mx = M + (size_t)xi * T * Co;
+        if (dgrad)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, C, K, 1.0f, Ux, K,
+                      V + (size_t)(swap03[xi / 4] * 4 + swap03[xi % 4]) * K * C, C, 0.0f, Mx, C);
+        else
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, C, 1.0f, Ux, C,
+                      V + (size_t)xi * K * C, C, 0.0f, Mx, K);
+      }
+      output_transform(y, M, (size_t)T * Co, bias, act, sink, q0, nq, H, W, Co, th, tw);
     }
   }
+}
+
+void cpu_wino_conv(cpu_ctx *ctx, int nt, float *y, const float *x, const float *w,
+                   const float *bias, activation act, int N, int H, int W, int C, int K,
+                   float *ws) {
+  wino_conv(ctx, nt, 0, y, x, w, bias, act, N, H, W, C, K, ws);
+}
+
+void cpu_wino_data_grad(cpu_ctx *ctx, int nt, float *dx, const float *dy, const float *w, int N,
+                        int H, int W, int C, int K, float *ws) {
+  wino_conv(ctx, nt, 1, dx, dy, w, NULL, ACT_NONE, N, H, W, C, K, ws);
 }
 
 // ---- the filter gradient -------------------------------------------------------------------
