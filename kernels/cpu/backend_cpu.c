@@ -175,8 +175,13 @@ static void cpu_act_bwd(backend *b, void *dx_, const void *dy_, const void *y_, 
     if (count) memcpy(dx, dy, count * sizeof(float));
     return;
   }
+  // Both loads unconditional: a select the compiler vectorises, not a branch on the sign of y
+  // (mispredicted half the time, it made this pass 13% of a narrow VGG16's step).
 #pragma omp parallel for schedule(static) num_threads(ctx->threads) if (count > 16384)
-  for (size_t i = 0; i < count; i++) dx[i] = y[i] <= 0.0f ? 0.0f : dy[i];
+  for (size_t i = 0; i < count; i++) {
+    const float g = dy[i];
+    dx[i] = y[i] <= 0.0f ? 0.0f : g;
+  }
 }
 
 // ---- max-pool 2x2, stride 2 ----------------------------------------------------------------
@@ -250,8 +255,14 @@ static void cpu_maxpool_bwd(backend *b, void *dx_, const void *dy_, const int32_
       float *tap[4] = {dx + off[0], dx + off[1], dx + off[2], dx + off[3]};
       const float *go = dy + ((size_t)r * Wo + wo) * C;
       const int32_t *ao = argmax + ((size_t)r * Wo + wo) * C;
-      for (int c = 0; c < C; c++)
-        for (int t = 0; t < 4; t++) tap[t][c] = ao[c] == idx[t] ? go[c] : 0.0f;
+      for (int t = 0; t < 4; t++) { // per tap, a select over channels (vectorised)
+        float *d = tap[t];
+        const int32_t it = idx[t];
+        for (int c = 0; c < C; c++) {
+          const float g = go[c];
+          d[c] = ao[c] == it ? g : 0.0f;
+        }
+      }
     }
   }
 }
