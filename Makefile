@@ -81,7 +81,10 @@ endif
 
 CC := $(HOSTCC)
 WARN := -Wall -Wextra -Wno-unused-parameter
-CFLAGS := -std=gnu11 $(OPT) $(WARN) -ffp-contract=off -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
+# -ffp-contract=off: no fused multiply-adds the source does not write (the CPU backend matches
+# PyTorch's rounding). -fno-math-errno: sqrtf is the instruction alone, so loops that take a
+# square root (Adam) vectorise; nothing reads errno after a math function.
+CFLAGS := -std=gnu11 $(OPT) $(WARN) -ffp-contract=off -fno-math-errno -fopenmp -Isrc -Ikernels -Icomm -MMD -MP $(SAN)
 LDLIBS := -lopenblas -lm
 LDFLAGS := -fopenmp $(SAN)
 CFLAGS += -I$(OPENBLAS_INC)
