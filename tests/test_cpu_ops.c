@@ -204,6 +204,8 @@ TEST(cpu_conv_winograd_grad) {
   conv_check(2, 2, 2, 6, 3, 1, 1, 0);
   conv_check(2, 6, 6, 5, 7, 1, 1, 16 * 12); // one tile per chunk
   conv_check(2, 5, 3, 3, 4, 1, 0, 0);       // dx == NULL
+  conv_check(2, 6, 5, 8, 9, 1, 1, 0);       // 8 channels in vectors, 9 = 8 + a scalar tail
+  conv_check(1, 4, 4, 17, 16, 0, 1, 0);
   conv_algo = CPU_CONV_AUTO;
 }
 

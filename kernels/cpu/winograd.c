@@ -30,12 +30,25 @@ static long wino_chunk(const cpu_ctx *ctx, int C, int K) {
 size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K) {
   const size_t wide = (size_t)(C > K ? C : K);
   return (size_t)16 * K * C + wide +
-         (size_t)threads * ((size_t)wino_chunk(ctx, C, K) * 16 * (size_t)(C + K) + wide);
+         (size_t)threads * ((size_t)wino_chunk(ctx, C, K) * 16 * (size_t)(C + K) + 16 * wide);
 }
 
 // Every transform loops over channels innermost, where the data is contiguous, and is built
 // for AVX2 where the CPU has it (the build targets baseline x86-64); the gemms are OpenBLAS's.
 #define VEC_CLONES __attribute__((target_clones("avx2", "default")))
+
+// 8 floats (GCC's vector extension: one AVX register, or two SSE ones in the default build),
+// loaded and stored at any float alignment. The per-tile transforms use them explicitly: with
+// 16 strided streams per tile the compiler's own vectorisation kept the stream pointers in
+// memory. Lanes do the scalar code's operations in its order: the same results.
+typedef float v8f __attribute__((vector_size(32), aligned(4), may_alias));
+typedef int v8i __attribute__((vector_size(32), aligned(4), may_alias));
+#define LD8(p) (*(const v8f *)(p))
+#define ST8(p, v) (*(v8f *)(p) = (v))
+
+// max(v, 0) lane by lane, NaN kept (torch.relu): zero where v < 0. (Macros, not functions:
+// a function taking or returning v8f would change the ABI between the clones.)
+#define RELU8(v) ((v8f)((v8i)(v) & ~(v8i)((v) < (v8f){0})))
 
 // V[xi][k][c] = (G g G^T)[xi] for k in [k0, k1) and every c, g the 3x3 kernel w[k][.][.][c];
 // G = [1 0 0; 1/2 1/2 1/2; 1/2 -1/2 1/2; 0 0 1].
@@ -69,58 +82,123 @@ VEC_CLONES static void weight_transform(float *V, const float *w, int C, int K,
   }
 }
 
-// The tile's position: image n, tile row ti, tile column tj.
-static inline void tile_pos(long t, int th, int tw, long *n, int *ti, int *tj) {
-  *tj = (int)(t % tw);
-  *ti = (int)(t / tw % th);
-  *n = t / tw / th;
+// The next tile's position after (n, ti, tj), in tile order.
+static inline void tile_next(int th, int tw, long *n, int *ti, int *tj) {
+  if (++*tj == tw) {
+    *tj = 0;
+    if (++*ti == th) {
+      *ti = 0;
+      ++*n;
+    }
+  }
 }
 
-// U[xi][i][c] = (B^T d B)[xi] for tiles t0 + i, i < nq, d the 4x4 patch of channel c
-// (zero outside the image); B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. U's blocks are
-// `stride` floats apart.
-VEC_CLONES static void input_transform(float *U, size_t stride, const float *x,
-                                       const float *zero, long t0, long nq, int H, int W, int C,
-                                       int th, int tw) {
-  for (long i = 0; i < nq; i++) {
-    long n;
-    int ti, tj;
-    tile_pos(t0 + i, th, tw, &n, &ti, &tj);
-    const float *p[16];
+// One tile's U[xi][c] = (B^T d B)[xi], d the 4x4 patch whose rows r0..r3 each hold 4 pixels
+// of C floats; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. u's blocks are `stride` apart.
+// Row r of U from row r of B^T d: (B^T d) B, 8 channels at q (blocks `stride` apart).
+#define INPUT_COLS8(q, stride, t0, t1, t2, t3)                                                   \
+  do {                                                                                             \
+    const v8f t0_ = (t0), t1_ = (t1), t2_ = (t2), t3_ = (t3);                                      \
+    ST8((q), t0_ - t2_);                                                                           \
+    ST8((q) + (stride), t1_ + t2_);                                                                \
+    ST8((q) + 2 * (stride), t2_ - t1_);                                                            \
+    ST8((q) + 3 * (stride), t1_ - t3_);                                                            \
+  } while (0)
+
+static inline __attribute__((always_inline)) void input_tile(float *u, size_t stride, const float *r0, const float *r1,
+                              const float *r2, const float *r3, int C) {
+  const size_t C1 = (size_t)C, C2 = 2 * C1, C3 = 3 * C1;
+  size_t c = 0;
+  for (; c + 8 <= C1; c += 8) { // B^T d's rows 1 and 2 from d's rows 1, 2; then 0 and 3
+    const v8f a0 = LD8(r1 + c), a1 = LD8(r1 + C1 + c), a2 = LD8(r1 + C2 + c), a3 = LD8(r1 + C3 + c);
+    const v8f b0 = LD8(r2 + c), b1 = LD8(r2 + C1 + c), b2 = LD8(r2 + C2 + c), b3 = LD8(r2 + C3 + c);
+    INPUT_COLS8(u + 4 * stride + c, stride, a0 + b0, a1 + b1, a2 + b2, a3 + b3);
+    INPUT_COLS8(u + 8 * stride + c, stride, b0 - a0, b1 - a1, b2 - a2, b3 - a3);
+    const v8f z0 = LD8(r0 + c), z1 = LD8(r0 + C1 + c), z2 = LD8(r0 + C2 + c), z3 = LD8(r0 + C3 + c);
+    INPUT_COLS8(u + c, stride, z0 - b0, z1 - b1, z2 - b2, z3 - b3);
+    const v8f w0 = LD8(r3 + c), w1 = LD8(r3 + C1 + c), w2 = LD8(r3 + C2 + c), w3 = LD8(r3 + C3 + c);
+    INPUT_COLS8(u + 12 * stride + c, stride, a0 - w0, a1 - w1, a2 - w2, a3 - w3);
+  }
+  for (; c < C1; c++) {
+    const float d[4][4] = {{r0[c], r0[C1 + c], r0[C2 + c], r0[C3 + c]},
+                           {r1[c], r1[C1 + c], r1[C2 + c], r1[C3 + c]},
+                           {r2[c], r2[C1 + c], r2[C2 + c], r2[C3 + c]},
+                           {r3[c], r3[C1 + c], r3[C2 + c], r3[C3 + c]}};
+    float t[4][4];
+    for (int s = 0; s < 4; s++) { // B^T d: the rows
+      t[0][s] = d[0][s] - d[2][s];
+      t[1][s] = d[1][s] + d[2][s];
+      t[2][s] = d[2][s] - d[1][s];
+      t[3][s] = d[1][s] - d[3][s];
+    }
+    for (int r = 0; r < 4; r++) { // (B^T d) B: the columns
+      u[(r * 4 + 0) * stride + c] = t[r][0] - t[r][2];
+      u[(r * 4 + 1) * stride + c] = t[r][1] + t[r][2];
+      u[(r * 4 + 2) * stride + c] = t[r][2] - t[r][1];
+      u[(r * 4 + 3) * stride + c] = t[r][1] - t[r][3];
+    }
+  }
+}
+
+// U[xi][i][c] for tiles t0 + i, i < nq, of x (N,H,W,C), zero outside the image. A tile inside
+// the image reads its 4 rows in place; one on the border is first copied, padded, to `pad`
+// (16 C floats).
+VEC_CLONES static void input_transform(float *U, size_t stride, const float *x, float *pad,
+                                       long t0, long nq, int H, int W, int C, int th, int tw) {
+  long n = t0 / tw / th;
+  int ti = (int)(t0 / tw % th), tj = (int)(t0 % tw);
+  const size_t run = (size_t)C * sizeof(float);
+  for (long i = 0; i < nq; i++, tile_next(th, tw, &n, &ti, &tj)) {
+    const int h0 = 2 * ti - 1, w0 = 2 * tj - 1;
+    float *u = U + (size_t)i * C;
+    if (h0 >= 0 && h0 + 3 < H && w0 >= 0 && w0 + 3 < W) {
+      const float *r0 = x + ((size_t)(n * H + h0) * W + w0) * C, *r1 = r0 + (size_t)W * C;
+      input_tile(u, stride, r0, r1, r1 + (size_t)W * C, r1 + (size_t)2 * W * C, C);
+      continue;
+    }
     for (int r = 0; r < 4; r++)
       for (int s = 0; s < 4; s++) {
-        const int h = 2 * ti - 1 + r, w = 2 * tj - 1 + s;
-        p[r * 4 + s] = h >= 0 && h < H && w >= 0 && w < W ? x + ((size_t)(n * H + h) * W + w) * C
-                                                         : zero;
+        const int h = h0 + r, w = w0 + s;
+        float *dst = pad + (size_t)(r * 4 + s) * C;
+        if (h >= 0 && h < H && w >= 0 && w < W)
+          memcpy(dst, x + ((size_t)(n * H + h) * W + w) * C, run);
+        else
+          memset(dst, 0, run);
       }
-    float *u = U + (size_t)i * C;
-#pragma GCC ivdep
-    for (int c = 0; c < C; c++) {
-      float t[4][4];
-      for (int s = 0; s < 4; s++) { // B^T d: the rows
-        const float d0 = p[s][c], d1 = p[4 + s][c], d2 = p[8 + s][c], d3 = p[12 + s][c];
-        t[0][s] = d0 - d2;
-        t[1][s] = d1 + d2;
-        t[2][s] = d2 - d1;
-        t[3][s] = d1 - d3;
-      }
-      for (int r = 0; r < 4; r++) { // (B^T d) B: the columns
-        u[(size_t)(r * 4 + 0) * stride + c] = t[r][0] - t[r][2];
-        u[(size_t)(r * 4 + 1) * stride + c] = t[r][1] + t[r][2];
-        u[(size_t)(r * 4 + 2) * stride + c] = t[r][2] - t[r][1];
-        u[(size_t)(r * 4 + 3) * stride + c] = t[r][1] - t[r][3];
-      }
-    }
+    input_tile(u, stride, pad, pad + 4 * (size_t)C, pad + 8 * (size_t)C, pad + 12 * (size_t)C, C);
   }
 }
 
 // One tile's 2x2 outputs o[0..3] = act(A^T m A + bias) over k, m the 16 products M[xi][k]
 // (blocks `stride` apart); A^T = [1 1 1 0; 0 1 -1 -1]. Inlined with relu constant.
-static inline void output_tile(float *const o[4], const float *m, size_t stride,
+static inline __attribute__((always_inline)) void output_tile(float *const o[4], const float *m, size_t stride,
                                const float *bias, int relu, int K) {
-  float *restrict o0 = o[0], *restrict o1 = o[1], *restrict o2 = o[2], *restrict o3 = o[3];
-#pragma GCC ivdep
-  for (int k = 0; k < K; k++) {
+  float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
+  int k = 0;
+  for (; k + 8 <= K; k += 8) {
+    v8f t0[4], t1[4];
+    for (int s = 0; s < 4; s++) { // A^T m: the rows
+      const v8f m0 = LD8(m + (size_t)s * stride + k), m1 = LD8(m + (size_t)(4 + s) * stride + k),
+                m2 = LD8(m + (size_t)(8 + s) * stride + k),
+                m3 = LD8(m + (size_t)(12 + s) * stride + k);
+      t0[s] = m0 + m1 + m2;
+      t1[s] = m1 - m2 - m3;
+    }
+    const v8f bk = LD8(bias + k); // (A^T m) A: the columns
+    v8f v0 = t0[0] + t0[1] + t0[2] + bk, v1 = t0[1] - t0[2] - t0[3] + bk;
+    v8f v2 = t1[0] + t1[1] + t1[2] + bk, v3 = t1[1] - t1[2] - t1[3] + bk;
+    if (relu) {
+      v0 = RELU8(v0);
+      v1 = RELU8(v1);
+      v2 = RELU8(v2);
+      v3 = RELU8(v3);
+    }
+    ST8(o0 + k, v0);
+    ST8(o1 + k, v1);
+    ST8(o2 + k, v2);
+    ST8(o3 + k, v3);
+  }
+  for (; k < K; k++) {
     float t[2][4];
     for (int s = 0; s < 4; s++) { // A^T m: the rows
       const float m0 = m[(size_t)s * stride + k], m1 = m[(size_t)(4 + s) * stride + k],
@@ -149,10 +227,9 @@ static inline void output_tile(float *const o[4], const float *m, size_t stride,
 VEC_CLONES static void output_transform(float *y, const float *M, size_t stride,
                                         const float *bias, activation act, float *sink, long t0,
                                         long nq, int H, int W, int K, int th, int tw) {
-  for (long i = 0; i < nq; i++) {
-    long n;
-    int ti, tj;
-    tile_pos(t0 + i, th, tw, &n, &ti, &tj);
+  long n = t0 / tw / th;
+  int ti = (int)(t0 / tw % th), tj = (int)(t0 % tw);
+  for (long i = 0; i < nq; i++, tile_next(th, tw, &n, &ti, &tj)) {
     float *o[4];
     for (int a = 0; a < 2; a++)
       for (int b = 0; b < 2; b++) {
@@ -180,9 +257,10 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
   const long tiles = (long)N * th * tw;
   if (tiles < nt) nt = (int)tiles;
   const long T = wino_chunk(ctx, C, K);
-  const size_t each = (size_t)T * 16 * (C + K) + (size_t)Co; // U, M and a sink row per thread
   const int wide = C > K ? C : K;
-  // V | zeros (the padding's input rows, and the bias of a layer without one) | per thread
+  // Per thread: U, M, and a border tile's padded patch (also the sink of output_transform)
+  const size_t each = (size_t)T * 16 * (C + K) + 16 * (size_t)wide;
+  // V | zeros (the bias of a layer without one) | per thread
   float *V = ws, *zero = V + (size_t)16 * K * C, *per = zero + wide;
   memset(zero, 0, (size_t)wide * sizeof(float));
   if (!bias) bias = zero;
@@ -193,10 +271,10 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
 #pragma omp barrier
     const long lo = tiles * t / Tn, hi = tiles * (t + 1) / Tn;
     float *U = per + (size_t)t * each, *M = U + (size_t)16 * T * Ci;
-    float *sink = M + (size_t)16 * T * Co;
+    float *pad = M + (size_t)16 * T * Co;
     for (long q0 = lo; q0 < hi; q0 += T) {
       const long nq = hi - q0 < T ? hi - q0 : T;
-      input_transform(U, (size_t)T * Ci, x, zero, q0, nq, H, W, Ci, th, tw);
+      input_transform(U, (size_t)T * Ci, x, pad, q0, nq, H, W, Ci, th, tw);
       for (int xi = 0; xi < 16; xi++) {
         const float *Ux = U + (size_t)xi * T * Ci;
         float *Mx = M + (size_t)xi * T * Co;
@@ -207,7 +285,7 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, C, 1.0f, Ux, C,
                       V + (size_t)xi * K * C, C, 0.0f, Mx, K);
       }
-      output_transform(y, M, (size_t)T * Co, bias, act, sink, q0, nq, H, W, Co, th, tw);
+      output_transform(y, M, (size_t)T * Co, bias, act, pad, q0, nq, H, W, Co, th, tw);
     }
   }
 }
@@ -237,10 +315,9 @@ void cpu_wino_data_grad(cpu_ctx *ctx, int nt, float *dx, const float *dy, const 
 VEC_CLONES static void grad_transform(float *Z, size_t stride, const float *dy,
                                       const float *zero, long t0, long nq, int H, int W, int K,
                                       int th, int tw) {
-  for (long i = 0; i < nq; i++) {
-    long n;
-    int ti, tj;
-    tile_pos(t0 + i, th, tw, &n, &ti, &tj);
+  long n = t0 / tw / th;
+  int ti = (int)(t0 / tw % th), tj = (int)(t0 % tw);
+  for (long i = 0; i < nq; i++, tile_next(th, tw, &n, &ti, &tj)) {
     const float *p[4];
     for (int a = 0; a < 2; a++)
       for (int b = 0; b < 2; b++) {
@@ -300,8 +377,9 @@ VEC_CLONES static void filter_back(float *dw, float *S, size_t part, int parts,
 }
 
 size_t cpu_wino_grad_floats(const cpu_ctx *ctx, int threads, int C, int K) {
-  return (size_t)(C > K ? C : K) +
-         (size_t)threads * ((size_t)16 * K * C + (size_t)wino_chunk(ctx, C, K) * 16 * (C + K));
+  const size_t wide = (size_t)(C > K ? C : K);
+  return wide + (size_t)threads * ((size_t)16 * K * C +
+                                   (size_t)wino_chunk(ctx, C, K) * 16 * (C + K) + 16 * wide);
 }
 
 void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, const float *x,
@@ -311,8 +389,9 @@ void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, cons
   if (tiles < nt) nt = (int)tiles; // every thread sums at least one tile
   const long T = wino_chunk(ctx, C, K);
   const int wide = C > K ? C : K;
-  const size_t part = (size_t)16 * K * C, each = part + (size_t)T * 16 * (C + K);
-  // zeros | per thread: S, U, Z
+  const size_t part = (size_t)16 * K * C,
+               each = part + (size_t)T * 16 * (C + K) + 16 * (size_t)wide;
+  // zeros | per thread: S, U, Z, a border tile's padded patch
   float *zero = ws, *per = zero + wide;
   memset(zero, 0, (size_t)wide * sizeof(float));
 #pragma omp parallel num_threads(nt)
@@ -320,9 +399,10 @@ void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, cons
     const int t = omp_get_thread_num(), Tn = omp_get_num_threads();
     const long lo = tiles * t / Tn, hi = tiles * (t + 1) / Tn;
     float *S = per + (size_t)t * each, *U = S + part, *Z = U + (size_t)16 * T * C;
+    float *pad = Z + (size_t)16 * T * K;
     for (long q0 = lo; q0 < hi; q0 += T) {
       const long nq = hi - q0 < T ? hi - q0 : T;
-      input_transform(U, (size_t)T * C, x, zero, q0, nq, H, W, C, th, tw);
+      input_transform(U, (size_t)T * C, x, pad, q0, nq, H, W, C, th, tw);
       grad_transform(Z, (size_t)T * K, dy, zero, q0, nq, H, W, K, th, tw);
       for (int xi = 0; xi < 16; xi++)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, C, (int)nq, 1.0f,
