@@ -27,10 +27,16 @@ static long wino_chunk(const cpu_ctx *ctx, int C, int K) {
   return t < 1 ? 1 : t;
 }
 
+// Floats from one xi block of U, M or Z to the next: T tiles of `ch` channels, plus one cache
+// line so that the 16 blocks a tile's transform writes (or reads) at once do not all fall in
+// the same L1 sets, as they would T * ch * 4 bytes apart whenever that is a multiple of 4 KiB.
+static size_t wino_block(long T, int ch) { return (size_t)T * ch + 16; }
+
 size_t cpu_wino_floats(const cpu_ctx *ctx, int threads, int C, int K) {
   const size_t wide = (size_t)(C > K ? C : K);
+  const long T = wino_chunk(ctx, C, K);
   return (size_t)16 * K * C + wide +
-         (size_t)threads * ((size_t)wino_chunk(ctx, C, K) * 16 * (size_t)(C + K) + 16 * wide);
+         (size_t)threads * (16 * (wino_block(T, C) + wino_block(T, K)) + 16 * wide);
 }
 
 // Every transform loops over channels innermost, where the data is contiguous, and is built
@@ -259,7 +265,8 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
   const long T = wino_chunk(ctx, C, K);
   const int wide = C > K ? C : K;
   // Per thread: U, M, and a border tile's padded patch (also the sink of output_transform)
-  const size_t each = (size_t)T * 16 * (C + K) + 16 * (size_t)wide;
+  const size_t bi = wino_block(T, Ci), bo = wino_block(T, Co);
+  const size_t each = 16 * (bi + bo) + 16 * (size_t)wide;
   // V | zeros (the bias of a layer without one) | per thread
   float *V = ws, *zero = V + (size_t)16 * K * C, *per = zero + wide;
   memset(zero, 0, (size_t)wide * sizeof(float));
@@ -270,14 +277,13 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
     weight_transform(V, w, C, K, K * t / Tn, K * (t + 1) / Tn);
 #pragma omp barrier
     const long lo = tiles * t / Tn, hi = tiles * (t + 1) / Tn;
-    float *U = per + (size_t)t * each, *M = U + (size_t)16 * T * Ci;
-    float *pad = M + (size_t)16 * T * Co;
+    float *U = per + (size_t)t * each, *M = U + 16 * bi, *pad = M + 16 * bo;
     for (long q0 = lo; q0 < hi; q0 += T) {
       const long nq = hi - q0 < T ? hi - q0 : T;
-      input_transform(U, (size_t)T * Ci, x, pad, q0, nq, H, W, Ci, th, tw);
+      input_transform(U, bi, x, pad, q0, nq, H, W, Ci, th, tw);
       for (int xi = 0; xi < 16; xi++) {
-        const float *Ux = U + (size_t)xi * T * Ci;
-        float *Mx = M + (size_t)xi * T * Co;
+        const float *Ux = U + xi * bi;
+        float *Mx = M + xi * bo;
         if (dgrad)
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)nq, C, K, 1.0f, Ux, K,
                       V + (size_t)(swap03[xi / 4] * 4 + swap03[xi % 4]) * K * C, C, 0.0f, Mx, C);
@@ -285,7 +291,7 @@ static void wino_conv(cpu_ctx *ctx, int nt, int dgrad, float *y, const float *x,
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)nq, K, C, 1.0f, Ux, C,
                       V + (size_t)xi * K * C, C, 0.0f, Mx, K);
       }
-      output_transform(y, M, (size_t)T * Co, bias, act, pad, q0, nq, H, W, Co, th, tw);
+      output_transform(y, M, bo, bias, act, pad, q0, nq, H, W, Co, th, tw);
     }
   }
 }
@@ -378,8 +384,9 @@ VEC_CLONES static void filter_back(float *dw, float *S, size_t part, int parts,
 
 size_t cpu_wino_grad_floats(const cpu_ctx *ctx, int threads, int C, int K) {
   const size_t wide = (size_t)(C > K ? C : K);
+  const long T = wino_chunk(ctx, C, K);
   return wide + (size_t)threads * ((size_t)16 * K * C +
-                                   (size_t)wino_chunk(ctx, C, K) * 16 * (C + K) + 16 * wide);
+                                   16 * (wino_block(T, C) + wino_block(T, K)) + 16 * wide);
 }
 
 void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, const float *x,
@@ -389,8 +396,8 @@ void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, cons
   if (tiles < nt) nt = (int)tiles; // every thread sums at least one tile
   const long T = wino_chunk(ctx, C, K);
   const int wide = C > K ? C : K;
-  const size_t part = (size_t)16 * K * C,
-               each = part + (size_t)T * 16 * (C + K) + 16 * (size_t)wide;
+  const size_t part = (size_t)16 * K * C, bu = wino_block(T, C), bz = wino_block(T, K);
+  const size_t each = part + 16 * (bu + bz) + 16 * (size_t)wide;
   // zeros | per thread: S, U, Z, a border tile's padded patch
   float *zero = ws, *per = zero + wide;
   memset(zero, 0, (size_t)wide * sizeof(float));
@@ -398,15 +405,14 @@ void cpu_wino_filter_grad(cpu_ctx *ctx, int nt, float *dw, const float *dy, cons
   {
     const int t = omp_get_thread_num(), Tn = omp_get_num_threads();
     const long lo = tiles * t / Tn, hi = tiles * (t + 1) / Tn;
-    float *S = per + (size_t)t * each, *U = S + part, *Z = U + (size_t)16 * T * C;
-    float *pad = Z + (size_t)16 * T * K;
+    float *S = per + (size_t)t * each, *U = S + part, *Z = U + 16 * bu, *pad = Z + 16 * bz;
     for (long q0 = lo; q0 < hi; q0 += T) {
       const long nq = hi - q0 < T ? hi - q0 : T;
-      input_transform(U, (size_t)T * C, x, pad, q0, nq, H, W, C, th, tw);
-      grad_transform(Z, (size_t)T * K, dy, zero, q0, nq, H, W, K, th, tw);
+      input_transform(U, bu, x, pad, q0, nq, H, W, C, th, tw);
+      grad_transform(Z, bz, dy, zero, q0, nq, H, W, K, th, tw);
       for (int xi = 0; xi < 16; xi++)
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, C, (int)nq, 1.0f,
-                    Z + (size_t)xi * T * K, K, U + (size_t)xi * T * C, C, q0 == lo ? 0.0f : 1.0f,
+                    Z + xi * bz, K, U + xi * bu, C, q0 == lo ? 0.0f : 1.0f,
                     S + (size_t)xi * K * C, C);
     }
 #pragma omp barrier
