@@ -147,6 +147,10 @@ $(BUILD)/gen_cifar: $(BUILD)/tests/tools/gen_cifar.o $(BUILD)/tests/cifar_gen.o 
 $(BUILD)/bench_step: $(BUILD)/tests/tools/bench_step.o $(SOLO_OBJ) $(STAMP)
 	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
+# The CPU backend's conv algorithms layer by layer (BENCHMARKS.md, "CPU convolutions").
+$(BUILD)/conv_bench: $(BUILD)/tests/tools/conv_bench.o $(SOLO_OBJ) $(STAMP)
+	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
+
 $(BUILD)/parity_step: $(BUILD)/tests/tools/parity_step.o $(BUILD)/tests/steps.o $(SOLO_OBJ) $(STAMP)
 	$(CC) -o $@ $(filter %.o,$^) $(LDFLAGS) $(LDLIBS)
 
