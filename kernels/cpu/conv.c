@@ -1,6 +1,7 @@
 // conv.c - the CPU backend's 3x3, stride-1, pad-1 convolution (NHWC, weight (K,3,3,C)).
 //
-// im2col + sgemm. With NHWC a row of the im2col matrix (one output pixel) is the (3,3,C)
+// Layers from 8 channels up go to Winograd's F(2x2, 3x3) (winograd.c, cpu_conv_winograd); the
+// first layer (3 input channels) and any layer a test forces take im2col + sgemm, here. With NHWC a row of the im2col matrix (one output pixel) is the (3,3,C)
 // patch around it, the same order as a weight row (K,3,3,C), so for pixels p = (n*H + h)*W + w
 //   forward        y (P, K)  = col(x) (P, 9C) * w^T (9C, K)
 //   filter grad    dw (K, 9C) = dy^T (K, P) * col(x) (P, 9C)

@@ -28,9 +28,10 @@ typedef enum { CPU_CONV_AUTO, CPU_CONV_IM2COL, CPU_CONV_WINOGRAD } cpu_conv_algo
 // the first step of training ever grows it, so steady-state steps never allocate.
 typedef struct cpu_ctx {
   int threads;      // OpenMP threads for every op (OpenBLAS itself runs single-threaded)
-  float *ws;        // conv workspace: im2col rows, flipped weights, filter-grad partials
+  float *ws;        // conv workspace: im2col rows or Winograd's tiles, filter-grad partials
   size_t ws_floats; // its capacity in floats
-  size_t conv_budget; // im2col rows per thread, in floats (CPU_CONV_BUDGET; tests shrink it)
+  size_t conv_budget; // per-thread chunk of im2col rows, or of Winograd's transformed tiles,
+                      // in floats (CPU_CONV_BUDGET; tests shrink it)
   cpu_conv_algo conv_algo; // CPU_CONV_AUTO; tests force one algorithm
   double *red;      // per-thread partial sums for bias gradients (deterministic reduction)
   size_t red_doubles;
@@ -38,9 +39,10 @@ typedef struct cpu_ctx {
   size_t chan_doubles;
 } cpu_ctx;
 
-// Default im2col budget per thread in floats (4 MiB): gemms of >= 227 rows even at C = 512,
-// and small enough to stay in cache between im2col and the gemm that reads it. (VGG16 on 2
-// cores: 1 to 8 MiB per thread measured alike within noise; 32 MiB was ~10% slower.)
+// Default chunk budget per thread in floats (4 MiB): im2col gemms of >= 227 rows even at
+// C = 512, small enough to stay in cache between im2col and the gemm that reads it (VGG16 on
+// 2 cores: 1 to 8 MiB per thread measured alike within noise; 32 MiB was ~10% slower). For
+// Winograd, 64 tiles per gemm at C = K = 512; 1 MiB made those layers 1.8x slower.)
 #define CPU_CONV_BUDGET ((size_t)1 << 20)
 
 // Returns ctx->ws with room for at least `floats` floats (grows, never shrinks).
@@ -70,7 +72,7 @@ static inline void cpu_bias_act_row(float *y, const float *x, const float *bias,
 void cpu_sgemm(cpu_ctx *ctx, int trans_a, int trans_b, int M, int N, int K, const float *A,
                int lda, const float *B, int ldb, float beta, float *C, int ldc);
 
-// 3x3 pad-1 convolution via im2col + sgemm, batched in chunks of pixels (conv.c).
+// 3x3 pad-1 convolution, by im2col + sgemm in chunks of pixels or by Winograd (conv.c).
 void cpu_conv_fwd(backend *b, void *y, const void *x, const float *w, const float *bias,
                   op_shape s, activation act);
 void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, const void *x,
