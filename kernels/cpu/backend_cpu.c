@@ -1,7 +1,10 @@
 // backend_cpu.c - the CPU reference backend: fp32 on the host, OpenBLAS for every matrix
 // product, OpenMP for the elementwise loops. It is the numerical reference the CUDA backend
 // and the PyTorch golden tests are compared against, so each op follows PyTorch's formula
-// (and its order of floating-point operations where that is cheap to match).
+// (and its order of floating-point operations where that is cheap to match). The exception is
+// the convolutions: most layers use Winograd's F(2x2, 3x3) (winograd.c), exact in exact
+// arithmetic and in float within 1e-5 of the direct sum relative to the output's scale
+// (tests/test_cpu_ops.c), as cuDNN's Winograd engines are.
 //
 // Owns: the backend struct and its cpu_ctx (thread count, conv workspace, reduction buffer).
 // Convolutions live in conv.c, batch norm in bn.c, batch assembly in prep.c. All memory is
