@@ -55,6 +55,25 @@ void run_state_free(run_state *rs) {
   memset(rs, 0, sizeof(*rs));
 }
 
+void run_state_snapshot(run_state *dst, const run_state *src) {
+  const size_t P = (size_t)src->meta.n_params, B = (size_t)src->meta.n_buffers;
+  if (!dst->live.params) {
+    dst->live.params = xmalloc(P * sizeof(float));
+    dst->live.buffers = xmalloc(B * sizeof(float));
+    dst->adam_m = xmalloc(P * sizeof(float));
+    dst->adam_v = xmalloc(P * sizeof(float));
+  } else if (dst->meta.n_params != src->meta.n_params || dst->meta.n_buffers != src->meta.n_buffers) {
+    FATAL("run_state_snapshot: a snapshot of %llu parameters cannot take %llu",
+          (unsigned long long)dst->meta.n_params, (unsigned long long)src->meta.n_params);
+  }
+  dst->meta = src->meta;
+  dst->st = src->st;
+  memcpy(dst->live.params, src->live.params, P * sizeof(float));
+  memcpy(dst->live.buffers, src->live.buffers, B * sizeof(float));
+  memcpy(dst->adam_m, src->adam_m, P * sizeof(float));
+  memcpy(dst->adam_v, src->adam_v, P * sizeof(float));
+}
+
 int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_MAX_SECTIONS]) {
   const int all = which == RUN_SECTIONS_ALL, best = which == RUN_SECTIONS_BEST;
   const int source = which == RUN_SECTIONS_SOURCE;

@@ -91,6 +91,13 @@ int run_state_check_source(const run_state *rs, uint32_t version, char *err, siz
 void run_state_load(run_state *rs, run_sections which, const char *path, const char *opt,
                     const sample_order *now, comm *c, double timeout_s);
 
+// A snapshot of what a checkpoint holds (RUN_SECTIONS_ALL: meta, st, the live model, Adam's m
+// and v) of src in dst, whose copies are allocated at the first call (dst zeroed before it) and
+// reused after; dst's best model stays unallocated (NULL), so only RUN_SECTIONS_ALL may be
+// taken of it. The background checkpoint writer owns one: its file then holds the state of this
+// moment while the run goes on changing src. Freed by run_state_free.
+void run_state_snapshot(run_state *dst, const run_state *src);
+
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);
 

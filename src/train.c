@@ -6,7 +6,10 @@
 // Since every random decision is keyed by (seed, epoch/step, sample id), the trajectory does
 // not depend on the world size (up to float summation order).
 // Rank 0 makes the decisions after validation (learning rate, early stop, best model) and
-// broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
+// broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only,
+// on a host thread from a snapshot of the state (ckpt_writer.h) while training goes on; the
+// next checkpoint, a stop and the run's end wait for the write in flight, and a failed write
+// ends the run on every rank (agreed between steps or at those waits).
 // A stop (a signal, --max-steps) ends the run after a step with a checkpoint and the
 // directory's RESUMABLE marker; a finished run (all epochs, early stopping) removes the marker.
 // A fresh run may take its model (parameters and buffers) from another run's checkpoint
@@ -29,6 +32,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "ckpt_writer.h"
 #include "cifar10.h"
 #include "device.h"
 #include "log.h"
@@ -93,6 +97,7 @@ typedef struct run {
   model m;
   net net;
   grad_sync *gs;
+  ckpt_writer *writer; // rank 0 with --checkpoint-dir: checkpoints are written in the background
   run_data data;
   run_state rs;
   prep_params pp;         // batch assembly (normalisation, flips); its epoch is the current one
@@ -427,32 +432,34 @@ static void epoch_sums(run *r, double sums[2]) {
 // ---------------------------------------------------------------------------------------
 // Checkpoints and stops
 
-// A checkpoint of all the run state at `path` (rank 0); callers have downloaded the state.
-static void save_checkpoint(run *r, const char *path) {
-  if (r->rank != 0) return;
-  ckpt_section secs[CKPT_MAX_SECTIONS];
-  const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
-  checkpoint_write(path, secs, n);
-}
-
-// Periodic checkpoint at (epoch, batch) of st; callers have downloaded the state. With
-// `best` it is also best.bin: the best model's checkpoint is the epoch's own (the same state at
-// the same moment, RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it.
-// Pruning comes after the link: a resumed run may write a checkpoint older than those present,
-// which --keep then deletes at once; best.bin's link keeps its data.
+// Starts the periodic checkpoint at (epoch, batch) of st on rank 0's background writer, which
+// the caller has joined (the next checkpoint waits for the previous one); callers have
+// downloaded the state, which the writer copies before this returns. With `best` it is also
+// best.bin: the best model's checkpoint is the epoch's own (the same state at the same moment,
+// RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it (ckpt_writer.h).
 static void save_periodic(run *r, int best) {
   const config *cfg = r->cfg;
-  if (!cfg->checkpoint_dir[0] || r->rank != 0) return;
-  char path[1024], best_path[1100];
+  if (!r->writer) return;
+  char path[1024];
   checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->rs.st.epoch, r->rs.st.batch);
-  save_checkpoint(r, path);
-  const char *how = "";
-  if (best) {
-    checkpoint_best_path(best_path, sizeof(best_path), cfg->checkpoint_dir);
-    how = checkpoint_link(path, best_path) ? " (best.bin: linked)" : " (best.bin: copied)";
-  }
-  checkpoint_prune(cfg->checkpoint_dir, cfg->keep);
-  LOG0("checkpoint: %s%s\n", path, how);
+  ckpt_writer_start(r->writer, &r->rs, path, cfg->checkpoint_dir, best, cfg->keep);
+}
+
+// Rank 0 waits for its checkpoint write in flight, if any; returns 1 when it failed, after
+// printing its line (file:line, the message, the rank). Other ranks: 0.
+static int write_join(run *r) {
+  if (!r->writer || ckpt_writer_join(r->writer) == 0) return 0;
+  fprintf(stderr, "%s\n", ckpt_writer_error(r->writer));
+  fflush(stderr);
+  return 1;
+}
+
+// Every rank learns whether rank 0's checkpoint write failed (`failed`: rank 0's verdict, which
+// it has printed): the job then ends on every rank alike (exit 1, no MPI_ABORT banner). Called in
+// rank 0's I/O window, so the others wait here without a deadline while it writes or joins.
+static int write_failed_agreed(run *r, int failed) {
+  comm_bcast(r->c, &failed, sizeof(failed), 0);
+  return failed;
 }
 
 // The reason of a stop, as the RESUMABLE marker gives it (its format is read by scripts and
@@ -492,15 +499,33 @@ static void stop_resumable(run *r) {
        "--resume auto\n", cfg->checkpoint_dir, CKPT_RESUMABLE, strrchr(path, '/') + 1);
 }
 
-// Whether to stop after this step: a signal (it may have reached only some ranks) or
-// --max-steps. Every rank agrees through one reduction.
-static int stop_agreed(run *r) {
+// Rank 0's background write, seen between steps without waiting: a finished one is reaped (its
+// line logged), a failed one returns 1 (joined and reported when every rank has agreed on it).
+static int write_poll_failed(run *r) {
+  if (!r->writer) return 0;
+  const ckpt_writer_state st = ckpt_writer_poll(r->writer);
+  if (st == CKPT_WRITER_DONE) ckpt_writer_join(r->writer);
+  return st == CKPT_WRITER_FAILED;
+}
+
+// How the agreement after a step came out.
+typedef enum { STEP_GO, STEP_STOP, STEP_WRITE_FAILED } step_verdict;
+
+// Whether to stop after this step: a signal (it may have reached only some ranks), --max-steps,
+// or a failed background checkpoint write (rank 0's). Every rank agrees through one reduction;
+// a failed write is reported (its line, by rank 0) and ends the run on every rank.
+static step_verdict stop_agreed(run *r) {
   const config *cfg = r->cfg;
-  double stop[2] = {stop_signal, cfg->max_steps && r->rs.st.step >= cfg->max_steps};
-  comm_allreduce_max_f64(r->c, stop, 2);
+  double stop[3] = {stop_signal, cfg->max_steps && r->rs.st.step >= cfg->max_steps,
+                    write_poll_failed(r)};
+  comm_allreduce_max_f64(r->c, stop, 3);
+  if (stop[2] > 0) {
+    write_join(r); // rank 0: its line
+    return STEP_WRITE_FAILED;
+  }
   int agreed = stop[0] > 0 || stop[1] > 0;
   if (agreed) r->stop_sig = (int)stop[0];
-  return agreed;
+  return agreed ? STEP_STOP : STEP_GO;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -523,6 +548,7 @@ typedef enum {
   EPOCH_DONE_STOP,   // every batch trained, and a stop (signal, --max-steps) was requested
   EPOCH_INTERRUPTED, // stopped inside the epoch; the exact position is checkpointed
   EPOCH_DIVERGED,    // the training loss exploded: stopped, nothing of this state saved
+  EPOCH_WRITE_FAILED, // a background checkpoint write failed (reported): the run ends, exit 1
 } epoch_end;
 
 // The divergence guard: a mean training loss over a logging window above this (a million times
@@ -617,9 +643,33 @@ static int diverged(run *r, const epoch_clock *clk) {
   return 1;
 }
 
+// The end of a stop, in rank 0's I/O window (the others wait for it without a deadline: without
+// it they would go on to leave the job, and on GPUs wait for rank 0 inside ncclCommFinalize,
+// whose settling counts --comm-timeout, so a slow file system would end a clean stop as a hung
+// peer; after it every rank finalizes NCCL together): the write in flight joined, then (mid:
+// a mid-epoch stop) the stop's own checkpoint downloaded, written and joined, then the RESUMABLE
+// marker, which only ever names a whole checkpoint. Returns 1 (on every rank) when a write
+// failed: no marker, the run ends with its error.
+static int stop_checkpoint(run *r, int mid) {
+  rank0_io_begin(r);
+  int failed = write_join(r);
+  if (mid) {
+    state_download(r);
+    if (!failed) {
+      save_periodic(r, 0);
+      failed = write_join(r);
+    }
+  }
+  if (!failed) stop_resumable(r);
+  failed = write_failed_agreed(r, failed);
+  rank0_io_end(r);
+  return failed;
+}
+
 // A stop inside the epoch (preemption, --max-steps) after batch st.batch: the checkpoint
-// holds the exact position and the epoch's sums and time so far.
-static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
+// holds the exact position and the epoch's sums and time so far. Returns 1 when a checkpoint
+// write failed.
+static int stop_mid_epoch(run *r, const double sums[2], double elapsed) {
   train_state *st = &r->rs.st;
   st->epoch_loss_sum = sums[0];
   st->epoch_correct = sums[1];
@@ -631,16 +681,7 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
-  // As at an epoch's end: the others wait for rank 0's writing in a barrier without a deadline
-  // (rank0_io_begin). Without it they would go on to leave the job, and on GPUs wait for rank 0
-  // inside ncclCommFinalize, whose settling counts --comm-timeout: a slow file system would end
-  // a clean stop as a hung peer. After the barrier every rank finalizes NCCL together.
-  rank0_io_begin(r);
-  state_download(r);
-  save_periodic(r, 0);
-  stop_resumable(r);
-  comm_barrier(r->c);
-  rank0_io_end(r);
+  return stop_checkpoint(r, 1);
 }
 
 // Trains the remaining batches of epoch st.epoch.
@@ -653,15 +694,15 @@ static epoch_end train_epoch(run *r, epoch_clock *clk) {
     int start = st->batch * B, count = n_train - start < B ? n_train - start : B;
     step_take(r, start, count);
     clk->log_images += count;
-    const int stop = stop_agreed(r), last = st->batch + 1 == n_batches;
+    const step_verdict verdict = stop_agreed(r);
+    if (verdict == STEP_WRITE_FAILED) return EPOCH_WRITE_FAILED;
+    const int stop = verdict == STEP_STOP, last = st->batch + 1 == n_batches;
     if (st->step % cfg->log_every == 0 || last || stop) {
       double sums[2];
       double elapsed = progress_log(r, clk, start + count, sums);
       if (diverged(r, clk)) return EPOCH_DIVERGED; // before any checkpoint of this state
-      if (stop && !last) {
-        stop_mid_epoch(r, sums, elapsed);
-        return EPOCH_INTERRUPTED;
-      }
+      if (stop && !last)
+        return stop_mid_epoch(r, sums, elapsed) ? EPOCH_WRITE_FAILED : EPOCH_INTERRUPTED;
     }
     if (stop) { // at the epoch's last batch: the caller finishes the epoch, then stops
       st->batch++;
@@ -714,35 +755,40 @@ static void epoch_report(run *r, const epoch_result *e) {
 
 // The checkpoints at the end of an epoch, which name the start of the next one: the best
 // model (every rank keeps it for the final test; rank 0 links best.bin to the periodic one)
-// and the periodic one, written once.
-static void epoch_checkpoints(run *r, int best) {
+// and the periodic one, written once, in the background: rank 0 waits for the previous write,
+// downloads the state and hands a copy to its writer, and training goes on while it writes.
+// Returns 1 (on every rank) when the previous write failed.
+static int epoch_checkpoints(run *r, int best) {
   const config *cfg = r->cfg;
   train_state *st = &r->rs.st;
   st->epoch++;
   st->batch = 0;
   st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
   const double t0 = now_s();
+  // The others wait in the broadcast below, not inside the next step's all-reduce, where the
+  // NCCL watchdog would count rank 0's joining and copying against --comm-timeout; and it has
+  // no deadline for them (rank0_io_begin).
   rank0_io_begin(r);
+  int failed = write_join(r);
   state_download(r);
   if (best) {
     run_state_keep_best(&r->rs);
     r->best_lost = 0; // better than the lost one too: its loss was the resumed best
   }
-  save_periodic(r, best);
-  // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
-  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout; and this
-  // barrier has no deadline on them (rank0_io_begin).
-  comm_barrier(r->c);
+  if (!failed) save_periodic(r, best);
+  failed = write_failed_agreed(r, failed);
   rank0_io_end(r);
-  // What every rank waited for the end-of-epoch checkpoints (the download, the writes and
-  // their fsyncs): the stall the benchmark in BENCHMARKS.md measures.
-  if (cfg->checkpoint_dir[0])
-    LOG0("checkpoints: epoch %d written in %.2f s\n", st->epoch, now_s() - t0);
+  // What every rank waited for the end-of-epoch checkpoints (the previous write's end, the
+  // download, the copy for the writer): the stall the benchmark in BENCHMARKS.md measures.
+  if (cfg->checkpoint_dir[0] && !failed)
+    LOG0("checkpoints: epoch %d: training paused %.2f s (written in the background)\n", st->epoch,
+         now_s() - t0);
+  return failed;
 }
 
 // After the last batch of an epoch: validation, decisions, the report, the checkpoints.
-// Returns 1 on an early stop.
-static int validate_and_decide(run *r, const epoch_clock *clk) {
+// Returns 1 on an early stop; sets *write_failed when a background checkpoint write failed.
+static int validate_and_decide(run *r, const epoch_clock *clk, int *write_failed) {
   const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
   const int n_train = r->data.train.n;
@@ -758,8 +804,8 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
   decide(r, &e);
   const int early = early_stop_due(st, cfg->early_stop);
   epoch_report(r, &e);
-  epoch_checkpoints(r, e.best);
-  if (early)
+  *write_failed = epoch_checkpoints(r, e.best);
+  if (early && !*write_failed)
     LOG0("early stop: no better validation loss for %d epochs (best %.4f after epoch %d)\n",
          cfg->early_stop, st->best_val_loss, st->best_epoch + 1);
   return early;
@@ -769,10 +815,10 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
 // The run
 
 // How the epochs ended.
-typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED } run_end;
+typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED, RUN_WRITE_FAILED } run_end;
 
 // The epochs: finished (all of them, or an early stop), stopped (a signal or --max-steps:
-// resumable), or diverged.
+// resumable), diverged, or ended by a failed checkpoint write.
 static run_end train_epochs(run *r) {
   const config *cfg = r->cfg;
   int memory_reported = 0;
@@ -782,7 +828,10 @@ static run_end train_epochs(run *r) {
     epoch_end how = train_epoch(r, &clk);
     if (how == EPOCH_INTERRUPTED) return RUN_STOPPED;
     if (how == EPOCH_DIVERGED) return RUN_DIVERGED;
-    int early = validate_and_decide(r, &clk);
+    if (how == EPOCH_WRITE_FAILED) return RUN_WRITE_FAILED;
+    int write_failed = 0;
+    int early = validate_and_decide(r, &clk, &write_failed);
+    if (write_failed) return RUN_WRITE_FAILED;
     if (!memory_reported) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
       // have run: this is the run's peak (the CUDA context and libraries included).
@@ -792,20 +841,15 @@ static run_end train_epochs(run *r) {
     if (how == EPOCH_DONE_STOP) {
       char cause[64];
       LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_cause(r, cause, sizeof(cause)));
-      rank0_io_begin(r); // the marker's write and fsyncs: as stop_mid_epoch's barrier says
-      stop_resumable(r);
-      comm_barrier(r->c);
-      rank0_io_end(r);
-      return RUN_STOPPED;
+      return stop_checkpoint(r, 0) ? RUN_WRITE_FAILED : RUN_STOPPED; // the epoch's is in flight
     }
     if (early) break;
   }
   return RUN_FINISHED;
 }
 
-// The final test with the best model; a finished run has nothing left to resume.
+// The final test with the best model (while the last checkpoint is written).
 static void final_test(run *r) {
-  const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
   const host_model *tested = r->best_lost ? &r->rs.live : &r->rs.best;
   net_upload_params(&r->net, tested->params);
@@ -822,8 +866,21 @@ static void final_test(run *r) {
   metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d, "
                 "\"model\": \"%s\"", test_loss, test_acc, st->best_epoch + 1, r->data.test.n,
                 r->best_lost ? "last" : "best");
-  if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
+}
+
+// Every run's end: the write in flight (a finished run's last checkpoint, a diverged run's
+// earlier good one) joined in rank 0's I/O window, before anything leaves; returns 1 (on every
+// rank) when it failed. Then a finished run, with its checkpoints on disk, has nothing left to
+// resume.
+static int run_settle(run *r, run_end how) {
+  const config *cfg = r->cfg;
+  rank0_io_begin(r);
+  const int failed = write_failed_agreed(r, write_join(r));
+  rank0_io_end(r);
+  if (!failed && how == RUN_FINISHED && r->rank == 0 && cfg->checkpoint_dir[0] &&
+      checkpoint_clear_resumable(cfg->checkpoint_dir))
     LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
+  return failed;
 }
 
 // One line per temp file an interrupted checkpoint write left behind (rank 0, at start-up).
@@ -860,10 +917,12 @@ static void run_init(run *r, const config *cfg, comm *c) {
   memcpy(r->pp.std, r->rs.st.std, sizeof(r->pp.std));
   r->order = xmalloc(sizeof(int32_t) * r->data.train.n);
   r->local = xmalloc(sizeof(int32_t) * r->local_batch);
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) r->writer = ckpt_writer_create();
 }
 
 // In reverse order of run_init.
 static void run_free(run *r) {
+  ckpt_writer_free(r->writer); // joined already (run_settle)
   free(r->local);
   free(r->order);
   metrics_close();
@@ -880,6 +939,8 @@ int train_run(const config *cfg, comm *c) {
   run_init(&r, cfg, c);
   run_end how = train_epochs(&r);
   if (how == RUN_FINISHED) final_test(&r);
+  if (how != RUN_WRITE_FAILED && run_settle(&r, how)) how = RUN_WRITE_FAILED;
   run_free(&r);
-  return how == RUN_DIVERGED ? 1 : 0; // every rank agreed: each exits 1, after MPI_Finalize
+  // Every rank agreed on a divergence or a failed write: each exits 1, after MPI_Finalize.
+  return how == RUN_DIVERGED || how == RUN_WRITE_FAILED ? 1 : 0;
 }

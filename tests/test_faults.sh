@@ -148,6 +148,22 @@ n1=$(grep -c '"step"' "$T/keep.jsonl")
 check "--metrics: a fresh run starts the file afresh, a resumed one appends ($n1 then $(grep -c '"step"' "$T/keep.jsonl") step lines)" \
   bash -c "! grep -q old '$T/keep.jsonl' && [ $n1 -eq 2 ] && [ \$(grep -c '\"step\"' '$T/keep.jsonl') -eq 4 ]"
 
+# ---- rank 0's background checkpoint write fails (its temp file is /dev/full: ENOSPC) at -np 2:
+# every rank learns it between steps or at the next checkpoint, and each exits 1; one line (rank
+# 0's: file:line, the message), no MPI_ABORT banner, no hang. Rank 0's wrapper links the temp
+# file under its own pid, which the run keeps (exec); the outer wrapper records each rank's exit.
+printf '#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 0 ] && ln -s /dev/full "$FULL_TMP.$$"\nexec "$@"\n' > "$T/full.sh"
+printf '#!/bin/sh\n"$@"\ns=$?\necho "exit $s" >> "$RANK_EXITS"\nexit $s\n' > "$T/exits.sh"
+chmod +x "$T/full.sh" "$T/exits.sh"
+mkdir -p "$T/full"
+FULL_TMP="$T/full/ckpt_e0002.bin.tmp" RANK_EXITS="$T/full.exits" timeout 120 "${MPIRUN[@]}" -np 2 \
+  -x FULL_TMP -x RANK_EXITS "$T/exits.sh" "$T/full.sh" "$BIN" "${SMALL[@]}" --epochs 3 \
+  --checkpoint-dir "$T/full" > "$T/full.log" 2> "$T/full.err"
+rc=$?
+echo "   a failed background write at -np 2: mpirun exit $rc, ranks: $(tr '\n' ' ' < "$T/full.exits" 2> /dev/null)"
+check "a failed background write at -np 2: every rank exits 1, rank 0's one line, no MPI_ABORT banner, epoch 1's checkpoint kept" bash -c \
+  "[ $rc -eq 1 ] && [ \"\$(cat '$T/full.exits')\" = \"\$(printf 'exit 1\nexit 1')\" ] && [ \$(grep -c 'vgg_dist' '$T/full.err') -eq 1 ] && grep -qE '^vgg_dist: error \[rank 0 [^]]*\] src/checkpoint.c:[0-9]+: write of [0-9]+ bytes to .*/ckpt_e0002.bin.tmp.[0-9]+ failed: No space left on device$' '$T/full.err' && ! grep -q MPI_ABORT '$T/full.err' && [ -f '$T/full/ckpt_e0001.bin' ] && [ ! -e '$T/full/ckpt_e0002.bin' ]"
+
 # ---- an error every rank meets (bad data at -np 2): one line from one rank, no MPI_ABORT banner ----
 # (mpirun still reports the ranks' non-zero exit in its own lines; its -q would hide that too.)
 mkdir -p "$T/trunc" && cp "$T/data"/* "$T/trunc/" && truncate -s -5 "$T/trunc/data_batch_2.bin"
