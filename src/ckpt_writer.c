@@ -57,7 +57,16 @@ static void *writer_main(void *arg) {
   return NULL;
 }
 
-ckpt_writer *ckpt_writer_create(void) { return xcalloc(1, sizeof(ckpt_writer)); }
+ckpt_writer *ckpt_writer_create(const ckpt_meta *meta) {
+  ckpt_writer *w = xcalloc(1, sizeof(ckpt_writer));
+  run_state_init_live(&w->snap, meta);
+  return w;
+}
+
+run_state *ckpt_writer_snapshot(ckpt_writer *w) {
+  if (w->running) FATAL("ckpt_writer_snapshot: a write is in flight (join it first)");
+  return &w->snap;
+}
 
 void ckpt_writer_free(ckpt_writer *w) {
   if (!w) return;
@@ -74,10 +83,8 @@ static void copy_name(char *out, size_t len, const char *name) {
   if (n < 0 || (size_t)n >= len) FATAL("checkpoint path %s is too long", name);
 }
 
-void ckpt_writer_start(ckpt_writer *w, const run_state *rs, const char *path, const char *dir,
-                       int best, int keep) {
+void ckpt_writer_start(ckpt_writer *w, const char *path, const char *dir, int best, int keep) {
   if (w->running) FATAL("ckpt_writer_start: the previous write was not joined");
-  run_state_snapshot(&w->snap, rs);
   copy_name(w->path, sizeof(w->path), path);
   copy_name(w->dir, sizeof(w->dir), dir);
   w->best = best;

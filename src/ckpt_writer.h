@@ -1,5 +1,5 @@
-// ckpt_writer.h - rank 0's background checkpoint writer: the run state is copied into a
-// snapshot the writer owns (run_state_snapshot), and a host thread serialises it, fsyncs,
+// ckpt_writer.h - rank 0's background checkpoint writer: the run downloads the state into a
+// snapshot the writer owns (ckpt_writer_snapshot), and a host thread serialises it, fsyncs,
 // renames, links best.bin to it and prunes old checkpoints (checkpoint.h's guarantees, unchanged)
 // while training goes on.
 //
@@ -12,7 +12,8 @@
 // once, ckpt_writer_join returns it), so every rank can agree on it and end the job alike. The
 // thread blocks every asynchronous signal: a stop signal goes to the training thread.
 // Memory: the snapshot is one more host copy of the checkpoint's tensors (parameters, buffers,
-// Adam's m and v; 781 MB for VGG16 at 128x128), allocated at the first write and kept.
+// Adam's m and v; 781 MB for VGG16 at 128x128), allocated and touched by ckpt_writer_create (an
+// out-of-memory is found at start-up, and no page is faulted in at an epoch's end).
 #ifndef VGG_CKPT_WRITER_H
 #define VGG_CKPT_WRITER_H
 
@@ -27,15 +28,17 @@ typedef enum {
   CKPT_WRITER_FAILED, // the write failed; join returns its line
 } ckpt_writer_state;
 
-ckpt_writer *ckpt_writer_create(void);
+ckpt_writer *ckpt_writer_create(const ckpt_meta *meta);
 // Joins a write in flight first (its failure, if any, is printed: nothing else would report it).
 void ckpt_writer_free(ckpt_writer *w); // accepts NULL
 
-// Snapshots rs (the caller has just refreshed its host copies) and starts writing it to `path`
-// on a host thread: checkpoint_write, then (best) "<dir>/best.bin" linked to it, then
-// checkpoint_prune(dir, keep). Returns once the snapshot is taken: rs is the caller's again.
-void ckpt_writer_start(ckpt_writer *w, const run_state *rs, const char *path, const char *dir,
-                       int best, int keep);
+// The snapshot the next write will hold (RUN_SECTIONS_ALL of it: meta, st, the live model,
+// Adam's m and v), for the caller to fill: only while no write is in flight (fatal otherwise).
+run_state *ckpt_writer_snapshot(ckpt_writer *w);
+// Starts writing the snapshot to `path` on a host thread: checkpoint_write, then (best)
+// "<dir>/best.bin" linked to it, then checkpoint_prune(dir, keep). The snapshot is the
+// writer's until the join.
+void ckpt_writer_start(ckpt_writer *w, const char *path, const char *dir, int best, int keep);
 // The write's state, without waiting.
 ckpt_writer_state ckpt_writer_poll(const ckpt_writer *w);
 // Waits for the write in flight, if any. Returns 0 when it succeeded (rank 0's log then says

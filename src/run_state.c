@@ -55,23 +55,18 @@ void run_state_free(run_state *rs) {
   memset(rs, 0, sizeof(*rs));
 }
 
-void run_state_snapshot(run_state *dst, const run_state *src) {
-  const size_t P = (size_t)src->meta.n_params, B = (size_t)src->meta.n_buffers;
-  if (!dst->live.params) {
-    dst->live.params = xmalloc(P * sizeof(float));
-    dst->live.buffers = xmalloc(B * sizeof(float));
-    dst->adam_m = xmalloc(P * sizeof(float));
-    dst->adam_v = xmalloc(P * sizeof(float));
-  } else if (dst->meta.n_params != src->meta.n_params || dst->meta.n_buffers != src->meta.n_buffers) {
-    FATAL("run_state_snapshot: a snapshot of %llu parameters cannot take %llu",
-          (unsigned long long)dst->meta.n_params, (unsigned long long)src->meta.n_params);
-  }
-  dst->meta = src->meta;
-  dst->st = src->st;
-  memcpy(dst->live.params, src->live.params, P * sizeof(float));
-  memcpy(dst->live.buffers, src->live.buffers, B * sizeof(float));
-  memcpy(dst->adam_m, src->adam_m, P * sizeof(float));
-  memcpy(dst->adam_v, src->adam_v, P * sizeof(float));
+void run_state_init_live(run_state *rs, const ckpt_meta *meta) {
+  memset(rs, 0, sizeof(*rs));
+  rs->meta = *meta;
+  if (meta->n_params > SIZE_MAX / sizeof(float) || meta->n_buffers > SIZE_MAX / sizeof(float))
+    FATAL("run_state_init_live: %llu parameters and %llu buffers do not fit in memory",
+          (unsigned long long)meta->n_params, (unsigned long long)meta->n_buffers);
+  const size_t P = (size_t)meta->n_params * sizeof(float), B = (size_t)meta->n_buffers * sizeof(float);
+  // memset, not calloc: calloc's fresh pages would be faulted in at the first download instead.
+  rs->live.params = memset(xmalloc(P), 0, P);
+  rs->live.buffers = memset(xmalloc(B), 0, B);
+  rs->adam_m = memset(xmalloc(P), 0, P);
+  rs->adam_v = memset(xmalloc(P), 0, P);
 }
 
 int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_MAX_SECTIONS]) {

@@ -91,12 +91,11 @@ int run_state_check_source(const run_state *rs, uint32_t version, char *err, siz
 void run_state_load(run_state *rs, run_sections which, const char *path, const char *opt,
                     const sample_order *now, comm *c, double timeout_s);
 
-// A snapshot of what a checkpoint holds (RUN_SECTIONS_ALL: meta, st, the live model, Adam's m
-// and v) of src in dst, whose copies are allocated at the first call (dst zeroed before it) and
-// reused after; dst's best model stays unallocated (NULL), so only RUN_SECTIONS_ALL may be
-// taken of it. The background checkpoint writer owns one: its file then holds the state of this
-// moment while the run goes on changing src. Freed by run_state_free.
-void run_state_snapshot(run_state *dst, const run_state *src);
+// Allocates only what RUN_SECTIONS_ALL points at (the live model, Adam's m and v) for meta's
+// sizes, zeroed and touched (so its pages exist before the first use); the best model stays
+// NULL, so only RUN_SECTIONS_ALL may be taken of it: the background checkpoint writer's
+// snapshot. Freed by run_state_free.
+void run_state_init_live(run_state *rs, const ckpt_meta *meta);
 
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);

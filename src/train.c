@@ -373,15 +373,25 @@ static void net_setup(run *r) {
 }
 
 // The host copy of the model (parameters and buffers) on every rank, which each keeps as the
-// best model for the final test; Adam's state only where a checkpoint will be written.
+// best model for the final test. Where a checkpoint will be written (rank 0's writer, which the
+// caller has joined), the checkpoint's state goes straight into the writer's snapshot, Adam's
+// state there only (so rs.adam_m and v keep what was loaded at start-up), and the live model is
+// copied from it: the download and a third of the bytes copied, not the download and a copy.
 static void state_download(run *r) {
+  if (!r->writer) {
+    net_download_params(&r->net, r->rs.live.params);
+    net_download_buffers(&r->net, r->rs.live.buffers);
+    return;
+  }
   backend *b = r->b;
-  net_download_params(&r->net, r->rs.live.params);
-  net_download_buffers(&r->net, r->rs.live.buffers);
-  if (r->rank != 0 || !r->cfg->checkpoint_dir[0]) return;
-  size_t pbytes = r->m.n_params * sizeof(float);
-  b->ops->download(b, r->rs.adam_m, r->net.adam_m, pbytes);
-  b->ops->download(b, r->rs.adam_v, r->net.adam_v, pbytes);
+  run_state *snap = ckpt_writer_snapshot(r->writer);
+  const size_t pbytes = r->m.n_params * sizeof(float), bbytes = r->m.n_buffers * sizeof(float);
+  net_download_params(&r->net, snap->live.params);
+  net_download_buffers(&r->net, snap->live.buffers);
+  b->ops->download(b, snap->adam_m, r->net.adam_m, pbytes);
+  b->ops->download(b, snap->adam_v, r->net.adam_v, pbytes);
+  memcpy(r->rs.live.params, snap->live.params, pbytes);
+  if (bbytes) memcpy(r->rs.live.buffers, snap->live.buffers, bbytes);
 }
 
 // Batch norm's running statistics: with --sync-bn 0 each rank updates its own from its share of
@@ -433,8 +443,8 @@ static void epoch_sums(run *r, double sums[2]) {
 // Checkpoints and stops
 
 // Starts the periodic checkpoint at (epoch, batch) of st on rank 0's background writer, which
-// the caller has joined (the next checkpoint waits for the previous one); callers have
-// downloaded the state, which the writer copies before this returns. With `best` it is also
+// the caller has joined (the next checkpoint waits for the previous one) and downloaded the
+// state into (state_download). With `best` it is also
 // best.bin: the best model's checkpoint is the epoch's own (the same state at the same moment,
 // RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it (ckpt_writer.h).
 static void save_periodic(run *r, int best) {
@@ -442,7 +452,8 @@ static void save_periodic(run *r, int best) {
   if (!r->writer) return;
   char path[1024];
   checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->rs.st.epoch, r->rs.st.batch);
-  ckpt_writer_start(r->writer, &r->rs, path, cfg->checkpoint_dir, best, cfg->keep);
+  ckpt_writer_snapshot(r->writer)->st = r->rs.st; // the model and Adam: state_download's
+  ckpt_writer_start(r->writer, path, cfg->checkpoint_dir, best, cfg->keep);
 }
 
 // Rank 0 waits for its checkpoint write in flight, if any; returns 1 when it failed, after
@@ -917,7 +928,8 @@ static void run_init(run *r, const config *cfg, comm *c) {
   memcpy(r->pp.std, r->rs.st.std, sizeof(r->pp.std));
   r->order = xmalloc(sizeof(int32_t) * r->data.train.n);
   r->local = xmalloc(sizeof(int32_t) * r->local_batch);
-  if (r->rank == 0 && cfg->checkpoint_dir[0]) r->writer = ckpt_writer_create();
+  // The writer's snapshot: one more host copy of the checkpoint on rank 0, allocated now.
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) r->writer = ckpt_writer_create(&r->rs.meta);
 }
 
 // In reverse order of run_init.
