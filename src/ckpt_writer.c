@@ -122,7 +122,7 @@ int ckpt_writer_join(ckpt_writer *w) {
                                "writer of %s ended without finishing", w->path);
     return -1;
   }
-  LOG0("checkpoint: %s%s, written in %.2f s in the background\n", w->path,
+  LOG0("checkpoint: %s%s, written in %.2f s\n", w->path,
        !w->best ? "" : w->linked ? " (best.bin: linked)" : " (best.bin: copied)", w->seconds);
   return 0;
 }
