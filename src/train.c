@@ -26,6 +26,7 @@
 #include "train.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -60,7 +61,7 @@ static void on_stop_signal(int sig) {
   if (!stop_signal) stop_signal = sig;
 }
 
-static void stop_signals_install(void) {
+void train_signals_install(void) {
   const int sigs[] = {SIGTERM, SIGINT, SIGUSR1};
   struct sigaction sa = {0};
   sa.sa_handler = on_stop_signal;
@@ -68,6 +69,11 @@ static void stop_signals_install(void) {
   const size_t n = sizeof(sigs) / sizeof(sigs[0]);
   for (size_t i = 0; i < n; i++) sigaddset(&sa.sa_mask, sigs[i]); // one handler at a time
   for (size_t i = 0; i < n; i++) CHECK_POSIX(sigaction(sigs[i], &sa, NULL));
+  // A launcher may have left them blocked (a mask survives exec): a stop must still be heard,
+  // and one already pending is delivered here. Threads made later (MPI's, OpenMP's, CUDA's)
+  // inherit this mask.
+  int rc = pthread_sigmask(SIG_UNBLOCK, &sa.sa_mask, NULL);
+  if (rc != 0) FATAL("pthread_sigmask failed: %s", strerror(rc));
 }
 
 // Images in backend memory and the ids (host) that pick a split of them.
@@ -828,12 +834,30 @@ static int validate_and_decide(run *r, const epoch_clock *clk, int *write_failed
 // How the epochs ended.
 typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED, RUN_WRITE_FAILED } run_end;
 
+// A stop signal that came during start-up (the handlers are installed before MPI_Init, see
+// main.c), agreed by every rank once start-up is done: the run then stops before its first step,
+// as any stop does (a checkpoint of where it stands: a fresh run's step 0, or the resumed
+// position; RESUMABLE naming it; exit 0), so RESUMABLE keeps its meaning for scripts and a
+// resume continues the very trajectory. One reduction, once per run.
+static int startup_stop_agreed(run *r) {
+  double sig = stop_signal;
+  comm_allreduce_max_f64(r->c, &sig, 1);
+  if (sig > 0) r->stop_sig = (int)sig;
+  return sig > 0;
+}
+
 // The epochs: finished (all of them, or an early stop), stopped (a signal or --max-steps:
 // resumable), diverged, or ended by a failed checkpoint write.
 static run_end train_epochs(run *r) {
   const config *cfg = r->cfg;
   int memory_reported = 0;
   epoch_clock clk;
+  if (startup_stop_agreed(r)) {
+    char cause[64];
+    LOG0("stopping before the first step (%s during start-up)%s\n", stop_cause(r, cause, sizeof(cause)),
+         cfg->checkpoint_dir[0] ? ": writing a checkpoint of the starting state" : "");
+    return stop_checkpoint(r, 1) ? RUN_WRITE_FAILED : RUN_STOPPED;
+  }
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->rs.st.epoch < cfg->epochs && !early_stop_due(&r->rs.st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &clk);
@@ -904,8 +928,6 @@ static void report_stale_tmp(const char *path, long pid) {
 // assembly.
 static void run_init(run *r, const config *cfg, comm *c) {
   *r = (run){.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
-  // First: a stop signal during start-up (data, plans, NCCL) is honoured at the first step.
-  stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
   if (r->rank == 0 && cfg->checkpoint_dir[0]) {

@@ -121,6 +121,15 @@ wait_bounded $mpid 60
 rc=$?
 check "SIGTERM to one rank: the stop says SIGTERM, not --max-steps (exit $rc)" \
   bash -c "[ $rc -eq 0 ] && grep -q '^stopping after step [0-9]* (SIGTERM (signal 15) received)' '$T/sig.log' && ! grep '^stopping' '$T/sig.log' | grep -q 'max-steps'"
+# A SIGTERM pending as vgg_dist starts (blocked and sent to itself before exec) reaches its
+# handler before MPI_Init: a one-process run without --checkpoint-dir stops before its first step,
+# says so and that nothing was saved, and exits 0 (before, it died by the signal, silently).
+printf '%s\n' 'import os, signal, sys' 'signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})' \
+  'os.kill(os.getpid(), signal.SIGTERM)' 'os.execv(sys.argv[1], sys.argv[1:])' > "$T/pending.py"
+timeout 60 "$PY" "$T/pending.py" "$BIN" "${SMALL[@]}" --epochs 1 > "$T/early.log" 2> "$T/early.err"
+rc=$?
+check "SIGTERM during start-up, one process: exit 0, 'stopping before the first step', nothing to resume, no step, nothing on stderr" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping before the first step (SIGTERM (signal 15) received during start-up)$' '$T/early.log' && grep -q 'nothing to resume' '$T/early.log' && ! grep -q 'img/s' '$T/early.log' && [ ! -s '$T/early.err' ]"
 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/ms.log" 2>&1
 check "--max-steps 3: the stop says --max-steps" grep -q '^stopping after step 3 (--max-steps 3 reached)' "$T/ms.log"
 expect_fail() { # expect_fail NAME STATUS PATTERN ARGS...: that exit status, one stderr line matching

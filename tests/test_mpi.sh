@@ -365,6 +365,25 @@ rc=$?
 check "a second SIGINT to a rank ends it at once: job exit $rc, no checkpoint, no RESUMABLE" \
   bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'interrupted again: exiting at once' '$T/int2.log' && [ ! -e '$T/int2/RESUMABLE' ] && ! ls '$T/int2'/ckpt_e0000_b* > /dev/null 2>&1"
 
+# A stop during start-up (the handlers are installed before MPI_Init): made deterministic by a
+# SIGTERM already pending when rank 1's process becomes vgg_dist (blocked and sent to itself
+# before exec; a mask and a pending signal survive exec, and vgg_dist unblocks its stop signals
+# as it installs their handlers, before MPI_Init). Every rank stops before the first step: exit
+# 0, a checkpoint of the starting state (step 0) and RESUMABLE naming it, and a resume from it is
+# bitwise the run that was never stopped.
+printf '%s\n' '#!/usr/bin/env python3' 'import os, signal, sys' \
+  'if sys.argv[1] in ("any", os.environ.get("OMPI_COMM_WORLD_RANK")):' \
+  '    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})' \
+  '    os.kill(os.getpid(), signal.SIGTERM)' 'os.execv(sys.argv[2], sys.argv[2:])' > "$T/pending.py"
+timeout 120 "${MPIRUN[@]}" -np 2 "$PY" "$T/pending.py" 1 "$BIN" "${SMALL[@]}" --epochs 2 \
+  --checkpoint-dir "$T/early" --metrics "$T/early.jsonl" > "$T/early.log" 2>&1
+rc=$?
+check "SIGTERM to rank 1 during start-up: exit 0, stopped before the first step (no step), RESUMABLE names the step-0 checkpoint" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping before the first step (SIGTERM (signal 15) received during start-up): writing a checkpoint of the starting state' '$T/early.log' && ! grep -q '\"step\"' '$T/early.jsonl' && [ \"\$(cat '$T/early/RESUMABLE')\" = 'ckpt_e0000.bin signal 15' ] && grep -q 'stopped, resumable' '$T/early.log'"
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/early" --resume auto > "$T/early2.log" 2>&1
+check "after a stop during start-up the run resumes at step 0 and is bitwise the uninterrupted run" bash -c \
+  "grep -q 'resumed from .*ckpt_e0000.bin: epoch 1, batch 0, step 0' '$T/early2.log' && [ ! -e '$T/early/RESUMABLE' ] && '$PY' '$TOOL' compare '$T/early/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin'"
+
 # Without --checkpoint-dir nothing is saved: the stop says there is nothing to resume.
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/nodir.log" 2>&1
 rc=$?
