@@ -45,8 +45,8 @@
 // The first stop request's signal (SIGTERM, SIGINT or SIGUSR1); 0 while none came.
 static volatile sig_atomic_t stop_signal;
 
-// The first signal asks for a stop after the current step (every rank learns of it through the
-// step's reduction). A SIGINT while a stop is pending ends this process at once by the default
+// The first signal asks for a stop (every rank learns of it at the next stop agreement, within
+// about --stop-check seconds: stop_agreed). A SIGINT while a stop is pending ends this process at once by the default
 // action (a second Ctrl-C), and mpirun then ends the other ranks. A repeated SIGTERM does not:
 // a rank may get one from a scheduler and another from mpirun, and must still checkpoint.
 static void on_stop_signal(int sig) {
@@ -109,6 +109,10 @@ typedef struct run {
   prep_params pp;         // batch assembly (normalisation, flips); its epoch is the current one
   int32_t *order, *local; // scratch: the epoch's permutation, this rank's share of a batch
   int stop_sig; // once a stop is agreed: the largest signal number any rank got, 0 = --max-steps
+  // The stop agreement's schedule (stop_agreed): the step of the next one, and the step and time
+  // of the last one (or of the start of training).
+  int64_t stop_check_step, stop_check_from;
+  double stop_check_t;
   // The resumed run's best model could not be had (best.bin unusable) and no better epoch has
   // come since: the final test takes the last model, and says why (the reason: rank 0's).
   int best_lost;
@@ -528,14 +532,46 @@ static int write_poll_failed(run *r) {
 // How the agreement after a step came out.
 typedef enum { STEP_GO, STEP_STOP, STEP_WRITE_FAILED } step_verdict;
 
-// Whether to stop after this step: a signal (it may have reached only some ranks), --max-steps,
-// or a failed background checkpoint write (rank 0's). Every rank agrees through one reduction;
-// a failed write is reported (its line, by rank 0) and ends the run on every rank.
-static step_verdict stop_agreed(run *r) {
+// Steps until the next stop agreement: about `every_s` seconds of steps of `step_s` seconds, at
+// least one, at most STOP_CHECK_MAX_STEPS (a host that runs ahead of its GPU measures short
+// steps); every step when every_s is 0. A pure function of values every rank holds alike.
+#define STOP_CHECK_MAX_STEPS 100
+static int64_t stop_check_interval(double every_s, double step_s) {
+  if (every_s <= 0) return 1;
+  if (!(step_s > 0)) return STOP_CHECK_MAX_STEPS;
+  const double n = floor(every_s / step_s);
+  return n < 1 ? 1 : n > STOP_CHECK_MAX_STEPS ? STOP_CHECK_MAX_STEPS : (int64_t)n;
+}
+
+// The stop agreement's schedule from now: the first after the next step.
+static void stop_check_start(run *r) {
+  r->stop_check_from = r->rs.st.step;
+  r->stop_check_step = r->stop_check_from + 1;
+  r->stop_check_t = now_s();
+}
+
+// Whether to stop after this step (the epoch's `last` or not): a signal (it may have reached
+// only some ranks), --max-steps, or a failed background checkpoint write (rank 0's). --max-steps
+// is each rank's own count, exact. The rest needs one reduction, which is not taken after every
+// step (a collective that every rank waits for) but at steps every rank computes alike: the
+// epoch's last, --max-steps', and one about every --stop-check seconds, the interval in steps
+// following from the slowest rank's step time over the last interval, which the reduction
+// carries (so every rank derives the same next step; after every step when a step is longer).
+// A stop then lands within about --stop-check seconds or one step, on the same step on every
+// rank; what is computed never depends on it, so the trajectory is the same (tests/test_mpi.sh).
+// A failed write is reported (its line, by rank 0) and ends the run on every rank.
+static step_verdict stop_agreed(run *r, int last) {
   const config *cfg = r->cfg;
-  double stop[3] = {stop_signal, cfg->max_steps && r->rs.st.step >= cfg->max_steps,
-                    write_poll_failed(r)};
-  comm_allreduce_max_f64(r->c, stop, 3);
+  const int64_t step = r->rs.st.step;
+  const int max_steps = cfg->max_steps && step >= cfg->max_steps;
+  if (!last && !max_steps && step < r->stop_check_step) return STEP_GO;
+  const double t = now_s();
+  double stop[4] = {stop_signal, max_steps, write_poll_failed(r),
+                    (t - r->stop_check_t) / (double)(step - r->stop_check_from)};
+  comm_allreduce_max_f64(r->c, stop, 4);
+  r->stop_check_step = step + stop_check_interval(cfg->stop_check, stop[3]);
+  r->stop_check_from = step;
+  r->stop_check_t = t;
   if (stop[2] > 0) {
     write_join(r); // rank 0: its line
     return STEP_WRITE_FAILED;
@@ -711,9 +747,10 @@ static epoch_end train_epoch(run *r, epoch_clock *clk) {
     int start = st->batch * B, count = n_train - start < B ? n_train - start : B;
     step_take(r, start, count);
     clk->log_images += count;
-    const step_verdict verdict = stop_agreed(r);
+    const int last = st->batch + 1 == n_batches;
+    const step_verdict verdict = stop_agreed(r, last);
     if (verdict == STEP_WRITE_FAILED) return EPOCH_WRITE_FAILED;
-    const int stop = verdict == STEP_STOP, last = st->batch + 1 == n_batches;
+    const int stop = verdict == STEP_STOP;
     if (st->step % cfg->log_every == 0 || last || stop) {
       double sums[2];
       double elapsed = progress_log(r, clk, start + count, sums);
@@ -858,6 +895,7 @@ static run_end train_epochs(run *r) {
          cfg->checkpoint_dir[0] ? ": writing a checkpoint of the starting state" : "");
     return stop_checkpoint(r, 1) ? RUN_WRITE_FAILED : RUN_STOPPED;
   }
+  stop_check_start(r);
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->rs.st.epoch < cfg->epochs && !early_stop_due(&r->rs.st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &clk);

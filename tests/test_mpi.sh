@@ -43,6 +43,16 @@ print("   val losses", a, b)
 sys.exit(0 if len(a) == 2 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)) else 1)
 PY
 done
+# ---- the stop agreement is not taken after every step (--stop-check, default 0.25 s): the
+# trajectory is the one of an agreement after every step (--stop-check 0), bitwise, per-step
+# losses included ----
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --stop-check 0 --log-every 1 --checkpoint-dir "$T/sc0" \
+  --metrics "$T/sc0.jsonl" > "$T/sc0.log" 2>&1 || bad "--stop-check 0 run (see log)"
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --log-every 1 --checkpoint-dir "$T/sc" \
+  --metrics "$T/sc.jsonl" > "$T/sc.log" 2>&1 || bad "default --stop-check run (see log)"
+check "--stop-check 0.25 (default) and 0 (every step): the same checkpoint, bitwise, and the same losses at every step" bash -c \
+  "'$PY' '$TOOL' compare '$T/sc/ckpt_e0002.bin' '$T/sc0/ckpt_e0002.bin' && '$PY' '$TOOL' compare '$T/sc/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin' && diff <(grep -o '\"step\": [0-9]*, \"train_loss\": [0-9.]*' '$T/sc0.jsonl') <(grep -o '\"step\": [0-9]*, \"train_loss\": [0-9.]*' '$T/sc.jsonl') && [ \$(grep -c '\"step\"' '$T/sc.jsonl') -eq 26 ]"
+
 # ---- batch norm over ranks (--sync-bn): the global batch's statistics on every world size ----
 # After one epoch, measured: np 2 and 4 against np 1 differ by 1e-4 (parameters), 1e-3 (Adam
 # state), 2e-5 (running statistics) of the largest value; each rank's own statistics
@@ -245,7 +255,19 @@ check "SIGTERM to every rank: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 
   stopped_ok $rc "$T/sig.log" "$T/sig" "signal 15" mid
 check "after SIGTERM the run resumes and finishes" resume_ok "$T/sig" "$T/sig2.log"
 
-# SIGTERM to one rank: the others learn of it through the step's reduction.
+# --stop-check 60: no agreement inside a 60-step epoch after its first step's, so a SIGTERM after
+# that step lands at the epoch's last batch, on every rank alike (evidence that no collective
+# per step carries it any more).
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --stop-check 60 --checkpoint-dir "$T/sc60" --metrics "$T/sc60.jsonl" > "$T/sc60.log" 2>&1 &
+mpid=$!
+wait_step "$T/sc60.jsonl"
+kill -TERM "$(pgrep -f -- "^$BIN .*$T/sc60.jsonl" | tail -n 1)"
+wait $mpid
+rc=$?
+check "--stop-check 60: a SIGTERM after step 1 stops at the end of epoch 1 (exit 0, RESUMABLE names ckpt_e0001.bin)" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping at the end of epoch 1 (SIGTERM (signal 15) received)' '$T/sc60.log' && [ \"\$(cat '$T/sc60/RESUMABLE')\" = 'ckpt_e0001.bin signal 15' ]"
+
+# SIGTERM to one rank: the others learn of it at the next stop agreement (about --stop-check).
 "${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/one" --metrics "$T/one.jsonl" > "$T/one.log" 2>&1 &
 mpid=$!
 wait_step "$T/one.jsonl"
