@@ -46,9 +46,10 @@
 static volatile sig_atomic_t stop_signal;
 
 // The first signal asks for a stop (every rank learns of it at the next stop agreement, within
-// about --stop-check seconds: stop_agreed). A SIGINT while a stop is pending ends this process at once by the default
-// action (a second Ctrl-C), and mpirun then ends the other ranks. A repeated SIGTERM does not:
-// a rank may get one from a scheduler and another from mpirun, and must still checkpoint.
+// about --stop-check seconds: stop_agreed). A SIGINT while a stop is pending ends this process
+// at once by the default action (a second Ctrl-C), and mpirun then ends the other ranks. A
+// repeated SIGTERM does not: a rank may get one from a scheduler and another from mpirun, and
+// must still checkpoint.
 static void on_stop_signal(int sig) {
   if (sig == SIGINT && stop_signal) {
     static const char msg[] = "vgg_dist: interrupted again: exiting at once, without a checkpoint\n";
@@ -454,9 +455,9 @@ static void epoch_sums(run *r, double sums[2]) {
 
 // Starts the periodic checkpoint at (epoch, batch) of st on rank 0's background writer, which
 // the caller has joined (the next checkpoint waits for the previous one) and downloaded the
-// state into (state_download). With `best` it is also
-// best.bin: the best model's checkpoint is the epoch's own (the same state at the same moment,
-// RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it (ckpt_writer.h).
+// state into (state_download). With `best` it is also best.bin: the best model's checkpoint is
+// the epoch's own (the same state at the same moment, RUN_SECTIONS_ALL), so it is written once
+// and best.bin made a link to it (ckpt_writer.h).
 static void save_periodic(run *r, int best) {
   const config *cfg = r->cfg;
   if (!r->writer) return;
@@ -810,7 +811,7 @@ static void epoch_report(run *r, const epoch_result *e) {
 // The checkpoints at the end of an epoch, which name the start of the next one: the best
 // model (every rank keeps it for the final test; rank 0 links best.bin to the periodic one)
 // and the periodic one, written once, in the background: rank 0 waits for the previous write,
-// downloads the state and hands a copy to its writer, and training goes on while it writes.
+// downloads the state into its writer's snapshot, and training goes on while it writes.
 // Returns 1 (on every rank) when the previous write failed.
 static int epoch_checkpoints(run *r, int best) {
   const config *cfg = r->cfg;
@@ -891,7 +892,8 @@ static run_end train_epochs(run *r) {
   epoch_clock clk;
   if (startup_stop_agreed(r)) {
     char cause[64];
-    LOG0("stopping before the first step (%s during start-up)%s\n", stop_cause(r, cause, sizeof(cause)),
+    LOG0("stopping before the first step (%s during start-up)%s\n",
+         stop_cause(r, cause, sizeof(cause)),
          cfg->checkpoint_dir[0] ? ": writing a checkpoint of the starting state" : "");
     return stop_checkpoint(r, 1) ? RUN_WRITE_FAILED : RUN_STOPPED;
   }
