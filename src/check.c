@@ -10,10 +10,12 @@
 static fatal_hook_fn abort_hook;
 static user_error_hook_fn user_error_hook;
 static int my_rank = -1;
+static __thread thread_fail_hook_fn thread_fail_hook;
 
 void check_set_abort_hook(fatal_hook_fn hook) { abort_hook = hook; }
 void check_set_user_error_hook(user_error_hook_fn hook) { user_error_hook = hook; }
 void check_set_rank(int rank) { my_rank = rank; }
+void check_set_thread_fail_hook(thread_fail_hook_fn hook) { thread_fail_hook = hook; }
 
 int check_current_rank(void) {
   if (my_rank >= 0) return my_rank;
@@ -32,9 +34,19 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   va_start(ap, fmt);
   vsnprintf(msg, sizeof(msg), fmt, ap);
   va_end(ap);
-  if (!file && user_error_hook) user_error_hook(code, msg);
   char host[64] = "?";
   gethostname(host, sizeof(host) - 1);
+  if (thread_fail_hook) { // this thread only records: its owner ends the job (never returns)
+    char text[1400];
+    if (file)
+      snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s] %s:%d: %s", check_current_rank(),
+               host, file, line, msg);
+    else
+      snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s]: %s", check_current_rank(), host,
+               msg);
+    thread_fail_hook(code, text);
+  }
+  if (!file && user_error_hook) user_error_hook(code, msg);
   if (file)
     fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_current_rank(), host, file, line, msg);
   else if (check_current_rank() == 0)

@@ -33,6 +33,13 @@ void check_set_abort_hook(fatal_hook_fn hook);
 // with the other ranks which one prints it, and ends the job cleanly. Never returns.
 typedef void (*user_error_hook_fn)(int code, const char *msg);
 void check_set_user_error_hook(user_error_hook_fn hook);
+// Set by a thread that must not end the job itself (the background checkpoint writer, which
+// may not call MPI): a fatal error in that thread formats its whole line ("vgg_dist: error
+// [rank R host] file:line: message", not printed) and hands it to the hook, which never returns
+// (it records the line and ends the thread); the thread's owner reports it. Per thread; NULL
+// (the default) restores the usual print-and-abort.
+typedef void (*thread_fail_hook_fn)(int code, const char *line);
+void check_set_thread_fail_hook(thread_fail_hook_fn hook);
 // This process's rank for messages (-1 until known; read from the launcher's environment
 // before MPI_Init so that early errors still name their rank).
 void check_set_rank(int rank);

@@ -94,6 +94,10 @@ static const option_spec options[] = {
     {"comm-timeout", OPT_FLOAT, F(comm_timeout), 1, 1e6, NULL, "S", "end the job when a collective (gradient all-reduce over NCCL or MPI, MPI control messages) stays unfinished for S seconds (not while rank 0 alone reads or writes a checkpoint)"},
     {"bucket-mb", OPT_FLOAT, F(bucket_mb), 0.001, 4096, NULL, "MB", "gradient all-reduce bucket size"},
     {"max-steps", OPT_INT, F(max_steps), 0, 1 << 30, NULL, "N", "stop after N optimizer steps with a checkpoint (0: off)"},
+    {"stop-check", OPT_FLOAT, F(stop_check), 0, 60, NULL, "S",
+     "how often the ranks agree on a stop signal (or a failed checkpoint write): about every S "
+     "seconds, at a step every rank computes alike, or after every step when a step takes "
+     "longer (0: after every step); --max-steps is exact whatever S"},
 };
 #undef F
 #define N_OPTIONS ((int)(sizeof(options) / sizeof(options[0])))
@@ -140,6 +144,7 @@ void config_defaults(config *c) {
   c->log_every = 20;
   c->eval_batch = 200;
   c->comm_timeout = 300;
+  c->stop_check = 0.25f;
   c->bucket_mb = 25;
   c->cuda_graphs = 1;
   c->autotune = AUTOTUNE_FASTEST;

@@ -64,6 +64,7 @@ typedef struct config {
   int cuda_graphs;             // capture full training steps as CUDA graphs
   autotune_mode autotune;      // --autotune fastest|first (the choices in enum order)
   int max_steps;               // stop (with a checkpoint) after this many optimizer steps; 0 = off
+  float stop_check;            // seconds between the ranks' agreements on a stop; 0 = every step
   int print_model;             // --print-model: print the model as JSON and exit (main.c)
 } config;
 

@@ -21,6 +21,9 @@ int main(int argc, char **argv) {
     if (check_current_rank() == 0) model_print_json(&m, stdout);
     return 0;
   }
+  // Training hears stop signals from here on, MPI_Init and NCCL's start-up included (train.h);
+  // --eval keeps their default action, since it has nothing to save.
+  if (!cfg.eval[0]) train_signals_install();
   comm *c = comm_init(&argc, &argv);
   log_init(comm_rank(c));
   comm_set_timeout(c, cfg.comm_timeout); // the MPI collectives' deadline (the NCCL one: train.c)

@@ -55,6 +55,21 @@ void run_state_free(run_state *rs) {
   memset(rs, 0, sizeof(*rs));
 }
 
+void run_state_init_live(run_state *rs, const ckpt_meta *meta) {
+  memset(rs, 0, sizeof(*rs));
+  rs->meta = *meta;
+  if (meta->n_params > SIZE_MAX / sizeof(float) || meta->n_buffers > SIZE_MAX / sizeof(float))
+    FATAL("run_state_init_live: %llu parameters and %llu buffers do not fit in memory",
+          (unsigned long long)meta->n_params, (unsigned long long)meta->n_buffers);
+  const size_t P = (size_t)meta->n_params * sizeof(float);
+  const size_t B = (size_t)meta->n_buffers * sizeof(float);
+  // memset, not calloc: calloc's fresh pages would be faulted in at the first download instead.
+  rs->live.params = memset(xmalloc(P), 0, P);
+  rs->live.buffers = memset(xmalloc(B), 0, B);
+  rs->adam_m = memset(xmalloc(P), 0, P);
+  rs->adam_v = memset(xmalloc(P), 0, P);
+}
+
 int run_state_sections(run_state *rs, run_sections which, ckpt_section out[CKPT_MAX_SECTIONS]) {
   const int all = which == RUN_SECTIONS_ALL, best = which == RUN_SECTIONS_BEST;
   const int source = which == RUN_SECTIONS_SOURCE;

@@ -91,6 +91,12 @@ int run_state_check_source(const run_state *rs, uint32_t version, char *err, siz
 void run_state_load(run_state *rs, run_sections which, const char *path, const char *opt,
                     const sample_order *now, comm *c, double timeout_s);
 
+// Allocates only what RUN_SECTIONS_ALL points at (the live model, Adam's m and v) for meta's
+// sizes, zeroed and touched (so its pages exist before the first use); the best model stays
+// NULL, so only RUN_SECTIONS_ALL may be taken of it: the background checkpoint writer's
+// snapshot. Freed by run_state_free.
+void run_state_init_live(run_state *rs, const ckpt_meta *meta);
+
 // The live model becomes the best one (parameters and buffers together).
 void run_state_keep_best(run_state *rs);
 

@@ -6,7 +6,10 @@
 // Since every random decision is keyed by (seed, epoch/step, sample id), the trajectory does
 // not depend on the world size (up to float summation order).
 // Rank 0 makes the decisions after validation (learning rate, early stop, best model) and
-// broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only.
+// broadcasts its train_state, so all ranks act alike. Checkpoints are written by rank 0 only,
+// on a host thread from a snapshot of the state (ckpt_writer.h) while training goes on; the
+// next checkpoint, a stop and the run's end wait for the write in flight, and a failed write
+// ends the run on every rank (agreed between steps or at those waits).
 // A stop (a signal, --max-steps) ends the run after a step with a checkpoint and the
 // directory's RESUMABLE marker; a finished run (all epochs, early stopping) removes the marker.
 // A fresh run may take its model (parameters and buffers) from another run's checkpoint
@@ -23,12 +26,14 @@
 #include "train.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "ckpt_writer.h"
 #include "cifar10.h"
 #include "device.h"
 #include "log.h"
@@ -40,10 +45,11 @@
 // The first stop request's signal (SIGTERM, SIGINT or SIGUSR1); 0 while none came.
 static volatile sig_atomic_t stop_signal;
 
-// The first signal asks for a stop after the current step (every rank learns of it through the
-// step's reduction). A SIGINT while a stop is pending ends this process at once by the default
-// action (a second Ctrl-C), and mpirun then ends the other ranks. A repeated SIGTERM does not:
-// a rank may get one from a scheduler and another from mpirun, and must still checkpoint.
+// The first signal asks for a stop (every rank learns of it at the next stop agreement, within
+// about --stop-check seconds: stop_agreed). A SIGINT while a stop is pending ends this process
+// at once by the default action (a second Ctrl-C), and mpirun then ends the other ranks. A
+// repeated SIGTERM does not: a rank may get one from a scheduler and another from mpirun, and
+// must still checkpoint.
 static void on_stop_signal(int sig) {
   if (sig == SIGINT && stop_signal) {
     static const char msg[] = "vgg_dist: interrupted again: exiting at once, without a checkpoint\n";
@@ -56,7 +62,7 @@ static void on_stop_signal(int sig) {
   if (!stop_signal) stop_signal = sig;
 }
 
-static void stop_signals_install(void) {
+void train_signals_install(void) {
   const int sigs[] = {SIGTERM, SIGINT, SIGUSR1};
   struct sigaction sa = {0};
   sa.sa_handler = on_stop_signal;
@@ -64,6 +70,11 @@ static void stop_signals_install(void) {
   const size_t n = sizeof(sigs) / sizeof(sigs[0]);
   for (size_t i = 0; i < n; i++) sigaddset(&sa.sa_mask, sigs[i]); // one handler at a time
   for (size_t i = 0; i < n; i++) CHECK_POSIX(sigaction(sigs[i], &sa, NULL));
+  // A launcher may have left them blocked (a mask survives exec): a stop must still be heard,
+  // and one already pending is delivered here. Threads made later (MPI's, OpenMP's, CUDA's)
+  // inherit this mask.
+  int rc = pthread_sigmask(SIG_UNBLOCK, &sa.sa_mask, NULL);
+  if (rc != 0) FATAL("pthread_sigmask failed: %s", strerror(rc));
 }
 
 // Images in backend memory and the ids (host) that pick a split of them.
@@ -93,11 +104,16 @@ typedef struct run {
   model m;
   net net;
   grad_sync *gs;
+  ckpt_writer *writer; // rank 0 with --checkpoint-dir: checkpoints are written in the background
   run_data data;
   run_state rs;
   prep_params pp;         // batch assembly (normalisation, flips); its epoch is the current one
   int32_t *order, *local; // scratch: the epoch's permutation, this rank's share of a batch
   int stop_sig; // once a stop is agreed: the largest signal number any rank got, 0 = --max-steps
+  // The stop agreement's schedule (stop_agreed): the step of the next one, and the step and time
+  // of the last one (or of the start of training).
+  int64_t stop_check_step, stop_check_from;
+  double stop_check_t;
   // The resumed run's best model could not be had (best.bin unusable) and no better epoch has
   // come since: the final test takes the last model, and says why (the reason: rank 0's).
   int best_lost;
@@ -368,15 +384,25 @@ static void net_setup(run *r) {
 }
 
 // The host copy of the model (parameters and buffers) on every rank, which each keeps as the
-// best model for the final test; Adam's state only where a checkpoint will be written.
+// best model for the final test. Where a checkpoint will be written (rank 0's writer, which the
+// caller has joined), the checkpoint's state goes straight into the writer's snapshot, Adam's
+// state there only (so rs.adam_m and v keep what was loaded at start-up), and the live model is
+// copied from it: the download and a third of the bytes copied, not the download and a copy.
 static void state_download(run *r) {
+  if (!r->writer) {
+    net_download_params(&r->net, r->rs.live.params);
+    net_download_buffers(&r->net, r->rs.live.buffers);
+    return;
+  }
   backend *b = r->b;
-  net_download_params(&r->net, r->rs.live.params);
-  net_download_buffers(&r->net, r->rs.live.buffers);
-  if (r->rank != 0 || !r->cfg->checkpoint_dir[0]) return;
-  size_t pbytes = r->m.n_params * sizeof(float);
-  b->ops->download(b, r->rs.adam_m, r->net.adam_m, pbytes);
-  b->ops->download(b, r->rs.adam_v, r->net.adam_v, pbytes);
+  run_state *snap = ckpt_writer_snapshot(r->writer);
+  const size_t pbytes = r->m.n_params * sizeof(float), bbytes = r->m.n_buffers * sizeof(float);
+  net_download_params(&r->net, snap->live.params);
+  net_download_buffers(&r->net, snap->live.buffers);
+  b->ops->download(b, snap->adam_m, r->net.adam_m, pbytes);
+  b->ops->download(b, snap->adam_v, r->net.adam_v, pbytes);
+  memcpy(r->rs.live.params, snap->live.params, pbytes);
+  if (bbytes) memcpy(r->rs.live.buffers, snap->live.buffers, bbytes);
 }
 
 // Batch norm's running statistics: with --sync-bn 0 each rank updates its own from its share of
@@ -427,32 +453,35 @@ static void epoch_sums(run *r, double sums[2]) {
 // ---------------------------------------------------------------------------------------
 // Checkpoints and stops
 
-// A checkpoint of all the run state at `path` (rank 0); callers have downloaded the state.
-static void save_checkpoint(run *r, const char *path) {
-  if (r->rank != 0) return;
-  ckpt_section secs[CKPT_MAX_SECTIONS];
-  const int n = run_state_sections(&r->rs, RUN_SECTIONS_ALL, secs);
-  checkpoint_write(path, secs, n);
-}
-
-// Periodic checkpoint at (epoch, batch) of st; callers have downloaded the state. With
-// `best` it is also best.bin: the best model's checkpoint is the epoch's own (the same state at
-// the same moment, RUN_SECTIONS_ALL), so it is written once and best.bin made a link to it.
-// Pruning comes after the link: a resumed run may write a checkpoint older than those present,
-// which --keep then deletes at once; best.bin's link keeps its data.
+// Starts the periodic checkpoint at (epoch, batch) of st on rank 0's background writer, which
+// the caller has joined (the next checkpoint waits for the previous one) and downloaded the
+// state into (state_download). With `best` it is also best.bin: the best model's checkpoint is
+// the epoch's own (the same state at the same moment, RUN_SECTIONS_ALL), so it is written once
+// and best.bin made a link to it (ckpt_writer.h).
 static void save_periodic(run *r, int best) {
   const config *cfg = r->cfg;
-  if (!cfg->checkpoint_dir[0] || r->rank != 0) return;
-  char path[1024], best_path[1100];
+  if (!r->writer) return;
+  char path[1024];
   checkpoint_path(path, sizeof(path), cfg->checkpoint_dir, r->rs.st.epoch, r->rs.st.batch);
-  save_checkpoint(r, path);
-  const char *how = "";
-  if (best) {
-    checkpoint_best_path(best_path, sizeof(best_path), cfg->checkpoint_dir);
-    how = checkpoint_link(path, best_path) ? " (best.bin: linked)" : " (best.bin: copied)";
-  }
-  checkpoint_prune(cfg->checkpoint_dir, cfg->keep);
-  LOG0("checkpoint: %s%s\n", path, how);
+  ckpt_writer_snapshot(r->writer)->st = r->rs.st; // the model and Adam: state_download's
+  ckpt_writer_start(r->writer, path, cfg->checkpoint_dir, best, cfg->keep);
+}
+
+// Rank 0 waits for its checkpoint write in flight, if any; returns 1 when it failed, after
+// printing its line (file:line, the message, the rank). Other ranks: 0.
+static int write_join(run *r) {
+  if (!r->writer || ckpt_writer_join(r->writer) == 0) return 0;
+  fprintf(stderr, "%s\n", ckpt_writer_error(r->writer));
+  fflush(stderr);
+  return 1;
+}
+
+// Every rank learns whether rank 0's checkpoint write failed (`failed`: rank 0's verdict, which
+// it has printed): the job then ends on every rank alike (exit 1, no MPI_ABORT banner). Called in
+// rank 0's I/O window, so the others wait here without a deadline while it writes or joins.
+static int write_failed_agreed(run *r, int failed) {
+  comm_bcast(r->c, &failed, sizeof(failed), 0);
+  return failed;
 }
 
 // The reason of a stop, as the RESUMABLE marker gives it (its format is read by scripts and
@@ -492,15 +521,65 @@ static void stop_resumable(run *r) {
        "--resume auto\n", cfg->checkpoint_dir, CKPT_RESUMABLE, strrchr(path, '/') + 1);
 }
 
-// Whether to stop after this step: a signal (it may have reached only some ranks) or
-// --max-steps. Every rank agrees through one reduction.
-static int stop_agreed(run *r) {
+// Rank 0's background write, seen between steps without waiting: a finished one is reaped (its
+// line logged), a failed one returns 1 (joined and reported when every rank has agreed on it).
+static int write_poll_failed(run *r) {
+  if (!r->writer) return 0;
+  const ckpt_writer_state st = ckpt_writer_poll(r->writer);
+  if (st == CKPT_WRITER_DONE) ckpt_writer_join(r->writer);
+  return st == CKPT_WRITER_FAILED;
+}
+
+// How the agreement after a step came out.
+typedef enum { STEP_GO, STEP_STOP, STEP_WRITE_FAILED } step_verdict;
+
+// Steps until the next stop agreement: about `every_s` seconds of steps of `step_s` seconds, at
+// least one, at most STOP_CHECK_MAX_STEPS (a host that runs ahead of its GPU measures short
+// steps); every step when every_s is 0. A pure function of values every rank holds alike.
+#define STOP_CHECK_MAX_STEPS 100
+static int64_t stop_check_interval(double every_s, double step_s) {
+  if (every_s <= 0) return 1;
+  if (!(step_s > 0)) return STOP_CHECK_MAX_STEPS;
+  const double n = floor(every_s / step_s);
+  return n < 1 ? 1 : n > STOP_CHECK_MAX_STEPS ? STOP_CHECK_MAX_STEPS : (int64_t)n;
+}
+
+// The stop agreement's schedule from now: the first after the next step.
+static void stop_check_start(run *r) {
+  r->stop_check_from = r->rs.st.step;
+  r->stop_check_step = r->stop_check_from + 1;
+  r->stop_check_t = now_s();
+}
+
+// Whether to stop after this step (the epoch's `last` or not): a signal (it may have reached
+// only some ranks), --max-steps, or a failed background checkpoint write (rank 0's). --max-steps
+// is each rank's own count, exact. The rest needs one reduction, which is not taken after every
+// step (a collective that every rank waits for) but at steps every rank computes alike: the
+// epoch's last, --max-steps', and one about every --stop-check seconds, the interval in steps
+// following from the slowest rank's step time over the last interval, which the reduction
+// carries (so every rank derives the same next step; after every step when a step is longer).
+// A stop then lands within about --stop-check seconds or one step, on the same step on every
+// rank; what is computed never depends on it, so the trajectory is the same (tests/test_mpi.sh).
+// A failed write is reported (its line, by rank 0) and ends the run on every rank.
+static step_verdict stop_agreed(run *r, int last) {
   const config *cfg = r->cfg;
-  double stop[2] = {stop_signal, cfg->max_steps && r->rs.st.step >= cfg->max_steps};
-  comm_allreduce_max_f64(r->c, stop, 2);
+  const int64_t step = r->rs.st.step;
+  const int max_steps = cfg->max_steps && step >= cfg->max_steps;
+  if (!last && !max_steps && step < r->stop_check_step) return STEP_GO;
+  const double t = now_s();
+  double stop[4] = {stop_signal, max_steps, write_poll_failed(r),
+                    (t - r->stop_check_t) / (double)(step - r->stop_check_from)};
+  comm_allreduce_max_f64(r->c, stop, 4);
+  r->stop_check_step = step + stop_check_interval(cfg->stop_check, stop[3]);
+  r->stop_check_from = step;
+  r->stop_check_t = t;
+  if (stop[2] > 0) {
+    write_join(r); // rank 0: its line
+    return STEP_WRITE_FAILED;
+  }
   int agreed = stop[0] > 0 || stop[1] > 0;
   if (agreed) r->stop_sig = (int)stop[0];
-  return agreed;
+  return agreed ? STEP_STOP : STEP_GO;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -523,6 +602,7 @@ typedef enum {
   EPOCH_DONE_STOP,   // every batch trained, and a stop (signal, --max-steps) was requested
   EPOCH_INTERRUPTED, // stopped inside the epoch; the exact position is checkpointed
   EPOCH_DIVERGED,    // the training loss exploded: stopped, nothing of this state saved
+  EPOCH_WRITE_FAILED, // a background checkpoint write failed (reported): the run ends, exit 1
 } epoch_end;
 
 // The divergence guard: a mean training loss over a logging window above this (a million times
@@ -617,9 +697,33 @@ static int diverged(run *r, const epoch_clock *clk) {
   return 1;
 }
 
+// The end of a stop, in rank 0's I/O window (the others wait for it without a deadline: without
+// it they would go on to leave the job, and on GPUs wait for rank 0 inside ncclCommFinalize,
+// whose settling counts --comm-timeout, so a slow file system would end a clean stop as a hung
+// peer; after it every rank finalizes NCCL together): the write in flight joined, then (mid:
+// a mid-epoch stop) the stop's own checkpoint downloaded, written and joined, then the RESUMABLE
+// marker, which only ever names a whole checkpoint. Returns 1 (on every rank) when a write
+// failed: no marker, the run ends with its error.
+static int stop_checkpoint(run *r, int mid) {
+  rank0_io_begin(r);
+  int failed = write_join(r);
+  if (mid) {
+    state_download(r);
+    if (!failed) {
+      save_periodic(r, 0);
+      failed = write_join(r);
+    }
+  }
+  if (!failed) stop_resumable(r);
+  failed = write_failed_agreed(r, failed);
+  rank0_io_end(r);
+  return failed;
+}
+
 // A stop inside the epoch (preemption, --max-steps) after batch st.batch: the checkpoint
-// holds the exact position and the epoch's sums and time so far.
-static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
+// holds the exact position and the epoch's sums and time so far. Returns 1 when a checkpoint
+// write failed.
+static int stop_mid_epoch(run *r, const double sums[2], double elapsed) {
   train_state *st = &r->rs.st;
   st->epoch_loss_sum = sums[0];
   st->epoch_correct = sums[1];
@@ -631,16 +735,7 @@ static void stop_mid_epoch(run *r, const double sums[2], double elapsed) {
        r->cfg->checkpoint_dir[0] ? ": writing a mid-epoch checkpoint" : "",
        r->stop_sig == SIGINT ? " (interrupt again to exit at once)" : "");
   buffers_from_rank0(r);
-  // As at an epoch's end: the others wait for rank 0's writing in a barrier without a deadline
-  // (rank0_io_begin). Without it they would go on to leave the job, and on GPUs wait for rank 0
-  // inside ncclCommFinalize, whose settling counts --comm-timeout: a slow file system would end
-  // a clean stop as a hung peer. After the barrier every rank finalizes NCCL together.
-  rank0_io_begin(r);
-  state_download(r);
-  save_periodic(r, 0);
-  stop_resumable(r);
-  comm_barrier(r->c);
-  rank0_io_end(r);
+  return stop_checkpoint(r, 1);
 }
 
 // Trains the remaining batches of epoch st.epoch.
@@ -653,15 +748,16 @@ static epoch_end train_epoch(run *r, epoch_clock *clk) {
     int start = st->batch * B, count = n_train - start < B ? n_train - start : B;
     step_take(r, start, count);
     clk->log_images += count;
-    const int stop = stop_agreed(r), last = st->batch + 1 == n_batches;
+    const int last = st->batch + 1 == n_batches;
+    const step_verdict verdict = stop_agreed(r, last);
+    if (verdict == STEP_WRITE_FAILED) return EPOCH_WRITE_FAILED;
+    const int stop = verdict == STEP_STOP;
     if (st->step % cfg->log_every == 0 || last || stop) {
       double sums[2];
       double elapsed = progress_log(r, clk, start + count, sums);
       if (diverged(r, clk)) return EPOCH_DIVERGED; // before any checkpoint of this state
-      if (stop && !last) {
-        stop_mid_epoch(r, sums, elapsed);
-        return EPOCH_INTERRUPTED;
-      }
+      if (stop && !last)
+        return stop_mid_epoch(r, sums, elapsed) ? EPOCH_WRITE_FAILED : EPOCH_INTERRUPTED;
     }
     if (stop) { // at the epoch's last batch: the caller finishes the epoch, then stops
       st->batch++;
@@ -714,35 +810,40 @@ static void epoch_report(run *r, const epoch_result *e) {
 
 // The checkpoints at the end of an epoch, which name the start of the next one: the best
 // model (every rank keeps it for the final test; rank 0 links best.bin to the periodic one)
-// and the periodic one, written once.
-static void epoch_checkpoints(run *r, int best) {
+// and the periodic one, written once, in the background: rank 0 waits for the previous write,
+// downloads the state into its writer's snapshot, and training goes on while it writes.
+// Returns 1 (on every rank) when the previous write failed.
+static int epoch_checkpoints(run *r, int best) {
   const config *cfg = r->cfg;
   train_state *st = &r->rs.st;
   st->epoch++;
   st->batch = 0;
   st->epoch_loss_sum = st->epoch_correct = st->epoch_time_s = 0;
   const double t0 = now_s();
+  // The others wait in the broadcast below, not inside the next step's all-reduce, where the
+  // NCCL watchdog would count rank 0's joining and copying against --comm-timeout; and it has
+  // no deadline for them (rank0_io_begin).
   rank0_io_begin(r);
+  int failed = write_join(r);
   state_download(r);
   if (best) {
     run_state_keep_best(&r->rs);
     r->best_lost = 0; // better than the lost one too: its loss was the resumed best
   }
-  save_periodic(r, best);
-  // The others wait here, not inside the next step's all-reduce, where the NCCL watchdog would
-  // count rank 0's checkpoint writing (a slow file system) against --comm-timeout; and this
-  // barrier has no deadline on them (rank0_io_begin).
-  comm_barrier(r->c);
+  if (!failed) save_periodic(r, best);
+  failed = write_failed_agreed(r, failed);
   rank0_io_end(r);
-  // What every rank waited for the end-of-epoch checkpoints (the download, the writes and
-  // their fsyncs): the stall the benchmark in BENCHMARKS.md measures.
-  if (cfg->checkpoint_dir[0])
-    LOG0("checkpoints: epoch %d written in %.2f s\n", st->epoch, now_s() - t0);
+  // What every rank waited for the end-of-epoch checkpoints (the previous write's end, the
+  // download, the copy for the writer): the stall the benchmark in BENCHMARKS.md measures.
+  if (cfg->checkpoint_dir[0] && !failed)
+    LOG0("checkpoints: epoch %d: training paused %.2f s (written in the background)\n", st->epoch,
+         now_s() - t0);
+  return failed;
 }
 
 // After the last batch of an epoch: validation, decisions, the report, the checkpoints.
-// Returns 1 on an early stop.
-static int validate_and_decide(run *r, const epoch_clock *clk) {
+// Returns 1 on an early stop; sets *write_failed when a background checkpoint write failed.
+static int validate_and_decide(run *r, const epoch_clock *clk, int *write_failed) {
   const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
   const int n_train = r->data.train.n;
@@ -758,8 +859,8 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
   decide(r, &e);
   const int early = early_stop_due(st, cfg->early_stop);
   epoch_report(r, &e);
-  epoch_checkpoints(r, e.best);
-  if (early)
+  *write_failed = epoch_checkpoints(r, e.best);
+  if (early && !*write_failed)
     LOG0("early stop: no better validation loss for %d epochs (best %.4f after epoch %d)\n",
          cfg->early_stop, st->best_val_loss, st->best_epoch + 1);
   return early;
@@ -769,20 +870,43 @@ static int validate_and_decide(run *r, const epoch_clock *clk) {
 // The run
 
 // How the epochs ended.
-typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED } run_end;
+typedef enum { RUN_FINISHED, RUN_STOPPED, RUN_DIVERGED, RUN_WRITE_FAILED } run_end;
+
+// A stop signal that came during start-up (the handlers are installed before MPI_Init, see
+// main.c), agreed by every rank once start-up is done: the run then stops before its first step,
+// as any stop does (a checkpoint of where it stands: a fresh run's step 0, or the resumed
+// position; RESUMABLE naming it; exit 0), so RESUMABLE keeps its meaning for scripts and a
+// resume continues the very trajectory. One reduction, once per run.
+static int startup_stop_agreed(run *r) {
+  double sig = stop_signal;
+  comm_allreduce_max_f64(r->c, &sig, 1);
+  if (sig > 0) r->stop_sig = (int)sig;
+  return sig > 0;
+}
 
 // The epochs: finished (all of them, or an early stop), stopped (a signal or --max-steps:
-// resumable), or diverged.
+// resumable), diverged, or ended by a failed checkpoint write.
 static run_end train_epochs(run *r) {
   const config *cfg = r->cfg;
   int memory_reported = 0;
   epoch_clock clk;
+  if (startup_stop_agreed(r)) {
+    char cause[64];
+    LOG0("stopping before the first step (%s during start-up)%s\n",
+         stop_cause(r, cause, sizeof(cause)),
+         cfg->checkpoint_dir[0] ? ": writing a checkpoint of the starting state" : "");
+    return stop_checkpoint(r, 1) ? RUN_WRITE_FAILED : RUN_STOPPED;
+  }
+  stop_check_start(r);
   // A resumed run whose early stop is already due (a stop came in its last epoch) only tests.
   while (r->rs.st.epoch < cfg->epochs && !early_stop_due(&r->rs.st, cfg->early_stop)) {
     epoch_end how = train_epoch(r, &clk);
     if (how == EPOCH_INTERRUPTED) return RUN_STOPPED;
     if (how == EPOCH_DIVERGED) return RUN_DIVERGED;
-    int early = validate_and_decide(r, &clk);
+    if (how == EPOCH_WRITE_FAILED) return RUN_WRITE_FAILED;
+    int write_failed = 0;
+    int early = validate_and_decide(r, &clk, &write_failed);
+    if (write_failed) return RUN_WRITE_FAILED;
     if (!memory_reported) {
       // Every buffer, plan workspace and graph exists once a training step and an evaluation
       // have run: this is the run's peak (the CUDA context and libraries included).
@@ -792,20 +916,15 @@ static run_end train_epochs(run *r) {
     if (how == EPOCH_DONE_STOP) {
       char cause[64];
       LOG0("stopping at the end of epoch %d (%s)\n", r->rs.st.epoch, stop_cause(r, cause, sizeof(cause)));
-      rank0_io_begin(r); // the marker's write and fsyncs: as stop_mid_epoch's barrier says
-      stop_resumable(r);
-      comm_barrier(r->c);
-      rank0_io_end(r);
-      return RUN_STOPPED;
+      return stop_checkpoint(r, 0) ? RUN_WRITE_FAILED : RUN_STOPPED; // the epoch's is in flight
     }
     if (early) break;
   }
   return RUN_FINISHED;
 }
 
-// The final test with the best model; a finished run has nothing left to resume.
+// The final test with the best model (while the last checkpoint is written).
 static void final_test(run *r) {
-  const config *cfg = r->cfg;
   const train_state *st = &r->rs.st;
   const host_model *tested = r->best_lost ? &r->rs.live : &r->rs.best;
   net_upload_params(&r->net, tested->params);
@@ -822,8 +941,21 @@ static void final_test(run *r) {
   metrics_write("test", "\"test_loss\": %.6f, \"test_acc\": %.6f, \"best_epoch\": %d, \"images\": %d, "
                 "\"model\": \"%s\"", test_loss, test_acc, st->best_epoch + 1, r->data.test.n,
                 r->best_lost ? "last" : "best");
-  if (r->rank == 0 && cfg->checkpoint_dir[0] && checkpoint_clear_resumable(cfg->checkpoint_dir))
+}
+
+// Every run's end: the write in flight (a finished run's last checkpoint, a diverged run's
+// earlier good one) joined in rank 0's I/O window, before anything leaves; returns 1 (on every
+// rank) when it failed. Then a finished run, with its checkpoints on disk, has nothing left to
+// resume.
+static int run_settle(run *r, run_end how) {
+  const config *cfg = r->cfg;
+  rank0_io_begin(r);
+  const int failed = write_failed_agreed(r, write_join(r));
+  rank0_io_end(r);
+  if (!failed && how == RUN_FINISHED && r->rank == 0 && cfg->checkpoint_dir[0] &&
+      checkpoint_clear_resumable(cfg->checkpoint_dir))
     LOG0("finished: removed %s/%s\n", cfg->checkpoint_dir, CKPT_RESUMABLE);
+  return failed;
 }
 
 // One line per temp file an interrupted checkpoint write left behind (rank 0, at start-up).
@@ -836,8 +968,6 @@ static void report_stale_tmp(const char *path, long pid) {
 // assembly.
 static void run_init(run *r, const config *cfg, comm *c) {
   *r = (run){.cfg = cfg, .c = c, .rank = comm_rank(c), .world = comm_world(c)};
-  // First: a stop signal during start-up (data, plans, NCCL) is honoured at the first step.
-  stop_signals_install();
   config_validate_world(cfg, r->world);
   if (r->rank == 0) config_print(cfg, stdout);
   if (r->rank == 0 && cfg->checkpoint_dir[0]) {
@@ -860,10 +990,13 @@ static void run_init(run *r, const config *cfg, comm *c) {
   memcpy(r->pp.std, r->rs.st.std, sizeof(r->pp.std));
   r->order = xmalloc(sizeof(int32_t) * r->data.train.n);
   r->local = xmalloc(sizeof(int32_t) * r->local_batch);
+  // The writer's snapshot: one more host copy of the checkpoint on rank 0, allocated now.
+  if (r->rank == 0 && cfg->checkpoint_dir[0]) r->writer = ckpt_writer_create(&r->rs.meta);
 }
 
 // In reverse order of run_init.
 static void run_free(run *r) {
+  ckpt_writer_free(r->writer); // joined already (run_settle)
   free(r->local);
   free(r->order);
   metrics_close();
@@ -880,6 +1013,8 @@ int train_run(const config *cfg, comm *c) {
   run_init(&r, cfg, c);
   run_end how = train_epochs(&r);
   if (how == RUN_FINISHED) final_test(&r);
+  if (how != RUN_WRITE_FAILED && run_settle(&r, how)) how = RUN_WRITE_FAILED;
   run_free(&r);
-  return how == RUN_DIVERGED ? 1 : 0; // every rank agreed: each exits 1, after MPI_Finalize
+  // Every rank agreed on a divergence or a failed write: each exits 1, after MPI_Finalize.
+  return how == RUN_DIVERGED || how == RUN_WRITE_FAILED ? 1 : 0;
 }

@@ -3,6 +3,7 @@
 // untouched), version-1 files, atomic replacement under SIGKILL, latest/prune naming.
 #include "checkpoint.h"
 #include "check.h"
+#include "ckpt_writer.h"
 #include "run_state.h"
 #include "test.h"
 
@@ -1056,6 +1057,110 @@ TEST(checkpoint_link_shares_the_file) {
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   run_state_free(&a);
   run_state_free(&b);
+}
+
+// What the background writer holds: the snapshot, filled by its owner (as train.c downloads into
+// it), allocated zeroed and without a best model.
+static void snapshot_fill(ckpt_writer *w, const run_state *rs) {
+  run_state *snap = ckpt_writer_snapshot(w);
+  const size_t P = rs->meta.n_params * sizeof(float), B = rs->meta.n_buffers * sizeof(float);
+  snap->st = rs->st;
+  memcpy(snap->live.params, rs->live.params, P);
+  memcpy(snap->live.buffers, rs->live.buffers, B);
+  memcpy(snap->adam_m, rs->adam_m, P);
+  memcpy(snap->adam_v, rs->adam_v, P);
+}
+
+static void snapshot_while_writing(void *arg) { ckpt_writer_snapshot(arg); }
+
+// The background writer writes its snapshot (a whole checkpoint: its meta is the run's), links
+// best.bin to it, prunes after the link (--keep), and refuses to hand out its snapshot while
+// it writes it.
+TEST(ckpt_writer_writes_the_snapshot) {
+  char dir[512], e1[600], e2[600], best[600], err[512] = "", why[512];
+  make_dir(dir, sizeof(dir), "ckpt_writer");
+  snprintf(e1, sizeof(e1), "%s/ckpt_e0001.bin", dir);
+  snprintf(e2, sizeof(e2), "%s/ckpt_e0002.bin", dir);
+  checkpoint_best_path(best, sizeof(best), dir);
+  run_state rs, got;
+  sample_run_state(&rs, 100003, 7, 3);
+  sample_run_state(&got, 100003, 7, 90);
+  ckpt_writer *w = ckpt_writer_create(&rs.meta);
+  const run_state *snap = ckpt_writer_snapshot(w);
+  EXPECT(snap->best.params == NULL && snap->adam_v[100002] == 0 && snap->live.buffers[6] == 0);
+  EXPECT(ckpt_writer_poll(w) == CKPT_WRITER_IDLE);
+  snapshot_fill(w, &rs);
+  ckpt_writer_start(w, e1, dir, 1, 1);
+  // A second write, or a refill of the snapshot, while this one is in flight is a bug: fatal.
+  EXPECT_EQ_INT(test_in_child(snapshot_while_writing, w, why, sizeof(why)), 1);
+  EXPECT(strstr(why, "a write is in flight") != NULL);
+  EXPECT_EQ_INT(ckpt_writer_join(w), 0);
+  EXPECT(ckpt_writer_poll(w) == CKPT_WRITER_IDLE);
+  EXPECT_EQ_INT(ckpt_writer_join(w), 0); // nothing in flight: nothing to wait for
+  EXPECT(read_rs(e1, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&got, &rs));
+  ino_t ib, ie;
+  nlink_t lb, le;
+  inode_of(best, &ib, &lb);
+  inode_of(e1, &ie, &le);
+  EXPECT(ib == ie && lb == 2);
+  // The second write (not best) prunes the first's name (--keep 1): best.bin keeps its data.
+  run_state first;
+  sample_run_state(&first, 100003, 7, 3);
+  rs.st.step++;
+  fill_tensor(rs.adam_m, 100003, 41);
+  snapshot_fill(w, &rs);
+  ckpt_writer_start(w, e2, dir, 0, 1);
+  EXPECT_EQ_INT(ckpt_writer_join(w), 0);
+  EXPECT(!file_exists(e1) && file_exists(e2));
+  EXPECT(read_rs(best, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&got, &first));
+  EXPECT(read_rs(e2, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&got, &rs));
+  EXPECT_EQ_INT(count_tmp_files(dir), 0);
+  ckpt_writer_free(w);
+  run_state_free(&first);
+  run_state_free(&got);
+  run_state_free(&rs);
+}
+
+// A write that fails in the background (a full file system: the temp file is /dev/full) does
+// not end the process: the writer records the line the error would have printed (rank,
+// file:line, the message), poll sees it without waiting, join returns it, and nothing is left
+// behind; the writer then writes again.
+TEST(ckpt_writer_failure_is_recorded) {
+  char dir[512], path[600], tmp[700], err[512] = "";
+  make_dir(dir, sizeof(dir), "ckpt_writer_full");
+  snprintf(path, sizeof(path), "%s/ckpt_e0001.bin", dir);
+  snprintf(tmp, sizeof(tmp), "%s.tmp.%ld", path, (long)getpid());
+  if (symlink("/dev/full", tmp) != 0) FATAL("symlink(/dev/full, %s): %s", tmp, strerror(errno));
+  run_state rs, got;
+  sample_run_state(&rs, 100003, 7, 5);
+  sample_run_state(&got, 100003, 7, 60);
+  ckpt_writer *w = ckpt_writer_create(&rs.meta);
+  snapshot_fill(w, &rs);
+  ckpt_writer_start(w, path, dir, 1, 0);
+  ckpt_writer_state st = CKPT_WRITER_BUSY;
+  for (int i = 0; i < 2000 && (st = ckpt_writer_poll(w)) == CKPT_WRITER_BUSY; i++) usleep(5000);
+  EXPECT(st == CKPT_WRITER_FAILED);
+  EXPECT_EQ_INT(ckpt_writer_join(w), -1);
+  const char *line = ckpt_writer_error(w);
+  EXPECT(strstr(line, "vgg_dist: error [rank ") == line);
+  EXPECT(strstr(line, "src/checkpoint.c:") != NULL);
+  EXPECT(strstr(line, "No space left on device") != NULL);
+  EXPECT(strchr(line, '\n') == NULL);
+  EXPECT(!file_exists(path) && !file_exists(tmp) && count_tmp_files(dir) == 0);
+  char best[600];
+  checkpoint_best_path(best, sizeof(best), dir);
+  EXPECT(!file_exists(best)); // the link comes after a write that succeeded, never before
+  EXPECT(ckpt_writer_poll(w) == CKPT_WRITER_IDLE);
+  ckpt_writer_start(w, path, dir, 1, 0); // the symlink is gone: this one succeeds
+  EXPECT_EQ_INT(ckpt_writer_join(w), 0);
+  EXPECT(read_rs(path, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(live_equal(&got, &rs));
+  ckpt_writer_free(w);
+  run_state_free(&got);
+  run_state_free(&rs);
 }
 
 // Across file systems (tmpfs /dev/shm to the scratch directory) link() fails with EXDEV and

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # test_ckpt_faults.sh - the binary facing faults and hostile input around its checkpoints:
 # stale temp files of interrupted writes, an unusable best.bin, a resume under options that move
-# the data position, and checkpoints whose values (CRC intact) are out of range. One process
+# the data position, checkpoints whose values (CRC intact) are out of range, and a background
+# checkpoint write that fails (a full file system) at each point where the run waits for it. One process
 # (no mpirun: every case is rank 0's), a tiny model on generated data: seconds in all.
 # usage: tests/test_ckpt_faults.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
 # Prints "N passed, N failed" last.
@@ -145,5 +146,43 @@ rm -rf "$T/pr" && cp -a "$T/e1" "$T/pr" && rm "$T/pr/ckpt_e0001.bin" # cp -a kee
 rc=$?
 check "with its periodic name deleted, best.bin (1 link left) resumes and gives the best model's test" bash -c \
   "[ $rc -eq 0 ] && [ \"\$(stat -c %h '$T/pr/best.bin')\" -eq 1 ] && [ -n '$good_test' ] && grep -q '^$good_test' '$T/pr.log' && ! grep -q unusable '$T/pr.log'"
+
+# ---- checkpoints are written in the background: a resume from one written while the next epoch
+# trained continues the very same trajectory ----
+mkdir -p "$T/bg" && cp "$T/e1/ckpt_e0001.bin" "$T/e1/best.bin" "$T/bg/" # e1 ended while it wrote
+"$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/bgfull" > "$T/bgfull.log" 2>&1
+"$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/bg" --resume auto > "$T/bg.log" 2>&1
+check "the epoch checkpoints say the pause and the background write; a resume from one is bitwise the uninterrupted run" bash -c \
+  "grep -q '^checkpoints: epoch 1: training paused [0-9.]* s (written in the background)' '$T/bgfull.log' && grep -q '^checkpoint: .*ckpt_e0001.bin (best.bin: linked), written in [0-9.]* s$' '$T/bgfull.log' && grep -q 'resumed from .*ckpt_e0001.bin' '$T/bg.log' && '$PY' '$TOOL' compare '$T/bg/ckpt_e0002.bin' '$T/bgfull/ckpt_e0002.bin' && '$PY' '$TOOL' compare '$T/bgfull/ckpt_e0001.bin' '$T/e1/ckpt_e0001.bin'"
+
+# ---- a background write that fails (its temp file is /dev/full: ENOSPC, as a full file system
+# gives) ends the run with its one line and exit 1: found between steps, at a stop's write, or
+# at the end of the run. The process's pid names the temp file, so a wrapper that execs the run
+# links it beforehand: no race. ----
+full_run() { # full_run NAME CKPT ARGS...: the run with $T/NAME/CKPT's temp file on /dev/full
+  local name=$1 ckpt=$2
+  shift 2
+  mkdir -p "$T/$name"
+  timeout 120 sh -c 'ln -s /dev/full "$1.tmp.$$" && shift && exec "$@"' sh "$T/$name/$ckpt" \
+    "$BIN" "${SMALL[@]}" --checkpoint-dir "$T/$name" "$@" > "$T/$name.log" 2> "$T/$name.err"
+}
+full_failed() { # full_failed RC NAME CKPT: exit 1 and one line: rank 0, file:line, the temp file, ENOSPC
+  [ "$1" -eq 1 ] && [ "$(wc -l < "$T/$2.err")" -eq 1 ] &&
+    grep -qE "^vgg_dist: error \[rank 0 [^]]*\] src/checkpoint.c:[0-9]+: write of [0-9]+ bytes to $T/$2/$3.tmp.[0-9]+ failed: No space left on device$" "$T/$2.err" &&
+    [ ! -e "$T/$2/$3" ] && [ ! -e "$T/$2/RESUMABLE" ] && ! ls "$T/$2"/*.tmp.* > /dev/null 2>&1 ||
+    { echo "   exit $1, stderr: $(head -c 400 "$T/$2.err")"; return 1; }
+}
+full_run fullmid ckpt_e0002.bin --epochs 3 --log-every 1
+rc=$?
+check "a failed write of epoch 2's checkpoint: one line, exit 1, epoch 1's intact, no test, no epoch 3 checkpoint" bash -c \
+  "$(declare -f full_failed); T='$T'; full_failed $rc fullmid ckpt_e0002.bin && '$PY' '$TOOL' compare '$T/fullmid/ckpt_e0001.bin' '$T/e1/ckpt_e0001.bin' && ! grep -q '^test ' '$T/fullmid.log' && [ ! -e '$T/fullmid/ckpt_e0003.bin' ]"
+full_run fullstop ckpt_e0000_b000003.bin --epochs 1 --max-steps 3
+rc=$?
+check "a failed write of a stop's checkpoint: one line, exit 1, no RESUMABLE (nothing whole to resume)" bash -c \
+  "$(declare -f full_failed); T='$T'; full_failed $rc fullstop ckpt_e0000_b000003.bin && ! grep -q 'stopped, resumable' '$T/fullstop.log'"
+full_run fullend ckpt_e0001.bin --epochs 1
+rc=$?
+check "a failed write of the last checkpoint (joined after the final test): one line, exit 1" bash -c \
+  "$(declare -f full_failed); T='$T'; full_failed $rc fullend ckpt_e0001.bin && grep -q '^test (best model' '$T/fullend.log' && [ ! -e '$T/fullend/best.bin' ]"
 
 summary

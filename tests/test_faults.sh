@@ -121,6 +121,15 @@ wait_bounded $mpid 60
 rc=$?
 check "SIGTERM to one rank: the stop says SIGTERM, not --max-steps (exit $rc)" \
   bash -c "[ $rc -eq 0 ] && grep -q '^stopping after step [0-9]* (SIGTERM (signal 15) received)' '$T/sig.log' && ! grep '^stopping' '$T/sig.log' | grep -q 'max-steps'"
+# A SIGTERM pending as vgg_dist starts (blocked and sent to itself before exec) reaches its
+# handler before MPI_Init: a one-process run without --checkpoint-dir stops before its first step,
+# says so and that nothing was saved, and exits 0 (before, it died by the signal, silently).
+printf '%s\n' 'import os, signal, sys' 'signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})' \
+  'os.kill(os.getpid(), signal.SIGTERM)' 'os.execv(sys.argv[1], sys.argv[1:])' > "$T/pending.py"
+timeout 60 "$PY" "$T/pending.py" "$BIN" "${SMALL[@]}" --epochs 1 > "$T/early.log" 2> "$T/early.err"
+rc=$?
+check "SIGTERM during start-up, one process: exit 0, 'stopping before the first step', nothing to resume, no step, nothing on stderr" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping before the first step (SIGTERM (signal 15) received during start-up)$' '$T/early.log' && grep -q 'nothing to resume' '$T/early.log' && ! grep -q 'img/s' '$T/early.log' && [ ! -s '$T/early.err' ]"
 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/ms.log" 2>&1
 check "--max-steps 3: the stop says --max-steps" grep -q '^stopping after step 3 (--max-steps 3 reached)' "$T/ms.log"
 expect_fail() { # expect_fail NAME STATUS PATTERN ARGS...: that exit status, one stderr line matching
@@ -147,6 +156,22 @@ n1=$(grep -c '"step"' "$T/keep.jsonl")
 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 4 --checkpoint-dir "$T/mk" --resume auto --metrics "$T/keep.jsonl" > /dev/null 2>&1
 check "--metrics: a fresh run starts the file afresh, a resumed one appends ($n1 then $(grep -c '"step"' "$T/keep.jsonl") step lines)" \
   bash -c "! grep -q old '$T/keep.jsonl' && [ $n1 -eq 2 ] && [ \$(grep -c '\"step\"' '$T/keep.jsonl') -eq 4 ]"
+
+# ---- rank 0's background checkpoint write fails (its temp file is /dev/full: ENOSPC) at -np 2:
+# every rank learns it between steps or at the next checkpoint, and each exits 1; one line (rank
+# 0's: file:line, the message), no MPI_ABORT banner, no hang. Rank 0's wrapper links the temp
+# file under its own pid, which the run keeps (exec); the outer wrapper records each rank's exit.
+printf '#!/bin/sh\n[ "$OMPI_COMM_WORLD_RANK" = 0 ] && ln -s /dev/full "$FULL_TMP.$$"\nexec "$@"\n' > "$T/full.sh"
+printf '#!/bin/sh\n"$@"\ns=$?\necho "exit $s" >> "$RANK_EXITS"\nexit $s\n' > "$T/exits.sh"
+chmod +x "$T/full.sh" "$T/exits.sh"
+mkdir -p "$T/full"
+FULL_TMP="$T/full/ckpt_e0002.bin.tmp" RANK_EXITS="$T/full.exits" timeout 120 "${MPIRUN[@]}" -np 2 \
+  -x FULL_TMP -x RANK_EXITS "$T/exits.sh" "$T/full.sh" "$BIN" "${SMALL[@]}" --epochs 3 \
+  --checkpoint-dir "$T/full" > "$T/full.log" 2> "$T/full.err"
+rc=$?
+echo "   a failed background write at -np 2: mpirun exit $rc, ranks: $(tr '\n' ' ' < "$T/full.exits" 2> /dev/null)"
+check "a failed background write at -np 2: every rank exits 1, rank 0's one line, no MPI_ABORT banner, epoch 1's checkpoint kept" bash -c \
+  "[ $rc -eq 1 ] && [ \"\$(cat '$T/full.exits')\" = \"\$(printf 'exit 1\nexit 1')\" ] && [ \$(grep -c 'vgg_dist' '$T/full.err') -eq 1 ] && grep -qE '^vgg_dist: error \[rank 0 [^]]*\] src/checkpoint.c:[0-9]+: write of [0-9]+ bytes to .*/ckpt_e0002.bin.tmp.[0-9]+ failed: No space left on device$' '$T/full.err' && ! grep -q MPI_ABORT '$T/full.err' && [ -f '$T/full/ckpt_e0001.bin' ] && [ ! -e '$T/full/ckpt_e0002.bin' ]"
 
 # ---- an error every rank meets (bad data at -np 2): one line from one rank, no MPI_ABORT banner ----
 # (mpirun still reports the ranks' non-zero exit in its own lines; its -q would hide that too.)

@@ -49,6 +49,16 @@ print("   val losses", a, b)
 sys.exit(0 if len(a) == 2 and all(abs(x - y) <= 1e-4 * abs(x) for x, y in zip(a, b)) else 1)
 PY
 done
+# ---- the stop agreement is not taken after every step (--stop-check, default 0.25 s): the
+# trajectory is the one of an agreement after every step (--stop-check 0), bitwise, per-step
+# losses included ----
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --stop-check 0 --log-every 1 --checkpoint-dir "$T/sc0" \
+  --metrics "$T/sc0.jsonl" > "$T/sc0.log" 2>&1 || bad "--stop-check 0 run (see log)"
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --log-every 1 --checkpoint-dir "$T/sc" \
+  --metrics "$T/sc.jsonl" > "$T/sc.log" 2>&1 || bad "default --stop-check run (see log)"
+check "--stop-check 0.25 (default) and 0 (every step): the same checkpoint, bitwise, and the same losses at every step" bash -c \
+  "'$PY' '$TOOL' compare '$T/sc/ckpt_e0002.bin' '$T/sc0/ckpt_e0002.bin' && '$PY' '$TOOL' compare '$T/sc/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin' && diff <(grep -o '\"step\": [0-9]*, \"train_loss\": [0-9.]*' '$T/sc0.jsonl') <(grep -o '\"step\": [0-9]*, \"train_loss\": [0-9.]*' '$T/sc.jsonl') && [ \$(grep -c '\"step\"' '$T/sc.jsonl') -eq 26 ]"
+
 # ---- batch norm over ranks (--sync-bn): the global batch's statistics on every world size ----
 # Compared after 4 steps: a batch-norm network's trajectory is more sensitive still to summation
 # order. After a whole epoch even two -np 1 runs whose first layer's filter gradient is summed
@@ -256,7 +266,19 @@ check "SIGTERM to every rank: exit 0, a mid-epoch checkpoint, RESUMABLE 'signal 
   stopped_ok $rc "$T/sig.log" "$T/sig" "signal 15" mid
 check "after SIGTERM the run resumes and finishes" resume_ok "$T/sig" "$T/sig2.log"
 
-# SIGTERM to one rank: the others learn of it through the step's reduction.
+# --stop-check 60: no agreement inside a 60-step epoch after its first step's, so a SIGTERM after
+# that step lands at the epoch's last batch, on every rank alike (evidence that no collective
+# per step carries it any more).
+"${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --stop-check 60 --checkpoint-dir "$T/sc60" --metrics "$T/sc60.jsonl" > "$T/sc60.log" 2>&1 &
+mpid=$!
+wait_step "$T/sc60.jsonl"
+kill -TERM "$(pgrep -f -- "^$BIN .*$T/sc60.jsonl" | tail -n 1)"
+wait $mpid
+rc=$?
+check "--stop-check 60: a SIGTERM after step 1 stops at the end of epoch 1 (exit 0, RESUMABLE names ckpt_e0001.bin)" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping at the end of epoch 1 (SIGTERM (signal 15) received)' '$T/sc60.log' && [ \"\$(cat '$T/sc60/RESUMABLE')\" = 'ckpt_e0001.bin signal 15' ]"
+
+# SIGTERM to one rank: the others learn of it at the next stop agreement (about --stop-check).
 "${MPIRUN[@]}" -np 2 "$BIN" "${SIGRUN[@]}" --checkpoint-dir "$T/one" --metrics "$T/one.jsonl" > "$T/one.log" 2>&1 &
 mpid=$!
 wait_step "$T/one.jsonl"
@@ -375,6 +397,25 @@ wait_bounded $mpid 20
 rc=$?
 check "a second SIGINT to a rank ends it at once: job exit $rc, no checkpoint, no RESUMABLE" \
   bash -c "[ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q 'interrupted again: exiting at once' '$T/int2.log' && [ ! -e '$T/int2/RESUMABLE' ] && ! ls '$T/int2'/ckpt_e0000_b* > /dev/null 2>&1"
+
+# A stop during start-up (the handlers are installed before MPI_Init): made deterministic by a
+# SIGTERM already pending when rank 1's process becomes vgg_dist (blocked and sent to itself
+# before exec; a mask and a pending signal survive exec, and vgg_dist unblocks its stop signals
+# as it installs their handlers, before MPI_Init). Every rank stops before the first step: exit
+# 0, a checkpoint of the starting state (step 0) and RESUMABLE naming it, and a resume from it is
+# bitwise the run that was never stopped.
+printf '%s\n' '#!/usr/bin/env python3' 'import os, signal, sys' \
+  'if sys.argv[1] in ("any", os.environ.get("OMPI_COMM_WORLD_RANK")):' \
+  '    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})' \
+  '    os.kill(os.getpid(), signal.SIGTERM)' 'os.execv(sys.argv[2], sys.argv[2:])' > "$T/pending.py"
+timeout 120 "${MPIRUN[@]}" -np 2 "$PY" "$T/pending.py" 1 "$BIN" "${SMALL[@]}" --epochs 2 \
+  --checkpoint-dir "$T/early" --metrics "$T/early.jsonl" > "$T/early.log" 2>&1
+rc=$?
+check "SIGTERM to rank 1 during start-up: exit 0, stopped before the first step (no step), RESUMABLE names the step-0 checkpoint" bash -c \
+  "[ $rc -eq 0 ] && grep -q '^stopping before the first step (SIGTERM (signal 15) received during start-up): writing a checkpoint of the starting state' '$T/early.log' && ! grep -q '\"step\"' '$T/early.jsonl' && [ \"\$(cat '$T/early/RESUMABLE')\" = 'ckpt_e0000.bin signal 15' ] && grep -q 'stopped, resumable' '$T/early.log'"
+"${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 2 --checkpoint-dir "$T/early" --resume auto > "$T/early2.log" 2>&1
+check "after a stop during start-up the run resumes at step 0 and is bitwise the uninterrupted run" bash -c \
+  "grep -q 'resumed from .*ckpt_e0000.bin: epoch 1, batch 0, step 0' '$T/early2.log' && [ ! -e '$T/early/RESUMABLE' ] && '$PY' '$TOOL' compare '$T/early/ckpt_e0002.bin' '$T/ws2/ckpt_e0002.bin'"
 
 # Without --checkpoint-dir nothing is saved: the stop says there is nothing to resume.
 "${MPIRUN[@]}" -np 2 "$BIN" "${SMALL[@]}" --epochs 1 --max-steps 3 > "$T/nodir.log" 2>&1

@@ -224,7 +224,10 @@ check "an uninterrupted run through srun --mpi=pmix: 2 ranks, ends $st, no reque
            [ -f '$T/full/ckpt_e0020.bin' ]" || show_log full
 
 # The time-limit warning mid-run: checkpoint, requeue, resume, finish on the same parameters.
-job=$(submit warned 10)
+# An epoch here takes about 0.2 s, less than --stop-check's default 0.25 s between the ranks'
+# stop agreements, so the stop could land at the epoch's end: --stop-check 0 (an agreement
+# after every step) keeps it mid-epoch, which is what this case checks.
+job=$(submit warned 10 -- --stop-check 0)
 signal_when_training "$job" warned
 st=$(wait_end "$job" 90)
 marker=$(sed -n 's/.*stopped resumably (\(.*\)): requeueing.*/\1/p' "$T/warned.out" | head -n 1)
