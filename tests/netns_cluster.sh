@@ -23,7 +23,8 @@
 #        netns_cluster.sh spawn DIR NSNAME 'SHELL COMMAND'   detached, in the node whose namespace
 #                                         is NSNAME (as the hostfile names it): the agent's way in
 #        netns_cluster.sh kill DIR NODE [SIG]    signal (default KILL) every process in node NODE
-#        netns_cluster.sh link DIR NODE up|down  the node's link (its host-side veth)
+#        netns_cluster.sh link DIR NODE up|down  the node's link (its host-side veth); up returns
+#                                         once the node reaches the bridge again
 #        netns_cluster.sh pids DIR NODE          the pids in node NODE, one a line
 # `up` exits 77 with one line "skip: REASON" when it cannot work here: not root, no `ip` or
 # `unshare`, or the kernel refuses a namespace, veth or bridge (a container without
@@ -106,17 +107,23 @@ cmd_up() {
   done
   rm -f "$DIR/err"
   # The bridge forwards once its ports are up; wait until node 1 reaches every node and the
-  # bridge's address (a few seconds at most: no STP on a new bridge). Reached: a TCP connection
-  # to port 9 is refused (no ping here; nothing listens there).
-  local t addr
+  # bridge's address.
+  local addr
   for addr in "$net.1" $(awk '{ print $2 }' "$DIR/nodes"); do
-    for t in $(seq 1 50); do
-      ip netns exec "${p}n1" timeout 1 bash -c "exec 3<> /dev/tcp/$addr/9" 2>&1 |
-        grep -q 'refused' && break
-      sleep 0.1
-    done
-    [ "$t" -lt 50 ] || fail "node 1 cannot reach $addr over the bridge"
+    reach 1 "$addr" || fail "node 1 cannot reach $addr over the bridge"
   done
+}
+
+# reach I ADDR: waits (5 s at most) until node I reaches ADDR: a TCP connection to its port 9 is
+# refused (there is no ping here, and nothing listens there).
+reach() {
+  local t
+  for t in $(seq 1 50); do
+    ip netns exec "$(node_ns "$DIR" "$1")" timeout 1 bash -c "exec 3<> /dev/tcp/$2/9" 2>&1 |
+      grep -q 'refused' && return 0
+    sleep 0.1
+  done
+  return 1
 }
 
 # Kills what runs in the nodes first (a rank cut off by a partition keeps its namespace alive
@@ -178,9 +185,11 @@ case $cmd in
     node_arg "$1"
     pids=$(ip netns pids "$(node_ns "$DIR" "$1")")
     [ -n "$pids" ] && kill -"${2:-KILL}" $pids ;;
-  link)
+  link) # up: returns once the node reaches the bridge's address again
     node_arg "$1"
-    ip link set "$(cat "$DIR/prefix")h$1" "$2" ;;
+    ip link set "$(cat "$DIR/prefix")h$1" "$2" || exit 1
+    [ "$2" = up ] || exit 0
+    reach "$1" "$(sed 's|0/24$|1|' "$DIR/subnet")" || die "node $1 cannot reach the bridge after link up" ;;
   pids)
     node_arg "$1"
     ip netns pids "$(node_ns "$DIR" "$1")" ;;

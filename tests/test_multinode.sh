@@ -25,7 +25,7 @@ T=$(mktemp -d /tmp/vgg_multinode_XXXXXX)
 D=$T/cluster
 cleanup() { # the cluster first (every process in its nodes, then its links), then the files
   "$CLUSTER" down "$D"
-  rm -rf "$T"
+  [ -n "${KEEP:-}" ] && echo "   kept $T" || rm -rf "$T"
 }
 finish() {
   cleanup
