@@ -113,14 +113,15 @@ launch_orphan() { # EXIT trap: never leave mpirun (in its own process group) beh
 # ranks that ran there (DIR/map). It ignores the signals launch_forward handles (Ctrl-C must not
 # end it: mpirun would die of SIGPIPE writing to it) and a closed stderr.
 launch_watch() {
-  local dir=$1 grace=$2 line node armed=
+  local dir=$1 grace=$2 line node= armed=
   trap '' INT TERM HUP PIPE
   while IFS= read -r line; do
     printf '%s\n' "$line" >&2 2> /dev/null
-    if [[ $line =~ Remote\ daemon:.*\ on\ node\ ([^[:space:]]+) ]]; then
-      node=${BASH_REMATCH[1]}
+    [[ $line =~ Remote\ daemon:.*\ on\ node\ ([^[:space:]]+) ]] && node=${BASH_REMATCH[1]}
+    if [ -n "$node" ] && [[ $line == ---* ]]; then # after the message's box
       echo "launch: node $node stopped answering mpirun; rank(s) on it:" \
         "$(awk -v n="$node" '$1 == n { $1 = ""; print substr($0, 2) }' "$dir/map" 2> /dev/null)" >&2 2> /dev/null
+      node=
     fi
     [ -n "$armed" ] && continue
     case $line in

@@ -14,7 +14,7 @@
 # IFACE=prefix names the cluster's network for mpirun and for every rank, as "ib0" would on a
 # cluster.
 #
-# usage: netns_cluster.sh up DIR N        make N nodes (1..9); writes DIR/hostfile (2 slots each),
+# usage: netns_cluster.sh up DIR N [SLOTS]  make N nodes (1..9); writes DIR/hostfile (SLOTS each, 2),
 #                                         DIR/prefix, DIR/subnet, DIR/nodes, DIR/created
 #        netns_cluster.sh down DIR        kill every process in the nodes, then remove namespaces,
 #                                         veths and the bridge (safe to run twice, or after a
@@ -66,11 +66,12 @@ pick_subnet() { # a 10.X.Y.0/24 that no address or route of this machine touches
 }
 
 cmd_up() {
-  local n=$2 p net i ns
+  local n=$2 slots=${3:-2} p net i ns
   [ "$(id -u)" -eq 0 ] || skip "not root (network namespaces need CAP_NET_ADMIN)"
   command -v ip > /dev/null || skip "no ip command (iproute2)"
   command -v unshare > /dev/null || skip "no unshare (util-linux)"
   case $n in [1-9]) ;; *) die "node count $n: 1 to 9" ;; esac
+  [[ $slots =~ ^[1-9][0-9]?$ ]] || die "slots $slots: 1 to 99"
   mkdir -p "$DIR" || die "cannot make $DIR"
   [ -e "$DIR/created" ] && die "$DIR already holds a cluster (down it first)"
   p=$(pick_prefix) || die "no unused prefix found"
@@ -102,7 +103,7 @@ cmd_up() {
       fail "cannot configure node $i's link"
     # The UTS and mount namespaces of enter can be made too.
     enter "$i" true 2> "$DIR/err" || fail "cannot enter node $i: $(head -1 "$DIR/err")"
-    echo "$ns slots=2" >> "$DIR/hostfile"
+    echo "$ns slots=$slots" >> "$DIR/hostfile"
     echo "$ns $net.$((10 + i))" >> "$DIR/nodes"
   done
   rm -f "$DIR/err"
@@ -170,7 +171,7 @@ cmd=$1
 DIR=$2
 shift 2
 case $cmd in
-  up) [ $# -eq 1 ] || die "usage: $0 up DIR N"; cmd_up up "$1" ;;
+  up) [ $# -ge 1 ] && [ $# -le 2 ] || die "usage: $0 up DIR N [SLOTS]"; cmd_up up "$@" ;;
   down) cmd_down ;;
   exec)
     node_arg "$1"
