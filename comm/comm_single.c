@@ -41,7 +41,7 @@ void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
 }
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {}
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {}
-// Over one rank: this rank's bytes are the whole result.
+// Over one rank: this rank's ints (bytes) are the whole result.
 void comm_node_gather_ints(comm *c, int *h_out, const int *h_in, int count) {
   memcpy(h_out, h_in, sizeof(int) * (size_t)count);
 }

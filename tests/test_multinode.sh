@@ -80,8 +80,8 @@ nodes_ok() { # nodes_ok LOG NODE:RANK,RANK...: exactly these node lines, in any 
   local log=$1 want got
   shift
   want=$(for spec in "$@"; do
-    local n=${spec%%:*} rs=(${spec#*:}) i line
-    rs=(${rs//,/ })
+    local n=${spec%%:*} i line rs
+    IFS=, read -r -a rs <<< "${spec#*:}"
     line="node $n: ${#rs[@]} rank$([ ${#rs[@]} -gt 1 ] && echo s):"
     for i in "${!rs[@]}"; do
       line+="$([ $i -gt 0 ] && echo ,) rank ${rs[i]} local $i/${#rs[@]}"
