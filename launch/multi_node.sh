@@ -10,7 +10,9 @@
 # for itself, which on a node with a docker bridge or a management network can be the wrong one.
 # Ranks on other nodes get, of this shell's environment, only what they read: OMP_NUM_THREADS,
 # CIFAR10_DIR, LD_LIBRARY_PATH and NCCL_* when set (mpirun passes its OMPI_MCA_* on itself).
-# usage: HOSTFILE=hosts [NP=8] [IFACE=ib0] launch/multi_node.sh [vgg_dist options]
+# A node that dies or stops answering ends the job, naming the node and its ranks (below);
+# LAUNCH_GRACE=S (5) is how long mpirun gets to end after the job's first error.
+# usage: HOSTFILE=hosts [NP=8] [IFACE=ib0] [LAUNCH_GRACE=5] launch/multi_node.sh [vgg_dist options]
 set -euo pipefail
 source "$(dirname "$0")/common.sh"
 HOSTFILE=${HOSTFILE:?set HOSTFILE to an Open MPI hostfile (see hostfile.example)}

@@ -6,7 +6,8 @@
 # stale temp files, best.bin, the sample order and out-of-range values of checkpoints),
 # the metrics file converted to TensorBoard event files and read back (tests/test_tensorboard.sh),
 # --eval, --dump-logits and --init-from (tests/test_eval.sh),
-# launch/common.sh's GPU count with a fake nvidia-smi (tests/test_launch.sh), launch/slurm.sbatch under
+# launch/common.sh's GPU count with a fake nvidia-smi and multi_node.sh's mpirun flags with a
+# fake mpirun (tests/test_launch.sh), launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
 # launch/multi_node.sh on 3 nodes made of network namespaces, with a node killed and a node cut
 # off (tests/test_multinode.sh; a skip line without root or CAP_NET_ADMIN),
