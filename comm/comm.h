@@ -47,6 +47,10 @@ void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count);
 // sum must stay under 2 GiB (larger is a fatal error, never a silent cut).
 void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, size_t bytes,
                        int root);
+// The `count` ints of h_in of every rank of this node, in local rank order, into h_out
+// (local size x count ints) on the node's local rank 0; h_out is ignored elsewhere. A
+// collective of the node's ranks (the start-up line per node).
+void comm_node_gather_ints(comm *c, int *h_out, const int *h_in, int count);
 // Around work where every rank may meet the same user error (each reads the same data files):
 // such an error (DIE_DATA, DIE_USAGE) is agreed at comm_agree_end instead of aborting the job
 // there: the lowest rank that met one prints it (one line, not one per rank, and no MPI_ABORT

@@ -15,7 +15,14 @@ struct comm {
   int rank, size, local_rank, local_size;
   int thread_level; // what MPI_Init_thread provided (MPI_THREAD_*)
   double timeout_s; // --comm-timeout for the MPI waits (comm_set_timeout); 0: none
+  // Who stopped answering (comm_mpi.c): every rank's host name (COMM_HOST bytes each, in rank
+  // order), and a duplicate of world on which every comm_wait answers other ranks' pings.
+  char *hosts;
+  MPI_Comm ping;
+  MPI_Request ping_req; // the posted receive of a ping from any rank
+  int ping_buf;
 };
+#define COMM_HOST 64
 
 // Check an MPI call; on failure print file:line, rank and MPI's message, then abort all ranks.
 #define MPI_CHECK(expr)                                                                    \

@@ -5,13 +5,33 @@
 // comm_wait, a test loop with a deadline. A blocking MPI call would spin on one core forever when
 // a peer stops (a SIGSTOP, a hung file system, a dead node whose link stays up); comm_wait naps
 // between tests instead (backing off to 1 ms: each test still drives MPI's progress) and past the
-// deadline ends the job with one line naming this rank, the collective and the wait.
+// deadline ends the job with one line naming this rank, the collective and the wait, and the
+// ranks (and their hosts) that did not answer a ping within PING_S: the peers that stopped.
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "comm_internal.h"
 #include "log.h"
+
+// MPI_Abort asks this node's daemon to have mpirun end every rank. Cut off from mpirun (a
+// network partition: the daemon cannot forward the request), nothing says when it returns:
+// in one partition run here the cut-off node's ranks were alive 22 s after it, in later ones
+// they ended at once. So a thread ends this process ABORT_GRACE_S later in any case;
+// mpirun, which may never hear of it, is the launcher's to end (launch/multi_node.sh).
+#define ABORT_GRACE_S 5
+static int abort_code;
+
+static void *abort_fallback(void *arg) {
+  struct timespec t = {ABORT_GRACE_S, 0};
+  while (nanosleep(&t, &t) != 0) {} // the rest of the time after a signal
+  fprintf(stderr, "vgg_dist: [rank %d] MPI_Abort did not end this rank within %d s (mpirun out "
+          "of reach?): exiting\n", check_current_rank(), ABORT_GRACE_S);
+  _exit(abort_code);
+}
 
 void comm_abort(comm *c, int code) {
   int up = 0, down = 0, size = 0;
@@ -19,13 +39,102 @@ void comm_abort(comm *c, int code) {
   MPI_Finalized(&down);
   // A world of one rank has no one else to end: exiting spares the user Open MPI's 7-line
   // MPI_ABORT banner after the one-line error.
-  if (up && !down && (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size > 1))
+  if (up && !down && (MPI_Comm_size(MPI_COMM_WORLD, &size) != MPI_SUCCESS || size > 1)) {
+    pthread_t t;
+    abort_code = code;
+    if (pthread_create(&t, NULL, abort_fallback, NULL) != 0) // unchecked MPI_Abort otherwise
+      fprintf(stderr, "vgg_dist: [rank %d] no thread to bound MPI_Abort's wait\n",
+              check_current_rank());
     MPI_Abort(c ? c->world : MPI_COMM_WORLD, code);
+  }
   exit(code);
 }
 
 // Installed into check.c: any fatal error on any rank ends every rank (never a hang).
 static void comm_abort_hook(int code) { comm_abort(NULL, code); }
+
+// ---- who stopped answering --------------------------------------------------------------------
+// A rank whose wait passed its deadline pings every other rank on a communicator of their own
+// (c->ping), and every rank answers from inside any comm_wait, which is where every healthy
+// rank of a stuck collective is. So the ranks that give no answer within PING_S are the ones
+// stopped, dead, cut off from this rank by the network, or stuck outside MPI: the message
+// names them and their hosts. (Which rank a collective waits for, MPI does not say.)
+enum { PING_TAG = 1, PONG_TAG = 2 };
+#define PING_S 2.0
+
+static double mono_s(void);
+
+// Answers every ping that has come (a pong each), then posts the receive again.
+static void ping_serve(comm *c) {
+  static const int pong = 1; // never written: safe as the buffer of sends still in flight
+  for (;;) {
+    int got = 0;
+    MPI_Status st;
+    MPI_CHECK(MPI_Test(&c->ping_req, &got, &st));
+    if (!got) return;
+    MPI_Request r;
+    MPI_CHECK(MPI_Isend(&pong, 1, MPI_INT, st.MPI_SOURCE, PONG_TAG, c->ping, &r));
+    MPI_CHECK(MPI_Request_free(&r)); // a small message: it completes on its own
+    MPI_CHECK(MPI_Irecv(&c->ping_buf, 1, MPI_INT, MPI_ANY_SOURCE, PING_TAG, c->ping,
+                        &c->ping_req));
+  }
+}
+
+// Pings every other rank and writes into out the ones without an answer after PING_S, by host
+// ("ranks 2 3 on node2; rank 5 on node3"); returns how many. Errors here count as no answer
+// (unchecked on purpose: this runs on the way to ending the job, and a peer whose connection
+// broke is exactly what it looks for).
+static int ping_silent(comm *c, char *out, size_t len) {
+  static const int ping = 1;
+  const int n = c->size;
+  MPI_Request *req = xmalloc(sizeof(MPI_Request) * n);
+  int *pongs = xcalloc((size_t)n, sizeof(int)), *idx = xmalloc(sizeof(int) * n);
+  char *answered = xcalloc((size_t)n, 1);
+  answered[c->rank] = 1;
+  for (int r = 0; r < n; r++) {
+    req[r] = MPI_REQUEST_NULL;
+    if (r == c->rank) continue;
+    MPI_Request s;
+    if (MPI_Isend(&ping, 1, MPI_INT, r, PING_TAG, c->ping, &s) == MPI_SUCCESS)
+      MPI_Request_free(&s);
+    MPI_Irecv(&pongs[r], 1, MPI_INT, r, PONG_TAG, c->ping, &req[r]);
+  }
+  const double t0 = mono_s();
+  while (mono_s() - t0 < PING_S) {
+    ping_serve(c); // the others may be asking too
+    int k = 0;
+    if (MPI_Testsome(n, req, &k, idx, MPI_STATUSES_IGNORE) != MPI_SUCCESS || k == MPI_UNDEFINED)
+      break; // every answer in
+    for (int i = 0; i < k; i++) answered[idx[i]] = 1;
+    struct timespec nap = {0, 1000000};
+    nanosleep(&nap, NULL);
+  }
+  int silent = 0;
+  size_t at = 0;
+  out[0] = 0;
+  for (int r = 0; r < n; r++) { // each host once, with its silent ranks
+    if (answered[r]) continue;
+    const char *h = c->hosts + (size_t)r * COMM_HOST;
+    int first = 1;
+    for (int q = r; q < n; q++) {
+      if (answered[q] || strncmp(h, c->hosts + (size_t)q * COMM_HOST, COMM_HOST) != 0) continue;
+      if (at < len) at += (size_t)snprintf(out + at, len - at, "%s%d", first ? "" : " ", q);
+      answered[q] = 1; // listed
+      first = 0;
+      silent++;
+    }
+    if (at < len) at += (size_t)snprintf(out + at, len - at, " on %s; ", h);
+  }
+  if (at >= 2 && at < len) out[at - 2] = 0; // the last "; "
+  for (int r = 0; r < n; r++) // the receives of silent ranks, before their buffers go
+    if (req[r] != MPI_REQUEST_NULL && MPI_Cancel(&req[r]) == MPI_SUCCESS)
+      MPI_Wait(&req[r], MPI_STATUS_IGNORE); // a cancelled receive completes at once
+  free(answered);
+  free(idx);
+  free(pongs);
+  free(req);
+  return silent;
+}
 
 comm *comm_init(int *argc, char ***argv) {
   int provided = 0;
@@ -42,11 +151,22 @@ comm *comm_init(int *argc, char ***argv) {
   MPI_CHECK(MPI_Comm_split_type(c->world, MPI_COMM_TYPE_SHARED, c->rank, MPI_INFO_NULL, &c->node));
   MPI_CHECK(MPI_Comm_rank(c->node, &c->local_rank));
   MPI_CHECK(MPI_Comm_size(c->node, &c->local_size));
+  // Every rank's host, for the message of a wait past its deadline (once, at start-up).
+  char mine[COMM_HOST] = "";
+  CHECK_ZERO(gethostname(mine, COMM_HOST - 1));
+  c->hosts = xcalloc((size_t)c->size, COMM_HOST);
+  MPI_CHECK(MPI_Allgather(mine, COMM_HOST, MPI_CHAR, c->hosts, COMM_HOST, MPI_CHAR, c->world));
+  MPI_CHECK(MPI_Comm_dup(c->world, &c->ping));
+  MPI_CHECK(MPI_Irecv(&c->ping_buf, 1, MPI_INT, MPI_ANY_SOURCE, PING_TAG, c->ping, &c->ping_req));
   return c;
 }
 
 void comm_finalize(comm *c) {
   if (!c) return;
+  MPI_CHECK(MPI_Cancel(&c->ping_req));
+  MPI_CHECK(MPI_Wait(&c->ping_req, MPI_STATUS_IGNORE));
+  MPI_CHECK(MPI_Comm_free(&c->ping));
+  free(c->hosts);
   MPI_CHECK(MPI_Comm_free(&c->node));
   check_set_abort_hook(NULL);
   MPI_CHECK(MPI_Finalize());
@@ -86,10 +206,17 @@ static void comm_wait(comm *c, int n, MPI_Request *req, const char *what) {
     int done = 0;
     MPI_CHECK(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
     if (done) return;
+    ping_serve(c);
     const double waited = mono_s() - t0;
-    if (c->timeout_s > 0 && waited > c->timeout_s)
-      FATAL("waited %.0f s for %s (--comm-timeout %g): a peer rank died or hangs?", waited, what,
-            c->timeout_s); // the prefix names this rank and its host
+    if (c->timeout_s > 0 && waited > c->timeout_s) {
+      char who[512];
+      if (ping_silent(c, who, sizeof(who)))
+        FATAL("waited %.0f s for %s (--comm-timeout %g): no answer within %.0f s from rank(s) "
+              "%s: stopped, dead or cut off from this rank", waited, what, c->timeout_s, PING_S,
+              who); // the prefix names this rank and its host
+      FATAL("waited %.0f s for %s (--comm-timeout %g), yet every rank answers: a peer rank "
+            "hangs in another collective?", waited, what, c->timeout_s);
+    }
     if (waited < 1e-3) continue;
     nap_ns = nap_ns ? (nap_ns * 2 > 1000000 ? 1000000 : nap_ns * 2) : 10000;
     struct timespec nap = {0, nap_ns};
@@ -161,6 +288,12 @@ void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, s
   free(displs);
   free(counts);
   free(sizes);
+}
+
+void comm_node_gather_ints(comm *c, int *h_out, const int *h_in, int count) {
+  MPI_Request req;
+  MPI_CHECK(MPI_Igather(h_in, count, MPI_INT, h_out, count, MPI_INT, 0, c->node, &req));
+  comm_wait(c, 1, &req, "a gather of the node's ranks");
 }
 
 // ---- agreed user errors ------------------------------------------------------------------

@@ -41,7 +41,10 @@ void comm_bcast(comm *c, void *h_buf, size_t bytes, int root) {
 }
 void comm_allreduce_sum_f64(comm *c, double *h_buf, size_t count) {}
 void comm_allreduce_max_f64(comm *c, double *h_buf, size_t count) {}
-// Over one rank: this rank's bytes are the whole result.
+// Over one rank: this rank's ints (bytes) are the whole result.
+void comm_node_gather_ints(comm *c, int *h_out, const int *h_in, int count) {
+  memcpy(h_out, h_in, sizeof(int) * (size_t)count);
+}
 void comm_gather_bytes(comm *c, void *h_out, size_t out_cap, const void *h_in, size_t bytes,
                        int root) {
   if (root != 0) FATAL("gather to rank %d in a world of one rank", root);

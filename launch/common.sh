@@ -41,15 +41,28 @@ gpu_count() {
 # by vgg_dist) ends each rank before it can checkpoint; mpirun then ends the job. A signal that
 # comes before mpirun's pid is known is kept and forwarded once it is; if this script exits for
 # any reason while mpirun lives (set -e, an error), mpirun is ended with it, not orphaned.
+#
+# With LAUNCH_GRACE=S set (multi_node.sh), mpirun's stderr passes through launch_watch, which
+# ends mpirun S seconds after the job's first error if it has not ended by then, and names the
+# ranks of a node mpirun lost (from LAUNCH_MAP, lines "node rank rank...", when set).
 launch_mpirun() {
-  LAUNCH_PID= LAUNCH_SIGNALS=0 LAUNCH_PENDING=
+  LAUNCH_PID= LAUNCH_SIGNALS=0 LAUNCH_PENDING= LAUNCH_TMP=
   trap 'launch_forward INT' INT
   trap 'launch_forward TERM' TERM
   trap 'launch_forward HUP' HUP
   trap 'launch_orphan' EXIT
+  if [ -n "${LAUNCH_GRACE:-}" ]; then
+    LAUNCH_TMP=$(mktemp -d "${TMPDIR:-/tmp}/vgg_launch_XXXXXX")
+    printf '%s\n' "${LAUNCH_MAP:-}" > "$LAUNCH_TMP/map"
+  fi
   set -m # job control: the next background job gets its own process group
-  mpirun "$@" < /dev/null &
+  if [ -n "$LAUNCH_TMP" ]; then
+    mpirun "$@" < /dev/null 2> >(launch_watch "$LAUNCH_TMP" "$LAUNCH_GRACE") &
+  else
+    mpirun "$@" < /dev/null &
+  fi
   LAUNCH_PID=$!
+  [ -z "$LAUNCH_TMP" ] || echo "$LAUNCH_PID" > "$LAUNCH_TMP/pid"
   set +m
   trap '' PIPE # a message to a closed stderr fails, it does not end this script (mpirun keeps the default)
   if [ -n "$LAUNCH_PENDING" ]; then # a signal came while mpirun was being started
@@ -88,5 +101,41 @@ launch_forward() {
 }
 launch_orphan() { # EXIT trap: never leave mpirun (in its own process group) behind
   [ -n "$LAUNCH_PID" ] && kill -0 "$LAUNCH_PID" 2> /dev/null && kill -TERM "$LAUNCH_PID" 2> /dev/null
+  [ -n "$LAUNCH_TMP" ] && rm -rf "$LAUNCH_TMP"
   return 0
+}
+# launch_watch DIR GRACE: mpirun's stderr, line by line, to this script's stderr. A rank that
+# ends the job (an error, MPI_Abort) asks mpirun to end every rank, and mpirun waits until every
+# node's daemon has confirmed it: a daemon cut off by the network never does, and Open MPI 4.1
+# then waits for TCP to give up on it (about 15 minutes). So the first error line arms a timer:
+# GRACE seconds later, mpirun (pid in DIR/pid) still running is ended (SIGKILL).
+# When mpirun loses a node's daemon its message names the node; the line added here names the
+# ranks that ran there (DIR/map). It ignores the signals launch_forward handles (Ctrl-C must not
+# end it: mpirun would die of SIGPIPE writing to it) and a closed stderr.
+launch_watch() {
+  local dir=$1 grace=$2 line node= armed=
+  trap '' INT TERM HUP PIPE
+  while IFS= read -r line; do
+    printf '%s\n' "$line" >&2 2> /dev/null
+    [[ $line =~ Remote\ daemon:.*\ on\ node\ ([^[:space:]]+) ]] && node=${BASH_REMATCH[1]}
+    if [ -n "$node" ] && [[ $line == ---* ]]; then # after the message's box
+      echo "launch: node $node stopped answering mpirun; rank(s) on it:" \
+        "$(awk -v n="$node" '$1 == n { $1 = ""; print substr($0, 2) }' "$dir/map" 2> /dev/null)" >&2 2> /dev/null
+      node=
+    fi
+    [ -n "$armed" ] && continue
+    case $line in
+      "vgg_dist: error"* | *"MPI_ABORT was invoked"* | *"lost communication with a remote daemon"*) ;;
+      *) continue ;;
+    esac
+    armed=1
+    (
+      sleep "$grace"
+      pid=$(cat "$dir/pid" 2> /dev/null) || exit 0 # the launcher is gone: so is mpirun
+      [ "$(cat "/proc/$pid/comm" 2> /dev/null)" = mpirun ] || exit 0
+      echo "launch: mpirun still runs ${grace} s after the job's first error: it waits for a" \
+        "node it cannot reach (see the errors above); ending it" >&2 2> /dev/null
+      kill -KILL "$pid" 2> /dev/null # SIGTERM in the middle of its abort crashes it (4.1)
+    ) &
+  done
 }

@@ -30,6 +30,29 @@ int device_bus_id_clash(const char *ids, int n, size_t stride, int *first, int *
   return 0;
 }
 
+// One line per node, printed by its local rank 0 (the one output of a rank other than 0 that is
+// not an error): its host, and of each rank there the world rank, the local rank and local size
+// as that rank sees them (they choose its GPU), and the GPU it drives (-1: the CPU backend).
+static void node_line(comm *c, int dev) {
+  const int n = comm_local_size(c), mine[4] = {comm_rank(c), comm_local_rank(c), n, dev};
+  int *all = comm_local_rank(c) == 0 ? xmalloc(sizeof(int) * 4 * (size_t)n) : NULL;
+  comm_node_gather_ints(c, all, mine, 4);
+  if (!all) return;
+  char host[64] = "", line[2048];
+  CHECK_ZERO(gethostname(host, sizeof(host) - 1));
+  size_t at = (size_t)snprintf(line, sizeof(line), "node %s: %d rank%s:", host, n, n > 1 ? "s" : "");
+  for (int i = 0; i < n && at < sizeof(line); i++) {
+    const int *r = all + 4 * i;
+    at += (size_t)snprintf(line + at, sizeof(line) - at, "%s rank %d local %d/%d", i ? "," : "",
+                           r[0], r[1], r[2]);
+    if (r[3] >= 0 && at < sizeof(line))
+      at += (size_t)snprintf(line + at, sizeof(line) - at, " GPU %d", r[3]);
+  }
+  printf("%s\n", line);
+  fflush(stdout);
+  free(all);
+}
+
 // A CUDA backend: one rank per GPU, bound to GPU local rank % the GPUs this rank sees.
 static backend *cuda_create(const config *cfg, comm *c, int gpus) {
   int dev = device_pick(comm_local_rank(c), comm_local_size(c), gpus);
@@ -40,6 +63,7 @@ static backend *cuda_create(const config *cfg, comm *c, int gpus) {
        "CUDA graphs %s, conv autotune %s, MPI threads %s\n", gpus, comm_local_size(c),
        config_precision_name(cfg->precision), cfg->cuda_graphs ? "on (full batches)" : "off",
        cfg->autotune == AUTOTUNE_FIRST ? "first (untimed)" : "fastest", comm_thread_level(c));
+  node_line(c, dev);
   backend *b = backend_cuda_create(dev, cfg->precision);
   backend_cuda_set_autotune(b, cfg->autotune);
   comm_check_gpu_per_rank(c, b); // before anything allocates: two ranks on one GPU refused
@@ -60,6 +84,7 @@ static backend *cpu_create(const config *cfg, comm *c) {
   LOG0("device: cpu (%s), %d ranks, %d threads each, MPI threads %s\n",
        cfg->device == DEVICE_CPU ? "requested" : "no CUDA device visible", comm_world(c),
        threads ? threads : atoi(omp), comm_thread_level(c));
+  node_line(c, -1);
   return backend_cpu_create(threads);
 }
 

@@ -6,8 +6,11 @@
 # stale temp files, best.bin, the sample order and out-of-range values of checkpoints),
 # the metrics file converted to TensorBoard event files and read back (tests/test_tensorboard.sh),
 # --eval, --dump-logits and --init-from (tests/test_eval.sh),
-# launch/common.sh's GPU count with a fake nvidia-smi (tests/test_launch.sh), launch/slurm.sbatch under
+# launch/common.sh's GPU count with a fake nvidia-smi and multi_node.sh's mpirun flags with a
+# fake mpirun (tests/test_launch.sh), launch/slurm.sbatch under
 # a one-node Slurm started for the test (tests/test_slurm.sh; a skip line without root or Slurm),
+# launch/multi_node.sh on 3 nodes made of network namespaces, with a node killed and a node cut
+# off (tests/test_multinode.sh; a skip line without root or CAP_NET_ADMIN),
 # the export to TorchScript / ONNX / torchvision's state_dict and the import from torchvision
 # against a reference forward (tests/test_export.sh),
 # the GPU check's dry run on a fresh clone of the committed tree (tests/test_gpu_check.sh), the
@@ -54,6 +57,7 @@ run_suite ckpt_faults "$here/test_ckpt_faults.sh" "$bin"
 run_suite tensorboard "$here/test_tensorboard.sh" "$bin"
 run_suite eval "$here/test_eval.sh" "$bin"
 run_suite slurm "$here/test_slurm.sh" "$bin"
+run_suite multinode "$here/test_multinode.sh" "$bin"
 run_suite launch "$here/test_launch.sh"
 run_suite export "$here/test_export.sh" "$bin"
 run_suite gpu_check "$here/test_gpu_check.sh"
