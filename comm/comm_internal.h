@@ -4,6 +4,7 @@
 #ifndef VGG_COMM_INTERNAL_H
 #define VGG_COMM_INTERNAL_H
 
+#include <limits.h>
 #include <mpi.h>
 
 #include "check.h"
@@ -22,7 +23,7 @@ struct comm {
   MPI_Request ping_req; // the posted receive of a ping from any rank
   int ping_buf;
 };
-#define COMM_HOST 64
+#define COMM_HOST (HOST_NAME_MAX + 1) // a Linux host name (64) and its NUL
 
 // Check an MPI call; on failure print file:line, rank and MPI's message, then abort all ranks.
 #define MPI_CHECK(expr)                                                                    \

@@ -88,7 +88,7 @@ static int ping_silent(comm *c, char *out, size_t len) {
   static const int ping = 1;
   const int n = c->size;
   MPI_Request *req = xmalloc(sizeof(MPI_Request) * n);
-  int *pongs = xcalloc((size_t)n, sizeof(int)), *idx = xmalloc(sizeof(int) * n);
+  int *pongs = xcalloc((size_t)n, sizeof(int));
   char *answered = xcalloc((size_t)n, 1);
   answered[c->rank] = 1;
   for (int r = 0; r < n; r++) {
@@ -100,12 +100,21 @@ static int ping_silent(comm *c, char *out, size_t len) {
     MPI_Irecv(&pongs[r], 1, MPI_INT, r, PONG_TAG, c->ping, &req[r]);
   }
   const double t0 = mono_s();
-  while (mono_s() - t0 < PING_S) {
+  int waiting = n - 1, abandoned = 0;
+  while (waiting > 0 && mono_s() - t0 < PING_S) {
     ping_serve(c); // the others may be asking too
-    int k = 0;
-    if (MPI_Testsome(n, req, &k, idx, MPI_STATUSES_IGNORE) != MPI_SUCCESS || k == MPI_UNDEFINED)
-      break; // every answer in
-    for (int i = 0; i < k; i++) answered[idx[i]] = 1;
+    for (int r = 0; r < n; r++) { // one by one: an error on one peer says nothing of the others
+      if (req[r] == MPI_REQUEST_NULL) continue;
+      int got = 0;
+      if (MPI_Test(&req[r], &got, MPI_STATUS_IGNORE) != MPI_SUCCESS) {
+        req[r] = MPI_REQUEST_NULL; // a broken connection: no answer (the request is abandoned)
+        waiting--;
+        abandoned = 1;
+      } else if (got) {
+        answered[r] = 1;
+        waiting--;
+      }
+    }
     struct timespec nap = {0, 1000000};
     nanosleep(&nap, NULL);
   }
@@ -130,8 +139,7 @@ static int ping_silent(comm *c, char *out, size_t len) {
     if (req[r] != MPI_REQUEST_NULL && MPI_Cancel(&req[r]) == MPI_SUCCESS)
       MPI_Wait(&req[r], MPI_STATUS_IGNORE); // a cancelled receive completes at once
   free(answered);
-  free(idx);
-  free(pongs);
+  if (!abandoned) free(pongs); // else MPI may still own a slot of it: kept (the job is ending)
   free(req);
   return silent;
 }
@@ -153,7 +161,7 @@ comm *comm_init(int *argc, char ***argv) {
   MPI_CHECK(MPI_Comm_size(c->node, &c->local_size));
   // Every rank's host, for the message of a wait past its deadline (once, at start-up).
   char mine[COMM_HOST] = "";
-  CHECK_ZERO(gethostname(mine, COMM_HOST - 1));
+  CHECK_ZERO(gethostname(mine, COMM_HOST));
   c->hosts = xcalloc((size_t)c->size, COMM_HOST);
   MPI_CHECK(MPI_Allgather(mine, COMM_HOST, MPI_CHAR, c->hosts, COMM_HOST, MPI_CHAR, c->world));
   MPI_CHECK(MPI_Comm_dup(c->world, &c->ping));
@@ -209,8 +217,11 @@ static void comm_wait(comm *c, int n, MPI_Request *req, const char *what) {
     ping_serve(c);
     const double waited = mono_s() - t0;
     if (c->timeout_s > 0 && waited > c->timeout_s) {
-      char who[512];
-      if (ping_silent(c, who, sizeof(who)))
+      char who[4096];
+      const int silent = ping_silent(c, who, sizeof(who));
+      MPI_CHECK(MPI_Testall(n, req, &done, MPI_STATUSES_IGNORE));
+      if (done) return; // it completed during the ping: a slow peer, not a lost one
+      if (silent)
         FATAL("waited %.0f s for %s (--comm-timeout %g): no answer within %.0f s from rank(s) "
               "%s: stopped, dead or cut off from this rank", waited, what, c->timeout_s, PING_S,
               who); // the prefix names this rank and its host

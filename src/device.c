@@ -1,6 +1,7 @@
 // device.c - the backend choice, the thread policy and the GPU memory check (see device.h).
 #include "device.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,9 +39,10 @@ static void node_line(comm *c, int dev) {
   int *all = comm_local_rank(c) == 0 ? xmalloc(sizeof(int) * 4 * (size_t)n) : NULL;
   comm_node_gather_ints(c, all, mine, 4);
   if (!all) return;
-  char host[64] = "", line[2048];
-  CHECK_ZERO(gethostname(host, sizeof(host) - 1));
-  size_t at = (size_t)snprintf(line, sizeof(line), "node %s: %d rank%s:", host, n, n > 1 ? "s" : "");
+  char host[HOST_NAME_MAX + 1] = "", line[2048]; // a Linux host name (64) and its NUL
+  CHECK_ZERO(gethostname(host, sizeof(host)));
+  size_t at =
+      (size_t)snprintf(line, sizeof(line), "node %s: %d rank%s:", host, n, n > 1 ? "s" : "");
   for (int i = 0; i < n && at < sizeof(line); i++) {
     const int *r = all + 4 * i;
     at += (size_t)snprintf(line + at, sizeof(line) - at, "%s rank %d local %d/%d", i ? "," : "",

@@ -257,7 +257,7 @@ TEST(cpu_conv_algorithms_agree) {
 // A bigger layer on 1, 2 and 3 threads with whole and tiny sub-chunks: the per-thread pixel
 // ranges, sub-chunk boundaries and the sum of per-thread filter gradients agree with the
 // single-threaded pass, and forward matches the direct reference.
-TEST(cpu_conv_threads_and_chunks_agree) {
+static void threads_and_chunks(cpu_conv_algo algo) {
   const int N = 3, H = 8, W = 10, C = 16, K = 24;
   size_t nx = (size_t)N * H * W * C, nw = (size_t)K * 9 * C, ny = (size_t)N * H * W * K;
   float *x = fvec(nx), *w = fvec(nw), *bias = fvec(K), *r = fvec(ny);
@@ -272,6 +272,7 @@ TEST(cpu_conv_threads_and_chunks_agree) {
   const op_shape s = {N, H, W, C, K};
   for (int v = 0; v < V; v++) {
     backend *b = backend_cpu_create(threads[v]);
+    ((cpu_ctx *)b->impl)->conv_algo = algo;
     if (budget[v]) ((cpu_ctx *)b->impl)->conv_budget = budget[v];
     y[v] = fvec(ny); dy[v] = fvec(ny); dx[v] = fvec(nx); dw[v] = fvec(nw); db[v] = fvec(K);
     b->ops->conv_fwd(b, y[v], x, w, bias, s, ACT_RELU);
@@ -305,6 +306,12 @@ TEST(cpu_conv_threads_and_chunks_agree) {
     free(y[v]); free(dy[v]); free(dx[v]); free(dw[v]); free(db[v]);
   }
   free(yref); free(x); free(w); free(bias); free(r); free(dz);
+}
+
+// Both algorithms: im2col still serves the first layer with every thread of the backend.
+TEST(cpu_conv_threads_and_chunks_agree) {
+  threads_and_chunks(CPU_CONV_IM2COL);
+  threads_and_chunks(CPU_CONV_WINOGRAD);
 }
 
 // ---- max-pool ------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ out=$(mn IFACE=ib0 NCCL_IB_HCA=mlx5_0)
 echo "   $out"
 check "multi_node.sh IFACE=ib0: Open MPI's TCP and out-of-band interface, NCCL's socket one" bash -c \
   "[[ '$out' == *'--mca btl_tcp_if_include ib0 --mca oob_tcp_if_include ib0'* &&
-     '$out' == *'-x NCCL_SOCKET_IFNAME'* && '$out' == *'NCCL_SOCKET_IFNAME=ib0' ]]"
+     '$out' == *'-x NCCL_SOCKET_IFNAME'* && '$out' == *'NCCL_SOCKET_IFNAME==ib0' ]]"
 check "multi_node.sh forwards what is set (NCCL_IB_HCA, OMP_NUM_THREADS), not what is not (CIFAR10_DIR)" \
   bash -c "[[ '$out' == *'-x NCCL_IB_HCA'* && '$out' == *'-x OMP_NUM_THREADS'* && '$out' != *CIFAR10_DIR* ]]"
 check "multi_node.sh: mpirun's keepalive to the nodes' daemons (10 s, 5 s x 4)" bash -c \

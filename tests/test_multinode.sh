@@ -11,7 +11,7 @@
 # - a node's link goes down mid-epoch: the job ends within --comm-timeout plus a margin, naming
 #   the ranks that stopped answering and their node; with the link back, --resume auto goes on.
 # Without root, `ip`, or the kernel's consent (a container without CAP_NET_ADMIN) it prints
-# "skip multinode: REASON" and passes nothing, fails nothing. About 60 s on 2 cores.
+# "skip multinode: REASON" and passes nothing, fails nothing. About 30 s on 2 cores.
 # usage: tests/test_multinode.sh ./vgg_dist     (BUILD names the build dir holding gen_cifar)
 # Prints "N passed, N failed" last.
 set -u

@@ -1,7 +1,9 @@
 // conv.c - the CPU backend's 3x3, stride-1, pad-1 convolution (NHWC, weight (K,3,3,C)).
 //
 // Layers from 8 channels up go to Winograd's F(2x2, 3x3) (winograd.c, cpu_conv_winograd); the
-// first layer (3 input channels) and any layer a test forces take im2col + sgemm, here. With NHWC a row of the im2col matrix (one output pixel) is the (3,3,C)
+// first layer (3 input channels) and any layer a test forces take im2col + sgemm, here.
+//
+// im2col + sgemm. With NHWC a row of the im2col matrix (one output pixel) is the (3,3,C)
 // patch around it, the same order as a weight row (K,3,3,C), so for pixels p = (n*H + h)*W + w
 //   forward        y (P, K)  = col(x) (P, 9C) * w^T (9C, K)
 //   filter grad    dw (K, 9C) = dy^T (K, P) * col(x) (P, 9C)
@@ -15,7 +17,7 @@
 // around every gemm.) Each thread accumulates its filter gradient privately (thread 0 in dw,
 // the others in the workspace) and the partials are summed in a fixed order: deterministic
 // for a given thread count. Each thread walks its range in sub-chunks so the workspace is
-// bounded by threads * cpu_ctx.conv_budget whatever the batch.
+// bounded by threads * cpu_ctx.conv_budget whatever the batch (Winograd's: see cpu_backend.h).
 #include "cpu/cpu_backend.h"
 
 #include <cblas.h>
@@ -25,9 +27,11 @@
 #include "check.h"
 
 // The shape rule, from per-layer timings of VGG16 at widths 1 and 0.25 on one Zen 4 core
-// (BENCHMARKS.md, "CPU convolutions"): Winograd was as fast or faster on every layer from 16
-// channels up, 2x2 images included. Its 16 gemms have only C (or K) as their inner dimension,
-// so the first layer's 3 input channels stay with im2col's 27.
+// (build/conv_bench; BENCHMARKS.md, "CPU convolutions"): Winograd was 1.6x to 2x faster on
+// every layer from 16 channels up (the narrowest measured), 2x2 images included. On the first
+// layer (3 input channels: Winograd's gemms have only C as their inner dimension, im2col's
+// 9C = 27) it was mixed, the forward slower at width 1, so that layer stays with im2col; the
+// line is drawn at 8, between the two.
 int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K) {
   if (ctx->conv_algo != CPU_CONV_AUTO) return ctx->conv_algo == CPU_CONV_WINOGRAD;
   return C >= 8 && K >= 8;

@@ -111,8 +111,10 @@ static inline void tile_next(int th, int tw, long *n, int *ti, int *tj) {
     ST8((q) + 3 * (stride), t1_ - t3_);                                                            \
   } while (0)
 
-static inline __attribute__((always_inline)) void input_tile(float *u, size_t stride, const float *r0, const float *r1,
-                              const float *r2, const float *r3, int C) {
+static inline __attribute__((always_inline)) void input_tile(float *u, size_t stride,
+                                                             const float *r0, const float *r1,
+                                                             const float *r2, const float *r3,
+                                                             int C) {
   const size_t C1 = (size_t)C, C2 = 2 * C1, C3 = 3 * C1;
   size_t c = 0;
   for (; c + 8 <= C1; c += 8) { // B^T d's rows 1 and 2 from d's rows 1, 2; then 0 and 3
@@ -177,8 +179,9 @@ VEC_CLONES static void input_transform(float *U, size_t stride, const float *x, 
 
 // One tile's 2x2 outputs o[0..3] = act(A^T m A + bias) over k, m the 16 products M[xi][k]
 // (blocks `stride` apart); A^T = [1 1 1 0; 0 1 -1 -1]. Inlined with relu constant.
-static inline __attribute__((always_inline)) void output_tile(float *const o[4], const float *m, size_t stride,
-                               const float *bias, int relu, int K) {
+static inline __attribute__((always_inline)) void output_tile(float *const o[4], const float *m,
+                                                              size_t stride, const float *bias,
+                                                              int relu, int K) {
   float *o0 = o[0], *o1 = o[1], *o2 = o[2], *o3 = o[3];
   int k = 0;
   for (; k + 8 <= K; k += 8) {

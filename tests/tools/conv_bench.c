@@ -21,7 +21,8 @@ static int cmp_double(const void *a, const void *b) {
 
 static float *random_floats(size_t n, uint64_t seed) {
   float *p = xmalloc(n * sizeof(float));
-  for (size_t i = 0; i < n; i++) p[i] = rng_uniform(seed, 0, (uint32_t)(i >> 32), (uint32_t)i, 0) - 0.5f;
+  for (size_t i = 0; i < n; i++)
+    p[i] = rng_uniform(seed, 0, (uint32_t)(i >> 32), (uint32_t)i, 0) - 0.5f;
   return p;
 }
 
