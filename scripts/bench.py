@@ -258,6 +258,18 @@ def write(b, info):
            "sync_bn": b.sync_bn}
     with open(f"{b.build}/bench/bench.json", "w") as f:
         json.dump(doc, f, indent=1)
+    # Each one-rank vgg_dist row as scripts/scaling_model.py's --from-json input: its measured
+    # step is the per-GPU (or per-process) compute the model scales up.
+    scaling = []
+    for i, r in enumerate(b.rows):
+        v = r.get("vgg_dist")
+        if not v or v.get("ranks") != 1 or "n_params" not in v:
+            continue
+        path = f"{b.build}/bench/scaling_{i}_{v['device']}.json"
+        with open(path, "w") as f:
+            json.dump({"n_params": v["n_params"], "compute_ms": v["ms_step"], "batch_per_rank": v["batch"],
+                       "source": f"make bench row '{r['row']}': {r['vgg_dist_cmd']}"}, f, indent=1)
+        scaling.append(path)
     v = info["versions"]
     md = [f"Date {info['date']}; CPU {info['cpu']} ({info['cores']} cores, load {info['load_avg_at_start']:.2f} "
           f"at start); GPU {info['gpu']}.",
@@ -276,7 +288,8 @@ def write(b, info):
     with open(f"{b.build}/bench/bench.md", "w") as f:
         f.write("\n".join(md) + "\n")
     print("\n".join(md))
-    print(f"\nwritten: {b.build}/bench/bench.md, {b.build}/bench/bench.json")
+    print(f"\nwritten: {b.build}/bench/bench.md, {b.build}/bench/bench.json; for "
+          f"scripts/scaling_model.py --from-json: {', '.join(scaling) or 'none'}")
 
 
 def main():

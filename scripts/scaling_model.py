@@ -20,8 +20,9 @@
 # underscores): n_params, compute_ms, batch_per_rank, bucket_mb, backward_fraction,
 # sync_collectives, grad_dtype ("fp32"|"bf16"), and for --validate: allreduce (a list of
 # {"bytes", "median_s"} rows, one bucket each), measured_step_ms ({"2": ms, ...}); other keys
-# are kept as notes. This is what scripts/measure_cpu_scaling.sh writes, and what a GPU benchmark
-# should write (compute_ms: one rank's step; measured_step_ms: the multi-rank steps).
+# are kept as notes. This is what scripts/measure_cpu_scaling.sh writes, and what `make bench`
+# writes for each of its one-rank vgg_dist rows (build/bench/scaling_*.json: n_params,
+# compute_ms = the row's measured step, batch_per_rank), the GPU row's included where there is one.
 import argparse
 import json
 import math

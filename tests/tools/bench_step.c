@@ -186,10 +186,11 @@ static void bench_print(const bench_opts *o, const model *m, backend *b, comm *c
            "\"batchnorm\": %d, \"batch\": %d, \"ranks\": %d, \"threads\": %d, \"device\": \"%s\", "
            "\"precision\": \"%s\", \"mode\": \"%s%s\", \"img_s\": %.2f, \"ms_step\": %.3f, "
            "\"train_gflop_per_image\": %.4f, \"gflop_s\": %.2f, \"mem_kind\": \"%s\", "
-           "\"mem_mib\": %.1f, \"windows_img_s\": [",
+           "\"mem_mib\": %.1f, \"n_params\": %zu, \"windows_img_s\": [",
            o->name, o->width, o->size, o->batchnorm, o->batch, world, o->threads, b->ops->name,
            o->precision, how[0] ? how + 1 : "eager", tune, ips, dt * 1e3,
-           model_train_flops(m) * 1e-9, ips * model_train_flops(m) * 1e-9, mem, mem_mib);
+           model_train_flops(m) * 1e-9, ips * model_train_flops(m) * 1e-9, mem, mem_mib,
+           m->n_params);
     for (int w = 0; w < o->windows; w++) printf("%s%.2f", w ? ", " : "", o->batch / win[w]);
     printf("]");
     if (world > 1) printf(", \"allreduce_ms\": %.3f, \"wait_ms\": %.3f", allreduce_s * 1e3, wait_s * 1e3);
