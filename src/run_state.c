@@ -17,12 +17,17 @@
 #include "check.h"
 #include "log.h"
 
-void run_state_init(run_state *rs, const ckpt_meta *meta) {
+// An empty state for meta's sizes, which must fit in memory (who: the caller, for the message).
+static void run_state_begin(run_state *rs, const ckpt_meta *meta, const char *who) {
   memset(rs, 0, sizeof(*rs));
   rs->meta = *meta;
   if (meta->n_params > SIZE_MAX / sizeof(float) || meta->n_buffers > SIZE_MAX / sizeof(float))
-    FATAL("run_state_init: %llu parameters and %llu buffers do not fit in memory",
+    FATAL("%s: %llu parameters and %llu buffers do not fit in memory", who,
           (unsigned long long)meta->n_params, (unsigned long long)meta->n_buffers);
+}
+
+void run_state_init(run_state *rs, const ckpt_meta *meta) {
+  run_state_begin(rs, meta, "run_state_init");
   size_t P = (size_t)meta->n_params, B = (size_t)meta->n_buffers;
   rs->live.params = xmalloc(P * sizeof(float));
   rs->live.buffers = xmalloc(B * sizeof(float));
@@ -56,11 +61,7 @@ void run_state_free(run_state *rs) {
 }
 
 void run_state_init_live(run_state *rs, const ckpt_meta *meta) {
-  memset(rs, 0, sizeof(*rs));
-  rs->meta = *meta;
-  if (meta->n_params > SIZE_MAX / sizeof(float) || meta->n_buffers > SIZE_MAX / sizeof(float))
-    FATAL("run_state_init_live: %llu parameters and %llu buffers do not fit in memory",
-          (unsigned long long)meta->n_params, (unsigned long long)meta->n_buffers);
+  run_state_begin(rs, meta, "run_state_init_live");
   const size_t P = (size_t)meta->n_params * sizeof(float);
   const size_t B = (size_t)meta->n_buffers * sizeof(float);
   // memset, not calloc: calloc's fresh pages would be faulted in at the first download instead.
