@@ -99,8 +99,6 @@ static inline void tile_next(int th, int tw, long *n, int *ti, int *tj) {
   }
 }
 
-// One tile's U[xi][c] = (B^T d B)[xi], d the 4x4 patch whose rows r0..r3 each hold 4 pixels
-// of C floats; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. u's blocks are `stride` apart.
 // Row r of U from row r of B^T d: (B^T d) B, 8 channels at q (blocks `stride` apart).
 #define INPUT_COLS8(q, stride, t0, t1, t2, t3)                                                   \
   do {                                                                                             \
@@ -111,6 +109,8 @@ static inline void tile_next(int th, int tw, long *n, int *ti, int *tj) {
     ST8((q) + 3 * (stride), t1_ - t3_);                                                            \
   } while (0)
 
+// One tile's U[xi][c] = (B^T d B)[xi], d the 4x4 patch whose rows r0..r3 each hold 4 pixels
+// of C floats; B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1]. u's blocks are `stride` apart.
 static inline __attribute__((always_inline)) void input_tile(float *u, size_t stride,
                                                              const float *r0, const float *r1,
                                                              const float *r2, const float *r3,
@@ -118,13 +118,17 @@ static inline __attribute__((always_inline)) void input_tile(float *u, size_t st
   const size_t C1 = (size_t)C, C2 = 2 * C1, C3 = 3 * C1;
   size_t c = 0;
   for (; c + 8 <= C1; c += 8) { // B^T d's rows 1 and 2 from d's rows 1, 2; then 0 and 3
-    const v8f a0 = LD8(r1 + c), a1 = LD8(r1 + C1 + c), a2 = LD8(r1 + C2 + c), a3 = LD8(r1 + C3 + c);
-    const v8f b0 = LD8(r2 + c), b1 = LD8(r2 + C1 + c), b2 = LD8(r2 + C2 + c), b3 = LD8(r2 + C3 + c);
+    const v8f a0 = LD8(r1 + c), a1 = LD8(r1 + C1 + c), a2 = LD8(r1 + C2 + c),
+              a3 = LD8(r1 + C3 + c);
+    const v8f b0 = LD8(r2 + c), b1 = LD8(r2 + C1 + c), b2 = LD8(r2 + C2 + c),
+              b3 = LD8(r2 + C3 + c);
     INPUT_COLS8(u + 4 * stride + c, stride, a0 + b0, a1 + b1, a2 + b2, a3 + b3);
     INPUT_COLS8(u + 8 * stride + c, stride, b0 - a0, b1 - a1, b2 - a2, b3 - a3);
-    const v8f z0 = LD8(r0 + c), z1 = LD8(r0 + C1 + c), z2 = LD8(r0 + C2 + c), z3 = LD8(r0 + C3 + c);
+    const v8f z0 = LD8(r0 + c), z1 = LD8(r0 + C1 + c), z2 = LD8(r0 + C2 + c),
+              z3 = LD8(r0 + C3 + c);
     INPUT_COLS8(u + c, stride, z0 - b0, z1 - b1, z2 - b2, z3 - b3);
-    const v8f w0 = LD8(r3 + c), w1 = LD8(r3 + C1 + c), w2 = LD8(r3 + C2 + c), w3 = LD8(r3 + C3 + c);
+    const v8f w0 = LD8(r3 + c), w1 = LD8(r3 + C1 + c), w2 = LD8(r3 + C2 + c),
+              w3 = LD8(r3 + C3 + c);
     INPUT_COLS8(u + 12 * stride + c, stride, a0 - w0, a1 - w1, a2 - w2, a3 - w3);
   }
   for (; c < C1; c++) {
