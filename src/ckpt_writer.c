@@ -3,6 +3,7 @@
 #include "ckpt_writer.h"
 
 #include <pthread.h>
+#include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,24 +23,29 @@ struct ckpt_writer {
   int linked;                // best.bin: 1 linked, 0 copied
   double t_start, seconds;   // when the write began; how long it took
   char error[1400];          // a failure's line (file:line, message, rank)
+  jmp_buf fail;              // where writer_fail leaves the write (the writer's thread)
 };
 
 // The writer of this thread (the writer's own thread only), for its fail hook.
 static __thread ckpt_writer *current;
 
-// check_fail in the writer's thread: the line is kept for the owner, and the thread ends here
-// (whatever it held open is the process's to lose: the job is ending).
+// check_fail in the writer's thread: the line is kept for the owner, and the thread leaves the
+// write for writer_main's return (whatever it held open is the process's to lose: the job is
+// ending). A longjmp, not pthread_exit: that unwinds through libgcc_s, which glibc loads at
+// the first pthread_exit, and a failure such as EMFILE (no file descriptor left) would then
+// abort the process instead of being recorded.
 static void writer_fail(int code, const char *line) {
   (void)code; // every such failure ends the job with status 1 (train.c)
   ckpt_writer *w = current;
   snprintf(w->error, sizeof(w->error), "%s", line);
   __atomic_store_n(&w->state, CKPT_WRITER_FAILED, __ATOMIC_RELEASE);
-  pthread_exit(NULL);
+  longjmp(w->fail, 1);
 }
 
 static void *writer_main(void *arg) {
   ckpt_writer *w = arg;
   current = w;
+  if (setjmp(w->fail)) return NULL; // writer_fail: recorded
   check_set_thread_fail_hook(writer_fail);
   ckpt_section secs[CKPT_MAX_SECTIONS];
   const int n = run_state_sections(&w->snap, RUN_SECTIONS_ALL, secs);
