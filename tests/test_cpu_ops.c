@@ -248,7 +248,7 @@ TEST(cpu_conv_algorithms_agree) {
   EXPECT(cpu_conv_winograd(b->impl, 64, 64));
   EXPECT(!cpu_conv_winograd(b->impl, 3, 64));
   EXPECT(cpu_conv_winograd(b->impl, 16, 16));
-  for (int C = 1; C <= 600; C += 7) // symmetric: dx's convolution swaps C and K
+  for (int C = 1; C <= 600; C += 7) // symmetric in C and K
     for (int K = 1; K <= 20; K++)
       EXPECT(cpu_conv_winograd(b->impl, C, K) == cpu_conv_winograd(b->impl, K, C));
   b->ops->destroy(b);

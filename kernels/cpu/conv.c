@@ -27,10 +27,10 @@
 #include "check.h"
 
 // The shape rule, from per-layer timings of VGG16 at widths 1 and 0.25 on one Zen 4 core
-// (build/conv_bench; BENCHMARKS.md, "CPU convolutions"): Winograd was 1.6x to 2x faster on
-// every layer from 16 channels up (the narrowest measured), 2x2 images included. On the first
-// layer (3 input channels: Winograd's gemms have only C as their inner dimension, im2col's
-// 9C = 27) it was mixed, the forward slower at width 1, so that layer stays with im2col; the
+// (build/conv_bench; BENCHMARKS.md, "CPU convolutions"): Winograd was 1.25x to 2.2x faster
+// on every layer from 16 channels up (the narrowest measured), 2x2 images included. On the
+// first layer (3 input channels: Winograd's gemms have only C as their inner dimension,
+// im2col's 9C = 27) it was mixed, the forward slower at width 1, so that layer stays with im2col; the
 // line is drawn at 8, between the two.
 int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K) {
   if (ctx->conv_algo != CPU_CONV_AUTO) return ctx->conv_algo == CPU_CONV_WINOGRAD;
@@ -155,7 +155,7 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy_, c
   cpu_bias_grad(ctx, db, dy, (size_t)P, K);
 
   const int nt = conv_threads(ctx, P, C, K);
-  if (cpu_conv_winograd(ctx, C, K)) { // its shape rule is symmetric in C and K
+  if (cpu_conv_winograd(ctx, C, K)) {
     const size_t need = dx ? cpu_wino_floats(ctx, nt, C, K) : 0,
                  grad = cpu_wino_grad_floats(ctx, nt, C, K);
     float *ws = cpu_workspace(ctx, need > grad ? need : grad);

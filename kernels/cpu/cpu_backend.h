@@ -80,7 +80,7 @@ void cpu_conv_bwd(backend *b, void *dx, float *dw, float *db, const void *dy, co
                   const float *w, op_shape s);
 
 // Whether a layer with C input and K output channels takes Winograd under ctx->conv_algo
-// (conv.c; the same answer with C and K swapped, as dx's convolution has them).
+// (conv.c): the forward and the backward of a layer always take the same algorithm.
 int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K);
 // y (N,H,W,K) = act(conv3x3(x (N,H,W,C), w (K,3,3,C)) + bias) by Winograd F(2x2, 3x3) on up to
 // `threads` threads, in ws of cpu_wino_floats(ctx, threads, C, K) floats (winograd.c); and
