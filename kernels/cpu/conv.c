@@ -30,8 +30,8 @@
 // (build/conv_bench; BENCHMARKS.md, "CPU convolutions"): Winograd was 1.25x to 2.2x faster
 // on every layer from 16 channels up (the narrowest measured), 2x2 images included. On the
 // first layer (3 input channels: Winograd's gemms have only C as their inner dimension,
-// im2col's 9C = 27) it was mixed, the forward slower at width 1, so that layer stays with im2col; the
-// line is drawn at 8, between the two.
+// im2col's 9C = 27) it was mixed, the forward slower at width 1, so that layer stays with
+// im2col; the line is drawn at 8, between the two.
 int cpu_conv_winograd(const cpu_ctx *ctx, int C, int K) {
   if (ctx->conv_algo != CPU_CONV_AUTO) return ctx->conv_algo == CPU_CONV_WINOGRAD;
   return C >= 8 && K >= 8;
