@@ -34,8 +34,8 @@ int device_bus_id_clash(const char *ids, int n, size_t stride, int *first, int *
 // One line per node, printed by its local rank 0 (the one output of a rank other than 0 that is
 // not an error): its host, and of each rank there the world rank, the local rank and local size
 // as that rank sees them (they choose its GPU), and the GPU it drives (-1: the CPU backend).
-// Printed on each node, not gathered to rank 0: on a cluster each node's lines land in that
-// node's own log as well, where a wrong GPU binding is looked for.
+// Printed on each node rather than gathered to rank 0: the line is that node's own view of its
+// ranks and GPUs, and a node that never gets as far as printing it is itself the clue.
 static void node_line(comm *c, int dev) {
   const int n = comm_local_size(c), mine[4] = {comm_rank(c), comm_local_rank(c), n, dev};
   int *all = comm_local_rank(c) == 0 ? xmalloc(sizeof(int) * 4 * (size_t)n) : NULL;
