@@ -36,19 +36,17 @@ void check_fail(int code, const char *file, int line, const char *fmt, ...) {
   va_end(ap);
   char host[64] = "?";
   gethostname(host, sizeof(host) - 1);
-  if (thread_fail_hook) { // this thread only records: its owner ends the job (never returns)
-    char text[1400];
-    if (file)
-      snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s] %s:%d: %s", check_current_rank(),
-               host, file, line, msg);
-    else
-      snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s]: %s", check_current_rank(), host,
-               msg);
-    thread_fail_hook(code, text);
-  }
+  char text[1400]; // the line with where it comes from, as printed and as a thread records it
+  if (file)
+    snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s] %s:%d: %s", check_current_rank(),
+             host, file, line, msg);
+  else
+    snprintf(text, sizeof(text), "vgg_dist: error [rank %d %s]: %s", check_current_rank(), host,
+             msg);
+  if (thread_fail_hook) thread_fail_hook(code, text); // its owner ends the job (never returns)
   if (!file && user_error_hook) user_error_hook(code, msg);
   if (file)
-    fprintf(stderr, "vgg_dist: error [rank %d %s] %s:%d: %s\n", check_current_rank(), host, file, line, msg);
+    fprintf(stderr, "%s\n", text);
   else if (check_current_rank() == 0)
     fprintf(stderr, "vgg_dist: error: %s\n", msg);
   else if (abort_hook) // before MPI is up every rank sees the same bad input: rank 0 says it
