@@ -1016,40 +1016,44 @@ static int files_same_bytes(const char *a, const char *b) {
   return same;
 }
 
+// A fresh directory `name` and the paths of its epoch checkpoints 1..n (e[0..n-1]) and best.bin.
+static void ckpt_dir_paths(char *dir, size_t len, const char *name, char (*e)[600], int n,
+                           char best[600]) {
+  make_dir(dir, len, name);
+  for (int i = 0; i < n; i++) snprintf(e[i], 600, "%s/ckpt_e%04d.bin", dir, i + 1);
+  checkpoint_best_path(best, 600, dir);
+}
+
 // best.bin as a hard link to the epoch's checkpoint: one file, two names; a newer best moves
 // the name; pruning the periodic name leaves best.bin whole and readable.
 TEST(checkpoint_link_shares_the_file) {
-  char dir[512], e1[600], e2[600], e3[600], best[600], err[512] = "";
-  make_dir(dir, sizeof(dir), "ckpt_link");
-  snprintf(e1, sizeof(e1), "%s/ckpt_e0001.bin", dir);
-  snprintf(e2, sizeof(e2), "%s/ckpt_e0002.bin", dir);
-  snprintf(e3, sizeof(e3), "%s/ckpt_e0003.bin", dir);
-  checkpoint_best_path(best, sizeof(best), dir);
+  char dir[512], e[3][600], best[600], err[512] = "";
+  ckpt_dir_paths(dir, sizeof(dir), "ckpt_link", e, 3, best);
   run_state a, b;
   sample_run_state(&a, 1001, 7, 1);
   sample_run_state(&b, 1001, 7, 50);
   ino_t ib, ie;
   nlink_t lb, le;
-  write_rs(e1, &a);
-  EXPECT(checkpoint_link(e1, best) == 1);
+  write_rs(e[0], &a);
+  EXPECT(checkpoint_link(e[0], best) == 1);
   inode_of(best, &ib, &lb);
-  inode_of(e1, &ie, &le);
+  inode_of(e[0], &ie, &le);
   EXPECT(ib == ie && lb == 2);
-  EXPECT(checkpoint_link(e1, best) == 1); // already the same file: nothing changes, no temp left
+  EXPECT(checkpoint_link(e[0], best) == 1); // already the same file: nothing changes, no temp left
   inode_of(best, &ib, &lb);
   EXPECT(ib == ie && lb == 2);
   a.st.epoch = 2;
   fill_tensor(a.live.params, 1001, 77);
-  write_rs(e2, &a);
-  EXPECT(checkpoint_link(e2, best) == 1); // a newer best replaces the name, not the old file
+  write_rs(e[1], &a);
+  EXPECT(checkpoint_link(e[1], best) == 1); // a newer best replaces the name, not the old file
   inode_of(best, &ib, &lb);
-  inode_of(e2, &ie, &le);
+  inode_of(e[1], &ie, &le);
   EXPECT(ib == ie && lb == 2);
-  inode_of(e1, &ie, &le);
+  inode_of(e[0], &ie, &le);
   EXPECT(le == 1);
-  write_rs(e3, &b);
+  write_rs(e[2], &b);
   checkpoint_prune(dir, 1); // deletes ckpt_e0002.bin's name: best.bin keeps its data
-  EXPECT(!file_exists(e2) && file_exists(e3));
+  EXPECT(!file_exists(e[1]) && file_exists(e[2]));
   inode_of(best, &ib, &lb);
   EXPECT(lb == 1);
   EXPECT(read_rs(best, &b, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
@@ -1077,11 +1081,8 @@ static void snapshot_while_writing(void *arg) { ckpt_writer_snapshot(arg); }
 // best.bin to it, prunes after the link (--keep), and refuses to hand out its snapshot while
 // it writes it.
 TEST(ckpt_writer_writes_the_snapshot) {
-  char dir[512], e1[600], e2[600], best[600], err[512] = "", why[512];
-  make_dir(dir, sizeof(dir), "ckpt_writer");
-  snprintf(e1, sizeof(e1), "%s/ckpt_e0001.bin", dir);
-  snprintf(e2, sizeof(e2), "%s/ckpt_e0002.bin", dir);
-  checkpoint_best_path(best, sizeof(best), dir);
+  char dir[512], e[2][600], best[600], err[512] = "", why[512];
+  ckpt_dir_paths(dir, sizeof(dir), "ckpt_writer", e, 2, best);
   run_state rs, got;
   sample_run_state(&rs, 100003, 7, 3);
   sample_run_state(&got, 100003, 7, 90);
@@ -1090,19 +1091,19 @@ TEST(ckpt_writer_writes_the_snapshot) {
   EXPECT(snap->best.params == NULL && snap->adam_v[100002] == 0 && snap->live.buffers[6] == 0);
   EXPECT(ckpt_writer_poll(w) == CKPT_WRITER_IDLE);
   snapshot_fill(w, &rs);
-  ckpt_writer_start(w, e1, dir, 1, 1);
+  ckpt_writer_start(w, e[0], dir, 1, 1);
   // A second write, or a refill of the snapshot, while this one is in flight is a bug: fatal.
   EXPECT_EQ_INT(test_in_child(snapshot_while_writing, w, why, sizeof(why)), 1);
   EXPECT(strstr(why, "a write is in flight") != NULL);
   EXPECT_EQ_INT(ckpt_writer_join(w), 0);
   EXPECT(ckpt_writer_poll(w) == CKPT_WRITER_IDLE);
   EXPECT_EQ_INT(ckpt_writer_join(w), 0); // nothing in flight: nothing to wait for
-  EXPECT(read_rs(e1, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(read_rs(e[0], &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
   EXPECT(live_equal(&got, &rs));
   ino_t ib, ie;
   nlink_t lb, le;
   inode_of(best, &ib, &lb);
-  inode_of(e1, &ie, &le);
+  inode_of(e[0], &ie, &le);
   EXPECT(ib == ie && lb == 2);
   // The second write (not best) prunes the first's name (--keep 1): best.bin keeps its data.
   run_state first;
@@ -1110,12 +1111,12 @@ TEST(ckpt_writer_writes_the_snapshot) {
   rs.st.step++;
   fill_tensor(rs.adam_m, 100003, 41);
   snapshot_fill(w, &rs);
-  ckpt_writer_start(w, e2, dir, 0, 1);
+  ckpt_writer_start(w, e[1], dir, 0, 1);
   EXPECT_EQ_INT(ckpt_writer_join(w), 0);
-  EXPECT(!file_exists(e1) && file_exists(e2));
+  EXPECT(!file_exists(e[0]) && file_exists(e[1]));
   EXPECT(read_rs(best, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
   EXPECT(live_equal(&got, &first));
-  EXPECT(read_rs(e2, &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
+  EXPECT(read_rs(e[1], &got, RUN_SECTIONS_ALL, err, sizeof(err)) == 0);
   EXPECT(live_equal(&got, &rs));
   EXPECT_EQ_INT(count_tmp_files(dir), 0);
   ckpt_writer_free(w);
