@@ -42,8 +42,8 @@ typedef struct cpu_ctx {
 // Default chunk budget per thread: 2^20 floats (4 MiB). im2col: gemms of >= 227 rows even at
 // C = 512, small enough to stay in cache between im2col and the gemm that reads it (VGG16 on
 // 2 cores: 1 to 8 MiB per thread measured alike within noise; 32 MiB was ~10% slower).
-// Winograd: 64 tiles per gemm at C = K = 512 (a budget of 1 MiB made those layers 1.8x
-// slower); its filter gradient adds a 16 K C-float sum per thread beyond the budget.
+// Winograd: 64 tiles per gemm at C = K = 512 (smaller budgets, fewer rows per gemm, made those
+// layers slower); its filter gradient adds a 16 K C-float sum per thread beyond the budget.
 #define CPU_CONV_BUDGET ((size_t)1 << 20)
 
 // Returns ctx->ws with room for at least `floats` floats (grows, never shrinks).
